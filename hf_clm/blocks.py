@@ -1,0 +1,146 @@
+"""Blocks: documents -> token ids (+ EOS after each) -> one stream -> fixed ``block_size`` rows.
+
+run_clm.py's ``group_texts`` concatenates inside each ``datasets.map`` batch and throws away that
+batch's remainder, so it loses up to ``block_size - 1`` tokens per 1,000 documents (and per
+worker). Here the remainder of every batch is carried into the next, so a whole split loses at
+most its final tail of fewer than ``block_size`` tokens.
+
+Both stages are cached by datasets' fingerprints: tokenization by ``map``, grouping by
+``Dataset.from_generator`` (its cache key hashes the tokenized split's fingerprint and the block
+size), so a second identical run reads Arrow files instead of tokenizing again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+from datasets import Dataset, DatasetDict, Features, List, NamedSplit, Value
+from datasets.fingerprint import Hasher
+from transformers import PreTrainedTokenizerBase
+
+from hf_clm.recipe import DataArguments
+
+logger = logging.getLogger(__name__)
+
+INPUT_IDS = "input_ids"
+TOKENIZED_FEATURES = Features({INPUT_IDS: List(Value("int32"))})
+TOKENIZE_FORMAT = 1  # bump when DocumentTokenizer's output changes, to invalidate cached maps
+READ_BATCH_ROWS = 4096
+TOKEN_COUNTS_FILENAME = "token_counts.json"
+
+
+def group_into_blocks(batch: Mapping[str, Sequence[Sequence[int]]], block_size: int
+                      ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Concatenate each column's sequences and cut the result into rows of ``block_size``.
+
+    Returns ``(blocks, tail)``: ``blocks[col]`` has shape ``[n, block_size]``; ``tail[col]`` holds
+    the last ``total % block_size`` tokens. Carry the tail into the next batch by passing it as
+    that batch's first sequence, and nothing is lost at batch boundaries.
+    """
+    if block_size < 1:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    blocks, tail = {}, {}
+    for column, sequences in batch.items():
+        parts = [np.asarray(s) for s in sequences]
+        stream = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+        cut = len(stream) - len(stream) % block_size
+        blocks[column] = stream[:cut].reshape(-1, block_size)
+        tail[column] = stream[cut:]
+    return blocks, tail
+
+
+class DocumentTokenizer:
+    """``datasets.map`` function: ``text`` -> ``input_ids`` with EOS closing every non-empty document."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        self.backend = tokenizer.backend_tokenizer
+        self.eos_token_id = tokenizer.eos_token_id
+
+    def __call__(self, batch: dict[str, list[str | None]]) -> dict[str, list[list[int]]]:
+        texts = [text or "" for text in batch["text"]]
+        encodings = self.backend.encode_batch_fast(texts, add_special_tokens=False)
+        eos = [self.eos_token_id]
+        return {INPUT_IDS: [e.ids + eos if text else [] for e, text in zip(encodings, texts)]}
+
+
+def tokenize_split(split: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataArguments, name: str) -> Dataset:
+    fingerprint = Hasher.hash((split._fingerprint, tokenizer.backend_tokenizer.to_str(),
+                               tokenizer.eos_token_id, TOKENIZE_FORMAT))
+    return split.map(DocumentTokenizer(tokenizer), batched=True, batch_size=data.tokenize_batch_size,
+                     num_proc=data.preprocessing_num_workers, remove_columns=split.column_names,
+                     features=TOKENIZED_FEATURES, new_fingerprint=fingerprint, desc=f"Tokenizing {name}")
+
+
+def iter_blocks(tokenized: Dataset, block_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Every full block of the split's token stream, in order, carrying remainders across batches."""
+    tail = np.empty(0, dtype=np.int32)
+    for table in tokenized.with_format("arrow").iter(batch_size=READ_BATCH_ROWS):
+        ids = pc.list_flatten(table.column(INPUT_IDS)).to_numpy()
+        blocks, rest = group_into_blocks({INPUT_IDS: [tail, ids]}, block_size)
+        for row in blocks[INPUT_IDS]:
+            yield {INPUT_IDS: row}
+        tail = rest[INPUT_IDS]
+
+
+def group_split(tokenized: Dataset, block_size: int, name: str) -> Dataset:
+    features = Features({INPUT_IDS: List(Value("int32"), length=block_size)})
+    return Dataset.from_generator(iter_blocks, features=features, split=NamedSplit(name),
+                                  gen_kwargs={"tokenized": tokenized, "block_size": block_size})
+
+
+@dataclass
+class TokenCounts:
+    """How much of a split reached training: documents, tokens, and what fell off the end."""
+
+    documents: int
+    tokens: int
+    blocks: int
+    block_size: int
+
+    @property
+    def kept(self) -> int:
+        return self.blocks * self.block_size
+
+    @property
+    def dropped(self) -> int:
+        return self.tokens - self.kept
+
+    def as_dict(self) -> dict[str, int]:
+        return {**asdict(self), "kept": self.kept, "dropped": self.dropped}
+
+
+def count_tokens(tokenized: Dataset) -> int:
+    lengths = pc.list_value_length(tokenized.with_format("arrow")[:][INPUT_IDS])
+    return int(pc.sum(lengths).as_py() or 0)
+
+
+def build_blocks(raw: DatasetDict, tokenizer: PreTrainedTokenizerBase, data: DataArguments
+                 ) -> tuple[DatasetDict, dict[str, TokenCounts]]:
+    """Tokenized, concatenated and blocked splits, and the token counts of each."""
+    blocks, counts = DatasetDict(), {}
+    for name, split in raw.items():
+        tokenized = tokenize_split(split, tokenizer, data, name)
+        blocks[name] = group_split(tokenized, data.block_size, name)
+        counts[name] = TokenCounts(len(split), count_tokens(tokenized), len(blocks[name]), data.block_size)
+        logger.info("%s: %d documents, %d tokens -> %d blocks of %d (%d tokens kept, %d dropped)",
+                    name, counts[name].documents, counts[name].tokens, counts[name].blocks,
+                    data.block_size, counts[name].kept, counts[name].dropped)
+    return blocks, counts
+
+
+def save_token_counts(counts: Mapping[str, TokenCounts], output_dir: str | Path) -> Path:
+    path = Path(output_dir) / TOKEN_COUNTS_FILENAME
+    path.write_text(json.dumps({name: c.as_dict() for name, c in counts.items()}, indent=2) + "\n")
+    return path
+
+
+def token_stream(split: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataArguments) -> np.ndarray:
+    """The split as one 1-D array of ids, EOS after each document, nothing dropped."""
+    tokenized = tokenize_split(split, tokenizer, data, "evaluation")
+    return pc.list_flatten(tokenized.with_format("arrow")[:][INPUT_IDS]).to_numpy()

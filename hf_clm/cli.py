@@ -1,0 +1,147 @@
+"""``hf-clm``: the command line. Each subcommand parses its arguments and calls one station."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from hf_clm import __version__
+from hf_clm.errors import HfClmError
+
+logger = logging.getLogger("hf_clm")
+
+COMMANDS = {
+    "train": "train a causal LM from a recipe (default: the embedded python-stdlib demo)",
+    "perplexity": "corpus perplexity, bits per byte and bits per character of a trained model",
+    "generate": "continue a prompt with a trained model",
+}
+
+
+def default_recipe_path() -> Path:
+    """recipes/default.yaml: inside the installed package, or beside it in a source checkout."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "recipes" / "default.yaml", package.parent / "recipes" / "default.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise HfClmError("recipes/default.yaml is missing from this installation; pass a recipe file")
+
+
+def train_command(argv: list[str]) -> int:
+    from hf_clm.recipe import parse_recipe
+    from hf_clm.train import run
+
+    recipe_given = bool(argv) and not argv[0].startswith("-")
+    wants_help = any(a in ("-h", "--help") for a in argv)
+    default = None if recipe_given or wants_help else default_recipe_path()
+    if default is not None:
+        logger.info("No recipe given: running %s", default)
+    run(parse_recipe(argv, default_recipe=default))
+    return 0
+
+
+def perplexity_parser(sub) -> None:
+    p = sub.add_parser("perplexity", help=COMMANDS["perplexity"], description=COMMANDS["perplexity"])
+    p.add_argument("model_dir", help="a finished run directory (or any saved causal LM with its tokenizer)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", nargs="+", metavar="FILE", help="text files to evaluate (paths, globs, directories)")
+    source.add_argument("--recipe", help="evaluate on this recipe's validation split")
+    p.add_argument("--window", type=int, default=None,
+                   help="tokens per window (default: the model's context length)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="tokens between window starts (default: --window, i.e. no overlap)")
+    p.add_argument("--batch_size", type=int, default=8, help="windows per forward pass")
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+
+
+def perplexity_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from hf_clm.blocks import token_stream
+    from hf_clm.corpus import load_evaluation_split
+    from hf_clm.model import context_length, load_trained
+    from hf_clm.perplexity import perplexity_report, stream_nll, text_size
+    from hf_clm.recipe import DataArguments, parse_recipe
+
+    model, tokenizer = load_trained(args.model_dir)
+    context = context_length(model.config)
+    window = args.window or context
+    if window is None:
+        raise HfClmError("the model does not state its context length; pass --window")
+    if window < 2 or (context is not None and window > context):
+        raise HfClmError(f"--window {window} must be between 2 and the model's context of {context} tokens")
+    stride = args.stride or window
+    if not 0 < stride <= window:
+        raise HfClmError(f"--stride {stride} must be between 1 and the window of {window} tokens")
+    data = parse_recipe([args.recipe]).data if args.recipe else DataArguments()
+    split = load_evaluation_split(args.data, data)
+    ids = torch.from_numpy(token_stream(split, tokenizer, data).astype("int64"))
+    if len(ids) < 2:
+        raise HfClmError(f"the evaluation text has {len(ids)} token(s); at least 2 are needed")
+    nll = stream_nll(model, ids, window, stride, args.batch_size, progress=not args.json)
+    report = perplexity_report(nll, window, stride, *text_size(split))
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"perplexity {report['perplexity']:.3f} | {report['bits_per_byte']:.4f} bits/byte | "
+              f"{report['bits_per_char']:.4f} bits/char | {report['tokens']:,} tokens | "
+              f"window {window}, stride {stride}")
+    return 0
+
+
+def generate_parser(sub) -> None:
+    p = sub.add_parser("generate", help=COMMANDS["generate"], description=COMMANDS["generate"])
+    p.add_argument("model_dir", help="a finished run directory (or any saved causal LM with its tokenizer)")
+    p.add_argument("prompt", help="text to continue")
+    p.add_argument("--max_new_tokens", type=int, default=100, help="tokens to generate")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy")
+    p.add_argument("--top_k", type=int, default=50, help="sample among the k likeliest tokens (0 = off)")
+    p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed repeats the same text")
+
+
+def generate_command(args: argparse.Namespace) -> int:
+    from hf_clm.generate import Sampling, generate
+    from hf_clm.model import load_trained
+
+    model, tokenizer = load_trained(args.model_dir)
+    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    generate(model, tokenizer, args.prompt, sampling, stream=True)
+    return 0
+
+
+def top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-clm", description="Causal language modeling on the Hugging Face stack.")
+    parser.add_argument("--version", action="version", version=f"hf-clm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub.add_parser("train", help=COMMANDS["train"] + "; 'hf-clm train --help' lists every recipe key",
+                   add_help=False)
+    perplexity_parser(sub)
+    generate_parser(sub)
+    return parser
+
+
+def configure_logging() -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logger.setLevel(logging.INFO)
+
+
+def dispatch(argv: list[str]) -> int:
+    if argv and argv[0] == "train":
+        return train_command(argv[1:])
+    args = top_parser().parse_args(argv)
+    return {"perplexity": perplexity_command, "generate": generate_command}[args.command](args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    configure_logging()
+    try:
+        return dispatch(argv)
+    except HfClmError as err:
+        print(f"hf-clm: error: {err}", file=sys.stderr)
+        return 2
+    except SystemExit as exit_:  # argparse's --help and usage errors
+        return exit_.code if isinstance(exit_.code, int) else 1

@@ -1,0 +1,177 @@
+"""Corpus: the recipe's text as a ``DatasetDict`` with a ``train`` and a ``validation`` split.
+
+Sources: a Hub dataset (``datasets.load_dataset(name, config)``), local files (txt, json, jsonl,
+csv, parquet — paths, globs or directories), or the built-in ``python-stdlib`` corpus. Each split
+keeps only the text column, renamed to ``text``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import sysconfig
+import zlib
+from pathlib import Path
+
+import datasets
+from datasets import Dataset, DatasetDict
+
+from hf_clm.errors import HfClmError
+from hf_clm.recipe import DataArguments
+
+TEXT = "text"
+BUILDER_BY_SUFFIX = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json",
+                     ".csv": "csv", ".parquet": "parquet"}
+# Standard-library folders that are not ordinary library source: test suites (with deliberately
+# mis-encoded files) and installed third-party packages.
+STDLIB_EXCLUDED_PARTS = {"test", "tests", "idle_test", "site-packages", "dist-packages"}
+
+
+def expand_files(patterns: list[str], key: str) -> list[str]:
+    """Paths, globs and directories -> sorted list of data files; an error for anything matching nothing."""
+    files: list[str] = []
+    for pattern in patterns:
+        path = Path(pattern).expanduser()
+        if path.is_dir():
+            found = sorted(str(p) for p in path.rglob("*") if p.suffix in BUILDER_BY_SUFFIX and p.is_file())
+        elif glob.has_magic(pattern):
+            found = sorted(p for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+        else:
+            found = [str(path)] if path.is_file() else []
+        if not found:
+            what = "directory holds no .txt/.json/.jsonl/.csv/.parquet file" if path.is_dir() else \
+                "matches no file" if glob.has_magic(pattern) else "does not exist"
+            raise HfClmError(f"{key}: '{pattern}' {what}")
+        files.extend(found)
+    return files
+
+
+def builder_for(files: list[str], key: str) -> str:
+    builders = {BUILDER_BY_SUFFIX.get(Path(f).suffix.lower()) for f in files}
+    if None in builders:
+        bad = next(f for f in files if Path(f).suffix.lower() not in BUILDER_BY_SUFFIX)
+        raise HfClmError(f"{key}: '{bad}' is not .txt, .json, .jsonl, .csv or .parquet")
+    if len(builders) > 1:
+        raise HfClmError(f"{key}: files mix formats ({', '.join(sorted(builders))}); use one format per split")
+    return builders.pop()
+
+
+def check_utf8(path: str) -> None:
+    """Raise naming the file and byte offset of the first byte that is not UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                raise HfClmError(f"{path}: byte {offset + err.start} (0x{chunk[err.start]:02x}) is not valid "
+                                 f"UTF-8; re-encode the file, e.g. iconv -f latin1 -t utf-8") from None
+            offset += len(chunk)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise HfClmError(f"{path}: the file ends inside a UTF-8 character (byte {offset - 1})") from None
+
+
+def load_local_files(data: DataArguments) -> DatasetDict:
+    data_files = {"train": expand_files(data.train_files, "train_files")}
+    if data.validation_files:
+        data_files["validation"] = expand_files(data.validation_files, "validation_files")
+    builders = {split: builder_for(files, f"{split}_files") for split, files in data_files.items()}
+    if len(set(builders.values())) > 1:
+        raise HfClmError(f"train_files and validation_files have different formats ({builders}); use one")
+    builder = builders["train"]
+    kwargs = {}
+    if builder == "text":
+        for files in data_files.values():
+            for path in files:
+                check_utf8(path)
+        kwargs = {"sample_by": data.sample_by, "keep_linebreaks": True}
+    return datasets.load_dataset(builder, data_files=data_files, **kwargs)
+
+
+def stdlib_files() -> tuple[Path, list[str]]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                   if not STDLIB_EXCLUDED_PARTS & set(p.relative_to(root).parts))
+    return root, files
+
+
+def stdlib_documents(root: str, files: list[str]):
+    for name in files:
+        yield {TEXT: (Path(root) / name).read_text(encoding="utf-8")}
+
+
+def is_stdlib_validation_file(name: str, percentage: int) -> bool:
+    """A stable, file-level split: the same files are held out on every machine and run."""
+    return zlib.crc32(name.encode()) % 100 < percentage
+
+
+def load_stdlib(data: DataArguments) -> DatasetDict:
+    root, files = stdlib_files()
+    held_out = [f for f in files if is_stdlib_validation_file(f, data.validation_split_percentage)]
+    kept = [f for f in files if f not in set(held_out)]
+    return DatasetDict({
+        split: Dataset.from_generator(stdlib_documents, gen_kwargs={"root": str(root), "files": names},
+                                      split=datasets.NamedSplit(split))
+        for split, names in (("train", kept), ("validation", held_out))
+    })
+
+
+def load_raw(data: DataArguments) -> DatasetDict:
+    if data.builtin_corpus:
+        return load_stdlib(data)
+    if data.train_files:
+        return load_local_files(data)
+    try:
+        return datasets.load_dataset(data.dataset_name, data.dataset_config_name)
+    except FileNotFoundError as err:
+        raise HfClmError(f"dataset_name '{data.dataset_name}' could not be loaded: {err}") from None
+
+
+def select_text(split: Dataset, column: str, name: str) -> Dataset:
+    if column not in split.column_names:
+        raise HfClmError(f"text_column '{column}' is not a column of the {name} split; "
+                         f"its columns are: {', '.join(split.column_names)}")
+    split = split.select_columns([column])
+    return split.rename_column(column, TEXT) if column != TEXT else split
+
+
+def hold_out_tail(train: Dataset, percentage: int) -> tuple[Dataset, Dataset]:
+    """The last `percentage`% of documents become validation, keeping their order (no shuffle)."""
+    n_val = len(train) * percentage // 100
+    if n_val == 0:
+        raise HfClmError(f"the corpus has {len(train)} documents, too few to hold out "
+                         f"{percentage}% for validation; give validation_files or more documents")
+    cut = len(train) - n_val
+    return train.select(range(cut)), train.select(range(cut, len(train)))
+
+
+def load_corpus(data: DataArguments) -> DatasetDict:
+    """The recipe's corpus as ``DatasetDict(train, validation)``, each with one ``text`` column."""
+    raw = load_raw(data)
+    if "train" not in raw:
+        raise HfClmError(f"the corpus has no 'train' split; it has: {', '.join(raw)}")
+    train = select_text(raw["train"], data.text_column, "train")
+    if "validation" in raw:
+        validation = select_text(raw["validation"], data.text_column, "validation")
+    else:
+        train, validation = hold_out_tail(train, data.validation_split_percentage)
+    if data.max_train_samples is not None:
+        train = train.select(range(min(data.max_train_samples, len(train))))
+    if data.max_eval_samples is not None:
+        validation = validation.select(range(min(data.max_eval_samples, len(validation))))
+    for name, split in (("train", train), ("validation", validation)):
+        if len(split) == 0:
+            raise HfClmError(f"the {name} split of the corpus is empty")
+    return DatasetDict(train=train, validation=validation)
+
+
+def load_evaluation_split(data_files: list[str] | None = None, data: DataArguments | None = None) -> Dataset:
+    """Text to evaluate on: the given files whole, or a recipe's validation split."""
+    if data_files:
+        return select_text(load_local_files(DataArguments(train_files=data_files))["train"], "text", "evaluation")
+    if data is None:
+        raise HfClmError("give evaluation text with --data FILES or --recipe RECIPE")
+    return load_corpus(data)["validation"]

@@ -1,0 +1,9 @@
+"""The one exception type for mistakes a user can fix (bad recipe, missing file, wrong column).
+
+The CLI prints these as a single ``hf-clm: error: ...`` line and exits non-zero; anything else
+is a bug and keeps its traceback.
+"""
+
+
+class HfClmError(Exception):
+    """A problem with the user's input, with a message that says how to fix it."""

@@ -1,0 +1,52 @@
+"""Generate: continue a prompt with a trained model, streaming tokens to the terminal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextStreamer, set_seed
+
+from hf_clm.errors import HfClmError
+
+
+@dataclass
+class Sampling:
+    max_new_tokens: int = 100
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 1.0
+    seed: int = 0
+
+    def problems(self) -> list[str]:
+        problems = []
+        if self.max_new_tokens < 1:
+            problems.append(f"--max_new_tokens must be at least 1, not {self.max_new_tokens}")
+        if self.temperature < 0:
+            problems.append(f"--temperature must be >= 0 (0 = greedy), not {self.temperature}")
+        if self.top_k < 0:
+            problems.append(f"--top_k must be >= 0 (0 = off), not {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"--top_p must be in (0, 1], not {self.top_p}")
+        return problems
+
+
+@torch.inference_mode()
+def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, sampling: Sampling,
+             stream: bool = True) -> str:
+    """The prompt's continuation (without the prompt); printed token by token when ``stream``."""
+    if not prompt.strip():
+        raise HfClmError("the prompt is empty; give some text to continue")
+    problems = sampling.problems()
+    if problems:
+        raise HfClmError("; ".join(problems))
+    set_seed(sampling.seed)
+    inputs = tokenizer(prompt, return_tensors="pt", return_token_type_ids=False).to(model.device)
+    greedy = sampling.temperature == 0
+    output = model.generate(
+        **inputs, max_new_tokens=sampling.max_new_tokens, do_sample=not greedy,
+        temperature=None if greedy else sampling.temperature, top_k=None if greedy else sampling.top_k,
+        top_p=None if greedy else sampling.top_p, pad_token_id=tokenizer.pad_token_id,
+        streamer=TextStreamer(tokenizer, skip_prompt=False) if stream else None,
+    )
+    return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)

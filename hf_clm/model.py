@@ -1,0 +1,99 @@
+"""Model: a GPT-2-style decoder sized by the recipe, or any pretrained ``AutoModelForCausalLM``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, PretrainedConfig, PreTrainedModel,
+                          PreTrainedTokenizerBase)
+
+from hf_clm.errors import HfClmError
+from hf_clm.recipe import ModelArguments
+
+logger = logging.getLogger(__name__)
+
+CONTEXT_ATTRIBUTES = ("n_positions", "max_position_embeddings", "n_ctx", "seq_length")
+
+
+def context_length(config: PretrainedConfig) -> int | None:
+    """The longest sequence the model's position embeddings (or rotary table) are built for."""
+    for name in CONTEXT_ATTRIBUTES:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def scratch_config(model: ModelArguments, tokenizer: PreTrainedTokenizerBase, block_size: int) -> GPT2Config:
+    n_positions = model.n_positions or block_size
+    if n_positions < block_size:
+        raise HfClmError(f"block_size {block_size} is larger than n_positions {n_positions}; "
+                         f"raise n_positions or lower block_size")
+    return GPT2Config(
+        vocab_size=len(tokenizer), n_positions=n_positions, n_layer=model.n_layer, n_head=model.n_head,
+        n_embd=model.n_embd, resid_pdrop=model.dropout, embd_pdrop=model.dropout, attn_pdrop=model.dropout,
+        bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def load_pretrained(model: ModelArguments) -> PreTrainedModel:
+    try:
+        return AutoModelForCausalLM.from_pretrained(model.model_name_or_path,
+                                                    attn_implementation=model.attn_implementation)
+    except (OSError, ValueError) as err:
+        raise HfClmError(f"cannot load a causal LM from '{model.model_name_or_path}': "
+                         f"{str(err).splitlines()[0]}") from None
+
+
+def fit_embeddings_to_tokenizer(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, added_tokens: int) -> None:
+    """Grow the embeddings for tokens this package added (the pad token); refuse any other mismatch."""
+    rows = lm.get_input_embeddings().num_embeddings
+    if len(tokenizer) <= rows:
+        return
+    if len(tokenizer) - added_tokens > rows:
+        raise HfClmError(f"the tokenizer has {len(tokenizer)} tokens but the model's embeddings only "
+                         f"{rows}; use the tokenizer the model was trained with")
+    lm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    logger.info("Resized the embeddings from %d to %d rows for the added pad token", rows, len(tokenizer))
+
+
+def sync_special_token_ids(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    for config in (lm.config, lm.generation_config):
+        if config is not None:
+            config.pad_token_id = tokenizer.pad_token_id
+            config.eos_token_id = tokenizer.eos_token_id
+
+
+def build_model(model: ModelArguments, tokenizer: PreTrainedTokenizerBase, block_size: int,
+                added_tokens: int = 0) -> PreTrainedModel:
+    """The model to train, checked against the tokenizer and the block size."""
+    if model.model_name_or_path:
+        lm = load_pretrained(model)
+        fit_embeddings_to_tokenizer(lm, tokenizer, added_tokens)
+    else:
+        lm = AutoModelForCausalLM.from_config(scratch_config(model, tokenizer, block_size),
+                                              attn_implementation=model.attn_implementation)
+    context = context_length(lm.config)
+    if context is not None and block_size > context:
+        raise HfClmError(f"block_size {block_size} is larger than the model's context of {context} "
+                         f"tokens; lower block_size to at most {context}")
+    sync_special_token_ids(lm, tokenizer)
+    logger.info("Model: %s, %.2fM parameters", type(lm).__name__, lm.num_parameters() / 1e6)
+    return lm
+
+
+def load_trained(model_dir: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model and tokenizer of a run directory (or any checkpoint folder), for evaluation and generation."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise HfClmError(f"{model_dir} is not a directory")
+    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        raise HfClmError(f"{model_dir} holds no tokenizer (tokenizer.json); pass a finished run directory")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise HfClmError(f"{model_dir} holds no model weights (*.safetensors); pass a finished run directory")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    model.eval()
+    return model, tokenizer

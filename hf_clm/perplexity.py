@@ -1,0 +1,156 @@
+"""Perplexity: exp(total NLL / predicted tokens) over a whole evaluation set, never a mean of means.
+
+A window of ``n`` tokens predicts ``n - 1`` of them (token t from tokens < t); its first token
+has no left context inside the window and is never counted, and neither is padding (-100).
+Windows move by ``stride``: with ``stride == window`` they do not overlap; with a smaller stride
+each token is still scored once, but with up to ``window - stride`` extra tokens of context (the
+method of the Hugging Face guide "Perplexity of fixed-length models").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+IGNORE_INDEX = -100
+
+
+def perplexity_from_loss(loss: float) -> float:
+    """exp(loss), with overflow reported as infinity instead of an exception."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
+@dataclass
+class NLL:
+    """Summed negative log-likelihood (nats) over ``tokens`` predicted tokens."""
+
+    total: float = 0.0
+    tokens: int = 0
+
+    def __iadd__(self, other: NLL) -> NLL:
+        self.total += other.total
+        self.tokens += other.tokens
+        return self
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.tokens if self.tokens else math.nan
+
+    @property
+    def perplexity(self) -> float:
+        return perplexity_from_loss(self.mean)
+
+    @property
+    def bits(self) -> float:
+        return self.total / math.log(2)
+
+
+def batch_nll(model: PreTrainedModel, input_ids: torch.Tensor, labels: torch.Tensor) -> NLL:
+    """Summed NLL of ``labels[:, 1:]`` given the logits at positions ``0 .. n-2``."""
+    logits = model(input_ids=input_ids).logits[:, :-1]
+    targets = labels[:, 1:]
+    total = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
+                            ignore_index=IGNORE_INDEX, reduction="sum")
+    return NLL(total.item(), int((targets != IGNORE_INDEX).sum()))
+
+
+def model_device(model: PreTrainedModel) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def blocks_nll(model: PreTrainedModel, blocks: Dataset, batch_size: int = 8, progress: bool = True) -> NLL:
+    """Token-weighted NLL of full blocks (every position after the first is a target)."""
+    model.eval()
+    device, result = model_device(model), NLL()
+    batches = blocks.with_format("torch").iter(batch_size=batch_size)
+    for batch in tqdm(batches, total=math.ceil(len(blocks) / batch_size), desc="Perplexity", disable=not progress):
+        ids = batch["input_ids"].long().to(device)
+        result += batch_nll(model, ids, ids)
+    return result
+
+
+def scored_windows(n_tokens: int, window: int, stride: int) -> Iterator[tuple[int, int, int]]:
+    """(begin, end, first scored label index) of each window, so that every token after the first
+    is scored exactly once."""
+    previous_end = 0
+    for begin in range(0, n_tokens, stride):
+        end = min(begin + window, n_tokens)
+        if end - begin < 2 and begin > 0:
+            return
+        yield begin, end, max(previous_end - begin, 0)
+        previous_end = end
+        if end == n_tokens:
+            return
+
+
+@torch.inference_mode()
+def stream_nll(model: PreTrainedModel, ids: torch.Tensor, window: int, stride: int,
+               batch_size: int = 8, progress: bool = True) -> NLL:
+    """NLL of a 1-D token stream scored in windows of ``window`` tokens moved by ``stride``."""
+    model.eval()
+    device, result = model_device(model), NLL()
+    spans = list(scored_windows(len(ids), window, stride))
+    # Windows of one length are batched together; only the last window can be shorter.
+    for start in tqdm(range(0, len(spans), batch_size), desc="Perplexity", disable=not progress):
+        chunk = spans[start:start + batch_size]
+        for length in sorted({end - begin for begin, end, _ in chunk}, reverse=True):
+            same = [s for s in chunk if s[1] - s[0] == length]
+            inputs = torch.stack([ids[begin:end] for begin, end, _ in same]).to(device)
+            labels = inputs.clone()
+            for row, (_, _, first_scored) in enumerate(same):
+                labels[row, :first_scored] = IGNORE_INDEX
+            result += batch_nll(model, inputs, labels)
+    return result
+
+
+def unigram_nll(train_blocks: Dataset, eval_blocks: Dataset, vocab_size: int) -> NLL:
+    """The baseline any LM must beat: add-one-smoothed token frequencies of the training blocks,
+    scored on the same targets as the model (every block position after the first)."""
+    counts = np.ones(vocab_size, dtype=np.float64)
+    for batch in train_blocks.with_format("numpy").iter(batch_size=4096):
+        counts += np.bincount(batch["input_ids"].ravel(), minlength=vocab_size)[:vocab_size]
+    log_probs = np.log(counts / counts.sum())
+    result = NLL()
+    for batch in eval_blocks.with_format("numpy").iter(batch_size=4096):
+        targets = batch["input_ids"][:, 1:].ravel()
+        result += NLL(float(-log_probs[targets].sum()), int(targets.size))
+    return result
+
+
+def text_size(split: Dataset) -> tuple[int, int]:
+    """(UTF-8 bytes, characters) of the split's text."""
+    n_bytes = n_chars = 0
+    for batch in split.iter(batch_size=1000):
+        for text in batch["text"]:
+            text = text or ""
+            n_chars += len(text)
+            n_bytes += len(text.encode("utf-8"))
+    return n_bytes, n_chars
+
+
+def perplexity_report(nll: NLL, window: int, stride: int, n_bytes: int, n_chars: int) -> dict[str, float | int]:
+    """The figures of one evaluation; bits per byte/char divide the total NLL (in bits) by the
+    text's size, so models with different tokenizers can be compared."""
+    return {
+        "perplexity": nll.perplexity,
+        "loss": nll.mean,
+        "bits_per_byte": nll.bits / n_bytes if n_bytes else math.nan,
+        "bits_per_char": nll.bits / n_chars if n_chars else math.nan,
+        "tokens": nll.tokens,
+        "bytes": n_bytes,
+        "chars": n_chars,
+        "window": window,
+        "stride": stride,
+    }

@@ -1,0 +1,265 @@
+"""The recipe: one typed description of a run, read from YAML and overridden by CLI flags.
+
+Three dataclasses are parsed together by ``HfArgumentParser``: :class:`ModelArguments`,
+:class:`DataArguments` and transformers' own ``TrainingArguments`` (never re-declared here).
+Precedence, lowest first: dataclass defaults < :data:`PACKAGE_DEFAULTS` < YAML < CLI flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from hf_clm.errors import HfClmError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPE_FILENAME = "recipe.yaml"
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Pretrained AutoModelForCausalLM checkpoint (local path or Hub id). "
+                          "Leave unset to train a GPT-2-style model from scratch."},
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Pretrained tokenizer (local path or Hub id). Defaults to "
+                          "model_name_or_path when that is set."},
+    )
+    train_tokenizer: bool = field(
+        default=False,
+        metadata={"help": "Train a byte-level BPE tokenizer on the training split."},
+    )
+    vocab_size: int = field(
+        default=8192, metadata={"help": "Vocabulary size of the trained tokenizer (train_tokenizer: true)."}
+    )
+    n_layer: int = field(default=4, metadata={"help": "Transformer blocks (from-scratch model)."})
+    n_head: int = field(default=4, metadata={"help": "Attention heads per block (from-scratch model)."})
+    n_embd: int = field(default=128, metadata={"help": "Hidden size (from-scratch model)."})
+    n_positions: int | None = field(
+        default=None,
+        metadata={"help": "Context length of a from-scratch model; defaults to block_size."},
+    )
+    dropout: float = field(
+        default=0.0, metadata={"help": "Dropout on residual, embedding and attention (from-scratch model)."}
+    )
+    attn_implementation: str = field(
+        default="sdpa", metadata={"help": "Attention kernel: sdpa, eager or flash_attention_2."}
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset id (or local dataset folder) for datasets.load_dataset."}
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "Configuration of dataset_name, e.g. wikitext-2-raw-v1."}
+    )
+    builtin_corpus: str | None = field(
+        default=None,
+        metadata={"help": "A corpus every Python has: 'python-stdlib' (the standard library's own "
+                          ".py files; one document per file)."},
+    )
+    train_files: list[str] | None = field(
+        default=None,
+        metadata={"help": "Training files: paths, globs or directories of .txt, .json, .jsonl, "
+                          ".csv or .parquet (one format per split)."},
+    )
+    validation_files: list[str] | None = field(
+        default=None, metadata={"help": "Validation files, same forms as train_files."}
+    )
+    text_column: str = field(default="text", metadata={"help": "Column holding the text."})
+    sample_by: str = field(
+        default="document",
+        metadata={"help": "How .txt files become documents: 'document' (one per file), 'paragraph' "
+                          "(split on blank lines) or 'line'."},
+    )
+    validation_split_percentage: int = field(
+        default=10,
+        metadata={"help": "When there is no validation split: the last N%% of the training documents "
+                          "are held out (files, for python-stdlib)."},
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N training documents."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N validation documents."}
+    )
+    block_size: int = field(default=128, metadata={"help": "Tokens per training block."})
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for tokenization (datasets.map num_proc)."}
+    )
+    tokenize_batch_size: int = field(
+        default=1000, metadata={"help": "Documents per datasets.map batch while tokenizing."}
+    )
+
+
+class Recipe(NamedTuple):
+    model: ModelArguments
+    data: DataArguments
+    training: TrainingArguments
+
+
+# The package's own defaults for Trainer, where the library's suit a causal-LM run poorly.
+PACKAGE_DEFAULTS: dict[str, Any] = {
+    "output_dir": "runs/default",
+    "eval_strategy": "steps",
+    "eval_steps": 100,
+    "logging_steps": 10,
+    "save_strategy": "steps",
+    "save_steps": 500,
+    "save_total_limit": 2,
+    "report_to": "none",
+    "include_num_input_tokens_seen": True,
+}
+
+SAMPLE_BY_CHOICES = ("document", "paragraph", "line")
+BUILTIN_CORPORA = ("python-stdlib",)
+
+
+class _RecipeParser(HfArgumentParser):
+    def error(self, message: str):
+        # argparse would print the whole usage block; one line that names the value is enough.
+        raise HfClmError(f"invalid recipe value: {message}")
+
+
+def recipe_parser() -> HfArgumentParser:
+    parser = _RecipeParser((ModelArguments, DataArguments, TrainingArguments), prog="hf-clm train",
+                              description="Train a causal LM. RECIPE (a YAML file) gives values; "
+                                          "flags override it.")
+    parser.set_defaults(**PACKAGE_DEFAULTS)
+    return parser
+
+
+def recipe_keys() -> list[str]:
+    return [f.name for cls in (ModelArguments, DataArguments, TrainingArguments)
+            for f in dataclasses.fields(cls) if f.init]
+
+
+def unknown_key_message(key: str, where: str) -> str:
+    close = difflib.get_close_matches(key, recipe_keys(), n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else "; see 'hf-clm train --help' for the keys"
+    return f"unknown recipe key '{key}' in {where}{hint}"
+
+
+def read_recipe_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise HfClmError(f"recipe file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise HfClmError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise HfClmError(f"recipe {path} must be a mapping of key: value, not {type(values).__name__}")
+    known = set(recipe_keys())
+    problems = [unknown_key_message(key, str(path)) for key in values if key not in known]
+    if problems:
+        raise HfClmError("; ".join(problems))
+    return values
+
+
+def split_recipe_argv(argv: list[str]) -> tuple[str | None, list[str]]:
+    """`[RECIPE] [--flag value ...]` -> (recipe path or None, flags)."""
+    if argv and not argv[0].startswith("-"):
+        return argv[0], argv[1:]
+    return None, list(argv)
+
+
+def parse_recipe(argv: list[str] | None = None, default_recipe: str | Path | None = None) -> Recipe:
+    """Parse `[RECIPE.yaml] [--flag value ...]` into a validated :class:`Recipe`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    path, flags = split_recipe_argv(argv)
+    path = path or default_recipe
+    parser = recipe_parser()
+    if path is not None:
+        # argparse converts string defaults with the field's type, so YAML's `3e-4` (a string to
+        # PyYAML) becomes a float exactly as the same text on the command line would.
+        parser.set_defaults(**read_recipe_yaml(path))
+    try:
+        model, data, training, remaining = parser.parse_args_into_dataclasses(
+            args=flags, return_remaining_strings=True, look_for_args_file=False)
+    except ValueError as err:
+        raise HfClmError(f"invalid recipe: {str(err).strip().splitlines()[0]}") from None
+    if remaining:
+        flag = next((s for s in remaining if s.startswith("--")), remaining[0])
+        raise HfClmError(unknown_key_message(flag.lstrip("-").split("=")[0], "the command line"))
+    recipe = Recipe(model, data, training)
+    validate_recipe(recipe)
+    return recipe
+
+
+def recipe_problems(recipe: Recipe) -> list[str]:
+    model, data, training = recipe
+    problems = []
+    sources = [name for name in ("dataset_name", "train_files", "builtin_corpus") if getattr(data, name)]
+    if len(sources) != 1:
+        problems.append("set exactly one of dataset_name, train_files or builtin_corpus"
+                        + (f" (got {', '.join(sources)})" if sources else ""))
+    if data.builtin_corpus and data.builtin_corpus not in BUILTIN_CORPORA:
+        problems.append(f"builtin_corpus '{data.builtin_corpus}' is not one of {', '.join(BUILTIN_CORPORA)}")
+    if data.sample_by not in SAMPLE_BY_CHOICES:
+        problems.append(f"sample_by must be one of {', '.join(SAMPLE_BY_CHOICES)}, not '{data.sample_by}'")
+    if data.block_size < 2:
+        problems.append(f"block_size must be at least 2 (one input and one target), not {data.block_size}")
+    if not 0 <= data.validation_split_percentage < 100:
+        problems.append("validation_split_percentage must be in [0, 100)")
+    if model.train_tokenizer and model.tokenizer_name_or_path:
+        problems.append("set train_tokenizer: true or tokenizer_name_or_path, not both")
+    if not (model.train_tokenizer or model.tokenizer_name_or_path or model.model_name_or_path):
+        problems.append("no tokenizer: set train_tokenizer: true, tokenizer_name_or_path or model_name_or_path")
+    if model.train_tokenizer and model.vocab_size < 260:
+        problems.append(f"vocab_size must be at least 260 (256 bytes + special tokens), not {model.vocab_size}")
+    if not model.model_name_or_path and model.n_embd % model.n_head:
+        problems.append(f"n_embd ({model.n_embd}) must be divisible by n_head ({model.n_head})")
+    return problems
+
+
+def validate_recipe(recipe: Recipe) -> None:
+    problems = recipe_problems(recipe)
+    if problems:
+        raise HfClmError("invalid recipe: " + "; ".join(problems))
+
+
+def _plain(value: Any) -> Any:
+    """Enums and tuples as YAML-friendly values."""
+    if hasattr(value, "value") and not isinstance(value, (int, float, str, bool)):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def resolved_recipe(recipe: Recipe) -> dict[str, Any]:
+    """Every model/data value, and the TrainingArguments that differ from transformers' defaults.
+
+    The result is itself a valid recipe: `hf-clm train RUN_DIR/recipe.yaml` repeats the run.
+    """
+    values = {**dataclasses.asdict(recipe.model), **dataclasses.asdict(recipe.data)}
+    baseline = TrainingArguments(output_dir=recipe.training.output_dir).to_dict()
+    for key, value in recipe.training.to_dict().items():
+        if key in baseline and key != "output_dir" and value == baseline[key]:
+            continue
+        if key.startswith("_") or key == "hub_token":  # a secret never goes into a run's files
+            continue
+        values[key] = _plain(value)
+    values["output_dir"] = recipe.training.output_dir
+    return values
+
+
+def save_recipe(recipe: Recipe, output_dir: str | Path) -> Path:
+    path = Path(output_dir) / RECIPE_FILENAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = "# Resolved recipe of this run. Repeat it with: hf-clm train " + str(path) + "\n"
+    path.write_text(header + yaml.safe_dump(resolved_recipe(recipe), sort_keys=False), encoding="utf-8")
+    return path

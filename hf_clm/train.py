@@ -1,0 +1,107 @@
+"""Train: the whole pipeline, recipe -> corpus -> tokenizer -> blocks -> Trainer -> perplexity."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+from transformers import DataCollatorForLanguageModeling, PreTrainedModel, Trainer, set_seed
+
+from hf_clm.blocks import TokenCounts, build_blocks, save_token_counts
+from hf_clm.corpus import load_corpus
+from hf_clm.errors import HfClmError
+from hf_clm.model import build_model
+from hf_clm.perplexity import perplexity_from_loss, unigram_nll
+from hf_clm.recipe import Recipe, save_recipe
+from hf_clm.tokenizer import train_or_load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+PERPLEXITY_FILENAME = "perplexity.json"
+
+
+class CausalLMTrainer(Trainer):
+    """``Trainer`` whose every evaluation also reports ``eval_perplexity``.
+
+    The eval loss is a mean over blocks that all hold ``block_size - 1`` targets, so it is already
+    token-weighted and its exp is the corpus perplexity of the evaluated blocks.
+    """
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "eval_loss" in logs:
+            logs["eval_perplexity"] = perplexity_from_loss(logs["eval_loss"])
+        super().log(logs, start_time)
+
+
+def check_blocks(counts: dict[str, TokenCounts], block_size: int) -> None:
+    for name, count in counts.items():
+        if count.blocks == 0:
+            raise HfClmError(f"the {name} split has {count.tokens} tokens, fewer than one block of "
+                             f"{block_size}; lower block_size or add text")
+
+
+def build_trainer(recipe: Recipe, model: PreTrainedModel, tokenizer, blocks: dict[str, Dataset]) -> CausalLMTrainer:
+    return CausalLMTrainer(
+        model=model, args=recipe.training, train_dataset=blocks["train"], eval_dataset=blocks["validation"],
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False), processing_class=tokenizer,
+    )
+
+
+def perplexity_summary(metrics: dict[str, float], model: PreTrainedModel, counts: dict[str, TokenCounts],
+                       tokens_seen: int, unigram_perplexity: float) -> dict[str, Any]:
+    evaluated = counts["validation"]
+    return {
+        "perplexity": metrics["eval_perplexity"],
+        "eval_loss": metrics["eval_loss"],
+        "eval_tokens": evaluated.blocks * (evaluated.block_size - 1),
+        "unigram_perplexity": unigram_perplexity,
+        "parameters": model.num_parameters(),
+        "train_tokens_seen": tokens_seen,
+        "block_size": evaluated.block_size,
+    }
+
+
+def write_json(data: dict[str, Any], path: Path) -> Path:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def run(recipe: Recipe) -> dict[str, Any]:
+    """Train the recipe's model and write model, tokenizer and ``perplexity.json`` to output_dir."""
+    model_args, data_args, args = recipe
+    set_seed(args.seed)
+    raw = load_corpus(data_args)
+    tokenizer, added_tokens = train_or_load_tokenizer(model_args, raw["train"])
+    blocks, counts = build_blocks(raw, tokenizer, data_args)
+    check_blocks(counts, data_args.block_size)
+    model = build_model(model_args, tokenizer, data_args.block_size, added_tokens)
+
+    output_dir = Path(args.output_dir)
+    save_recipe(recipe, output_dir)
+    save_token_counts(counts, output_dir)
+    trainer = build_trainer(recipe, model, tokenizer, blocks)
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.save_state()
+    metrics = trainer.evaluate()
+    unigram = unigram_nll(blocks["train"], blocks["validation"], len(tokenizer)).perplexity
+    summary = perplexity_summary(metrics, model, counts, trainer.state.num_input_tokens_seen, unigram)
+    if trainer.is_world_process_zero():
+        write_json(summary, output_dir / PERPLEXITY_FILENAME)
+        print(format_summary(summary, output_dir))
+    return summary
+
+
+def format_summary(summary: dict[str, Any], output_dir: Path) -> str:
+    ratio = summary["unigram_perplexity"] / summary["perplexity"]
+    return "\n".join([
+        f"validation perplexity  {summary['perplexity']:.2f}  (eval loss {summary['eval_loss']:.4f} nats/token,"
+        f" {summary['eval_tokens']:,} tokens)",
+        f"unigram baseline       {summary['unigram_perplexity']:.2f}  (model is {ratio:.1f}x lower)",
+        f"parameters             {summary['parameters']:,}",
+        f"train tokens seen      {summary['train_tokens_seen']:,}",
+        f"saved to               {output_dir}",
+    ])
