@@ -88,9 +88,14 @@ def iter_blocks(tokenized: Dataset, block_size: int) -> Iterator[dict[str, np.nd
         tail = rest[INPUT_IDS]
 
 
-def group_split(tokenized: Dataset, block_size: int, name: str) -> Dataset:
-    features = Features({INPUT_IDS: List(Value("int32"), length=block_size)})
-    return Dataset.from_generator(iter_blocks, features=features, split=NamedSplit(name),
+def block_features(block_size: int) -> Features:
+    return Features({INPUT_IDS: List(Value("int32"), length=block_size)})
+
+
+def group_split(tokenized: Dataset, n_tokens: int, block_size: int, name: str) -> Dataset:
+    if n_tokens < block_size:  # datasets cannot write a generated split with no rows
+        return Dataset.from_dict({INPUT_IDS: []}, features=block_features(block_size), split=NamedSplit(name))
+    return Dataset.from_generator(iter_blocks, features=block_features(block_size), split=NamedSplit(name),
                                   gen_kwargs={"tokenized": tokenized, "block_size": block_size})
 
 
@@ -126,8 +131,9 @@ def build_blocks(raw: DatasetDict, tokenizer: PreTrainedTokenizerBase, data: Dat
     blocks, counts = DatasetDict(), {}
     for name, split in raw.items():
         tokenized = tokenize_split(split, tokenizer, data, name)
-        blocks[name] = group_split(tokenized, data.block_size, name)
-        counts[name] = TokenCounts(len(split), count_tokens(tokenized), len(blocks[name]), data.block_size)
+        n_tokens = count_tokens(tokenized)
+        blocks[name] = group_split(tokenized, n_tokens, data.block_size, name)
+        counts[name] = TokenCounts(len(split), n_tokens, len(blocks[name]), data.block_size)
         logger.info("%s: %d documents, %d tokens -> %d blocks of %d (%d tokens kept, %d dropped)",
                     name, counts[name].documents, counts[name].tokens, counts[name].blocks,
                     data.block_size, counts[name].kept, counts[name].dropped)

@@ -20,6 +20,11 @@ COMMANDS = {
 }
 
 
+# Flags that describe a whole run of their own: with one of them and no recipe file, the
+# embedded default recipe is not used.
+CORPUS_FLAGS = {"--dataset_name", "--train_files", "--builtin_corpus"}
+
+
 def default_recipe_path() -> Path:
     """recipes/default.yaml: inside the installed package, or beside it in a source checkout."""
     package = Path(__file__).resolve().parent
@@ -35,7 +40,8 @@ def train_command(argv: list[str]) -> int:
 
     recipe_given = bool(argv) and not argv[0].startswith("-")
     wants_help = any(a in ("-h", "--help") for a in argv)
-    default = None if recipe_given or wants_help else default_recipe_path()
+    names_corpus = any(a.split("=")[0] in CORPUS_FLAGS for a in argv)
+    default = None if recipe_given or wants_help or names_corpus else default_recipe_path()
     if default is not None:
         logger.info("No recipe given: running %s", default)
     run(parse_recipe(argv, default_recipe=default))

@@ -14,7 +14,9 @@ import zlib
 from pathlib import Path
 
 import datasets
+import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict
+from datasets.exceptions import DatasetGenerationError
 
 from hf_clm.errors import HfClmError
 from hf_clm.recipe import DataArguments
@@ -81,6 +83,9 @@ def load_local_files(data: DataArguments) -> DatasetDict:
     builders = {split: builder_for(files, f"{split}_files") for split, files in data_files.items()}
     if len(set(builders.values())) > 1:
         raise HfClmError(f"train_files and validation_files have different formats ({builders}); use one")
+    for split, files in data_files.items():
+        if all(Path(f).stat().st_size == 0 for f in files):
+            raise HfClmError(f"the {split} split of the corpus is empty: {', '.join(files)} hold no text")
     builder = builders["train"]
     kwargs = {}
     if builder == "text":
@@ -88,7 +93,11 @@ def load_local_files(data: DataArguments) -> DatasetDict:
             for path in files:
                 check_utf8(path)
         kwargs = {"sample_by": data.sample_by, "keep_linebreaks": True}
-    return datasets.load_dataset(builder, data_files=data_files, **kwargs)
+    try:
+        return datasets.load_dataset(builder, data_files=data_files, **kwargs)
+    except DatasetGenerationError as err:
+        cause = err.__cause__ or err
+        raise HfClmError(f"cannot read the {builder} files: {str(cause).splitlines()[0]}") from None
 
 
 def stdlib_files() -> tuple[Path, list[str]]:
@@ -148,6 +157,13 @@ def hold_out_tail(train: Dataset, percentage: int) -> tuple[Dataset, Dataset]:
     return train.select(range(cut)), train.select(range(cut, len(train)))
 
 
+def has_text(split: Dataset) -> bool:
+    if len(split) == 0:
+        return False
+    lengths = pc.utf8_length(split.with_format("arrow")[:][TEXT])
+    return bool(pc.max(lengths).as_py() or 0)
+
+
 def load_corpus(data: DataArguments) -> DatasetDict:
     """The recipe's corpus as ``DatasetDict(train, validation)``, each with one ``text`` column."""
     raw = load_raw(data)
@@ -163,8 +179,8 @@ def load_corpus(data: DataArguments) -> DatasetDict:
     if data.max_eval_samples is not None:
         validation = validation.select(range(min(data.max_eval_samples, len(validation))))
     for name, split in (("train", train), ("validation", validation)):
-        if len(split) == 0:
-            raise HfClmError(f"the {name} split of the corpus is empty")
+        if not has_text(split):
+            raise HfClmError(f"the {name} split of the corpus is empty (no documents or only empty ones)")
     return DatasetDict(train=train, validation=validation)
 
 

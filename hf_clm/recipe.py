@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
@@ -108,6 +109,9 @@ class Recipe(NamedTuple):
     model: ModelArguments
     data: DataArguments
     training: TrainingArguments
+    # TrainingArguments values as the recipe gave them (before __post_init__ rewrites them), where
+    # they differ from transformers' defaults: what `recipe.yaml` records.
+    training_values: dict[str, Any]
 
 
 # The package's own defaults for Trainer, where the library's suit a causal-LM run poorly.
@@ -121,6 +125,7 @@ PACKAGE_DEFAULTS: dict[str, Any] = {
     "save_total_limit": 2,
     "report_to": "none",
     "include_num_input_tokens_seen": True,
+    "dataloader_pin_memory": torch.cuda.is_available(),  # pinning is only useful for host-to-GPU copies
 }
 
 SAMPLE_BY_CHOICES = ("document", "paragraph", "line")
@@ -186,21 +191,26 @@ def parse_recipe(argv: list[str] | None = None, default_recipe: str | Path | Non
         # argparse converts string defaults with the field's type, so YAML's `3e-4` (a string to
         # PyYAML) becomes a float exactly as the same text on the command line would.
         parser.set_defaults(**read_recipe_yaml(path))
-    try:
-        model, data, training, remaining = parser.parse_args_into_dataclasses(
-            args=flags, return_remaining_strings=True, look_for_args_file=False)
-    except ValueError as err:
-        raise HfClmError(f"invalid recipe: {str(err).strip().splitlines()[0]}") from None
+    namespace, remaining = parser.parse_known_args(flags)
     if remaining:
         flag = next((s for s in remaining if s.startswith("--")), remaining[0])
         raise HfClmError(unknown_key_message(flag.lstrip("-").split("=")[0], "the command line"))
-    recipe = Recipe(model, data, training)
+    values = vars(namespace)
+    try:
+        model, data, training = (cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.init})
+                                 for cls in (ModelArguments, DataArguments, TrainingArguments))
+    except ValueError as err:
+        raise HfClmError(f"invalid recipe: {str(err).strip().splitlines()[0]}") from None
+    defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                for f in dataclasses.fields(TrainingArguments) if f.init}
+    training_values = {key: values[key] for key in defaults if values[key] != defaults[key]}
+    recipe = Recipe(model, data, training, training_values)
     validate_recipe(recipe)
     return recipe
 
 
 def recipe_problems(recipe: Recipe) -> list[str]:
-    model, data, training = recipe
+    model, data = recipe.model, recipe.data
     problems = []
     sources = [name for name in ("dataset_name", "train_files", "builtin_corpus") if getattr(data, name)]
     if len(sources) != 1:
@@ -231,28 +241,12 @@ def validate_recipe(recipe: Recipe) -> None:
         raise HfClmError("invalid recipe: " + "; ".join(problems))
 
 
-def _plain(value: Any) -> Any:
-    """Enums and tuples as YAML-friendly values."""
-    if hasattr(value, "value") and not isinstance(value, (int, float, str, bool)):
-        return value.value
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def resolved_recipe(recipe: Recipe) -> dict[str, Any]:
-    """Every model/data value, and the TrainingArguments that differ from transformers' defaults.
-
-    The result is itself a valid recipe: `hf-clm train RUN_DIR/recipe.yaml` repeats the run.
-    """
+    """Every model/data value and the TrainingArguments the recipe set; itself a valid recipe,
+    so `hf-clm train RUN_DIR/recipe.yaml` repeats the run."""
     values = {**dataclasses.asdict(recipe.model), **dataclasses.asdict(recipe.data)}
-    baseline = TrainingArguments(output_dir=recipe.training.output_dir).to_dict()
-    for key, value in recipe.training.to_dict().items():
-        if key in baseline and key != "output_dir" and value == baseline[key]:
-            continue
-        if key.startswith("_") or key == "hub_token":  # a secret never goes into a run's files
-            continue
-        values[key] = _plain(value)
+    values.update((key, value) for key, value in recipe.training_values.items()
+                  if key != "hub_token")  # a secret never goes into a run's files
     values["output_dir"] = recipe.training.output_dir
     return values
 

@@ -7,14 +7,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+import torch.nn.functional as F
 from datasets import Dataset
-from transformers import DataCollatorForLanguageModeling, PreTrainedModel, Trainer, set_seed
+from transformers import DataCollatorForLanguageModeling, EvalPrediction, PreTrainedModel, Trainer, set_seed
 
 from hf_clm.blocks import TokenCounts, build_blocks, save_token_counts
 from hf_clm.corpus import load_corpus
 from hf_clm.errors import HfClmError
 from hf_clm.model import build_model
-from hf_clm.perplexity import perplexity_from_loss, unigram_nll
+from hf_clm.perplexity import IGNORE_INDEX, perplexity_from_loss, unigram_nll
 from hf_clm.recipe import Recipe, save_recipe
 from hf_clm.tokenizer import train_or_load_tokenizer
 
@@ -24,16 +27,35 @@ PERPLEXITY_FILENAME = "perplexity.json"
 
 
 class CausalLMTrainer(Trainer):
-    """``Trainer`` whose every evaluation also reports ``eval_perplexity``.
+    """``Trainer`` whose evaluations report the exact token-weighted loss and ``eval_perplexity``.
 
-    The eval loss is a mean over blocks that all hold ``block_size - 1`` targets, so it is already
-    token-weighted and its exp is the corpus perplexity of the evaluated blocks.
+    Trainer's own ``eval_loss`` is not token-weighted: its evaluation loop repeats each batch's
+    mean loss by the *first* batch's size, so a short last batch weighs as much as a full one.
+    Instead each block's summed NLL and target count travel through ``preprocess_logits_for_metrics``
+    (so full logits are never kept) and ``compute_metrics`` divides the totals.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, preprocess_logits_for_metrics=block_nll_and_tokens,
+                         compute_metrics=token_weighted_loss, **kwargs)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "eval_loss" in logs:
+        if "eval_token_weighted_loss" in logs:
+            logs["eval_loss"] = logs.pop("eval_token_weighted_loss")
             logs["eval_perplexity"] = perplexity_from_loss(logs["eval_loss"])
         super().log(logs, start_time)
+
+
+def block_nll_and_tokens(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per block: [summed NLL of its targets, number of targets] (labels shifted as in the model)."""
+    logits, targets = logits[:, :-1], labels[:, 1:]
+    nll = F.cross_entropy(logits.transpose(1, 2).float(), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    return torch.stack([nll.sum(1), (targets != IGNORE_INDEX).sum(1).float()], dim=1)
+
+
+def token_weighted_loss(prediction: EvalPrediction) -> dict[str, float]:
+    sums = np.asarray(prediction.predictions, dtype=np.float64).sum(0)
+    return {"token_weighted_loss": float(sums[0] / sums[1]), "tokens": int(sums[1])}
 
 
 def check_blocks(counts: dict[str, TokenCounts], block_size: int) -> None:
@@ -50,17 +72,24 @@ def build_trainer(recipe: Recipe, model: PreTrainedModel, tokenizer, blocks: dic
     )
 
 
+def final_eval_metrics(trainer: Trainer) -> dict[str, float]:
+    """The evaluation of the final weights: the one logged at the last step, or a fresh one."""
+    last = next((entry for entry in reversed(trainer.state.log_history) if "eval_loss" in entry), None)
+    if last is not None and last.get("step") == trainer.state.global_step:
+        return last
+    return trainer.evaluate()
+
+
 def perplexity_summary(metrics: dict[str, float], model: PreTrainedModel, counts: dict[str, TokenCounts],
                        tokens_seen: int, unigram_perplexity: float) -> dict[str, Any]:
-    evaluated = counts["validation"]
     return {
         "perplexity": metrics["eval_perplexity"],
         "eval_loss": metrics["eval_loss"],
-        "eval_tokens": evaluated.blocks * (evaluated.block_size - 1),
+        "eval_tokens": metrics["eval_tokens"],
         "unigram_perplexity": unigram_perplexity,
         "parameters": model.num_parameters(),
         "train_tokens_seen": tokens_seen,
-        "block_size": evaluated.block_size,
+        "block_size": counts["validation"].block_size,
     }
 
 
@@ -71,7 +100,7 @@ def write_json(data: dict[str, Any], path: Path) -> Path:
 
 def run(recipe: Recipe) -> dict[str, Any]:
     """Train the recipe's model and write model, tokenizer and ``perplexity.json`` to output_dir."""
-    model_args, data_args, args = recipe
+    model_args, data_args, args = recipe.model, recipe.data, recipe.training
     set_seed(args.seed)
     raw = load_corpus(data_args)
     tokenizer, added_tokens = train_or_load_tokenizer(model_args, raw["train"])
@@ -86,7 +115,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model()
     trainer.save_state()
-    metrics = trainer.evaluate()
+    metrics = final_eval_metrics(trainer)
     unigram = unigram_nll(blocks["train"], blocks["validation"], len(tokenizer)).perplexity
     summary = perplexity_summary(metrics, model, counts, trainer.state.num_input_tokens_seen, unigram)
     if trainer.is_world_process_zero():

@@ -1,0 +1,77 @@
+"""Shared fixtures: an isolated offline HF cache, small generated corpora, a trained tokenizer."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+requires_shared_data = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason=f"public test data not found at {SHARED_DATA}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_hf_cache(tmp_path_factory):
+    """Every test runs offline against its own Hugging Face caches (never the user's)."""
+    home = tmp_path_factory.mktemp("hf_home")
+    os.environ.update(HF_HOME=str(home), HF_DATASETS_CACHE=str(home / "datasets"), HF_HUB_OFFLINE="1",
+                      TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error")
+    import datasets.config
+
+    datasets.config.HF_DATASETS_CACHE = Path(home / "datasets")
+    datasets.config.HF_HUB_OFFLINE = True
+    yield home
+
+
+WORDS = ("the cat sat on a mat while dogs ran past quick brown foxes and birds sang over green hills "
+         "under blue skies near old stone walls by the river").split()
+
+
+def make_documents(n: int, seed: int = 0, words: int = 60) -> list[str]:
+    """Deterministic pseudo-English documents of varied length, with learnable structure: each
+    word is followed by one of two fixed successors (a model can beat a unigram baseline)."""
+    rng = random.Random(seed)
+    documents = []
+    for _ in range(n):
+        index, text = rng.randrange(len(WORDS)), []
+        for _ in range(rng.randint(words // 2, words * 2)):
+            text.append(WORDS[index])
+            index = (index * 7 + rng.choice((1, 2))) % len(WORDS)
+        documents.append(" ".join(text) + ".")
+    return documents
+
+
+@pytest.fixture
+def text_files(tmp_path) -> dict[str, Path]:
+    """A training and a validation .txt file (one document per paragraph)."""
+    train, validation = tmp_path / "train.txt", tmp_path / "valid.txt"
+    train.write_text("\n\n".join(make_documents(120, seed=1)) + "\n", encoding="utf-8")
+    validation.write_text("\n\n".join(make_documents(20, seed=2)) + "\n", encoding="utf-8")
+    return {"train": train, "validation": validation}
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer():
+    """A byte-level BPE trained by the package on a generated corpus."""
+    from datasets import Dataset
+
+    from hf_clm.tokenizer import ensure_distinct_pad_token, train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer(Dataset.from_dict({"text": make_documents(200, seed=3)}), vocab_size=400)
+    ensure_distinct_pad_token(tokenizer)
+    return tokenizer
+
+
+def recipe_args(text_files: dict[str, Path], output_dir: Path, *extra: str) -> list[str]:
+    """CLI flags for a seconds-long from-scratch run on the generated text files."""
+    return ["--train_files", str(text_files["train"]), "--validation_files", str(text_files["validation"]),
+            "--sample_by", "paragraph", "--train_tokenizer", "true", "--vocab_size", "400",
+            "--block_size", "32", "--n_layer", "2", "--n_head", "2", "--n_embd", "32",
+            "--max_steps", "30", "--per_device_train_batch_size", "8", "--learning_rate", "1e-2",
+            "--eval_steps", "15", "--save_steps", "15", "--logging_steps", "5",
+            "--output_dir", str(output_dir), "--seed", "0", "--disable_tqdm", "true", *extra]

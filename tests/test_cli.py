@@ -1,0 +1,126 @@
+"""The command line, in process through main() and as a real subprocess."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from transformers import AutoModelForCausalLM, GPT2Config
+
+from conftest import recipe_args
+from hf_clm.cli import main
+
+
+def hf_clm(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hf_clm", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory):
+    from conftest import make_documents
+
+    root = tmp_path_factory.mktemp("cli")
+    files = {"train": root / "train.txt", "validation": root / "valid.txt"}
+    files["train"].write_text("\n\n".join(make_documents(120, seed=1)) + "\n")
+    files["validation"].write_text("\n\n".join(make_documents(20, seed=2)) + "\n")
+    result = hf_clm("train", *recipe_args(files, root / "run", "--max_steps", "10", "--eval_steps", "10"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "validation perplexity" in result.stdout
+    return root / "run", files
+
+
+def test_train_subprocess_then_perplexity_and_generate(trained_dir):
+    run_dir, files = trained_dir
+    result = hf_clm("perplexity", str(run_dir), "--data", str(files["validation"]), "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["tokens"] > 100 and report["stride"] == report["window"] == 32
+    assert report["perplexity"] == pytest.approx(2 ** (report["bits_per_byte"] * report["bytes"] / report["tokens"]),
+                                                 rel=1e-6)
+    half = hf_clm("perplexity", str(run_dir), "--data", str(files["validation"]), "--json", "--stride", "16")
+    assert json.loads(half.stdout.strip().splitlines()[-1])["stride"] == 16
+
+    first = hf_clm("generate", str(run_dir), "the cat", "--max_new_tokens", "12", "--seed", "3")
+    again = hf_clm("generate", str(run_dir), "the cat", "--max_new_tokens", "12", "--seed", "3")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout.startswith("the cat") and len(first.stdout) > len("the cat")
+    assert first.stdout == again.stdout  # same seed, same text
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["perplexity"], ["generate"]])
+def test_help_lists_options(command, capsys):
+    assert main([*command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "usage:" in out
+    if command == ["train"]:
+        assert "--block_size" in out and "Tokens per training block" in out and "--learning_rate" in out
+    if command == ["generate"]:
+        assert "--temperature" in out and "--top_p" in out
+
+
+def tiny_checkpoint(path, vocab_size, n_positions, tokenizer=None):
+    AutoModelForCausalLM.from_config(GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_layer=1,
+                                                n_head=2, n_embd=16)).save_pretrained(path)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def bad_inputs(tmp_path, bpe_tokenizer):
+    """(argv, expected fragment of the one error line) for each kind of bad input."""
+    text = tmp_path / "ok.txt"
+    text.write_text("\n\n".join(["the cat sat on the mat"] * 400))
+    short = tmp_path / "short.txt"
+    short.write_text("only a few words\n\nand a few more\n")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"na\xefve text\n")
+    table = tmp_path / "t.jsonl"
+    table.write_text('{"body": "x"}\n' * 30)
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text("builtin_corpus: python-stdlib\nblok_size: 64\n")
+    base = ["--train_tokenizer", "true", "--vocab_size", "300", "--sample_by", "paragraph",
+            "--output_dir", str(tmp_path / "out")]
+    small_ctx = tiny_checkpoint(tmp_path / "ctx16", len(bpe_tokenizer), 16, bpe_tokenizer)
+    small_vocab = tiny_checkpoint(tmp_path / "vocab100", 100, 64)
+    return {
+        "missing file": (["train", "--train_files", str(tmp_path / "missing.txt"), *base], "does not exist"),
+        "glob matches nothing": (["train", "--train_files", str(tmp_path / "*.parquet"), *base], "matches no file"),
+        "empty corpus": (["train", "--train_files", str(empty), *base], "empty"),
+        "shorter than one block": (["train", "--train_files", str(short), "--validation_files", str(short),
+                                    *base, "--block_size", "512"], "fewer than one block"),
+        "text column missing": (["train", "--train_files", str(table), *base], "its columns are: body"),
+        "non utf-8": (["train", "--train_files", str(latin), *base], "byte 2 (0xef) is not valid UTF-8"),
+        "unknown recipe key": (["train", str(recipe)], "did you mean 'block_size'"),
+        "block_size over context": (["train", "--train_files", str(text), "--model_name_or_path", small_ctx,
+                                     "--sample_by", "paragraph", "--block_size", "32",
+                                     "--output_dir", str(tmp_path / "o2")], "larger than the model's context of 16"),
+        "vocab over embeddings": (["train", "--train_files", str(text), "--model_name_or_path", small_vocab,
+                                   "--tokenizer_name_or_path", small_ctx, "--sample_by", "paragraph",
+                                   "--block_size", "16", "--output_dir", str(tmp_path / "o3")],
+                                  f"tokenizer has {len(bpe_tokenizer)} tokens but the model's embeddings only 100"),
+        "model dir without weights": (["perplexity", str(tmp_path), "--data", str(text)], "no tokenizer"),
+        "stride over window": (["perplexity", small_ctx, "--data", str(text), "--stride", "99"], "--stride 99"),
+        "empty prompt": (["generate", small_ctx, "  "], "prompt is empty"),
+    }
+
+
+def test_each_bad_input_is_one_clear_line_and_nonzero_exit(tmp_path, bpe_tokenizer, capsys):
+    for name, (argv, fragment) in bad_inputs(tmp_path, bpe_tokenizer).items():
+        code = main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code != 0, name
+        assert err and err[-1].startswith("hf-clm: error: ") and fragment in err[-1], (name, err[-3:])
+        assert not any("Traceback" in line for line in err), name
+        assert not (tmp_path / "out" / "perplexity.json").exists()
+
+
+def test_bad_input_as_subprocess_has_no_traceback(tmp_path):
+    result = hf_clm("train", "--train_files", str(tmp_path / "nothing-*.txt"), "--train_tokenizer", "true",
+                    cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("hf-clm: error: train_files:")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()  # nothing half-written

@@ -1,0 +1,89 @@
+import json
+
+import pandas as pd
+import pytest
+
+from hf_clm.corpus import is_stdlib_validation_file, load_corpus, stdlib_files
+from hf_clm.errors import HfClmError
+from hf_clm.recipe import DataArguments
+
+
+def test_txt_paragraphs_with_explicit_validation(text_files):
+    corpus = load_corpus(DataArguments(train_files=[str(text_files["train"])], sample_by="paragraph",
+                                       validation_files=[str(text_files["validation"])]))
+    assert len(corpus["train"]) == 120 and len(corpus["validation"]) == 20
+    assert corpus["train"].column_names == ["text"]
+
+
+@pytest.mark.parametrize("suffix", ["json", "jsonl", "csv", "parquet"])
+def test_structured_formats_and_text_column(tmp_path, suffix):
+    rows = [{"body": f"document number {i}", "id": i} for i in range(50)]
+    path = tmp_path / f"data.{suffix}"
+    frame = pd.DataFrame(rows)
+    if suffix == "json":
+        path.write_text(json.dumps(rows))
+    elif suffix == "jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    elif suffix == "csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path)
+    corpus = load_corpus(DataArguments(train_files=[str(path)], text_column="body",
+                                       validation_split_percentage=10))
+    # no validation split: the last 10% of documents, in order, are held out
+    assert corpus["train"]["text"] == [f"document number {i}" for i in range(45)]
+    assert corpus["validation"]["text"] == [f"document number {i}" for i in range(45, 50)]
+
+
+def test_globs_and_directories(tmp_path):
+    for i in range(3):
+        (tmp_path / f"part{i}.txt").write_text(f"file {i}\n")
+    (tmp_path / "notes.md").write_text("ignored\n")
+    by_glob = load_corpus(DataArguments(train_files=[str(tmp_path / "part*.txt")], validation_split_percentage=34))
+    by_dir = load_corpus(DataArguments(train_files=[str(tmp_path)], validation_split_percentage=34))
+    assert by_glob["train"]["text"] == by_dir["train"]["text"] == ["file 0\n", "file 1\n"]
+    assert by_dir["validation"]["text"] == ["file 2\n"]
+
+
+def test_max_samples(text_files):
+    corpus = load_corpus(DataArguments(train_files=[str(text_files["train"])], sample_by="paragraph",
+                                       max_train_samples=7, max_eval_samples=3))
+    assert (len(corpus["train"]), len(corpus["validation"])) == (7, 3)
+
+
+def test_missing_file_and_empty_glob(tmp_path):
+    with pytest.raises(HfClmError, match="train_files: '.*nope.txt' does not exist"):
+        load_corpus(DataArguments(train_files=[str(tmp_path / "nope.txt")]))
+    with pytest.raises(HfClmError, match=r"matches no file"):
+        load_corpus(DataArguments(train_files=[str(tmp_path / "*.jsonl")]))
+
+
+def test_missing_text_column_lists_the_columns(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"content": "a", "id": 1}\n' * 20)
+    with pytest.raises(HfClmError, match="text_column 'text' is not a column.*content, id"):
+        load_corpus(DataArguments(train_files=[str(path)]))
+
+
+def test_non_utf8_names_file_and_offset(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("caf".encode() + b"\xe9 au lait\n" * 3)
+    with pytest.raises(HfClmError, match=r"latin1.txt: byte 3 \(0xe9\) is not valid UTF-8"):
+        load_corpus(DataArguments(train_files=[str(path)]))
+
+
+def test_empty_corpus(tmp_path):
+    path = tmp_path / "empty.txt"
+    path.write_text("")
+    with pytest.raises(HfClmError, match="empty"):
+        load_corpus(DataArguments(train_files=[str(path)], validation_files=[str(path)]))
+
+
+def test_stdlib_split_is_file_level_deterministic_and_disjoint():
+    corpus = load_corpus(DataArguments(builtin_corpus="python-stdlib", max_train_samples=5, max_eval_samples=5))
+    _, files = stdlib_files()
+    held_out = [f for f in files if is_stdlib_validation_file(f, 10)]
+    assert 0.05 < len(held_out) / len(files) < 0.15
+    assert len(corpus["train"]) == len(corpus["validation"]) == 5
+    assert not set(corpus["train"]["text"]) & set(corpus["validation"]["text"])
+    assert all("test" not in f.split("/") for f in files)

@@ -1,0 +1,61 @@
+import torch
+from datasets import Dataset
+from transformers import AutoTokenizer, DataCollatorForLanguageModeling
+
+from conftest import SHARED_DATA, make_documents, requires_shared_data
+from hf_clm.recipe import ModelArguments
+from hf_clm.tokenizer import EOS_TOKEN, PAD_TOKEN, train_or_load_tokenizer
+
+
+def train_split(extra: str = "") -> Dataset:
+    return Dataset.from_dict({"text": make_documents(150, seed=5) + ([extra] if extra else [])})
+
+
+def eos_labels_supervised(tokenizer) -> bool:
+    """Do EOS positions keep their label through DataCollatorForLanguageModeling(mlm=False)?"""
+    ids = tokenizer("the cat sat")["input_ids"] + [tokenizer.eos_token_id] + tokenizer("on the mat")["input_ids"]
+    batch = DataCollatorForLanguageModeling(tokenizer, mlm=False)([{"input_ids": ids}])
+    eos_positions = torch.tensor(ids) == tokenizer.eos_token_id
+    return bool(eos_positions.any()) and bool((batch["labels"][0][eos_positions] == tokenizer.eos_token_id).all())
+
+
+def test_trained_bpe_has_separate_eos_and_pad_and_reloads(tmp_path):
+    tokenizer, added = train_or_load_tokenizer(ModelArguments(train_tokenizer=True, vocab_size=300), train_split())
+    assert added == 0
+    assert tokenizer.eos_token == EOS_TOKEN and tokenizer.pad_token == PAD_TOKEN
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert len(tokenizer) == 300
+    assert eos_labels_supervised(tokenizer)
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    text = "the quick brown fox\n  sat"
+    assert reloaded(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert reloaded.decode(reloaded(text)["input_ids"]) == text  # byte-level: lossless
+
+
+def test_bpe_learns_from_the_training_split_only():
+    word = "zyzzogeton"
+    with_word, _ = train_or_load_tokenizer(ModelArguments(train_tokenizer=True, vocab_size=400),
+                                           train_split(extra=f"{word} " * 200))
+    without, _ = train_or_load_tokenizer(ModelArguments(train_tokenizer=True, vocab_size=400), train_split())
+    assert len(with_word.tokenize(" " + word)) == 1
+    assert len(without.tokenize(" " + word)) > 3
+
+
+def test_trained_tokenizer_is_cached_per_training_split():
+    args = ModelArguments(train_tokenizer=True, vocab_size=320)
+    split = train_split()
+    first, _ = train_or_load_tokenizer(args, split)
+    second, _ = train_or_load_tokenizer(args, split)
+    assert first.get_vocab() == second.get_vocab()
+    assert type(second).__name__ == type(first).__name__
+
+
+@requires_shared_data
+def test_pretrained_gpt2_tokenizer_gets_a_pad_token_distinct_from_eos():
+    tokenizer, added = train_or_load_tokenizer(
+        ModelArguments(tokenizer_name_or_path=str(SHARED_DATA / "tiny-gpt2")), train_split())
+    assert tokenizer.eos_token_id == 50256
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert added == (1 if tokenizer.pad_token_id == 50257 else 0)
+    assert eos_labels_supervised(tokenizer)
