@@ -17,6 +17,8 @@ COMMANDS = {
     "train": "train a causal LM from a recipe (default: the embedded python-stdlib demo)",
     "perplexity": "corpus perplexity, bits per byte and bits per character of a trained model",
     "generate": "continue a prompt with a trained model",
+    "report": "write report.md, report.json and learning-curve PNGs for one run or a comparison of several",
+    "explain": "show, position by position, how a model scores a text: targets, probabilities, top-k, loss",
 }
 
 
@@ -48,9 +50,14 @@ def train_command(argv: list[str]) -> int:
     return 0
 
 
+def model_dir_parser(sub, name: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=COMMANDS[name], description=COMMANDS[name])
+    parser.add_argument("model_dir", help="a finished run directory (or any saved causal LM with its tokenizer)")
+    return parser
+
+
 def perplexity_parser(sub) -> None:
-    p = sub.add_parser("perplexity", help=COMMANDS["perplexity"], description=COMMANDS["perplexity"])
-    p.add_argument("model_dir", help="a finished run directory (or any saved causal LM with its tokenizer)")
+    p = model_dir_parser(sub, "perplexity")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", nargs="+", metavar="FILE", help="text files to evaluate (paths, globs, directories)")
     source.add_argument("--recipe", help="evaluate on this recipe's validation split")
@@ -98,8 +105,7 @@ def perplexity_command(args: argparse.Namespace) -> int:
 
 
 def generate_parser(sub) -> None:
-    p = sub.add_parser("generate", help=COMMANDS["generate"], description=COMMANDS["generate"])
-    p.add_argument("model_dir", help="a finished run directory (or any saved causal LM with its tokenizer)")
+    p = model_dir_parser(sub, "generate")
     p.add_argument("prompt", help="text to continue")
     p.add_argument("--max_new_tokens", type=int, default=100, help="tokens to generate")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy")
@@ -118,6 +124,42 @@ def generate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def explain_parser(sub) -> None:
+    p = model_dir_parser(sub, "explain")
+    p.add_argument("text", help="the text to explain, e.g. \"The cat sat on the mat\"")
+    p.add_argument("--top_k", type=int, default=5, help="predictions shown per position")
+    p.add_argument("--json", action="store_true", help="print the explanation as one JSON object")
+
+
+def explain_command(args: argparse.Namespace) -> int:
+    from hf_clm.explain import explain, format_explanation
+    from hf_clm.model import load_trained
+
+    if args.top_k < 1:
+        raise HfClmError(f"--top_k must be at least 1, not {args.top_k}")
+    model, tokenizer = load_trained(args.model_dir)
+    explanation = explain(model, tokenizer, args.text, args.top_k)
+    print(json.dumps(explanation.as_dict()) if args.json else format_explanation(explanation))
+    return 0
+
+
+def report_parser(sub) -> None:
+    p = sub.add_parser("report", help=COMMANDS["report"], description=COMMANDS["report"])
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run directories")
+    p.add_argument("--output", default=None,
+                   help="where to write the report (default: the run directory itself for one run, "
+                        "./report for several)")
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from hf_clm.report import write_report
+
+    output = args.output or (args.run_dirs[0] if len(args.run_dirs) == 1 else "report")
+    for path in write_report(args.run_dirs, output):
+        print(path)
+    return 0
+
+
 def top_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-clm", description="Causal language modeling on the Hugging Face stack.")
     parser.add_argument("--version", action="version", version=f"hf-clm {__version__}")
@@ -126,6 +168,8 @@ def top_parser() -> argparse.ArgumentParser:
                    add_help=False)
     perplexity_parser(sub)
     generate_parser(sub)
+    explain_parser(sub)
+    report_parser(sub)
     return parser
 
 
@@ -138,7 +182,9 @@ def dispatch(argv: list[str]) -> int:
     if argv and argv[0] == "train":
         return train_command(argv[1:])
     args = top_parser().parse_args(argv)
-    return {"perplexity": perplexity_command, "generate": generate_command}[args.command](args)
+    commands = {"perplexity": perplexity_command, "generate": generate_command, "explain": explain_command,
+                "report": report_command}
+    return commands[args.command](args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,7 +69,7 @@ class DataArguments:
     builtin_corpus: str | None = field(
         default=None,
         metadata={"help": "A corpus every Python has: 'python-stdlib' (the standard library's own "
-                          ".py files; one document per file)."},
+                          ".py files, without test suites; one document per file)."},
     )
     train_files: list[str] | None = field(
         default=None,
@@ -88,7 +88,8 @@ class DataArguments:
     validation_split_percentage: int = field(
         default=10,
         metadata={"help": "When there is no validation split: the last N%% of the training documents "
-                          "are held out (files, for python-stdlib)."},
+                          "are held out, in order (python-stdlib: about N%% of the files, chosen by a "
+                          "hash of their path)."},
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N training documents."}

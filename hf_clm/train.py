@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ from hf_clm.blocks import TokenCounts, build_blocks, save_token_counts
 from hf_clm.corpus import load_corpus
 from hf_clm.errors import HfClmError
 from hf_clm.model import build_model
-from hf_clm.perplexity import IGNORE_INDEX, perplexity_from_loss, unigram_nll
+from hf_clm.perplexity import IGNORE_INDEX, perplexity_from_loss, text_size, unigram_nll
+from hf_clm.report import write_report
 from hf_clm.recipe import Recipe, save_recipe
 from hf_clm.tokenizer import train_or_load_tokenizer
 
@@ -81,10 +83,13 @@ def final_eval_metrics(trainer: Trainer) -> dict[str, float]:
 
 
 def perplexity_summary(metrics: dict[str, float], model: PreTrainedModel, counts: dict[str, TokenCounts],
-                       tokens_seen: int, unigram_perplexity: float) -> dict[str, Any]:
+                       tokens_seen: int, unigram_perplexity: float, validation_bytes: int) -> dict[str, Any]:
+    # bits per byte: the mean loss in bits, per UTF-8 byte a validation token stands for on average
+    bytes_per_token = validation_bytes / counts["validation"].tokens
     return {
         "perplexity": metrics["eval_perplexity"],
         "eval_loss": metrics["eval_loss"],
+        "bits_per_byte": metrics["eval_loss"] / math.log(2) / bytes_per_token,
         "eval_tokens": metrics["eval_tokens"],
         "unigram_perplexity": unigram_perplexity,
         "parameters": model.num_parameters(),
@@ -102,9 +107,11 @@ def run(recipe: Recipe) -> dict[str, Any]:
     """Train the recipe's model and write model, tokenizer and ``perplexity.json`` to output_dir."""
     model_args, data_args, args = recipe.model, recipe.data, recipe.training
     set_seed(args.seed)
-    raw = load_corpus(data_args)
-    tokenizer, added_tokens = train_or_load_tokenizer(model_args, raw["train"])
-    blocks, counts = build_blocks(raw, tokenizer, data_args)
+    # Under several processes the main one tokenizes and caches; the others then read its cache.
+    with args.main_process_first(desc="corpus preparation"):
+        raw = load_corpus(data_args)
+        tokenizer, added_tokens = train_or_load_tokenizer(model_args, raw["train"])
+        blocks, counts = build_blocks(raw, tokenizer, data_args)
     check_blocks(counts, data_args.block_size)
     model = build_model(model_args, tokenizer, data_args.block_size, added_tokens)
 
@@ -117,9 +124,12 @@ def run(recipe: Recipe) -> dict[str, Any]:
     trainer.save_state()
     metrics = final_eval_metrics(trainer)
     unigram = unigram_nll(blocks["train"], blocks["validation"], len(tokenizer)).perplexity
-    summary = perplexity_summary(metrics, model, counts, trainer.state.num_input_tokens_seen, unigram)
+    validation_bytes, _ = text_size(raw["validation"])
+    summary = perplexity_summary(metrics, model, counts, trainer.state.num_input_tokens_seen, unigram,
+                                 validation_bytes)
     if trainer.is_world_process_zero():
         write_json(summary, output_dir / PERPLEXITY_FILENAME)
+        write_report([output_dir], output_dir)
         print(format_summary(summary, output_dir))
     return summary
 
@@ -129,6 +139,7 @@ def format_summary(summary: dict[str, Any], output_dir: Path) -> str:
     return "\n".join([
         f"validation perplexity  {summary['perplexity']:.2f}  (eval loss {summary['eval_loss']:.4f} nats/token,"
         f" {summary['eval_tokens']:,} tokens)",
+        f"bits per byte          {summary['bits_per_byte']:.4f}",
         f"unigram baseline       {summary['unigram_perplexity']:.2f}  (model is {ratio:.1f}x lower)",
         f"parameters             {summary['parameters']:,}",
         f"train tokens seen      {summary['train_tokens_seen']:,}",

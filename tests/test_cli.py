@@ -124,3 +124,31 @@ def test_bad_input_as_subprocess_has_no_traceback(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("hf-clm: error: train_files:")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_explain_subprocess_table_and_json(trained_dir):
+    run_dir, _ = trained_dir
+    table = hf_clm("explain", str(run_dir), "the cat sat on the mat")
+    assert table.returncode == 0, table.stderr[-2000:]
+    assert "top predictions" in table.stdout and "mean loss" in table.stdout
+    as_json = hf_clm("explain", str(run_dir), "the cat sat on the mat", "--json", "--top_k", "2")
+    data = json.loads(as_json.stdout)
+    assert len(data["positions"][0]["top"]) == 2
+    assert data["perplexity"] == pytest.approx(2.718281828 ** data["mean_loss"], rel=1e-6)
+
+
+def test_report_compares_several_runs(trained_dir, tmp_path):
+    run_dir, files = trained_dir
+    second = tmp_path / "second"
+    result = hf_clm("train", *recipe_args(files, second, "--max_steps", "10", "--eval_steps", "5", "--n_embd", "16"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = hf_clm("report", str(run_dir), str(second), "--output", str(tmp_path / "cmp"))
+    assert report.returncode == 0, report.stderr[-2000:]
+    runs = json.loads((tmp_path / "cmp" / "report.json").read_text())["runs"]
+    assert [r["name"] for r in runs] == ["run", "second"]
+    assert runs[0]["parameters"] > runs[1]["parameters"]
+    table = (tmp_path / "cmp" / "report.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert len(rows) == 3 and rows[2].startswith("| second |")  # header, then one row per run
+    bad = hf_clm("report", str(tmp_path))
+    assert bad.returncode == 2 and "is not a finished run" in bad.stderr

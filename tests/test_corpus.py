@@ -87,3 +87,14 @@ def test_stdlib_split_is_file_level_deterministic_and_disjoint():
     assert len(corpus["train"]) == len(corpus["validation"]) == 5
     assert not set(corpus["train"]["text"]) & set(corpus["validation"]["text"])
     assert all("test" not in f.split("/") for f in files)
+
+
+def test_dataset_name_goes_through_load_dataset_with_its_own_splits(tmp_path):
+    """The Hub code path (datasets.load_dataset(name)), pointed at a local dataset folder."""
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(f'{{"content": "train {i}"}}\n' for i in range(30)))
+    (folder / "validation.jsonl").write_text("".join(f'{{"content": "valid {i}"}}\n' for i in range(4)))
+    corpus = load_corpus(DataArguments(dataset_name=str(folder), text_column="content"))
+    assert corpus["train"]["text"][:2] == ["train 0", "train 1"] and len(corpus["train"]) == 30
+    assert corpus["validation"]["text"] == [f"valid {i}" for i in range(4)]

@@ -67,3 +67,14 @@ def test_saved_run_reloads_and_reproduces_its_perplexity(finished_run):
     nll = blocks_nll(model, blocks["validation"], batch_size=16, progress=False)
     assert nll.tokens == summary["eval_tokens"]
     assert nll.perplexity == pytest.approx(summary["perplexity"], rel=1e-4)
+
+
+def test_run_writes_its_report_with_plots(finished_run):
+    output_dir, summary = finished_run
+    report = json.loads((output_dir / "report.json").read_text())["runs"][0]
+    assert report["perplexity"] == pytest.approx(summary["perplexity"])
+    assert report["train_tokens_per_second"] > 0 and 0 < summary["bits_per_byte"] < 8
+    markdown = (output_dir / "report.md").read_text()
+    assert f"{summary['perplexity']:.2f}" in markdown and "curves_by_steps.png" in markdown
+    for name in ("curves_by_steps.png", "curves_by_tokens_seen.png"):
+        assert (output_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,27 @@
+# make demo   set up .venv and train the embedded default (python-stdlib, ~6 min on 2 CPU cores)
+# make test   set up .venv and run the test suite (what CI runs)
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: demo test test-slow clean
+
+$(BIN)/hf-clm: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# the CPU wheel of torch first, so nothing below pulls a CUDA build
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+demo: $(BIN)/hf-clm
+	$(BIN)/hf-clm train
+
+test: $(BIN)/hf-clm
+	$(BIN)/python -m pytest -q
+
+test-slow: $(BIN)/hf-clm
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) runs

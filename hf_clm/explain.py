@@ -1,0 +1,92 @@
+"""Explain: what a causal LM does with one text, position by position.
+
+For "The cat sat on the mat": the model sees "The" and is scored on "cat", sees "The cat" and is
+scored on "sat", and so on: every position's context, its target (the next token), the
+probability and rank the model gives that target, its top-k guesses and the position's loss.
+The mean of those losses is exactly the loss the model reports for the whole sequence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from hf_clm.errors import HfClmError
+from hf_clm.model import context_length
+from hf_clm.perplexity import perplexity_from_loss
+
+
+@dataclass
+class Position:
+    position: int
+    context: str
+    target: str
+    target_id: int
+    probability: float
+    rank: int
+    top: list[tuple[str, float]]
+    loss: float
+
+
+@dataclass
+class Explanation:
+    tokens: list[str]
+    positions: list[Position]
+
+    @property
+    def mean_loss(self) -> float:
+        return sum(p.loss for p in self.positions) / len(self.positions)
+
+    @property
+    def perplexity(self) -> float:
+        return perplexity_from_loss(self.mean_loss)
+
+    def as_dict(self) -> dict:
+        return {"tokens": self.tokens, "positions": [asdict(p) for p in self.positions],
+                "mean_loss": self.mean_loss, "perplexity": self.perplexity}
+
+
+@torch.inference_mode()
+def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str, top_k: int = 5) -> Explanation:
+    """Per-position targets, probabilities, ranks, top-k predictions and losses for ``text``."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) < 2:
+        raise HfClmError(f"the text is {len(ids)} token(s) long; at least 2 are needed (one context, one target)")
+    context = context_length(model.config)
+    if context is not None and len(ids) > context:
+        raise HfClmError(f"the text is {len(ids)} tokens long, more than the model's context of {context}")
+    model.eval()
+    log_probs = torch.log_softmax(model(input_ids=torch.tensor([ids], device=model.device)).logits[0, :-1].float(), -1)
+    pieces = [tokenizer.decode([i]) for i in ids]
+    positions = []
+    for t, target in enumerate(ids[1:]):
+        row = log_probs[t]
+        top = torch.topk(row, min(top_k, row.numel()))
+        positions.append(Position(
+            position=t, context=tokenizer.decode(ids[: t + 1]), target=pieces[t + 1], target_id=target,
+            probability=math.exp(row[target].item()), rank=int((row > row[target]).sum()) + 1,
+            top=[(tokenizer.decode([i]), math.exp(v)) for v, i in zip(top.values.tolist(), top.indices.tolist())],
+            loss=-row[target].item(),
+        ))
+    return Explanation(pieces, positions)
+
+
+def shown(piece: str, width: int) -> str:
+    """A token as printable text: whitespace made visible, long contexts cut from the left."""
+    piece = piece.replace("\n", "\\n").replace("\t", "\\t")
+    return piece if len(piece) <= width else "…" + piece[-(width - 1):]
+
+
+def format_explanation(explanation: Explanation) -> str:
+    header = f"{'pos':>4}  {'context':<28} {'target':<12} {'p(target)':>9} {'rank':>5} {'loss':>7}  top predictions"
+    lines = ["tokens: " + " | ".join(shown(t, 20) for t in explanation.tokens), "", header, "-" * len(header)]
+    for p in explanation.positions:
+        top = ", ".join(f"{shown(tok, 12)!r} {prob:.2f}" for tok, prob in p.top)
+        lines.append(f"{p.position:>4}  {shown(p.context, 28):<28} {shown(p.target, 12)!r:<12} "
+                     f"{p.probability:>9.4f} {p.rank:>5} {p.loss:>7.3f}  {top}")
+    lines += ["", f"mean loss {explanation.mean_loss:.4f} nats/token over {len(explanation.positions)} "
+                  f"predictions, perplexity {explanation.perplexity:.2f}"]
+    return "\n".join(lines)

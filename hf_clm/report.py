@@ -1,0 +1,95 @@
+"""Report: a run's (or several runs') perplexity table and learning curves, as Markdown, JSON and PNG.
+
+Everything comes from files a finished run already holds: ``perplexity.json`` and Trainer's
+``trainer_state.json`` log history.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hf_clm.errors import HfClmError
+
+REPORT_MD, REPORT_JSON = "report.md", "report.json"
+CURVES = (("step", "steps"), ("num_input_tokens_seen", "tokens seen"))
+
+
+def read_run(run_dir: str | Path) -> dict[str, Any]:
+    """Summary and log history of a finished run directory."""
+    run_dir = Path(run_dir)
+    needed = [run_dir / "perplexity.json", run_dir / "trainer_state.json"]
+    missing = [p.name for p in needed if not p.is_file()]
+    if missing:
+        raise HfClmError(f"{run_dir} is not a finished run: {', '.join(missing)} missing")
+    summary = json.loads(needed[0].read_text())
+    history = json.loads(needed[1].read_text())["log_history"]
+    final = next((e for e in reversed(history) if "train_runtime" in e), {})
+    wall = final.get("train_runtime")
+    return {
+        "name": run_dir.resolve().name, "path": str(run_dir), **summary,
+        "train_seconds": wall,
+        "train_tokens_per_second": summary["train_tokens_seen"] / wall if wall else None,
+        "train_curve": [e for e in history if "loss" in e and "eval_loss" not in e],
+        "eval_curve": [e for e in history if "eval_loss" in e],
+    }
+
+
+def plot_curves(runs: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """Training loss and eval perplexity against steps and against tokens seen; one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for x_key, x_label in CURVES:
+        figure, (loss_ax, ppl_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+        for run in runs:
+            train = [e for e in run["train_curve"] if x_key in e]
+            evals = [e for e in run["eval_curve"] if x_key in e]
+            loss_ax.plot([e[x_key] for e in train], [e["loss"] for e in train], label=run["name"])
+            ppl_ax.plot([e[x_key] for e in evals], [e["eval_perplexity"] for e in evals], marker="o",
+                        label=run["name"])
+        loss_ax.set(title="Training loss", xlabel=x_label, ylabel="loss (nats/token)")
+        ppl_ax.set(title="Validation perplexity", xlabel=x_label, ylabel="perplexity (log scale)", yscale="log")
+        for ax in (loss_ax, ppl_ax):
+            ax.grid(alpha=0.3)
+            ax.legend()
+        figure.tight_layout()
+        path = out_dir / f"curves_by_{x_label.replace(' ', '_')}.png"
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        paths.append(path)
+    return paths
+
+
+def fmt(value: Any, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def markdown(runs: list[dict[str, Any]], plots: list[Path]) -> str:
+    lines = ["# Perplexity report", "",
+             "| run | perplexity | unigram baseline | bits/byte | parameters | train tokens | train time (s) | tokens/s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        lines.append(f"| {r['name']} | {fmt(r['perplexity'], '.2f')} | {fmt(r.get('unigram_perplexity'), '.2f')} | "
+                     f"{fmt(r.get('bits_per_byte'), '.4f')} | {r['parameters']:,} | {r['train_tokens_seen']:,} | "
+                     f"{fmt(r['train_seconds'], '.1f')} | {fmt(r['train_tokens_per_second'], ',.0f')} |")
+    lines += ["", "Perplexity = exp(total NLL / predicted tokens) on the validation blocks; bits/byte divides "
+                  "the same total NLL, in bits, by the UTF-8 bytes those tokens stand for.", ""]
+    lines += [f"![{p.stem}]({p.name})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
+    """``report.md``, ``report.json`` and the PNG plots for the runs, in ``out_dir``."""
+    runs = [read_run(d) for d in run_dirs]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = plot_curves(runs, out_dir)
+    table = [{k: v for k, v in r.items() if not k.endswith("_curve")} for r in runs]
+    (out_dir / REPORT_JSON).write_text(json.dumps({"runs": table}, indent=2) + "\n")
+    (out_dir / REPORT_MD).write_text(markdown(runs, plots))
+    return [out_dir / REPORT_MD, out_dir / REPORT_JSON, *plots]
