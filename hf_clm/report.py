@@ -39,6 +39,7 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
 def plot_curves(runs: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """Training loss and eval perplexity against steps and against tokens seen; one line per run."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -54,6 +55,8 @@ def plot_curves(runs: list[dict[str, Any]], out_dir: Path) -> list[Path]:
                         label=run["name"])
         loss_ax.set(title="Training loss", xlabel=x_label, ylabel="loss (nats/token)")
         ppl_ax.set(title="Validation perplexity", xlabel=x_label, ylabel="perplexity (log scale)", yscale="log")
+        ppl_ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ppl_ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         for ax in (loss_ax, ppl_ax):
             ax.grid(alpha=0.3)
             ax.legend()
