@@ -75,17 +75,17 @@ def perplexity_command(args: argparse.Namespace) -> int:
     from hf_clm.blocks import token_stream
     from hf_clm.corpus import load_evaluation_split
     from hf_clm.model import context_length, load_trained
-    from hf_clm.perplexity import perplexity_report, stream_nll, text_size
+    from hf_clm.perplexity import perplexity_report, text_size, window_nlls
     from hf_clm.recipe import DataArguments, parse_recipe
 
     model, tokenizer = load_trained(args.model_dir)
     context = context_length(model.config)
-    window = args.window or context
+    window = context if args.window is None else args.window
     if window is None:
         raise HfClmError("the model does not state its context length; pass --window")
     if window < 2 or (context is not None and window > context):
         raise HfClmError(f"--window {window} must be between 2 and the model's context of {context} tokens")
-    stride = args.stride or window
+    stride = window if args.stride is None else args.stride
     if not 0 < stride <= window:
         raise HfClmError(f"--stride {stride} must be between 1 and the window of {window} tokens")
     data = parse_recipe([args.recipe]).data if args.recipe else DataArguments()
@@ -93,8 +93,8 @@ def perplexity_command(args: argparse.Namespace) -> int:
     ids = torch.from_numpy(token_stream(split, tokenizer, data).astype("int64"))
     if len(ids) < 2:
         raise HfClmError(f"the evaluation text has {len(ids)} token(s); at least 2 are needed")
-    nll = stream_nll(model, ids, window, stride, args.batch_size, progress=not args.json)
-    report = perplexity_report(nll, window, stride, *text_size(split))
+    parts = window_nlls(model, ids, window, stride, args.batch_size, progress=not args.json)
+    report = perplexity_report(parts, window, stride, *text_size(split))
     if args.json:
         print(json.dumps(report))
     else:

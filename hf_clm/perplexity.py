@@ -10,9 +10,11 @@ method of the Hugging Face guide "Perplexity of fixed-length models").
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import evaluate
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -21,6 +23,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 IGNORE_INDEX = -100
+# The package's `evaluate` metric: evaluate.load(CORPUS_PERPLEXITY_METRIC) works offline.
+CORPUS_PERPLEXITY_METRIC = str(Path(__file__).resolve().parent / "metrics" / "corpus_perplexity")
 
 
 def perplexity_from_loss(loss: float) -> float:
@@ -95,12 +99,11 @@ def scored_windows(n_tokens: int, window: int, stride: int) -> Iterator[tuple[in
             return
 
 
-@torch.inference_mode()
-def stream_nll(model: PreTrainedModel, ids: torch.Tensor, window: int, stride: int,
-               batch_size: int = 8, progress: bool = True) -> NLL:
-    """NLL of a 1-D token stream scored in windows of ``window`` tokens moved by ``stride``."""
+def window_nlls(model: PreTrainedModel, ids: torch.Tensor, window: int, stride: int,
+                batch_size: int = 8, progress: bool = True) -> Iterator[NLL]:
+    """NLL of each batch of windows of ``window`` tokens moved by ``stride`` over a 1-D stream."""
     model.eval()
-    device, result = model_device(model), NLL()
+    device = model_device(model)
     spans = list(scored_windows(len(ids), window, stride))
     # Windows of one length are batched together; only the last window can be shorter.
     for start in tqdm(range(0, len(spans), batch_size), desc="Perplexity", disable=not progress):
@@ -111,7 +114,16 @@ def stream_nll(model: PreTrainedModel, ids: torch.Tensor, window: int, stride: i
             labels = inputs.clone()
             for row, (_, _, first_scored) in enumerate(same):
                 labels[row, :first_scored] = IGNORE_INDEX
-            result += batch_nll(model, inputs, labels)
+            with torch.inference_mode():
+                yield batch_nll(model, inputs, labels)
+
+
+def stream_nll(model: PreTrainedModel, ids: torch.Tensor, window: int, stride: int,
+               batch_size: int = 8, progress: bool = True) -> NLL:
+    """Total NLL of a 1-D token stream scored in windows of ``window`` tokens moved by ``stride``."""
+    result = NLL()
+    for part in window_nlls(model, ids, window, stride, batch_size, progress):
+        result += part
     return result
 
 
@@ -140,17 +152,13 @@ def text_size(split: Dataset) -> tuple[int, int]:
     return n_bytes, n_chars
 
 
-def perplexity_report(nll: NLL, window: int, stride: int, n_bytes: int, n_chars: int) -> dict[str, float | int]:
-    """The figures of one evaluation; bits per byte/char divide the total NLL (in bits) by the
-    text's size, so models with different tokenizers can be compared."""
-    return {
-        "perplexity": nll.perplexity,
-        "loss": nll.mean,
-        "bits_per_byte": nll.bits / n_bytes if n_bytes else math.nan,
-        "bits_per_char": nll.bits / n_chars if n_chars else math.nan,
-        "tokens": nll.tokens,
-        "bytes": n_bytes,
-        "chars": n_chars,
-        "window": window,
-        "stride": stride,
-    }
+def perplexity_report(parts: Iterable[NLL], window: int, stride: int, n_bytes: int, n_chars: int
+                      ) -> dict[str, float | int]:
+    """The figures of one evaluation, aggregated by the package's `evaluate` metric: corpus
+    perplexity, loss, tokens, and bits per byte/char (total NLL in bits / the text's UTF-8 bytes
+    or characters), which do not depend on the tokenizer."""
+    metric = evaluate.load(CORPUS_PERPLEXITY_METRIC)
+    for part in parts:
+        metric.add_batch(nll=[part.total], tokens=[part.tokens])
+    return {**metric.compute(bytes=n_bytes, chars=n_chars), "bytes": n_bytes, "chars": n_chars,
+            "window": window, "stride": stride}

@@ -79,6 +79,8 @@ def bad_inputs(tmp_path, bpe_tokenizer):
     latin.write_bytes(b"na\xefve text\n")
     table = tmp_path / "t.jsonl"
     table.write_text('{"body": "x"}\n' * 30)
+    no_weights = tmp_path / "tokenizer-only"
+    bpe_tokenizer.save_pretrained(no_weights)
     recipe = tmp_path / "typo.yaml"
     recipe.write_text("builtin_corpus: python-stdlib\nblok_size: 64\n")
     base = ["--train_tokenizer", "true", "--vocab_size", "300", "--sample_by", "paragraph",
@@ -103,6 +105,12 @@ def bad_inputs(tmp_path, bpe_tokenizer):
                                   f"tokenizer has {len(bpe_tokenizer)} tokens but the model's embeddings only 100"),
         "model dir without weights": (["perplexity", str(tmp_path), "--data", str(text)], "no tokenizer"),
         "stride over window": (["perplexity", small_ctx, "--data", str(text), "--stride", "99"], "--stride 99"),
+        "stride zero": (["perplexity", small_ctx, "--data", str(text), "--stride", "0"], "--stride 0"),
+        "window over context": (["perplexity", small_ctx, "--data", str(text), "--window", "64"],
+                                "--window 64 must be between 2 and the model's context of 16"),
+        # every document ends with EOS, so any text is >= 2 tokens; the short case is an empty file
+        "no evaluation text": (["perplexity", small_ctx, "--data", str(empty)], "is empty"),
+        "model dir without weights": (["perplexity", str(no_weights), "--data", str(text)], "no model weights"),
         "empty prompt": (["generate", small_ctx, "  "], "prompt is empty"),
     }
 
