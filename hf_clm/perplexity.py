@@ -115,7 +115,8 @@ def window_nlls(model: PreTrainedModel, ids: torch.Tensor, window: int, stride: 
             for row, (_, _, first_scored) in enumerate(same):
                 labels[row, :first_scored] = IGNORE_INDEX
             with torch.inference_mode():
-                yield batch_nll(model, inputs, labels)
+                part = batch_nll(model, inputs, labels)
+            yield part  # outside the context: the caller must not run in inference mode
 
 
 def stream_nll(model: PreTrainedModel, ids: torch.Tensor, window: int, stride: int,

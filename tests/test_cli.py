@@ -103,7 +103,7 @@ def bad_inputs(tmp_path, bpe_tokenizer):
                                    "--tokenizer_name_or_path", small_ctx, "--sample_by", "paragraph",
                                    "--block_size", "16", "--output_dir", str(tmp_path / "o3")],
                                   f"tokenizer has {len(bpe_tokenizer)} tokens but the model's embeddings only 100"),
-        "model dir without weights": (["perplexity", str(tmp_path), "--data", str(text)], "no tokenizer"),
+        "model dir without tokenizer": (["perplexity", str(tmp_path), "--data", str(text)], "no tokenizer"),
         "stride over window": (["perplexity", small_ctx, "--data", str(text), "--stride", "99"], "--stride 99"),
         "stride zero": (["perplexity", small_ctx, "--data", str(text), "--stride", "0"], "--stride 0"),
         "window over context": (["perplexity", small_ctx, "--data", str(text), "--window", "64"],
