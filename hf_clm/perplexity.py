@@ -60,13 +60,18 @@ class NLL:
         return self.total / math.log(2)
 
 
+def row_nll_and_targets(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: summed NLL of ``labels[:, 1:]`` given the logits at positions ``0 .. n-2``, and the
+    number of those targets (padding and masked positions, -100, are not targets)."""
+    logits, targets = logits[:, :-1], labels[:, 1:]
+    nll = F.cross_entropy(logits.transpose(1, 2).float(), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    return nll.sum(1), (targets != IGNORE_INDEX).sum(1)
+
+
 def batch_nll(model: PreTrainedModel, input_ids: torch.Tensor, labels: torch.Tensor) -> NLL:
-    """Summed NLL of ``labels[:, 1:]`` given the logits at positions ``0 .. n-2``."""
-    logits = model(input_ids=input_ids).logits[:, :-1]
-    targets = labels[:, 1:]
-    total = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
-                            ignore_index=IGNORE_INDEX, reduction="sum")
-    return NLL(total.item(), int((targets != IGNORE_INDEX).sum()))
+    """Summed NLL of a batch's targets, the model's own shift applied."""
+    nll, targets = row_nll_and_targets(model(input_ids=input_ids).logits, labels)
+    return NLL(nll.sum().item(), int(targets.sum()))
 
 
 def model_device(model: PreTrainedModel) -> torch.device:

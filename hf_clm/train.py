@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from datasets import Dataset
 from transformers import DataCollatorForLanguageModeling, EvalPrediction, PreTrainedModel, Trainer, set_seed
 
@@ -18,7 +17,7 @@ from hf_clm.blocks import TokenCounts, build_blocks, save_token_counts
 from hf_clm.corpus import load_corpus
 from hf_clm.errors import HfClmError
 from hf_clm.model import build_model
-from hf_clm.perplexity import IGNORE_INDEX, perplexity_from_loss, text_size, unigram_nll
+from hf_clm.perplexity import perplexity_from_loss, row_nll_and_targets, text_size, unigram_nll
 from hf_clm.report import write_report
 from hf_clm.recipe import Recipe, save_recipe
 from hf_clm.tokenizer import train_or_load_tokenizer
@@ -50,9 +49,8 @@ class CausalLMTrainer(Trainer):
 
 def block_nll_and_tokens(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per block: [summed NLL of its targets, number of targets] (labels shifted as in the model)."""
-    logits, targets = logits[:, :-1], labels[:, 1:]
-    nll = F.cross_entropy(logits.transpose(1, 2).float(), targets, ignore_index=IGNORE_INDEX, reduction="none")
-    return torch.stack([nll.sum(1), (targets != IGNORE_INDEX).sum(1).float()], dim=1)
+    nll, targets = row_nll_and_targets(logits, labels)
+    return torch.stack([nll, targets.float()], dim=1)
 
 
 def token_weighted_loss(prediction: EvalPrediction) -> dict[str, float]:
