@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
-from datasets import Dataset, DatasetDict, Features, List, NamedSplit, Value
+from datasets import Dataset, DatasetDict, Features, IterableDataset, List, NamedSplit, Value
+from datasets.distributed import split_dataset_by_node
 from datasets.fingerprint import Hasher
 from transformers import PreTrainedTokenizerBase
 
@@ -150,3 +151,29 @@ def token_stream(split: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataA
     """The split as one 1-D array of ids, EOS after each document, nothing dropped."""
     tokenized = tokenize_split(split, tokenizer, data, "evaluation")
     return pc.list_flatten(tokenized.with_format("arrow")[:][INPUT_IDS]).to_numpy()
+
+
+class CarryOverBlocks:
+    """Streaming ``map`` function: token lists -> full blocks; each batch's remainder opens the next."""
+
+    def __init__(self, block_size: int):
+        self.block_size = block_size
+        self.tail = np.empty(0, dtype=np.int32)
+
+    def __call__(self, batch: dict[str, list[list[int]]]) -> dict[str, list[np.ndarray]]:
+        blocks, rest = group_into_blocks({INPUT_IDS: [self.tail, *batch[INPUT_IDS]]}, self.block_size)
+        self.tail = rest[INPUT_IDS]
+        return {INPUT_IDS: list(blocks[INPUT_IDS])}
+
+
+def stream_blocks(train: IterableDataset, tokenizer: PreTrainedTokenizerBase, data: DataArguments, seed: int,
+                  rank: int = 0, world_size: int = 1) -> IterableDataset:
+    """Training blocks made on the fly: this rank's part of the stream (``split_dataset_by_node``:
+    whole shards when they divide evenly, else every world_size-th document), tokenized, cut into
+    blocks and shuffled in a buffer of ``shuffle_buffer_size`` blocks."""
+    if world_size > 1:
+        train = split_dataset_by_node(train, rank=rank, world_size=world_size)
+    tokenized = train.map(DocumentTokenizer(tokenizer), batched=True, batch_size=data.tokenize_batch_size,
+                          remove_columns=["text"])
+    blocks = tokenized.map(CarryOverBlocks(data.block_size), batched=True, batch_size=data.tokenize_batch_size)
+    return blocks.shuffle(seed=seed, buffer_size=data.shuffle_buffer_size)

@@ -15,6 +15,7 @@ logger = logging.getLogger("hf_clm")
 
 COMMANDS = {
     "train": "train a causal LM from a recipe (default: the embedded python-stdlib demo)",
+    "prepare": "tokenize and cut a recipe's corpus into blocks once, into its prepared_dataset folder",
     "perplexity": "corpus perplexity, bits per byte and bits per character of a trained model",
     "generate": "continue a prompt with a trained model",
     "report": "write report.md, report.json and learning-curve PNGs for one run or a comparison of several",
@@ -38,7 +39,9 @@ def default_recipe_path() -> Path:
 
 def train_command(argv: list[str]) -> int:
     from hf_clm.recipe import parse_recipe
-    from hf_clm.train import run
+    from hf_clm.train import run, use_cpu_collectives_without_gpu
+
+    use_cpu_collectives_without_gpu()
 
     recipe_given = bool(argv) and not argv[0].startswith("-")
     wants_help = any(a in ("-h", "--help") for a in argv)
@@ -47,6 +50,16 @@ def train_command(argv: list[str]) -> int:
     if default is not None:
         logger.info("No recipe given: running %s", default)
     run(parse_recipe(argv, default_recipe=default))
+    return 0
+
+
+def prepare_command(argv: list[str]) -> int:
+    from hf_clm.prepare import prepare
+    from hf_clm.recipe import parse_recipe
+
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        raise HfClmError("give the recipe to prepare: hf-clm prepare RECIPE.yaml [--flag value ...]")
+    prepare(parse_recipe(argv))
     return 0
 
 
@@ -166,6 +179,8 @@ def top_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     sub.add_parser("train", help=COMMANDS["train"] + "; 'hf-clm train --help' lists every recipe key",
                    add_help=False)
+    sub.add_parser("prepare", help=COMMANDS["prepare"] + "; takes the same RECIPE and flags as train",
+                   add_help=False)
     perplexity_parser(sub)
     generate_parser(sub)
     explain_parser(sub)
@@ -181,6 +196,8 @@ def configure_logging() -> None:
 def dispatch(argv: list[str]) -> int:
     if argv and argv[0] == "train":
         return train_command(argv[1:])
+    if argv and argv[0] == "prepare":
+        return prepare_command(argv[1:])
     args = top_parser().parse_args(argv)
     commands = {"perplexity": perplexity_command, "generate": generate_command, "explain": explain_command,
                 "report": report_command}

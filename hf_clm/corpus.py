@@ -15,7 +15,7 @@ from pathlib import Path
 
 import datasets
 import pyarrow.compute as pc
-from datasets import Dataset, DatasetDict
+from datasets import Dataset, DatasetDict, IterableDataset
 from datasets.exceptions import DatasetGenerationError
 
 from hf_clm.errors import HfClmError
@@ -76,7 +76,7 @@ def check_utf8(path: str) -> None:
             raise HfClmError(f"{path}: the file ends inside a UTF-8 character (byte {offset - 1})") from None
 
 
-def load_local_files(data: DataArguments) -> DatasetDict:
+def load_local_files(data: DataArguments, streaming: bool = False) -> DatasetDict:
     data_files = {"train": expand_files(data.train_files, "train_files")}
     if data.validation_files:
         data_files["validation"] = expand_files(data.validation_files, "validation_files")
@@ -94,7 +94,7 @@ def load_local_files(data: DataArguments) -> DatasetDict:
                 check_utf8(path)
         kwargs = {"sample_by": data.sample_by, "keep_linebreaks": True}
     try:
-        return datasets.load_dataset(builder, data_files=data_files, **kwargs)
+        return datasets.load_dataset(builder, data_files=data_files, streaming=streaming, **kwargs)
     except DatasetGenerationError as err:
         cause = err.__cause__ or err
         raise HfClmError(f"cannot read the {builder} files: {str(cause).splitlines()[0]}") from None
@@ -117,30 +117,32 @@ def is_stdlib_validation_file(name: str, percentage: int) -> bool:
     return zlib.crc32(name.encode()) % 100 < percentage
 
 
-def load_stdlib(data: DataArguments) -> DatasetDict:
+def load_stdlib(data: DataArguments, streaming: bool = False) -> DatasetDict | dict[str, IterableDataset]:
     root, files = stdlib_files()
     held_out = [f for f in files if is_stdlib_validation_file(f, data.validation_split_percentage)]
     kept = [f for f in files if f not in set(held_out)]
-    return DatasetDict({
-        split: Dataset.from_generator(stdlib_documents, gen_kwargs={"root": str(root), "files": names},
-                                      split=datasets.NamedSplit(split))
-        for split, names in (("train", kept), ("validation", held_out))
-    })
+    splits = {}
+    for split, names in (("train", kept), ("validation", held_out)):
+        # a list in gen_kwargs makes each file a shard of the streamed corpus
+        kwargs = {"root": str(root), "files": names}
+        splits[split] = (IterableDataset.from_generator(stdlib_documents, gen_kwargs=kwargs) if streaming else
+                         Dataset.from_generator(stdlib_documents, gen_kwargs=kwargs, split=datasets.NamedSplit(split)))
+    return splits if streaming else DatasetDict(splits)
 
 
-def load_raw(data: DataArguments) -> DatasetDict:
+def load_raw(data: DataArguments, streaming: bool = False):
     if data.builtin_corpus:
-        return load_stdlib(data)
+        return load_stdlib(data, streaming)
     if data.train_files:
-        return load_local_files(data)
+        return load_local_files(data, streaming)
     try:
-        return datasets.load_dataset(data.dataset_name, data.dataset_config_name)
+        return datasets.load_dataset(data.dataset_name, data.dataset_config_name, streaming=streaming)
     except FileNotFoundError as err:
         raise HfClmError(f"dataset_name '{data.dataset_name}' could not be loaded: {err}") from None
 
 
-def select_text(split: Dataset, column: str, name: str) -> Dataset:
-    if column not in split.column_names:
+def select_text(split, column: str, name: str):
+    if split.column_names is not None and column not in split.column_names:
         raise HfClmError(f"text_column '{column}' is not a column of the {name} split; "
                          f"its columns are: {', '.join(split.column_names)}")
     split = split.select_columns([column])
@@ -191,3 +193,43 @@ def load_evaluation_split(data_files: list[str] | None = None, data: DataArgumen
     if data is None:
         raise HfClmError("give evaluation text with --data FILES or --recipe RECIPE")
     return load_corpus(data)["validation"]
+
+
+# Documents held out for validation from the head of a streamed corpus that has no validation split.
+STREAMING_EVAL_DOCUMENTS = 1000
+
+
+def head_documents(data_values: dict, split: str, n: int):
+    """The first ``n`` documents of a streamed split (a generator, so datasets can cache its output)."""
+    stream = load_streaming_corpus_splits(DataArguments(**data_values))[split]
+    yield from (stream if n < 0 else stream.take(n))
+
+
+def load_streaming_corpus_splits(data: DataArguments) -> dict[str, IterableDataset]:
+    raw = load_raw(data, streaming=True)
+    if "train" not in raw:
+        raise HfClmError(f"the corpus has no 'train' split; it has: {', '.join(raw)}")
+    splits = {name: select_text(raw[name], data.text_column, name) for name in ("train", "validation") if name in raw}
+    if "validation" not in splits:
+        n_val = data.max_eval_samples or STREAMING_EVAL_DOCUMENTS
+        splits["validation"], splits["train"] = splits["train"].take(n_val), splits["train"].skip(n_val)
+    return splits
+
+
+def materialize_head(data: DataArguments, split: str, n: int | None) -> Dataset:
+    """The first ``n`` documents (all when None) of a streamed split, as a cached ``Dataset``."""
+    values = {key: value for key, value in vars(data).items()}
+    head = Dataset.from_generator(head_documents, gen_kwargs={"data_values": values, "split": split,
+                                                              "n": -1 if n is None else n},
+                                  features=datasets.Features({TEXT: datasets.Value("string")}))
+    if not has_text(head):
+        raise HfClmError(f"the {split} split of the streamed corpus is empty")
+    return head
+
+
+def load_streaming_corpus(data: DataArguments) -> tuple[IterableDataset, Dataset]:
+    """(training stream, validation split): validation is small and evaluated often, so it is
+    read once into a ``Dataset``; without a validation split, it is the stream's first documents
+    (``max_eval_samples``, default 1,000) and training skips them."""
+    train = load_streaming_corpus_splits(data)["train"]
+    return train, materialize_head(data, "validation", data.max_eval_samples)

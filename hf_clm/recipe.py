@@ -1,7 +1,8 @@
 """The recipe: one typed description of a run, read from YAML and overridden by CLI flags.
 
-Three dataclasses are parsed together by ``HfArgumentParser``: :class:`ModelArguments`,
-:class:`DataArguments` and transformers' own ``TrainingArguments`` (never re-declared here).
+Four dataclasses are parsed together by ``HfArgumentParser``: :class:`ModelArguments`,
+:class:`DataArguments`, transformers' own ``TrainingArguments`` (never re-declared here) and
+:class:`RunArguments` (what the run does around training).
 Precedence, lowest first: dataclass defaults < :data:`PACKAGE_DEFAULTS` < YAML < CLI flags.
 """
 
@@ -104,12 +105,39 @@ class DataArguments:
     tokenize_batch_size: int = field(
         default=1000, metadata={"help": "Documents per datasets.map batch while tokenizing."}
     )
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Stream the training split (datasets IterableDataset): tokenized and cut into "
+                          "blocks on the fly, never stored whole. Needs max_steps."},
+    )
+    shuffle_buffer_size: int = field(
+        default=10_000, metadata={"help": "Blocks in the shuffle buffer of a streamed training split."}
+    )
+    prepared_dataset: str | None = field(
+        default=None,
+        metadata={"help": "Folder of blocks written by 'hf-clm prepare RECIPE'; train reads it instead of "
+                          "tokenizing the corpus."},
+    )
+
+
+@dataclass
+class RunArguments:
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train into an output_dir that holds a finished run or checkpoints, replacing them."},
+    )
+    peak_tflops: float | None = field(
+        default=None,
+        metadata={"help": "Peak dense TFLOP/s of one device, for model FLOPs utilisation (MFU); known "
+                          "NVIDIA GPUs are looked up when unset."},
+    )
 
 
 class Recipe(NamedTuple):
     model: ModelArguments
     data: DataArguments
     training: TrainingArguments
+    run: RunArguments
     # TrainingArguments values as the recipe gave them (before __post_init__ rewrites them), where
     # they differ from transformers' defaults: what `recipe.yaml` records.
     training_values: dict[str, Any]
@@ -140,7 +168,7 @@ class _RecipeParser(HfArgumentParser):
 
 
 def recipe_parser() -> HfArgumentParser:
-    parser = _RecipeParser((ModelArguments, DataArguments, TrainingArguments), prog="hf-clm train",
+    parser = _RecipeParser((ModelArguments, DataArguments, TrainingArguments, RunArguments), prog="hf-clm train",
                               description="Train a causal LM. RECIPE (a YAML file) gives values; "
                                           "flags override it.")
     parser.set_defaults(**PACKAGE_DEFAULTS)
@@ -148,7 +176,7 @@ def recipe_parser() -> HfArgumentParser:
 
 
 def recipe_keys() -> list[str]:
-    return [f.name for cls in (ModelArguments, DataArguments, TrainingArguments)
+    return [f.name for cls in (ModelArguments, DataArguments, TrainingArguments, RunArguments)
             for f in dataclasses.fields(cls) if f.init]
 
 
@@ -198,14 +226,14 @@ def parse_recipe(argv: list[str] | None = None, default_recipe: str | Path | Non
         raise HfClmError(unknown_key_message(flag.lstrip("-").split("=")[0], "the command line"))
     values = vars(namespace)
     try:
-        model, data, training = (cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.init})
-                                 for cls in (ModelArguments, DataArguments, TrainingArguments))
+        model, data, training, run = (cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.init})
+                                 for cls in (ModelArguments, DataArguments, TrainingArguments, RunArguments))
     except ValueError as err:
         raise HfClmError(f"invalid recipe: {str(err).strip().splitlines()[0]}") from None
     defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
                 for f in dataclasses.fields(TrainingArguments) if f.init}
     training_values = {key: values[key] for key in defaults if values[key] != defaults[key]}
-    recipe = Recipe(model, data, training, training_values)
+    recipe = Recipe(model, data, training, run, training_values)
     validate_recipe(recipe)
     return recipe
 
@@ -231,6 +259,12 @@ def recipe_problems(recipe: Recipe) -> list[str]:
         problems.append("no tokenizer: set train_tokenizer: true, tokenizer_name_or_path or model_name_or_path")
     if model.train_tokenizer and model.vocab_size < 260:
         problems.append(f"vocab_size must be at least 260 (256 bytes + special tokens), not {model.vocab_size}")
+    if data.streaming and recipe.training.max_steps <= 0:
+        problems.append("streaming: true needs max_steps (a stream has no length to count epochs by)")
+    if data.streaming and data.prepared_dataset:
+        problems.append("set streaming: true or prepared_dataset, not both")
+    if data.shuffle_buffer_size < 1:
+        problems.append(f"shuffle_buffer_size must be at least 1, not {data.shuffle_buffer_size}")
     if not model.model_name_or_path and model.n_embd % model.n_head:
         problems.append(f"n_embd ({model.n_embd}) must be divisible by n_head ({model.n_head})")
     return problems
@@ -245,7 +279,7 @@ def validate_recipe(recipe: Recipe) -> None:
 def resolved_recipe(recipe: Recipe) -> dict[str, Any]:
     """Every model/data value and the TrainingArguments the recipe set; itself a valid recipe,
     so `hf-clm train RUN_DIR/recipe.yaml` repeats the run."""
-    values = {**dataclasses.asdict(recipe.model), **dataclasses.asdict(recipe.data)}
+    values = {**dataclasses.asdict(recipe.model), **dataclasses.asdict(recipe.data), **dataclasses.asdict(recipe.run)}
     values.update((key, value) for key, value in recipe.training_values.items()
                   if key != "hub_token")  # a secret never goes into a run's files
     values["output_dir"] = recipe.training.output_dir

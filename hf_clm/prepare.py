@@ -1,0 +1,168 @@
+"""Prepare: the recipe's corpus as training data — tokenizer, training blocks, validation blocks.
+
+Three ways, one result (:class:`TrainingData`):
+
+* in memory: tokenized and grouped with ``datasets`` (cached by fingerprint, reused by later runs);
+* from disk: a folder written ahead of a launch by ``hf-clm prepare RECIPE`` (``save_to_disk``),
+  named by the recipe's ``prepared_dataset``, refused when its tokenizer or block size differ;
+* streamed: ``streaming: true`` keeps training data an ``IterableDataset``, tokenized on the fly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, DatasetDict, IterableDataset, load_from_disk
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from hf_clm.blocks import TokenCounts, build_blocks, stream_blocks
+from hf_clm.corpus import load_corpus, load_streaming_corpus, materialize_head
+from hf_clm.errors import HfClmError
+from hf_clm.perplexity import text_size
+from hf_clm.recipe import DataArguments, ModelArguments, Recipe
+from hf_clm.tokenizer import train_or_load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+PREPARED_FILENAME = "prepared.json"
+TOKENIZER_DIRNAME = "tokenizer"
+# Documents from the head of a streamed corpus that a BPE tokenizer is trained on.
+STREAMING_TOKENIZER_DOCUMENTS = 10_000
+
+
+@dataclass
+class TrainingData:
+    tokenizer: PreTrainedTokenizerBase
+    added_tokens: int  # tokens added to a pretrained tokenizer (the model needs as many new rows)
+    train: Dataset | IterableDataset
+    validation: Dataset
+    counts: dict[str, TokenCounts]  # no "train" entry when the training split is streamed
+    validation_bytes: int
+    validation_chars: int
+
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.train, IterableDataset)
+
+
+def tokenizer_source(model: ModelArguments, data: DataArguments) -> str:
+    """What the recipe's tokenizer is, in words: compared when a prepared dataset is reused."""
+    if model.train_tokenizer:
+        corpus = data.dataset_name or data.builtin_corpus or ", ".join(data.train_files or [])
+        return f"byte-level BPE, vocab {model.vocab_size}, trained on {corpus}"
+    return model.tokenizer_name_or_path or model.model_name_or_path
+
+
+def tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:
+    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+
+
+def in_memory_data(recipe: Recipe) -> TrainingData:
+    raw = load_corpus(recipe.data)
+    tokenizer, added = train_or_load_tokenizer(recipe.model, raw["train"])
+    blocks, counts = build_blocks(raw, tokenizer, recipe.data)
+    return TrainingData(tokenizer, added, blocks["train"], blocks["validation"], counts, *text_size(raw["validation"]))
+
+
+def streamed_data(recipe: Recipe) -> TrainingData:
+    args, data = recipe.training, recipe.data
+    train, validation = load_streaming_corpus(data)
+    tokenizer_corpus = materialize_head(data, "train", STREAMING_TOKENIZER_DOCUMENTS) \
+        if recipe.model.train_tokenizer else validation
+    tokenizer, added = train_or_load_tokenizer(recipe.model, tokenizer_corpus)
+    blocks, counts = build_blocks(DatasetDict(validation=validation), tokenizer, data)
+    train_blocks = stream_blocks(train, tokenizer, data, args.seed, args.process_index, args.world_size)
+    return TrainingData(tokenizer, added, train_blocks, blocks["validation"], counts, *text_size(validation))
+
+
+def save_prepared(prepared: TrainingData, recipe: Recipe, path: str | Path) -> Path:
+    """Write blocks, tokenizer and a description of both; ``prepared.json`` last, so a folder
+    without it is an interrupted preparation that ``train`` will not read."""
+    path = Path(path)
+    (path / PREPARED_FILENAME).unlink(missing_ok=True)
+    DatasetDict(train=prepared.train, validation=prepared.validation).save_to_disk(str(path))
+    prepared.tokenizer.save_pretrained(path / TOKENIZER_DIRNAME)
+    description = {
+        "block_size": recipe.data.block_size,
+        "tokenizer": tokenizer_source(recipe.model, recipe.data),
+        "tokenizer_digest": tokenizer_digest(prepared.tokenizer),
+        "added_tokens": prepared.added_tokens,
+        "validation_bytes": prepared.validation_bytes,
+        "validation_chars": prepared.validation_chars,
+        "counts": {name: count.as_dict() for name, count in prepared.counts.items()},
+    }
+    (path / PREPARED_FILENAME).write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def read_description(path: Path) -> dict[str, Any]:
+    if not (path / PREPARED_FILENAME).is_file():
+        what = "does not exist" if not path.exists() else f"holds no {PREPARED_FILENAME} (an unfinished preparation?)"
+        raise HfClmError(f"prepared_dataset {path} {what}; run 'hf-clm prepare RECIPE' first")
+    return json.loads((path / PREPARED_FILENAME).read_text(encoding="utf-8"))
+
+
+def check_prepared_matches(description: dict[str, Any], tokenizer: PreTrainedTokenizerBase, recipe: Recipe,
+                           path: Path) -> None:
+    block_size = recipe.data.block_size
+    if description["block_size"] != block_size:
+        raise HfClmError(f"prepared_dataset {path} has blocks of {description['block_size']} tokens but the "
+                         f"recipe's block_size is {block_size}; prepare it again with this recipe")
+    source = tokenizer_source(recipe.model, recipe.data)
+    if recipe.model.train_tokenizer:
+        same = description["tokenizer"] == source
+    else:
+        same = description["tokenizer_digest"] == tokenizer_digest(tokenizer)
+    if not same:
+        raise HfClmError(f"prepared_dataset {path} was tokenized with '{description['tokenizer']}' but the "
+                         f"recipe's tokenizer is '{source}'; prepare it again with this recipe")
+
+
+def prepared_data(recipe: Recipe) -> TrainingData:
+    path = Path(recipe.data.prepared_dataset)
+    description = read_description(path)
+    tokenizer = AutoTokenizer.from_pretrained(path / TOKENIZER_DIRNAME)
+    if not recipe.model.train_tokenizer:
+        from hf_clm.tokenizer import ensure_distinct_pad_token, load_pretrained_tokenizer
+
+        named = load_pretrained_tokenizer(recipe.model.tokenizer_name_or_path or recipe.model.model_name_or_path)
+        ensure_distinct_pad_token(named)
+        check_prepared_matches(description, named, recipe, path)
+    else:
+        check_prepared_matches(description, tokenizer, recipe, path)
+    blocks = load_from_disk(str(path))
+    counts = {name: TokenCounts(**{k: v for k, v in count.items() if k not in ("kept", "dropped")})
+              for name, count in description["counts"].items()}
+    logger.info("Read prepared blocks from %s: %s", path,
+                ", ".join(f"{name} {len(split):,}" for name, split in blocks.items()))
+    return TrainingData(tokenizer, description["added_tokens"], blocks["train"], blocks["validation"], counts,
+                        description["validation_bytes"], description["validation_chars"])
+
+
+def training_data(recipe: Recipe) -> TrainingData:
+    """The recipe's training data, from wherever the recipe says it comes."""
+    if recipe.data.prepared_dataset:
+        return prepared_data(recipe)
+    if recipe.data.streaming:
+        return streamed_data(recipe)
+    return in_memory_data(recipe)
+
+
+def prepare(recipe: Recipe) -> Path:
+    """``hf-clm prepare``: tokenize and group once, to the recipe's ``prepared_dataset`` folder."""
+    target = recipe.data.prepared_dataset
+    if not target:
+        raise HfClmError("the recipe sets no prepared_dataset folder to write; add prepared_dataset: PATH")
+    if recipe.data.streaming:
+        raise HfClmError("a streamed corpus is not prepared ahead; drop streaming: true to prepare it")
+    data = in_memory_data(recipe)
+    path = save_prepared(data, recipe, target)
+    for name, count in data.counts.items():
+        print(f"{name:<10} {count.documents:>9,} documents {count.tokens:>13,} tokens {count.blocks:>10,} blocks")
+    print(f"saved to {path}")
+    return path
