@@ -57,8 +57,6 @@ def prepare_command(argv: list[str]) -> int:
     from hf_clm.prepare import prepare
     from hf_clm.recipe import parse_recipe
 
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
-        raise HfClmError("give the recipe to prepare: hf-clm prepare RECIPE.yaml [--flag value ...]")
     prepare(parse_recipe(argv))
     return 0
 

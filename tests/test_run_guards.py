@@ -1,0 +1,76 @@
+"""Recipes and output folders that cannot make a sensible run: one error line, exit 2, nothing written."""
+
+import json
+
+import pytest
+
+from conftest import recipe_args
+from hf_clm.cli import main
+
+
+def error_of(capsys, *argv: str) -> str:
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after any progress bars
+    assert err.startswith("hf-clm: error: ")
+    return err
+
+
+def test_zero_optimizer_steps_is_an_error(text_files, tmp_path, capsys):
+    err = error_of(capsys, "train", *recipe_args(text_files, tmp_path / "run", "--per_device_train_batch_size",
+                                                 "64", "--gradient_accumulation_steps", "8"))
+    assert "fewer than one optimizer step takes" in err and "64 per_device_train_batch_size x 8" in err
+    assert not (tmp_path / "run" / "recipe.yaml").exists()
+
+
+def test_streaming_without_max_steps_is_an_error(text_files, tmp_path, capsys):
+    err = error_of(capsys, "train", *recipe_args(text_files, tmp_path / "run", "--streaming", "true",
+                                                 "--max_steps", "-1"))
+    assert "streaming: true needs max_steps" in err
+
+
+def test_resume_from_a_missing_checkpoint_is_an_error(text_files, tmp_path, capsys):
+    err = error_of(capsys, "train", *recipe_args(text_files, tmp_path / "run", "--resume_from_checkpoint",
+                                                 str(tmp_path / "checkpoint-7")))
+    assert "checkpoint-7 does not exist" in err
+
+
+def test_a_finished_run_is_not_overwritten_unless_asked(text_files, tmp_path, capsys):
+    argv = ["train", *recipe_args(text_files, tmp_path / "run", "--max_steps", "4", "--eval_steps", "4",
+                                  "--save_steps", "2")]
+    assert main(argv) == 0
+    capsys.readouterr()
+    before = (tmp_path / "run" / "model.safetensors").read_bytes()
+    err = error_of(capsys, *argv)
+    assert "holds a finished run" in err and "overwrite_output_dir: true" in err
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
+
+    (tmp_path / "run" / "perplexity.json").unlink()  # a crashed run: checkpoints, no result
+    err = error_of(capsys, *argv)
+    assert "holds checkpoints (checkpoint-4)" in err and "resume_from_checkpoint: auto" in err
+
+    assert main([*argv, "--overwrite_output_dir", "true", "--max_steps", "3", "--save_steps", "3"]) == 0
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-3"]
+    assert json.loads((tmp_path / "run" / "perplexity.json").read_text())["train_tokens_seen"] == 3 * 8 * 32
+
+
+def test_throughput_is_logged_and_saved(text_files, tmp_path, capsys):
+    assert main(["train", *recipe_args(text_files, tmp_path / "run", "--max_steps", "10", "--eval_steps", "5",
+                                       "--peak_tflops", "0.5")]) == 0
+    history = json.loads((tmp_path / "run" / "trainer_state.json").read_text())["log_history"]
+    train_logs = [e for e in history if "loss" in e]
+    assert len(train_logs) == 2 and all(e["tokens_per_second"] > 0 for e in train_logs)
+    for entry in train_logs:  # MFU = tokens/s x FLOPs per token / (0.5 TFLOP/s x 1 process)
+        assert 0 < entry["mfu"] < 1
+    summary = json.loads((tmp_path / "run" / "perplexity.json").read_text())
+    assert summary["train_tokens_per_second"] > 0 and 0 < summary["mfu"] < 1
+    assert "tokens/s, MFU" in capsys.readouterr().out
+
+
+def test_flops_per_token_counts_six_per_weight_and_attention():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from hf_clm.train import flops_per_token
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_positions=16, n_embd=32, n_layer=2, n_head=2))
+    weights = model.num_parameters() - 16 * 32  # position embeddings are a lookup
+    assert flops_per_token(model, 16) == 6 * weights + 12 * 2 * 32 * 16
