@@ -19,6 +19,8 @@ COMMANDS = {
     "perplexity": "corpus perplexity, bits per byte and bits per character of a trained model",
     "generate": "continue a prompt with a trained model",
     "report": "write report.md, report.json and learning-curve PNGs for one run or a comparison of several",
+    "push": "upload a finished run (model, tokenizer, recipe, report, model card) to a Hugging Face Hub repository",
+    "merge": "merge a LoRA run's adapter into its base model: one plain model AutoModelForCausalLM loads",
     "explain": "show, position by position, how a model scores a text: targets, probabilities, top-k, loss",
 }
 
@@ -154,6 +156,37 @@ def explain_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def push_parser(sub) -> None:
+    p = sub.add_parser("push", help=COMMANDS["push"], description=COMMANDS["push"] +
+                       ". The token comes from HF_TOKEN or the stored login ('hf auth login').")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory")
+    p.add_argument("--repo-id", "--repo_id", dest="repo_id", required=True, help="OWNER/NAME of the model repository")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--revision", default=None, help="branch to push to (created when missing; default main)")
+    p.add_argument("--commit-message", "--commit_message", dest="commit_message", default=None,
+                   help="commit message (default: the run name and its perplexity)")
+
+
+def push_command(args: argparse.Namespace) -> int:
+    from hf_clm.hub import PushTarget, push_run
+
+    print(push_run(args.run_dir, PushTarget(args.repo_id, args.private, args.revision, args.commit_message)))
+    return 0
+
+
+def merge_parser(sub) -> None:
+    p = sub.add_parser("merge", help=COMMANDS["merge"], description=COMMANDS["merge"])
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished LoRA run directory")
+    p.add_argument("--output", default=None, help="where to write the merged model (default: RUN_DIR/merged)")
+
+
+def merge_command(args: argparse.Namespace) -> int:
+    from hf_clm.model import merge_adapter
+
+    print(merge_adapter(args.run_dir, args.output))
+    return 0
+
+
 def report_parser(sub) -> None:
     p = sub.add_parser("report", help=COMMANDS["report"], description=COMMANDS["report"])
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run directories")
@@ -183,6 +216,8 @@ def top_parser() -> argparse.ArgumentParser:
     generate_parser(sub)
     explain_parser(sub)
     report_parser(sub)
+    push_parser(sub)
+    merge_parser(sub)
     return parser
 
 
@@ -198,7 +233,8 @@ def dispatch(argv: list[str]) -> int:
         return prepare_command(argv[1:])
     args = top_parser().parse_args(argv)
     commands = {"perplexity": perplexity_command, "generate": generate_command, "explain": explain_command,
-                "report": report_command}
+                "report": report_command,
+                "push": push_command, "merge": merge_command}
     return commands[args.command](args)
 
 

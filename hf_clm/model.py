@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
+import torch
+
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, PretrainedConfig, PreTrainedModel,
                           PreTrainedTokenizerBase)
+from transformers.pytorch_utils import Conv1D
 
 from hf_clm.errors import HfClmError
 from hf_clm.recipe import ModelArguments
+
+ADAPTER_CONFIG = "adapter_config.json"
+MERGED_DIRNAME = "merged"
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +73,32 @@ def sync_special_token_ids(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
             config.eos_token_id = tokenizer.eos_token_id
 
 
+def adaptable_layer_names(lm: PreTrainedModel) -> list[str]:
+    """Names (last path component) of the layers a LoRA adapter can wrap: linear and GPT-2's Conv1D."""
+    return sorted({name.rsplit(".", 1)[-1] for name, module in lm.named_modules()
+                   if isinstance(module, (torch.nn.Linear, Conv1D)) and name})
+
+
+def with_lora_adapter(lm: PreTrainedModel, model: ModelArguments) -> PreTrainedModel:
+    """The pretrained model with LoRA adapters on ``lora_target_modules``; only those train."""
+    from peft import LoraConfig, get_peft_model
+
+    available = adaptable_layer_names(lm)
+    missing = [name for name in model.lora_target_modules if name not in available]
+    if missing:
+        raise HfClmError(f"lora target_modules {', '.join(missing)} match no layer of {type(lm).__name__}; "
+                         f"its adaptable layers are: {', '.join(available)}")
+    targets = [m for n, m in lm.named_modules() if n.rsplit(".", 1)[-1] in model.lora_target_modules]
+    config = LoraConfig(task_type="CAUSAL_LM", r=model.lora_r, lora_alpha=model.lora_alpha,
+                        lora_dropout=model.lora_dropout, target_modules=list(model.lora_target_modules),
+                        fan_in_fan_out=any(isinstance(m, Conv1D) for m in targets))  # Conv1D stores W transposed
+    adapted = get_peft_model(lm, config)
+    trainable, total = adapted.get_nb_trainable_parameters()
+    logger.info("LoRA r=%d on %s: %s trainable of %s parameters (%.3f%%)", model.lora_r,
+                ", ".join(model.lora_target_modules), f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    return adapted
+
+
 def build_model(model: ModelArguments, tokenizer: PreTrainedTokenizerBase, block_size: int,
                 added_tokens: int = 0) -> PreTrainedModel:
     """The model to train, checked against the tokenizer and the block size."""
@@ -81,7 +114,35 @@ def build_model(model: ModelArguments, tokenizer: PreTrainedTokenizerBase, block
                          f"tokens; lower block_size to at most {context}")
     sync_special_token_ids(lm, tokenizer)
     logger.info("Model: %s, %.2fM parameters", type(lm).__name__, lm.num_parameters() / 1e6)
-    return lm
+    return with_lora_adapter(lm, model) if model.peft_method == "lora" else lm
+
+
+def is_adapter_dir(path: Path) -> bool:
+    return (path / ADAPTER_CONFIG).is_file()
+
+
+def load_adapter_model(path: Path) -> PreTrainedModel:
+    from peft import AutoPeftModelForCausalLM
+
+    try:
+        return AutoPeftModelForCausalLM.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+        raise HfClmError(f"cannot load the base model '{base}' of the adapter in {path}: "
+                         f"{str(err).splitlines()[0]}") from None
+
+
+def merge_adapter(run_dir: str | Path, output_dir: str | Path | None = None) -> Path:
+    """Write base + LoRA merged into one plain model (with the tokenizer); returns its folder."""
+    run_dir = Path(run_dir)
+    if not is_adapter_dir(run_dir):
+        raise HfClmError(f"{run_dir} holds no LoRA adapter ({ADAPTER_CONFIG}); nothing to merge")
+    output_dir = Path(output_dir) if output_dir else run_dir / MERGED_DIRNAME
+    merged = load_adapter_model(run_dir).merge_and_unload()
+    merged.save_pretrained(output_dir)
+    AutoTokenizer.from_pretrained(run_dir).save_pretrained(output_dir)
+    logger.info("Merged the adapter of %s into %s", run_dir, output_dir)
+    return output_dir
 
 
 def load_trained(model_dir: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -94,6 +155,6 @@ def load_trained(model_dir: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise HfClmError(f"{model_dir} holds no model weights (*.safetensors); pass a finished run directory")
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path)
+    model = load_adapter_model(path) if is_adapter_dir(path) else AutoModelForCausalLM.from_pretrained(path)
     model.eval()
     return model, tokenizer

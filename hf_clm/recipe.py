@@ -57,6 +57,19 @@ class ModelArguments:
     attn_implementation: str = field(
         default="sdpa", metadata={"help": "Attention kernel: sdpa, eager or flash_attention_2."}
     )
+    peft_method: str | None = field(
+        default=None,
+        metadata={"help": "Parameter-efficient fine-tuning of model_name_or_path through peft: 'lora'. "
+                          "In YAML also as a section, peft: {method: lora, r: 8, ...}."},
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank (peft: r)."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator, scale = alpha / r (peft: lora_alpha)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA path (peft: lora_dropout)."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["c_attn"],
+        metadata={"help": "Names of the layers that get adapters (peft: target_modules); GPT-2's fused "
+                          "attention projection c_attn by default, as in the LoRA paper."},
+    )
 
 
 @dataclass
@@ -126,6 +139,14 @@ class RunArguments:
         default=False,
         metadata={"help": "Train into an output_dir that holds a finished run or checkpoints, replacing them."},
     )
+    merge_adapter: bool = field(
+        default=False,
+        metadata={"help": "After LoRA training, also write the adapter merged into the base model to "
+                          "output_dir/merged (loads with AutoModelForCausalLM, without peft)."},
+    )
+    license: str | None = field(
+        default=None, metadata={"help": "License of the trained model, for its Hub model card (e.g. apache-2.0)."}
+    )
     peak_tflops: float | None = field(
         default=None,
         metadata={"help": "Peak dense TFLOP/s of one device, for model FLOPs utilisation (MFU); known "
@@ -180,10 +201,36 @@ def recipe_keys() -> list[str]:
             for f in dataclasses.fields(cls) if f.init]
 
 
+def list_keys() -> set[str]:
+    return {f.name for cls in (ModelArguments, DataArguments, TrainingArguments, RunArguments)
+            for f in dataclasses.fields(cls) if f.init and str(f.type).startswith(("list[", "list |", "typing.List"))}
+
+
 def unknown_key_message(key: str, where: str) -> str:
     close = difflib.get_close_matches(key, recipe_keys(), n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else "; see 'hf-clm train --help' for the keys"
     return f"unknown recipe key '{key}' in {where}{hint}"
+
+
+# The YAML `peft:` section and the recipe keys its entries stand for.
+PEFT_SECTION = {"method": "peft_method", "r": "lora_r", "lora_alpha": "lora_alpha",
+                "lora_dropout": "lora_dropout", "target_modules": "lora_target_modules"}
+PEFT_METHODS = ("lora",)
+
+
+def flatten_peft_section(values: dict[str, Any], path: Path) -> dict[str, Any]:
+    section = values.pop("peft", None)
+    if section is None:
+        return values
+    if not isinstance(section, dict):
+        raise HfClmError(f"recipe {path}: peft must be a mapping such as {{method: lora, r: 8}}")
+    for key, value in section.items():
+        if key not in PEFT_SECTION:
+            close = difflib.get_close_matches(key, PEFT_SECTION, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; keys: {', '.join(PEFT_SECTION)}"
+            raise HfClmError(f"unknown key '{key}' in the peft section of {path}{hint}")
+        values[PEFT_SECTION[key]] = value
+    return values
 
 
 def read_recipe_yaml(path: str | Path) -> dict[str, Any]:
@@ -196,6 +243,10 @@ def read_recipe_yaml(path: str | Path) -> dict[str, Any]:
         raise HfClmError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(values, dict):
         raise HfClmError(f"recipe {path} must be a mapping of key: value, not {type(values).__name__}")
+    values = flatten_peft_section(values, path)
+    for key in list_keys() & set(values):
+        if isinstance(values[key], str):  # `train_files: data.txt` means a list of one
+            values[key] = [values[key]]
     known = set(recipe_keys())
     problems = [unknown_key_message(key, str(path)) for key in values if key not in known]
     if problems:
@@ -263,6 +314,12 @@ def recipe_problems(recipe: Recipe) -> list[str]:
         problems.append("streaming: true needs max_steps (a stream has no length to count epochs by)")
     if data.streaming and data.prepared_dataset:
         problems.append("set streaming: true or prepared_dataset, not both")
+    if model.peft_method and model.peft_method not in PEFT_METHODS:
+        problems.append(f"peft method must be one of {', '.join(PEFT_METHODS)}, not '{model.peft_method}'")
+    if model.peft_method and not model.model_name_or_path:
+        problems.append("peft fine-tunes a pretrained model: set model_name_or_path (a checkpoint or Hub id)")
+    if recipe.run.merge_adapter and not model.peft_method:
+        problems.append("merge_adapter: true needs a peft adapter (peft: {method: lora})")
     if data.shuffle_buffer_size < 1:
         problems.append(f"shuffle_buffer_size must be at least 1, not {data.shuffle_buffer_size}")
     if not model.model_name_or_path and model.n_embd % model.n_head:

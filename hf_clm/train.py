@@ -22,7 +22,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hf_clm.blocks import TokenCounts, save_token_counts
 from hf_clm.errors import HfClmError
-from hf_clm.model import build_model, context_length
+from hf_clm.hub import PushTarget, check_hub_access, push_run
+from hf_clm.model import build_model, context_length, merge_adapter
 from hf_clm.perplexity import perplexity_from_loss, row_nll_and_targets, unigram_nll
 from hf_clm.prepare import TrainingData, training_data
 from hf_clm.recipe import Recipe, RunArguments, save_recipe
@@ -280,6 +281,7 @@ def perplexity_summary(metrics: dict[str, float], model: PreTrainedModel, data: 
         "eval_tokens": metrics["eval_tokens"],
         "unigram_perplexity": unigram_perplexity,
         "parameters": model.num_parameters(),
+        "trainable_parameters": trainable_parameters(model),
         "train_tokens_seen": tokens_seen,
         "block_size": data.counts["validation"].block_size,
     }
@@ -297,12 +299,27 @@ def use_cpu_collectives_without_gpu() -> None:
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
 
 
+def hub_push_target(args: TrainingArguments) -> tuple[PushTarget, str] | None:
+    """With push_to_hub: the repo and token, checked now rather than after training. The push
+    itself happens once, at the end, with the package's model card, so Trainer does not push."""
+    if not args.push_to_hub:
+        return None
+    repo_id, token = check_hub_access(args.hub_model_id, args.hub_token)
+    args.push_to_hub, args.hub_token = False, None  # the token lives in this frame only, never in training_args.bin
+    return PushTarget(repo_id, private=bool(args.hub_private_repo), revision=args.hub_revision), token
+
+
+def trainable_parameters(model: PreTrainedModel) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def run(recipe: Recipe) -> dict[str, Any]:
     """Train the recipe's model and write model, tokenizer and ``perplexity.json`` to output_dir."""
     args = recipe.training
     output_dir = Path(args.output_dir)
     resume = resume_checkpoint(args)
     check_output_dir(output_dir, resume, recipe.run.overwrite_output_dir)
+    push = hub_push_target(args)
     if recipe.run.overwrite_output_dir and args.should_save:
         clear_previous_run(output_dir)
     set_seed(args.seed)
@@ -326,9 +343,13 @@ def run(recipe: Recipe) -> dict[str, Any]:
     summary = perplexity_summary(metrics, model, data, trainer.state.num_input_tokens_seen, unigram)
     summary.update(training_throughput(trainer))
     if trainer.is_world_process_zero():
+        if recipe.run.merge_adapter:
+            merge_adapter(output_dir)
         write_json(summary, output_dir / PERPLEXITY_FILENAME)
         write_report([output_dir], output_dir)
         print(format_summary(summary, output_dir))
+        if push:
+            print(f"pushed to              {push_run(output_dir, *push)}")
     return summary
 
 
@@ -341,7 +362,9 @@ def format_summary(summary: dict[str, Any], output_dir: Path) -> str:
     if summary["unigram_perplexity"] is not None:
         ratio = summary["unigram_perplexity"] / summary["perplexity"]
         lines.append(f"unigram baseline       {summary['unigram_perplexity']:.2f}  (model is {ratio:.1f}x lower)")
-    lines += [f"parameters             {summary['parameters']:,}",
+    trainable = summary.get("trainable_parameters", summary["parameters"])
+    lines += [f"parameters             {summary['parameters']:,}"
+              + (f" ({trainable:,} trainable)" if trainable != summary["parameters"] else ""),
               f"train tokens seen      {summary['train_tokens_seen']:,}"]
     if "train_tokens_per_second" in summary:
         mfu = f", MFU {summary['mfu']:.1%}" if "mfu" in summary else ""

@@ -32,16 +32,17 @@ WORDS = ("the cat sat on a mat while dogs ran past quick brown foxes and birds s
          "under blue skies near old stone walls by the river").split()
 
 
-def make_documents(n: int, seed: int = 0, words: int = 60) -> list[str]:
+def make_documents(n: int, seed: int = 0, words: int = 60, step: int = 7) -> list[str]:
     """Deterministic pseudo-English documents of varied length, with learnable structure: each
-    word is followed by one of two fixed successors (a model can beat a unigram baseline)."""
+    word is followed by one of two fixed successors (a model can beat a unigram baseline);
+    another ``step`` gives other successors, i.e. a different corpus over the same words."""
     rng = random.Random(seed)
     documents = []
     for _ in range(n):
         index, text = rng.randrange(len(WORDS)), []
         for _ in range(rng.randint(words // 2, words * 2)):
             text.append(WORDS[index])
-            index = (index * 7 + rng.choice((1, 2))) % len(WORDS)
+            index = (index * step + rng.choice((1, 2))) % len(WORDS)
         documents.append(" ".join(text) + ".")
     return documents
 
@@ -75,3 +76,12 @@ def recipe_args(text_files: dict[str, Path], output_dir: Path, *extra: str) -> l
             "--max_steps", "30", "--per_device_train_batch_size", "8", "--learning_rate", "1e-2",
             "--eval_steps", "15", "--save_steps", "15", "--logging_steps", "5",
             "--output_dir", str(output_dir), "--seed", "0", "--disable_tqdm", "true", *extra]
+
+
+def write_corpus(root: Path, step: int = 7) -> dict[str, Path]:
+    """A training and a validation .txt file of generated documents under ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    files = {"train": root / "train.txt", "validation": root / "valid.txt"}
+    files["train"].write_text("\n\n".join(make_documents(120, seed=1, step=step)) + "\n", encoding="utf-8")
+    files["validation"].write_text("\n\n".join(make_documents(20, seed=2, step=step)) + "\n", encoding="utf-8")
+    return files
