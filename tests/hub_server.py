@@ -4,7 +4,8 @@ The real ``huggingface_hub`` client talks to it through ``HF_ENDPOINT``. Routes 
 ``create_repo`` + ``create_branch`` + ``upload_folder`` of regular files needs):
 
 * ``GET  /api/whoami-v2``                                 token check
-* ``POST /api/repos/create``                              repository creation (name, organization, private)
+* ``POST /api/repos/create``                              repository creation (name, organization, visibility)
+* ``POST /api/validate-yaml``                             model card metadata check (always valid)
 * ``POST /api/models/{owner}/{name}/branch/{branch}``     branch creation
 * ``POST /api/models/{owner}/{name}/preupload/{rev}``     upload modes: every file "regular"
 * ``POST /api/models/{owner}/{name}/commit/{rev}``        NDJSON commit: header + base64 files
@@ -61,6 +62,9 @@ class HubHandler(BaseHTTPRequestHandler):
         self.reply(401, {"error": "Invalid credentials in Authorization header"})
         return False
 
+    def url(self, path: str) -> str:
+        return f"http://{self.headers['host']}/{path}"
+
     def body(self) -> bytes:
         return self.rfile.read(int(self.headers.get("content-length", 0)))
 
@@ -82,9 +86,12 @@ class HubHandler(BaseHTTPRequestHandler):
         if path == "/api/repos/create":
             request = json.loads(body)
             repo_id = f"{request.get('organization') or 'tester'}/{request['name']}"
-            self.state.repos[repo_id] = {"private": bool(request.get("private")), "type": request.get("type")}
+            private = request.get("visibility") == "private" or bool(request.get("private"))
+            self.state.repos[repo_id] = {"private": private, "type": request.get("type")}
             self.state.branches.setdefault(repo_id, {"main"})
-            return self.reply(200, {"url": f"http://hub/{repo_id}", "name": repo_id})
+            return self.reply(200, {"url": self.url(repo_id), "name": repo_id})
+        if path == "/api/validate-yaml":  # the model card's metadata, checked before a commit
+            return self.reply(200, {"errors": [], "warnings": []})
         parts = path.split("/")  # ['', 'api', 'models', owner, name, action, rev...]
         if len(parts) >= 7 and parts[2] == "models":
             repo_id, action, revision = f"{parts[3]}/{parts[4]}", parts[5], unquote("/".join(parts[6:]))
@@ -115,7 +122,7 @@ class HubHandler(BaseHTTPRequestHandler):
                 return self.reply(400, {"error": f"unsupported commit operation {item['key']}"})
         self.state.commits.append(Commit(repo_id, revision, summary, files))
         oid = f"{len(self.state.commits):040x}"
-        self.reply(200, {"commitUrl": f"http://hub/{repo_id}/commit/{oid}", "commitOid": oid})
+        self.reply(200, {"commitUrl": self.url(f"{repo_id}/commit/{oid}"), "commitOid": oid})
 
 
 def start_hub(token: str) -> tuple[ThreadingHTTPServer, HubState, str]:

@@ -1,0 +1,146 @@
+"""Pushing runs with the real huggingface_hub client against a local Hub stand-in (hub_server.py)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+
+from conftest import recipe_args, write_corpus
+from hub_server import start_hub
+
+TOKEN = "hf_localTestTokenThatMustNeverLeak42"
+
+
+def hub_env(endpoint: str, token: str | None = TOKEN) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key != "HF_TOKEN"}
+    env.update(HF_ENDPOINT=endpoint, HF_HUB_OFFLINE="0", HF_HUB_DISABLE_TELEMETRY="1")
+    if token:
+        env["HF_TOKEN"] = token
+    return env
+
+
+def hf_clm(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hf_clm", *args], env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture
+def hub():
+    server, state, endpoint = start_hub(TOKEN)
+    yield state, endpoint
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, offline_hf_cache):
+    root = tmp_path_factory.mktemp("hub")
+    files = write_corpus(root / "corpus")
+    env = {**os.environ}
+    result = hf_clm(env, "train", *recipe_args(files, root / "run", "--max_steps", "6", "--eval_steps", "6",
+                                               "--save_steps", "6", "--license", "apache-2.0"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "run"
+
+
+def files_in_repo(run_dir: Path) -> set[str]:
+    return {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+            "recipe.yaml", "perplexity.json", "token_counts.json", "report.md", "report.json",
+            "curves_by_steps.png", "curves_by_tokens_seen.png", "README.md"}
+
+
+def assert_token_absent(run_dir: Path, *outputs: str) -> None:
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
+    for output in outputs:
+        assert TOKEN not in output
+
+
+def test_push_uploads_the_run_byte_for_byte_with_flags(hub, finished_run):
+    state, endpoint = hub
+    result = hf_clm(hub_env(endpoint), "push", str(finished_run), "--repo-id", "tester/tiny-clm", "--private",
+                    "--revision", "experiment", "--commit-message", "First tiny model")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert state.repos["tester/tiny-clm"]["private"] is True
+    assert "experiment" in state.branches["tester/tiny-clm"]
+    (commit,) = state.commits
+    assert (commit.repo_id, commit.revision, commit.summary) == ("tester/tiny-clm", "experiment", "First tiny model")
+    assert set(commit.files) == files_in_repo(finished_run)
+    for name, content in commit.files.items():
+        assert content == (finished_run / name).read_bytes(), name
+    assert_token_absent(finished_run, result.stdout, result.stderr)
+
+
+def test_model_card_parses_back_with_the_run_figures(hub, finished_run):
+    state, endpoint = hub
+    assert hf_clm(hub_env(endpoint), "push", str(finished_run), "--repo-id", "tester/card").returncode == 0
+    card = ModelCard(state.commits[-1].files["README.md"].decode())
+    summary = json.loads((finished_run / "perplexity.json").read_text())
+    data = card.data
+    assert (data.library_name, data.pipeline_tag, data.license) == ("transformers", "text-generation", "apache-2.0")
+    figures = {result.metric_type: result for result in data.eval_results}
+    assert figures["perplexity"].metric_value == pytest.approx(summary["perplexity"], rel=1e-6)
+    assert figures["bits_per_byte"].metric_value == pytest.approx(summary["bits_per_byte"], rel=1e-6)
+    assert figures["perplexity"].dataset_split == "validation"
+    assert figures["perplexity"].task_type == "text-generation"
+    assert "hf download tester/card recipe.yaml --local-dir . && hf-clm train recipe.yaml" in card.text
+    assert "![curves_by_steps](curves_by_steps.png)" in card.text
+    assert f"{summary['train_tokens_seen']:,}" in card.text
+
+
+def test_push_to_hub_in_the_recipe_pushes_at_the_end_of_training(hub, tmp_path):
+    state, endpoint = hub
+    files = write_corpus(tmp_path / "corpus")
+    result = hf_clm(hub_env(endpoint), "train", *recipe_args(files, tmp_path / "run", "--max_steps", "4",
+                                                             "--eval_steps", "4", "--push_to_hub", "true",
+                                                             "--hub_model_id", "tester/trained"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert state.requests[0] == "GET /api/whoami-v2"  # checked before training
+    (commit,) = state.commits
+    assert commit.repo_id == "tester/trained" and commit.revision == "main"
+    assert "model.safetensors" in commit.files and not any(name.startswith("checkpoint-") for name in commit.files)
+    assert "pushed to" in result.stdout
+    assert_token_absent(tmp_path / "run", result.stdout, result.stderr)
+
+
+def test_a_token_in_the_recipe_is_not_written_either(hub, tmp_path):
+    state, endpoint = hub
+    files = write_corpus(tmp_path / "corpus")
+    result = hf_clm(hub_env(endpoint, token=None), "train", *recipe_args(
+        files, tmp_path / "run", "--max_steps", "2", "--eval_steps", "2", "--push_to_hub", "true",
+        "--hub_model_id", "tester/with-token", "--hub_token", TOKEN))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(state.commits) == 1
+    assert_token_absent(tmp_path / "run", result.stdout, result.stderr)
+
+
+@pytest.mark.parametrize("token,repo_id,message", [
+    (None, "tester/x", "no Hugging Face token: set HF_TOKEN"),
+    ("hf_wrongToken", "tester/x", "the Hub refused the token (HTTP 401)"),
+    (TOKEN, "not a repo id!", "invalid Hub repository id 'not a repo id!'"),
+    (TOKEN, "just-a-name", "use OWNER/NAME"),
+])
+def test_training_with_a_bad_push_setup_fails_before_training(hub, tmp_path, token, repo_id, message):
+    state, endpoint = hub
+    files = write_corpus(tmp_path / "corpus")
+    result = hf_clm(hub_env(endpoint, token), "train", *recipe_args(
+        files, tmp_path / "run", "--push_to_hub", "true", "--hub_model_id", repo_id))
+    assert result.returncode == 2
+    assert message in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+    assert not state.commits and not state.repos
+
+
+def test_pushing_an_unfinished_run_uploads_nothing(hub, finished_run, tmp_path):
+    state, endpoint = hub
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "recipe.yaml").write_text((finished_run / "recipe.yaml").read_text())
+    result = hf_clm(hub_env(endpoint), "push", str(unfinished), "--repo-id", "tester/x")
+    assert result.returncode == 2
+    assert "is not a finished run (perplexity.json, tokenizer.json, *.safetensors missing)" in result.stderr
+    assert state.requests == []
