@@ -5,20 +5,23 @@ batch's remainder, so it loses up to ``block_size - 1`` tokens per 1,000 documen
 worker). Here the remainder of every batch is carried into the next, so a whole split loses at
 most its final tail of fewer than ``block_size`` tokens.
 
-Both stages are cached by datasets' fingerprints: tokenization by ``map``, grouping by
-``Dataset.from_generator`` (its cache key hashes the tokenized split's fingerprint and the block
-size), so a second identical run reads Arrow files instead of tokenizing again.
+Both stages are ``datasets.map`` calls on Arrow batches (ids go from the Rust tokenizer to NumPy to
+Arrow, never one Python object per token), cached by fingerprints that hash the input split, the
+tokenizer and the block size, so a second identical run reads Arrow files instead of tokenizing
+again. Only ``input_ids`` is stored: the collator makes ``labels``, and full blocks need no mask.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, Features, IterableDataset, List, NamedSplit, Value
 from datasets.distributed import split_dataset_by_node
@@ -31,7 +34,8 @@ logger = logging.getLogger(__name__)
 
 INPUT_IDS = "input_ids"
 TOKENIZED_FEATURES = Features({INPUT_IDS: List(Value("int32"))})
-TOKENIZE_FORMAT = 1  # bump when DocumentTokenizer's output changes, to invalidate cached maps
+GROUP_FORMAT = 1  # bump when CarryOverBlocks changes, to invalidate cached blocks
+TOKENIZE_FORMAT = 2  # bump when DocumentTokenizer's output changes, to invalidate cached maps
 READ_BATCH_ROWS = 4096
 TOKEN_COUNTS_FILENAME = "token_counts.json"
 
@@ -57,36 +61,43 @@ def group_into_blocks(batch: Mapping[str, Sequence[Sequence[int]]], block_size: 
 
 
 class DocumentTokenizer:
-    """``datasets.map`` function: ``text`` -> ``input_ids`` with EOS closing every non-empty document."""
+    """``datasets.map`` function: ``text`` -> ``input_ids`` with EOS closing every non-empty document.
+
+    Given an Arrow batch (``with_format("arrow")``) it answers with an Arrow table built from one
+    flat int32 array and offsets, so ids never pass through per-token Python objects on the way
+    to disk; given a dict batch (streaming) it answers with lists.
+    """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase):
         self.backend = tokenizer.backend_tokenizer
         self.eos_token_id = tokenizer.eos_token_id
 
-    def __call__(self, batch: dict[str, list[str | None]]) -> dict[str, list[list[int]]]:
-        texts = [text or "" for text in batch["text"]]
+    def ids_and_offsets(self, texts: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
+        texts = [text or "" for text in texts]
         encodings = self.backend.encode_batch_fast(texts, add_special_tokens=False)
-        eos = [self.eos_token_id]
-        return {INPUT_IDS: [e.ids + eos if text else [] for e, text in zip(encodings, texts)]}
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int32, count=int(lengths.sum()))
+        has_eos = np.fromiter((bool(text) for text in texts), dtype=bool, count=len(texts))
+        ids = np.insert(ids, np.cumsum(lengths)[has_eos], self.eos_token_id)
+        offsets = np.concatenate([[0], np.cumsum(lengths + has_eos)]).astype(np.int32)
+        return ids, offsets
+
+    def __call__(self, batch):
+        if isinstance(batch, pa.Table):
+            ids, offsets = self.ids_and_offsets(batch.column("text").to_pylist())
+            return pa.table({INPUT_IDS: pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids))})
+        ids, offsets = self.ids_and_offsets(batch["text"])
+        return {INPUT_IDS: [ids[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]}
 
 
 def tokenize_split(split: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataArguments, name: str) -> Dataset:
     fingerprint = Hasher.hash((split._fingerprint, tokenizer.backend_tokenizer.to_str(),
                                tokenizer.eos_token_id, TOKENIZE_FORMAT))
-    return split.map(DocumentTokenizer(tokenizer), batched=True, batch_size=data.tokenize_batch_size,
-                     num_proc=data.preprocessing_num_workers, remove_columns=split.column_names,
-                     features=TOKENIZED_FEATURES, new_fingerprint=fingerprint, desc=f"Tokenizing {name}")
-
-
-def iter_blocks(tokenized: Dataset, block_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Every full block of the split's token stream, in order, carrying remainders across batches."""
-    tail = np.empty(0, dtype=np.int32)
-    for table in tokenized.with_format("arrow").iter(batch_size=READ_BATCH_ROWS):
-        ids = pc.list_flatten(table.column(INPUT_IDS)).to_numpy()
-        blocks, rest = group_into_blocks({INPUT_IDS: [tail, ids]}, block_size)
-        for row in blocks[INPUT_IDS]:
-            yield {INPUT_IDS: row}
-        tail = rest[INPUT_IDS]
+    tokenized = split.with_format("arrow").map(
+        DocumentTokenizer(tokenizer), batched=True, batch_size=data.tokenize_batch_size,
+        num_proc=data.preprocessing_num_workers, remove_columns=split.column_names, features=TOKENIZED_FEATURES,
+        new_fingerprint=fingerprint, desc=f"Tokenizing {name}")
+    return tokenized.with_format(None)
 
 
 def block_features(block_size: int) -> Features:
@@ -94,10 +105,16 @@ def block_features(block_size: int) -> Features:
 
 
 def group_split(tokenized: Dataset, n_tokens: int, block_size: int, name: str) -> Dataset:
-    if n_tokens < block_size:  # datasets cannot write a generated split with no rows
+    if n_tokens < block_size:  # nothing to write: one short tail
         return Dataset.from_dict({INPUT_IDS: []}, features=block_features(block_size), split=NamedSplit(name))
-    return Dataset.from_generator(iter_blocks, features=block_features(block_size), split=NamedSplit(name),
-                                  gen_kwargs={"tokenized": tokenized, "block_size": block_size})
+    fingerprint = Hasher.hash((tokenized._fingerprint, block_size, GROUP_FORMAT))
+    # One process, in order: the carried remainder makes each batch depend on the one before.
+    blocks = tokenized.with_format("arrow").map(
+        CarryOverBlocks(block_size), batched=True, batch_size=READ_BATCH_ROWS, remove_columns=[INPUT_IDS],
+        features=block_features(block_size), new_fingerprint=fingerprint, desc=f"Grouping {name} into blocks")
+    blocks = blocks.with_format(None)
+    blocks._split = NamedSplit(name)
+    return blocks
 
 
 @dataclass
@@ -154,13 +171,23 @@ def token_stream(split: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataA
 
 
 class CarryOverBlocks:
-    """Streaming ``map`` function: token lists -> full blocks; each batch's remainder opens the next."""
+    """``map`` function: token lists -> full blocks; each batch's remainder opens the next.
+
+    Arrow batches (``with_format("arrow")``) come back as a fixed-size-list table cut from one
+    flat array; dict batches (streaming) as lists of arrays.
+    """
 
     def __init__(self, block_size: int):
         self.block_size = block_size
         self.tail = np.empty(0, dtype=np.int32)
 
-    def __call__(self, batch: dict[str, list[list[int]]]) -> dict[str, list[np.ndarray]]:
+    def __call__(self, batch):
+        if isinstance(batch, pa.Table):
+            ids = pc.list_flatten(batch.column(INPUT_IDS)).to_numpy(zero_copy_only=False)
+            blocks, rest = group_into_blocks({INPUT_IDS: [self.tail, ids]}, self.block_size)
+            self.tail = rest[INPUT_IDS]
+            values = pa.array(blocks[INPUT_IDS].reshape(-1).astype(np.int32, copy=False))
+            return pa.table({INPUT_IDS: pa.FixedSizeListArray.from_arrays(values, self.block_size)})
         blocks, rest = group_into_blocks({INPUT_IDS: [self.tail, *batch[INPUT_IDS]]}, self.block_size)
         self.tail = rest[INPUT_IDS]
         return {INPUT_IDS: list(blocks[INPUT_IDS])}
