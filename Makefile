@@ -1,10 +1,11 @@
 # make demo   set up .venv and train the embedded default (python-stdlib, ~6 min on 2 CPU cores)
 # make test   set up .venv and run the test suite (what CI runs)
+# make bench  the benchmark table (README's Performance section), written to bench/results.json
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-slow clean
+.PHONY: demo test test-slow bench clean
 
 $(BIN)/hf-clm: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,9 @@ test: $(BIN)/hf-clm
 
 test-slow: $(BIN)/hf-clm
 	$(BIN)/python -m pytest -q -m slow
+
+bench: $(BIN)/hf-clm
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) runs

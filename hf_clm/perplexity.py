@@ -63,8 +63,11 @@ class NLL:
 def row_nll_and_targets(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: summed NLL of ``labels[:, 1:]`` given the logits at positions ``0 .. n-2``, and the
     number of those targets (padding and masked positions, -100, are not targets)."""
-    logits, targets = logits[:, :-1], labels[:, 1:]
-    nll = F.cross_entropy(logits.transpose(1, 2).float(), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    # Shift the labels, not the logits (as transformers' own loss does): slicing or transposing
+    # the [batch, length, vocab] logits would copy the largest tensor of the forward pass.
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
+                          ignore_index=IGNORE_INDEX, reduction="none").view(targets.shape)
     return nll.sum(1), (targets != IGNORE_INDEX).sum(1)
 
 

@@ -1,0 +1,175 @@
+"""``python -m bench``: every stage against its limit and the conventional way, one table + JSON.
+
+Ratios are measured side by side in one run and are what the targets are about; absolute
+seconds and tokens/s are printed for context. ``--quick`` runs tiny sizes (a smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "data"
+SHAKESPEARE = SHARED / "tinyshakespeare" / "input.txt"
+TOKENIZER = SHARED / "tiny-gpt2"  # the real GPT-2 tokenizer (the weights are not used here)
+
+
+def repeated_corpus(megabytes: float, folder: Path) -> Path:
+    text = SHAKESPEARE.read_text(encoding="utf-8")
+    target = int(megabytes * 1_000_000)
+    path = folder / f"shakespeare-{megabytes:g}mb.txt"
+    path.write_text((text * (target // len(text.encode()) + 1))[:target], encoding="utf-8")
+    return path
+
+
+def prepare_in_fresh_process(method: str, corpus: Path, block: int) -> dict:
+    env = {**os.environ, "HF_DATASETS_CACHE": tempfile.mkdtemp(prefix="bench-cache-"), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-m", "bench.data_prep", method, str(corpus), str(TOKENIZER), str(block)],
+                         env=env, capture_output=True, text=True, check=True, cwd=REPO)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def data_rows(sizes: list[float], folder: Path) -> list[dict]:
+    rows, package_rss = [], {}
+    for size in sizes:
+        corpus = repeated_corpus(size, folder)
+        result = {m: prepare_in_fresh_process(m, corpus, 1024) for m in ("limit", "conventional", "package")}
+        package_rss[size] = result["package"]["peak_rss_mb"]
+        mb = result["package"]["text_bytes"] / 1e6
+        rows.append({"stage": f"prepare {mb:.0f} MB", "what": "package vs tokenizer batch encode (limit)",
+                     "ratio": result["limit"]["seconds"] / result["package"]["seconds"], "target": "≥ 0.77 (within 1.3×)",
+                     "met": result["package"]["seconds"] <= 1.3 * result["limit"]["seconds"],
+                     "context": f"{result['package']['seconds']:.1f} s vs {result['limit']['seconds']:.1f} s"})
+        rows.append({"stage": f"prepare {mb:.0f} MB", "what": "package vs datasets.map + group_texts",
+                     "ratio": result["conventional"]["seconds"] / result["package"]["seconds"], "target": "≥ 2",
+                     "met": result["conventional"]["seconds"] >= 2 * result["package"]["seconds"],
+                     "context": f"{result['conventional']['seconds']:.1f} s; blocks {result['package']['blocks']:,} "
+                                f"vs {result['conventional']['blocks']:,} (run_clm drops each batch's tail)"})
+    if len(sizes) > 1:
+        small, large = package_rss[sizes[0]], package_rss[sizes[-1]]
+        rows.append({"stage": "prepare memory", "what": f"peak RSS {sizes[-1]:g} MB / {sizes[0]:g} MB of text",
+                     "ratio": large / small, "target": "≤ 1.5", "met": large <= 1.5 * small,
+                     "context": f"{large:.0f} MB vs {small:.0f} MB"})
+    return rows
+
+
+def training_rows(quick: bool, folder: Path) -> list[dict]:
+    from bench.training import config, plain_loop, random_blocks, trainer_run
+
+    steps, warmup = (4, 2) if quick else (40, 5)
+    block, batch = 128, 16
+    cfg = config(n_layer=4, n_embd=256, block=block)
+    blocks = random_blocks(batch * (steps + warmup), block)
+    plain = plain_loop(cfg, blocks, batch, steps, warmup)
+    rows = []
+    switches = {"Trainer (defaults)": {}, "+ adamw_torch_fused": {"optim": "adamw_torch_fused"},
+                "+ gradient_checkpointing": {"gradient_checkpointing": True}, "+ bf16 autocast": {"bf16": True}}
+    if not quick:
+        switches["+ torch_compile"] = {"torch_compile": True}
+    for name, flags in switches.items():
+        try:
+            rate = trainer_run(cfg, blocks, batch, steps, warmup, str(folder / "trainer"), **flags)
+        except Exception as err:  # a switch this machine cannot use is reported, not fatal
+            rows.append({"stage": "train CPU", "what": name, "ratio": None, "target": "", "met": None,
+                         "context": f"unavailable: {type(err).__name__}"})
+            continue
+        is_default = not flags
+        rows.append({"stage": "train CPU", "what": f"{name} vs plain PyTorch loop", "ratio": rate / plain,
+                     "target": "≥ 0.9" if is_default else "", "met": rate >= 0.9 * plain if is_default else None,
+                     "context": f"{rate:,.0f} vs {plain:,.0f} tokens/s (GPT-2 4×256, block {block}, batch {batch})"})
+    eager = trainer_run(config(4, 256, block, attn="eager"), blocks, batch, steps, warmup, str(folder / "eager"))
+    default = next(r for r in rows if r["what"].startswith("Trainer (defaults)"))
+    rows.append({"stage": "train CPU", "what": "eager attention vs SDPA (both Trainer)", "ratio":
+                 eager / (default["ratio"] * plain), "target": "", "met": None, "context": f"{eager:,.0f} tokens/s eager"})
+    return rows
+
+
+def evaluation_rows(quick: bool) -> list[dict]:
+    from bench.evaluation import compare
+    from bench.training import config
+
+    rows = []
+    n_tokens = 4096 if quick else 65_536
+    cfg = config(n_layer=4, n_embd=256, block=256)
+    for stride, name in ((256, "non-overlapping"), (128, "stride ½ window")):
+        plain, package = compare(cfg, n_tokens, window=256, stride=stride, batch=16)
+        rows.append({"stage": "evaluate", "what": f"{name} vs plain forward loop", "ratio": package / plain,
+                     "target": "≥ 0.9", "met": package >= 0.9 * plain,
+                     "context": f"{package:,.0f} vs {plain:,.0f} tokens/s"})
+    return rows
+
+
+def baby_row(folder: Path) -> dict:
+    """recipes/shakespeare-baby.yaml on nanoGPT's split, wall time from process start to saved run."""
+    text = SHAKESPEARE.read_text(encoding="utf-8")
+    cut = int(len(text) * 0.9)
+    train, val = folder / "baby-train.txt", folder / "baby-val.txt"
+    train.write_text(text[:cut], encoding="utf-8")
+    val.write_text(text[cut:], encoding="utf-8")
+    run_dir = folder / "baby-run"
+    env = {**os.environ, "HF_DATASETS_CACHE": tempfile.mkdtemp(prefix="bench-cache-")}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "hf_clm", "train", "recipes/shakespeare-baby.yaml", "--train_files",
+                    str(train), "--validation_files", str(val), "--sample_by", "document", "--output_dir",
+                    str(run_dir), "--disable_tqdm", "true"], env=env, cwd=REPO, check=True, capture_output=True)
+    wall = time.perf_counter() - start
+    out = subprocess.run([sys.executable, "-m", "hf_clm", "perplexity", str(run_dir), "--data", str(val), "--json"],
+                         env=env, cwd=REPO, check=True, capture_output=True, text=True)
+    bits = json.loads(out.stdout.strip().splitlines()[-1])["bits_per_char"]
+    return {"stage": "quality/time", "what": "shakespeare-baby bits/char vs nanoGPT baby (2.72 in 104 s)",
+            "ratio": 2.72 / bits, "target": "≤ 2.72 bits/char in ≤ 104 s", "met": bits <= 2.72 and wall <= 104,
+            "context": f"{bits:.3f} bits/char in {wall:.0f} s wall"}
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| stage | comparison | ratio | target | met | context |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = "–" if r["ratio"] is None else f"{r['ratio']:.2f}×"
+        met = "" if r["met"] is None else ("yes" if r["met"] else "**no**")
+        lines.append(f"| {r['stage']} | {r['what']} | {ratio} | {r['target']} | {met} | {r['context']} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs, measures nothing")
+    parser.add_argument("--output", default="bench/results.json", help="where to write the table as JSON")
+    parser.add_argument("--only", nargs="+", choices=("data", "train", "eval", "baby"),
+                        default=["data", "train", "eval", "baby"], help="stages to run")
+    args = parser.parse_args()
+    if not SHAKESPEARE.is_file():
+        print(f"bench: error: the public data is not at {SHARED}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(os.cpu_count() or 1)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        folder = Path(tmp)
+        if "data" in args.only:
+            rows += data_rows([0.2, 1] if args.quick else [5, 50], folder)
+        if "train" in args.only:
+            rows += training_rows(args.quick, folder)
+        if "eval" in args.only:
+            rows += evaluation_rows(args.quick)
+        if "baby" in args.only and not args.quick:
+            rows.append(baby_row(folder))
+    machine = {"cpu_cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+               "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    print(format_table(rows))
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    print(f"\nwritten to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
