@@ -50,10 +50,7 @@ def make_documents(n: int, seed: int = 0, words: int = 60, step: int = 7) -> lis
 @pytest.fixture
 def text_files(tmp_path) -> dict[str, Path]:
     """A training and a validation .txt file (one document per paragraph)."""
-    train, validation = tmp_path / "train.txt", tmp_path / "valid.txt"
-    train.write_text("\n\n".join(make_documents(120, seed=1)) + "\n", encoding="utf-8")
-    validation.write_text("\n\n".join(make_documents(20, seed=2)) + "\n", encoding="utf-8")
-    return {"train": train, "validation": validation}
+    return write_corpus(tmp_path)
 
 
 @pytest.fixture(scope="session")
@@ -78,10 +75,10 @@ def recipe_args(text_files: dict[str, Path], output_dir: Path, *extra: str) -> l
             "--output_dir", str(output_dir), "--seed", "0", "--disable_tqdm", "true", *extra]
 
 
-def write_corpus(root: Path, step: int = 7) -> dict[str, Path]:
+def write_corpus(root: Path, step: int = 7, train_documents: int = 120) -> dict[str, Path]:
     """A training and a validation .txt file of generated documents under ``root``."""
     root.mkdir(parents=True, exist_ok=True)
     files = {"train": root / "train.txt", "validation": root / "valid.txt"}
-    files["train"].write_text("\n\n".join(make_documents(120, seed=1, step=step)) + "\n", encoding="utf-8")
+    files["train"].write_text("\n\n".join(make_documents(train_documents, seed=1, step=step)) + "\n", encoding="utf-8")
     files["validation"].write_text("\n\n".join(make_documents(20, seed=2, step=step)) + "\n", encoding="utf-8")
     return files

@@ -7,7 +7,7 @@ import sys
 import pytest
 from transformers import AutoModelForCausalLM, GPT2Config
 
-from conftest import recipe_args
+from conftest import recipe_args, write_corpus
 from hf_clm.cli import main
 
 
@@ -18,12 +18,8 @@ def hf_clm(*args: str, cwd=None) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def trained_dir(tmp_path_factory):
-    from conftest import make_documents
-
     root = tmp_path_factory.mktemp("cli")
-    files = {"train": root / "train.txt", "validation": root / "valid.txt"}
-    files["train"].write_text("\n\n".join(make_documents(120, seed=1)) + "\n")
-    files["validation"].write_text("\n\n".join(make_documents(20, seed=2)) + "\n")
+    files = write_corpus(root)
     result = hf_clm("train", *recipe_args(files, root / "run", "--max_steps", "10", "--eval_steps", "10"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "validation perplexity" in result.stdout

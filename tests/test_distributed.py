@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import recipe_args
+from conftest import recipe_args, write_corpus
 
 PROBE = Path(__file__).parent / "helpers" / "training_probe.py"
 
@@ -38,12 +38,8 @@ def as_rows(batches: list) -> list[tuple[int, ...]]:
 
 @pytest.fixture(scope="module")
 def one_and_two_processes(tmp_path_factory, offline_hf_cache):
-    from conftest import make_documents
-
     root = tmp_path_factory.mktemp("ddp")
-    files = {"train": root / "train.txt", "validation": root / "valid.txt"}
-    files["train"].write_text("\n\n".join(make_documents(120, seed=1)) + "\n")
-    files["validation"].write_text("\n\n".join(make_documents(20, seed=2)) + "\n")
+    files = write_corpus(root)
     # 12 steps x 16 blocks stay inside the first epoch (297 blocks): its last, short batch is padded
     # differently under 2 processes (accelerate's even_batches repeats blocks from the epoch start).
     common = ["--max_steps", "12", "--eval_steps", "6", "--save_steps", "6", "--logging_steps", "2"]
@@ -92,12 +88,8 @@ def test_only_rank_zero_writes_the_run(one_and_two_processes):
 
 @pytest.fixture(scope="module")
 def streamed_runs(tmp_path_factory, offline_hf_cache):
-    from conftest import make_documents
-
     root = tmp_path_factory.mktemp("streaming")
-    files = {"train": root / "train.txt", "validation": root / "valid.txt"}
-    files["train"].write_text("\n\n".join(make_documents(240, seed=1)) + "\n")
-    files["validation"].write_text("\n\n".join(make_documents(20, seed=2)) + "\n")
+    files = write_corpus(root, train_documents=240)
     common = ["--streaming", "true", "--shuffle_buffer_size", "64", "--max_steps", "16", "--eval_steps", "8",
               "--save_steps", "8", "--logging_steps", "2"]
     launch(1, root / "record-one", recipe_args(files, root / "one", *common))

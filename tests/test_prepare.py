@@ -7,7 +7,7 @@ import sys
 import pytest
 from datasets import load_from_disk
 
-from conftest import recipe_args
+from conftest import recipe_args, write_corpus
 from hf_clm.cli import main
 from hf_clm.recipe import parse_recipe
 from hf_clm.train import run
@@ -15,12 +15,8 @@ from hf_clm.train import run
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, offline_hf_cache):
-    from conftest import make_documents
-
     root = tmp_path_factory.mktemp("prepare")
-    files = {"train": root / "train.txt", "validation": root / "valid.txt"}
-    files["train"].write_text("\n\n".join(make_documents(120, seed=1)) + "\n")
-    files["validation"].write_text("\n\n".join(make_documents(20, seed=2)) + "\n")
+    files = write_corpus(root)
     target = root / "blocks"
     flags = recipe_args(files, root / "unused", "--max_steps", "10", "--eval_steps", "10")
     result = subprocess.run([sys.executable, "-m", "hf_clm", "prepare", *flags, "--prepared_dataset", str(target)],

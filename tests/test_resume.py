@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import recipe_args
+from conftest import recipe_args, write_corpus
 from hf_clm.train import is_complete_checkpoint, newest_complete_checkpoint
 
 STEPS = 300
@@ -42,12 +42,8 @@ def kill_after_first_checkpoint(command: list[str], output_dir: Path) -> int:
 
 @pytest.fixture(scope="module")
 def killed_and_resumed(tmp_path_factory, offline_hf_cache):
-    from conftest import make_documents
-
     root = tmp_path_factory.mktemp("resume")
-    files = {"train": root / "train.txt", "validation": root / "valid.txt"}
-    files["train"].write_text("\n\n".join(make_documents(120, seed=1)) + "\n")
-    files["validation"].write_text("\n\n".join(make_documents(20, seed=2)) + "\n")
+    files = write_corpus(root)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     whole = subprocess.run(train_command(files, root / "whole"), env=env, capture_output=True, text=True)

@@ -2,8 +2,6 @@
 
 import json
 
-import pytest
-
 from conftest import recipe_args
 from hf_clm.cli import main
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import recipe_args
+from conftest import recipe_args, write_corpus
 from hf_clm.perplexity import blocks_nll
 from hf_clm.recipe import parse_recipe
 from hf_clm.train import run
@@ -14,12 +14,8 @@ from hf_clm.train import run
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, offline_hf_cache):
-    from conftest import make_documents
-
     root = tmp_path_factory.mktemp("train")
-    files = {"train": root / "train.txt", "validation": root / "valid.txt"}
-    files["train"].write_text("\n\n".join(make_documents(120, seed=1)) + "\n")
-    files["validation"].write_text("\n\n".join(make_documents(20, seed=2)) + "\n")
+    files = write_corpus(root)
     output_dir = root / "run"
     summary = run(parse_recipe(recipe_args(files, output_dir)))
     return output_dir, summary
