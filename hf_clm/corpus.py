@@ -8,6 +8,7 @@ keeps only the text column, renamed to ``text``.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import glob
 import sysconfig
 import zlib
@@ -218,8 +219,7 @@ def load_streaming_corpus_splits(data: DataArguments) -> dict[str, IterableDatas
 
 def materialize_head(data: DataArguments, split: str, n: int | None) -> Dataset:
     """The first ``n`` documents (all when None) of a streamed split, as a cached ``Dataset``."""
-    values = {key: value for key, value in vars(data).items()}
-    head = Dataset.from_generator(head_documents, gen_kwargs={"data_values": values, "split": split,
+    head = Dataset.from_generator(head_documents, gen_kwargs={"data_values": dataclasses.asdict(data), "split": split,
                                                               "n": -1 if n is None else n},
                                   features=datasets.Features({TEXT: datasets.Value("string")}))
     if not has_text(head):

@@ -48,6 +48,10 @@ def checked_repo_id(repo_id: str | None) -> str:
     return repo_id
 
 
+def http_status(err: HfHubHTTPError) -> int | str:
+    return err.response.status_code if err.response is not None else "no answer"
+
+
 def resolve_token(token: str | None = None) -> str:
     """The token to push with: the recipe's, else ``HF_TOKEN``, else the stored login."""
     token = token or get_token()
@@ -63,8 +67,8 @@ def check_hub_access(repo_id: str | None, token: str | None = None) -> tuple[str
     try:
         user = HfApi(token=token).whoami()
     except HfHubHTTPError as err:
-        status = err.response.status_code if err.response is not None else "no answer"
-        raise HfClmError(f"the Hub refused the token (HTTP {status}); log in again or set another HF_TOKEN") from None
+        raise HfClmError(f"the Hub refused the token (HTTP {http_status(err)}); log in again or set another "
+                         f"HF_TOKEN") from None
     except OSError as err:
         raise HfClmError(f"cannot reach the Hub to check the token: {type(err).__name__}") from None
     logger.info("Hub access checked: pushing to %s as %s", repo_id, user.get("name", "?"))
@@ -194,7 +198,6 @@ def push_run(run_dir: str | Path, target: PushTarget, token: str | None = None) 
             commit_message=target.commit_message or f"Upload {run_dir.name} (perplexity {summary['perplexity']:.2f})",
         )
     except HfHubHTTPError as err:
-        status = err.response.status_code if err.response is not None else "no answer"
-        raise HfClmError(f"the Hub refused the upload to {repo_id} (HTTP {status})") from None
+        raise HfClmError(f"the Hub refused the upload to {repo_id} (HTTP {http_status(err)})") from None
     logger.info("Pushed %s to %s", run_dir, commit.commit_url)
     return commit.commit_url

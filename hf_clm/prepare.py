@@ -25,7 +25,7 @@ from hf_clm.corpus import load_corpus, load_streaming_corpus, materialize_head
 from hf_clm.errors import HfClmError
 from hf_clm.perplexity import text_size
 from hf_clm.recipe import DataArguments, ModelArguments, Recipe
-from hf_clm.tokenizer import train_or_load_tokenizer
+from hf_clm.tokenizer import ensure_distinct_pad_token, load_pretrained_tokenizer, train_or_load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -123,18 +123,19 @@ def check_prepared_matches(description: dict[str, Any], tokenizer: PreTrainedTok
                          f"recipe's tokenizer is '{source}'; prepare it again with this recipe")
 
 
+def recipe_pretrained_tokenizer(model: ModelArguments) -> PreTrainedTokenizerBase:
+    tokenizer = load_pretrained_tokenizer(model.tokenizer_name_or_path or model.model_name_or_path)
+    ensure_distinct_pad_token(tokenizer)
+    return tokenizer
+
+
 def prepared_data(recipe: Recipe) -> TrainingData:
     path = Path(recipe.data.prepared_dataset)
     description = read_description(path)
     tokenizer = AutoTokenizer.from_pretrained(path / TOKENIZER_DIRNAME)
-    if not recipe.model.train_tokenizer:
-        from hf_clm.tokenizer import ensure_distinct_pad_token, load_pretrained_tokenizer
-
-        named = load_pretrained_tokenizer(recipe.model.tokenizer_name_or_path or recipe.model.model_name_or_path)
-        ensure_distinct_pad_token(named)
-        check_prepared_matches(description, named, recipe, path)
-    else:
-        check_prepared_matches(description, tokenizer, recipe, path)
+    # A trained BPE is compared by its recipe (the saved one is the product); a pretrained one by content.
+    reference = tokenizer if recipe.model.train_tokenizer else recipe_pretrained_tokenizer(recipe.model)
+    check_prepared_matches(description, reference, recipe, path)
     blocks = load_from_disk(str(path))
     counts = {name: TokenCounts(**{k: v for k, v in count.items() if k not in ("kept", "dropped")})
               for name, count in description["counts"].items()}
