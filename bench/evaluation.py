@@ -7,7 +7,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM
 
-from hf_clm.perplexity import stream_nll
+from hf_clm.evaluation import stream_nll
 
 
 def plain_windows(model, ids: torch.Tensor, window: int, stride: int, batch: int) -> float:

@@ -88,7 +88,7 @@ def perplexity_command(args: argparse.Namespace) -> int:
     from hf_clm.blocks import token_stream
     from hf_clm.corpus import load_evaluation_split
     from hf_clm.model import context_length, load_trained
-    from hf_clm.perplexity import perplexity_report, text_size, window_nlls
+    from hf_clm.evaluation import perplexity_report, text_size, window_nlls
     from hf_clm.recipe import DataArguments, parse_recipe
 
     model, tokenizer = load_trained(args.model_dir)

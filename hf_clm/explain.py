@@ -16,7 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from hf_clm.errors import HfClmError
 from hf_clm.model import context_length
-from hf_clm.perplexity import perplexity_from_loss
+from hf_clm.evaluation import perplexity_from_loss
 
 
 @dataclass

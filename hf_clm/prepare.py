@@ -23,7 +23,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from hf_clm.blocks import TokenCounts, build_blocks, stream_blocks
 from hf_clm.corpus import load_corpus, load_streaming_corpus, materialize_head
 from hf_clm.errors import HfClmError
-from hf_clm.perplexity import text_size
+from hf_clm.evaluation import text_size
 from hf_clm.recipe import DataArguments, ModelArguments, Recipe
 from hf_clm.tokenizer import ensure_distinct_pad_token, load_pretrained_tokenizer, train_or_load_tokenizer
 

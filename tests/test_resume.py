@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import recipe_args, write_corpus
-from hf_clm.train import is_complete_checkpoint, newest_complete_checkpoint
+from hf_clm.checkpoints import is_complete_checkpoint, newest_complete_checkpoint
 
 STEPS = 300
 FLAGS = ("--max_steps", str(STEPS), "--save_steps", "20", "--logging_steps", "5", "--eval_steps", str(STEPS),

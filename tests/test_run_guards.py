@@ -67,7 +67,7 @@ def test_throughput_is_logged_and_saved(text_files, tmp_path, capsys):
 def test_flops_per_token_counts_six_per_weight_and_attention():
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from hf_clm.train import flops_per_token
+    from hf_clm.throughput import flops_per_token
 
     model = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_positions=16, n_embd=32, n_layer=2, n_head=2))
     weights = model.num_parameters() - 16 * 32  # position embeddings are a lookup

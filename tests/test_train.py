@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import recipe_args, write_corpus
-from hf_clm.perplexity import blocks_nll
+from hf_clm.evaluation import blocks_nll
 from hf_clm.recipe import parse_recipe
 from hf_clm.train import run
 

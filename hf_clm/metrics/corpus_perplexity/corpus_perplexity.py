@@ -3,7 +3,7 @@
 Load it offline from the installed package:
 
     import evaluate
-    from hf_clm.perplexity import CORPUS_PERPLEXITY_METRIC
+    from hf_clm.evaluation import CORPUS_PERPLEXITY_METRIC
     metric = evaluate.load(CORPUS_PERPLEXITY_METRIC)
     metric.add_batch(nll=[12.5, 30.1], tokens=[5, 11])   # summed NLL (nats) and predicted tokens per part
     metric.compute(bytes=120, chars=118)

@@ -9,7 +9,7 @@ from datasets import Dataset
 from hf_clm.model import build_model
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from hf_clm.perplexity import (CORPUS_PERPLEXITY_METRIC, NLL, blocks_nll, perplexity_from_loss, perplexity_report,
+from hf_clm.evaluation import (CORPUS_PERPLEXITY_METRIC, NLL, blocks_nll, perplexity_from_loss, perplexity_report,
                                scored_windows, stream_nll, unigram_nll, window_nlls)
 from hf_clm.recipe import ModelArguments
 
