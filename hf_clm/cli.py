@@ -10,6 +10,7 @@ from pathlib import Path
 
 from hf_clm import __version__
 from hf_clm.errors import HfClmError
+from hf_clm.evaluation import CONVENTIONS
 
 logger = logging.getLogger("hf_clm")
 
@@ -65,56 +66,109 @@ def prepare_command(argv: list[str]) -> int:
 
 def model_dir_parser(sub, name: str) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=COMMANDS[name], description=COMMANDS[name])
-    parser.add_argument("model_dir", help="a finished run directory (or any saved causal LM with its tokenizer)")
+    parser.add_argument("model_dir", metavar="MODEL",
+                        help="a run directory, a LoRA adapter directory, or any model from_pretrained loads (e.g. gpt2)")
+    add_device_arguments(parser)
     return parser
 
 
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda, cuda:N or mps (default: the accelerator when there is one, else cpu)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+                        help="weights and compute dtype (default auto: the checkpoint's own)")
+
+
 def perplexity_parser(sub) -> None:
-    p = model_dir_parser(sub, "perplexity")
+    p = sub.add_parser("perplexity", help=COMMANDS["perplexity"], description=COMMANDS["perplexity"])
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="run directories, LoRA adapter directories, or models from_pretrained loads (e.g. gpt2); "
+                        "several are scored on the same text")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", nargs="+", metavar="FILE", help="text files to evaluate (paths, globs, directories)")
-    source.add_argument("--recipe", help="evaluate on this recipe's validation split")
+    source.add_argument("--data", nargs="+", metavar="FILE",
+                        help="text files of any kind (one UTF-8 document per file; paths, globs, directories) "
+                             "or json/jsonl/csv/parquet tables")
+    source.add_argument("--dataset_name", help="a Hub dataset id or local datasets folder (load_dataset)")
+    source.add_argument("--recipe", help="the documents this recipe's training validates on")
+    p.add_argument("--dataset_config_name", default=None, help="configuration of --dataset_name")
+    p.add_argument("--split", default="test", help="split of --dataset_name (default test)")
+    p.add_argument("--text_column", default="text", help="column holding the text (default text)")
+    p.add_argument("--convention", choices=CONVENTIONS, default="strided",
+                   help="strided: documents + EOS as one stream in windows moved by --stride (the Hugging Face "
+                        "guide); rolling: each document alone, every token scored once (lm-evaluation-harness)")
     p.add_argument("--window", type=int, default=None,
                    help="tokens per window (default: the model's context length)")
     p.add_argument("--stride", type=int, default=None,
-                   help="tokens between window starts (default: --window, i.e. no overlap)")
+                   help="strided: tokens between window starts (default: --window, i.e. no overlap)")
     p.add_argument("--batch_size", type=int, default=8, help="windows per forward pass")
-    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    add_device_arguments(p)
+    p.add_argument("--output", default=None,
+                   help="folder for report.md, report.json and a bar chart comparing the models")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON (one object per model)")
 
 
-def perplexity_command(args: argparse.Namespace) -> int:
-    import torch
+def evaluation_texts(args: argparse.Namespace) -> list[str]:
+    from hf_clm.corpus import dataset_split, evaluation_documents, validation_split
+    from hf_clm.recipe import parse_recipe
 
-    from hf_clm.blocks import token_stream
-    from hf_clm.corpus import load_evaluation_split
-    from hf_clm.model import context_length, load_trained
-    from hf_clm.evaluation import perplexity_report, text_size, window_nlls
-    from hf_clm.recipe import DataArguments, parse_recipe
+    if args.recipe:
+        split = validation_split(parse_recipe([args.recipe]).data)
+    elif args.dataset_name:
+        split = dataset_split(args.dataset_name, args.dataset_config_name, args.split, args.text_column)
+    else:
+        split = evaluation_documents(args.data)
+    texts = [t for t in split["text"] if t]
+    if not texts:
+        raise HfClmError("the evaluation text is empty: no document holds any text")
+    return texts
 
-    model, tokenizer = load_trained(args.model_dir)
-    context = context_length(model.config)
+
+def checked_window(args: argparse.Namespace, context: int | None) -> tuple[int, int | None]:
     window = context if args.window is None else args.window
     if window is None:
         raise HfClmError("the model does not state its context length; pass --window")
     if window < 2 or (context is not None and window > context):
         raise HfClmError(f"--window {window} must be between 2 and the model's context of {context} tokens")
+    if args.convention == "rolling":
+        if args.stride is not None:
+            raise HfClmError("--stride applies to --convention strided; rolling windows never overlap")
+        return window, None
     stride = window if args.stride is None else args.stride
     if not 0 < stride <= window:
         raise HfClmError(f"--stride {stride} must be between 1 and the window of {window} tokens")
-    data = parse_recipe([args.recipe]).data if args.recipe else DataArguments()
-    split = load_evaluation_split(args.data, data)
-    ids = torch.from_numpy(token_stream(split, tokenizer, data).astype("int64"))
-    if len(ids) < 2:
-        raise HfClmError(f"the evaluation text has {len(ids)} token(s); at least 2 are needed")
-    parts = window_nlls(model, ids, window, stride, args.batch_size, progress=not args.json)
-    report = perplexity_report(parts, window, stride, *text_size(split))
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(f"perplexity {report['perplexity']:.3f} | {report['bits_per_byte']:.4f} bits/byte | "
-              f"{report['bits_per_char']:.4f} bits/char | {report['tokens']:,} tokens | "
-              f"window {window}, stride {stride}")
+    return window, stride
+
+
+def perplexity_command(args: argparse.Namespace) -> int:
+    from hf_clm.evaluation import evaluate_texts
+    from hf_clm.model import context_length, device_description, load_for_inference
+    from hf_clm.report import write_comparison
+
+    if args.batch_size < 1:
+        raise HfClmError(f"--batch_size must be at least 1, not {args.batch_size}")
+    texts = evaluation_texts(args)
+    rows = []
+    for name in args.models:
+        model, tokenizer = load_for_inference(name, args.device, args.dtype)
+        window, stride = checked_window(args, context_length(model.config))
+        evaluation = evaluate_texts(model, tokenizer, texts, args.convention, window, stride, args.batch_size,
+                                    progress=not args.json)
+        row = {"model": name, **evaluation.figures(), "device": device_description(model.device),
+               "dtype": str(model.dtype).removeprefix("torch.")}
+        rows.append(row)
+        print(json.dumps(row) if args.json else format_perplexity(row))
+        del model
+    if args.output:
+        for path in write_comparison(rows, args.output):
+            print(path, file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def format_perplexity(row: dict) -> str:
+    extra = f"stride {row['stride']}" if row["convention"] == "strided" else f"word perplexity {row['word_perplexity']:.3f}"
+    return (f"{row['model']}: perplexity {row['perplexity']:.3f} | {row['bits_per_byte']:.4f} bits/byte | "
+            f"{row['bits_per_char']:.4f} bits/char | {row['tokens']:,} tokens | {row['convention']}, "
+            f"window {row['window']}, {extra} | {row['device']}, {row['dtype']}")
 
 
 def generate_parser(sub) -> None:
@@ -129,9 +183,9 @@ def generate_parser(sub) -> None:
 
 def generate_command(args: argparse.Namespace) -> int:
     from hf_clm.generate import Sampling, generate
-    from hf_clm.model import load_trained
+    from hf_clm.model import load_for_inference
 
-    model, tokenizer = load_trained(args.model_dir)
+    model, tokenizer = load_for_inference(args.model_dir, args.device, args.dtype)
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     generate(model, tokenizer, args.prompt, sampling, stream=True)
     return 0
@@ -146,13 +200,17 @@ def explain_parser(sub) -> None:
 
 def explain_command(args: argparse.Namespace) -> int:
     from hf_clm.explain import explain, format_explanation
-    from hf_clm.model import load_trained
+    from hf_clm.model import load_for_inference
 
     if args.top_k < 1:
         raise HfClmError(f"--top_k must be at least 1, not {args.top_k}")
-    model, tokenizer = load_trained(args.model_dir)
+    from hf_clm.model import device_description
+
+    model, tokenizer = load_for_inference(args.model_dir, args.device, args.dtype)
     explanation = explain(model, tokenizer, args.text, args.top_k)
-    print(json.dumps(explanation.as_dict()) if args.json else format_explanation(explanation))
+    where = {"device": device_description(model.device), "dtype": str(model.dtype).removeprefix("torch.")}
+    print(json.dumps({**explanation.as_dict(), **where}) if args.json else
+          format_explanation(explanation) + f" ({where['device']}, {where['dtype']})")
     return 0
 
 

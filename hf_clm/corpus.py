@@ -30,13 +30,19 @@ BUILDER_BY_SUFFIX = {".txt": "text", ".text": "text", ".json": "json", ".jsonl":
 STDLIB_EXCLUDED_PARTS = {"test", "tests", "idle_test", "site-packages", "dist-packages"}
 
 
-def expand_files(patterns: list[str], key: str) -> list[str]:
-    """Paths, globs and directories -> sorted list of data files; an error for anything matching nothing."""
+def is_visible(path: Path, root: Path) -> bool:
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def expand_files(patterns: list[str], key: str, any_suffix: bool = False) -> list[str]:
+    """Paths, globs and directories -> sorted list of data files; an error for anything matching nothing.
+    With ``any_suffix`` a directory gives every visible file (read as text unless json/csv/parquet)."""
     files: list[str] = []
     for pattern in patterns:
         path = Path(pattern).expanduser()
         if path.is_dir():
-            found = sorted(str(p) for p in path.rglob("*") if p.suffix in BUILDER_BY_SUFFIX and p.is_file())
+            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and is_visible(p, path)
+                           and (any_suffix or p.suffix in BUILDER_BY_SUFFIX))
         elif glob.has_magic(pattern):
             found = sorted(p for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
         else:
@@ -49,8 +55,10 @@ def expand_files(patterns: list[str], key: str) -> list[str]:
     return files
 
 
-def builder_for(files: list[str], key: str) -> str:
-    builders = {BUILDER_BY_SUFFIX.get(Path(f).suffix.lower()) for f in files}
+def builder_for(files: list[str], key: str, any_suffix: bool = False) -> str:
+    """The ``datasets`` builder of the files' format; with ``any_suffix`` an unknown suffix is text."""
+    default = "text" if any_suffix else None
+    builders = {BUILDER_BY_SUFFIX.get(Path(f).suffix.lower(), default) for f in files}
     if None in builders:
         bad = next(f for f in files if Path(f).suffix.lower() not in BUILDER_BY_SUFFIX)
         raise HfClmError(f"{key}: '{bad}' is not .txt, .json, .jsonl, .csv or .parquet")
@@ -187,12 +195,43 @@ def load_corpus(data: DataArguments) -> DatasetDict:
     return DatasetDict(train=train, validation=validation)
 
 
-def load_evaluation_split(data_files: list[str] | None = None, data: DataArguments | None = None) -> Dataset:
-    """Text to evaluate on: the given files whole, or a recipe's validation split."""
-    if data_files:
-        return select_text(load_local_files(DataArguments(train_files=data_files))["train"], "text", "evaluation")
-    if data is None:
-        raise HfClmError("give evaluation text with --data FILES or --recipe RECIPE")
+def evaluation_documents(files: list[str], key: str = "--data") -> Dataset:
+    """Any text files (``.py``, ``.md``, no suffix: one UTF-8 document per file) or json/jsonl/csv/
+    parquet tables, as one split; errors name ``key``, the flag the user gave."""
+    paths = expand_files(files, key, any_suffix=True)
+    builder = builder_for(paths, key, any_suffix=True)
+    if all(Path(f).stat().st_size == 0 for f in paths):
+        raise HfClmError(f"{key}: {', '.join(paths)} hold no text")
+    kwargs = {"sample_by": "document", "keep_linebreaks": True} if builder == "text" else {}
+    if builder == "text":
+        for path in paths:
+            check_utf8(path)
+    try:
+        split = datasets.load_dataset(builder, data_files={"evaluation": paths}, split="evaluation", **kwargs)
+    except DatasetGenerationError as err:
+        raise HfClmError(f"{key}: cannot read the {builder} files: {str(err.__cause__ or err).splitlines()[0]}") from None
+    return select_text(split, TEXT, "evaluation")
+
+
+def dataset_split(name: str, config: str | None, split: str, column: str) -> Dataset:
+    """One split of a Hub (or local ``datasets``) dataset, for evaluation."""
+    try:
+        splits = datasets.load_dataset(name, config)
+    except (FileNotFoundError, ConnectionError, OSError, ValueError) as err:
+        from huggingface_hub import constants
+
+        offline = " (HF_HUB_OFFLINE=1 is set: only cached or local datasets load)" if constants.HF_HUB_OFFLINE else ""
+        raise HfClmError(f"--dataset_name {name} could not be loaded{offline}: {str(err).splitlines()[0]}") from None
+    if split not in splits:
+        raise HfClmError(f"--split {split} is not a split of {name}; it has: {', '.join(splits)}")
+    return select_text(splits[split], column, split)
+
+
+def validation_split(data: DataArguments) -> Dataset:
+    """The documents a recipe's training validates on: one definition for training and for
+    ``hf-clm perplexity --recipe`` (a streamed corpus validates on its head, not its tail)."""
+    if data.streaming:
+        return load_streaming_corpus(data)[1]
     return load_corpus(data)["validation"]
 
 
@@ -233,3 +272,14 @@ def load_streaming_corpus(data: DataArguments) -> tuple[IterableDataset, Dataset
     (``max_eval_samples``, default 1,000) and training skips them."""
     train = load_streaming_corpus_splits(data)["train"]
     return train, materialize_head(data, "validation", data.max_eval_samples)
+
+
+def text_size(split: Dataset) -> tuple[int, int]:
+    """(UTF-8 bytes, characters) of the split's text."""
+    n_bytes = n_chars = 0
+    for batch in split.iter(batch_size=1000):
+        for text in batch[TEXT]:
+            text = text or ""
+            n_chars += len(text)
+            n_bytes += len(text.encode("utf-8"))
+    return n_bytes, n_chars

@@ -16,7 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from hf_clm.errors import HfClmError
 from hf_clm.model import context_length
-from hf_clm.evaluation import perplexity_from_loss
+from hf_clm.evaluation import Scores, model_device, next_token_log_probs, score_rows, shifted_targets
 
 
 @dataclass
@@ -35,14 +35,15 @@ class Position:
 class Explanation:
     tokens: list[str]
     positions: list[Position]
+    scores: Scores  # the evaluation engine's figures for the same text
 
     @property
     def mean_loss(self) -> float:
-        return sum(p.loss for p in self.positions) / len(self.positions)
+        return self.scores.loss
 
     @property
     def perplexity(self) -> float:
-        return perplexity_from_loss(self.mean_loss)
+        return self.scores.perplexity
 
     def as_dict(self) -> dict:
         return {"tokens": self.tokens, "positions": [asdict(p) for p in self.positions],
@@ -59,7 +60,9 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: st
     if context is not None and len(ids) > context:
         raise HfClmError(f"the text is {len(ids)} tokens long, more than the model's context of {context}")
     model.eval()
-    log_probs = torch.log_softmax(model(input_ids=torch.tensor([ids], device=model.device)).logits[0, :-1].float(), -1)
+    row = torch.tensor([ids], device=model_device(model))
+    scores = Scores.from_rows(score_rows(model, row, shifted_targets(row)))
+    log_probs = next_token_log_probs(model, row[0])[:-1]
     pieces = [tokenizer.decode([i]) for i in ids]
     positions = []
     for t, target in enumerate(ids[1:]):
@@ -71,7 +74,7 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: st
             top=[(tokenizer.decode([i]), math.exp(v)) for v, i in zip(top.values.tolist(), top.indices.tolist())],
             loss=-row[target].item(),
         ))
-    return Explanation(pieces, positions)
+    return Explanation(pieces, positions, scores)
 
 
 def shown(piece: str, width: int) -> str:

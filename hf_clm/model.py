@@ -121,11 +121,11 @@ def is_adapter_dir(path: Path) -> bool:
     return (path / ADAPTER_CONFIG).is_file()
 
 
-def load_adapter_model(path: Path) -> PreTrainedModel:
+def load_adapter_model(path: Path, **kwargs) -> PreTrainedModel:
     from peft import AutoPeftModelForCausalLM
 
     try:
-        return AutoPeftModelForCausalLM.from_pretrained(path)
+        return AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
         base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
         raise HfClmError(f"cannot load the base model '{base}' of the adapter in {path}: "
@@ -145,16 +145,98 @@ def merge_adapter(run_dir: str | Path, output_dir: str | Path | None = None) -> 
     return output_dir
 
 
-def load_trained(model_dir: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Model and tokenizer of a run directory (or any checkpoint folder), for evaluation and generation."""
-    path = Path(model_dir)
-    if not path.is_dir():
-        raise HfClmError(f"{model_dir} is not a directory")
-    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
-        raise HfClmError(f"{model_dir} holds no tokenizer (tokenizer.json); pass a finished run directory")
-    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-        raise HfClmError(f"{model_dir} holds no model weights (*.safetensors); pass a finished run directory")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = load_adapter_model(path) if is_adapter_dir(path) else AutoModelForCausalLM.from_pretrained(path)
-    model.eval()
+DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def default_device() -> str:
+    """The accelerator when there is one (CUDA, then Apple's MPS), else the CPU."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def inference_device(name: str | None) -> torch.device:
+    name = name or default_device()
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise HfClmError(f"--device {name} is not a device; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HfClmError(f"--device {name}: no CUDA GPU is visible to PyTorch; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise HfClmError(f"--device {name}: Apple's MPS backend is not available here; use --device cpu")
+    return device
+
+
+def check_dtype_runs(dtype_name: str, device: torch.device) -> None:
+    """Refuse a dtype the device cannot compute in, before loading any weights."""
+    if dtype_name not in DTYPES:
+        raise HfClmError(f"--dtype {dtype_name} is not one of {', '.join(DTYPES)}")
+    if dtype_name == "auto":
+        return
+    if device.type == "cuda" and DTYPES[dtype_name] is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise HfClmError(f"--dtype bfloat16: the GPU {torch.cuda.get_device_name(device)} cannot compute in "
+                         f"bfloat16; use --dtype float16 or float32")
+    try:
+        probe = torch.ones(4, 4, dtype=DTYPES[dtype_name], device=device)
+        torch.nn.functional.softmax(probe @ probe, dim=-1).sum().item()
+    except (RuntimeError, TypeError) as err:
+        raise HfClmError(f"--dtype {dtype_name} cannot run on {device}: {str(err).splitlines()[0]}; "
+                         f"use --dtype float32") from None
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def unreachable_hint(name_or_path: str) -> str:
+    from huggingface_hub import constants
+
+    where = "HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE else "the Hub may be unreachable"
+    return (f"'{name_or_path}' is not a local folder and {where}; pass a local folder, or download it first "
+            f"where the Hub is reachable ('hf download {name_or_path} --local-dir DIR')")
+
+
+def load_tokenizer_for(name_or_path: str | Path) -> PreTrainedTokenizerBase:
+    path = Path(name_or_path)
+    source = name_or_path
+    if path.is_dir() and not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        if not is_adapter_dir(path):
+            raise HfClmError(f"{path} holds no tokenizer (tokenizer.json); pass a finished run directory")
+        source = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        hint = unreachable_hint(str(source)) if not Path(str(source)).exists() else str(err).splitlines()[0]
+        raise HfClmError(f"cannot load a tokenizer from {source}: {hint}") from None
+
+
+def load_for_inference(name_or_path: str, device: str | None = None, dtype: str = "auto"
+                       ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model (evaluation mode, on ``device``, in ``dtype``) and tokenizer of a run directory, a LoRA
+    adapter directory, or anything ``from_pretrained`` accepts (a Hub id such as ``gpt2``). The one
+    way commands load a model."""
+    target = inference_device(device)
+    check_dtype_runs(dtype, target)
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise HfClmError(f"{name_or_path} is not a directory; pass a run directory or a model id")
+        if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+            raise HfClmError(f"{name_or_path} holds no model weights (*.safetensors); pass a finished run directory")
+    tokenizer = load_tokenizer_for(path if path.exists() else name_or_path)
+    try:
+        if path.exists() and is_adapter_dir(path):
+            model = load_adapter_model(path, dtype=DTYPES[dtype])
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(path) if path.exists() else name_or_path,
+                                                         dtype=DTYPES[dtype])
+    except (OSError, ValueError) as err:
+        hint = str(err).splitlines()[0] if path.exists() else unreachable_hint(name_or_path)
+        raise HfClmError(f"cannot load a causal LM from {name_or_path}: {hint}") from None
+    model.to(target).eval()
     return model, tokenizer

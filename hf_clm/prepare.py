@@ -21,9 +21,8 @@ from datasets import Dataset, DatasetDict, IterableDataset, load_from_disk
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from hf_clm.blocks import TokenCounts, build_blocks, stream_blocks
-from hf_clm.corpus import load_corpus, load_streaming_corpus, materialize_head
+from hf_clm.corpus import load_corpus, load_streaming_corpus, materialize_head, text_size
 from hf_clm.errors import HfClmError
-from hf_clm.evaluation import text_size
 from hf_clm.recipe import DataArguments, ModelArguments, Recipe
 from hf_clm.tokenizer import ensure_distinct_pad_token, load_pretrained_tokenizer, train_or_load_tokenizer
 
@@ -63,7 +62,7 @@ def tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def in_memory_data(recipe: Recipe) -> TrainingData:
-    raw = load_corpus(recipe.data)
+    raw = load_corpus(recipe.data)  # its validation split is corpus.validation_split's
     tokenizer, added = train_or_load_tokenizer(recipe.model, raw["train"])
     blocks, counts = build_blocks(raw, tokenizer, recipe.data)
     return TrainingData(tokenizer, added, blocks["train"], blocks["validation"], counts, *text_size(raw["validation"]))

@@ -10,10 +10,32 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hf_clm.artifacts import write_json, write_text_atomic
 from hf_clm.errors import HfClmError
 
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
+COMPARISON_KIND = "perplexity comparison"  # report.json of `hf-clm perplexity --output`
+COMPARISON_PLOT = "perplexity_by_model.png"
 CURVES = (("step", "steps"), ("num_input_tokens_seen", "tokens seen"))
+
+
+def comparison_rows(folder: Path) -> list[dict[str, Any]] | None:
+    """The models of a ``hf-clm perplexity --output`` folder, as report rows (no curves)."""
+    path = folder / REPORT_JSON
+    if (folder / "perplexity.json").is_file() or not path.is_file():
+        return None
+    content = json.loads(path.read_text(encoding="utf-8"))
+    if content.get("kind") != COMPARISON_KIND:
+        return None
+    return [{"name": row["model"], "path": str(folder), **row, "train_curve": [], "eval_curve": []}
+            for row in content["models"]]
+
+
+def read_runs(paths: list[str | Path]) -> list[dict[str, Any]]:
+    runs = []
+    for path in paths:
+        runs += comparison_rows(Path(path)) or [read_run(path)]
+    return runs
 
 
 def read_run(run_dir: str | Path) -> dict[str, Any]:
@@ -78,8 +100,9 @@ def markdown(runs: list[dict[str, Any]], plots: list[Path]) -> str:
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
         lines.append(f"| {r['name']} | {fmt(r['perplexity'], '.2f')} | {fmt(r.get('unigram_perplexity'), '.2f')} | "
-                     f"{fmt(r.get('bits_per_byte'), '.4f')} | {r['parameters']:,} | {r['train_tokens_seen']:,} | "
-                     f"{fmt(r['train_seconds'], '.1f')} | {fmt(r['train_tokens_per_second'], ',.0f')} |")
+                     f"{fmt(r.get('bits_per_byte'), '.4f')} | {fmt(r.get('parameters'), ',')} | "
+                     f"{fmt(r.get('train_tokens_seen'), ',')} | {fmt(r.get('train_seconds'), '.1f')} | "
+                     f"{fmt(r.get('train_tokens_per_second'), ',.0f')} |")
     lines += ["", "Perplexity = exp(total NLL / predicted tokens) on the validation blocks; bits/byte divides "
                   "the same total NLL, in bits, by the UTF-8 bytes those tokens stand for.", ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
@@ -88,7 +111,7 @@ def markdown(runs: list[dict[str, Any]], plots: list[Path]) -> str:
 
 def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
     """``report.md``, ``report.json`` and the PNG plots for the runs, in ``out_dir``."""
-    runs = [read_run(d) for d in run_dirs]
+    runs = read_runs(run_dirs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = plot_curves(runs, out_dir)
@@ -96,3 +119,49 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
     (out_dir / REPORT_JSON).write_text(json.dumps({"runs": table}, indent=2) + "\n")
     (out_dir / REPORT_MD).write_text(markdown(runs, plots))
     return [out_dir / REPORT_MD, out_dir / REPORT_JSON, *plots]
+
+
+def comparison_markdown(rows: list[dict[str, Any]], plot: Path) -> str:
+    first = rows[0]
+    how = (f"{first['convention']} convention, window {first['window']}"
+           + (f", stride {first['stride']}" if first.get("stride") else ""))
+    lines = ["# Perplexity comparison", "", f"Every model scored on the same {first['documents']:,} documents "
+             f"({first['bytes']:,} UTF-8 bytes), {how}. Bits per byte do not depend on the tokenizer: "
+             "compare models by that column when their tokenizers differ.", "",
+             "| model | perplexity | bits/byte | bits/char | tokens | device | dtype | convention |",
+             "|---|---:|---:|---:|---:|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {fmt(r['perplexity'], '.3f')} | {fmt(r['bits_per_byte'], '.4f')} | "
+                     f"{fmt(r['bits_per_char'], '.4f')} | {r['tokens']:,} | {r['device']} | {r['dtype']} | "
+                     f"{r['convention']} |")
+    return "\n".join(lines + ["", f"![{plot.stem}]({plot.name})"]) + "\n"
+
+
+def plot_comparison(rows: list[dict[str, Any]], out_dir: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(max(4.0, 1.4 * len(rows) + 2), 3.8))
+    names = [r["model"] for r in rows]
+    bars = ax.bar(range(len(rows)), [r["bits_per_byte"] or 0 for r in rows], color="tab:blue")
+    ax.bar_label(bars, labels=[fmt(r["bits_per_byte"], ".3f") for r in rows])
+    ax.set_xticks(range(len(rows)), names, rotation=15, ha="right")
+    ax.set(title="Bits per byte (lower is better)", ylabel="bits per UTF-8 byte")
+    ax.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    path = out_dir / COMPARISON_PLOT
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def write_comparison(rows: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """``report.md``, ``report.json`` and a bar chart of several models scored on one text."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot = plot_comparison(rows, out_dir)
+    write_json({"kind": COMPARISON_KIND, "models": rows}, out_dir / REPORT_JSON)
+    write_text_atomic(comparison_markdown(rows, plot), out_dir / REPORT_MD)
+    return [out_dir / REPORT_MD, out_dir / REPORT_JSON, plot]

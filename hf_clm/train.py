@@ -15,7 +15,7 @@ from hf_clm.artifacts import PERPLEXITY_FILENAME, write_json
 from hf_clm.blocks import TokenCounts, save_token_counts
 from hf_clm.checkpoints import check_output_dir, clear_previous_run, resume_checkpoint
 from hf_clm.errors import HfClmError
-from hf_clm.evaluation import unigram_nll
+from hf_clm.evaluation import unigram_scores
 from hf_clm.hub import PushTarget, check_hub_access, push_run
 from hf_clm.model import build_model, merge_adapter
 from hf_clm.prepare import TrainingData, training_data
@@ -49,12 +49,10 @@ def check_fills_a_step(counts: dict[str, TokenCounts], args: TrainingArguments) 
 
 def perplexity_summary(metrics: dict[str, float], model: PreTrainedModel, data: TrainingData,
                        tokens_seen: int, unigram_perplexity: float | None) -> dict[str, Any]:
-    # bits per byte: the mean loss in bits, per UTF-8 byte a validation token stands for on average
-    bytes_per_token = data.validation_bytes / data.counts["validation"].tokens
     return {
         "perplexity": metrics["eval_perplexity"],
         "eval_loss": metrics["eval_loss"],
-        "bits_per_byte": metrics["eval_loss"] / math.log(2) / bytes_per_token,
+        "bits_per_byte": metrics["eval_bits_per_byte"],
         "eval_tokens": metrics["eval_tokens"],
         "unigram_perplexity": unigram_perplexity,
         "parameters": model.num_parameters(),
@@ -111,7 +109,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
     trainer.save_state()
     metrics = final_eval_metrics(trainer)
     unigram = None if data.streamed else \
-        unigram_nll(data.train, data.validation, len(data.tokenizer)).perplexity
+        unigram_scores(data.train, data.validation, len(data.tokenizer)).perplexity
     summary = perplexity_summary(metrics, model, data, trainer.state.num_input_tokens_seen, unigram)
     summary.update(training_throughput(trainer))
     if trainer.is_world_process_zero():

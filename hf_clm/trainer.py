@@ -8,7 +8,7 @@ from datasets import IterableDataset
 from torch.utils.data import DataLoader
 from transformers import DataCollatorForLanguageModeling, EvalPrediction, PreTrainedModel, Trainer
 
-from hf_clm.evaluation import perplexity_from_loss, row_nll_and_targets
+from hf_clm.evaluation import NLL, TARGETS, Scores, TokenText, perplexity_from_loss, token_text, trainer_scores
 from hf_clm.prepare import TrainingData
 from hf_clm.recipe import Recipe
 from hf_clm.throughput import ThroughputMeter, flops_per_token, total_peak_flops
@@ -20,15 +20,24 @@ class CausalLMTrainer(Trainer):
 
     Trainer's own ``eval_loss`` is not token-weighted: its evaluation loop repeats each batch's
     mean loss by the *first* batch's size, so a short last batch weighs as much as a full one.
-    Instead each block's summed NLL and target count travel through ``preprocess_logits_for_metrics``
-    (so full logits are never kept) and ``compute_metrics`` divides the totals.
+    Instead each block's scores from the package's evaluation engine (summed NLL, targets, bytes;
+    no full logits kept) are gathered across processes and ``compute_metrics`` divides the totals.
+    With a dict of evaluation sets each is reported under its name (``eval_<name>_perplexity``).
     """
 
     def __init__(self, *args, flops_per_token: float, peak_flops: float | None, **kwargs):
-        super().__init__(*args, preprocess_logits_for_metrics=block_nll_and_tokens,
-                         compute_metrics=token_weighted_loss, **kwargs)
+        super().__init__(*args, compute_metrics=corpus_figures, **kwargs)
+        text = token_text(self.processing_class)
+        self.token_text = TokenText(text.bytes.to(self.args.device), text.chars.to(self.args.device))
         self.meter = ThroughputMeter(flops_per_token, peak_flops)
         self.add_callback(self.meter)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            rows = trainer_scores(model, inputs, self.token_text)
+        loss = rows[:, NLL].sum() / rows[:, TARGETS].sum().clamp(min=1)
+        return loss, rows, rows
 
     def evaluate(self, *args, **kwargs):
         with self.meter.paused():
@@ -39,10 +48,11 @@ class CausalLMTrainer(Trainer):
             return super()._save_checkpoint(*args, **kwargs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "eval_token_weighted_loss" in logs:
-            logs["eval_loss"] = logs.pop("eval_token_weighted_loss")
-            logs["eval_perplexity"] = perplexity_from_loss(logs["eval_loss"])
-        elif "loss" in logs:
+        for key in [k for k in logs if k.startswith("eval_") and k.endswith(TOKEN_WEIGHTED_LOSS)]:
+            prefix = key[: -len(TOKEN_WEIGHTED_LOSS)]
+            logs[prefix + "loss"] = logs.pop(key)
+            logs[prefix + "perplexity"] = perplexity_from_loss(logs[prefix + "loss"])
+        if "loss" in logs:
             logs.update(self.meter.interval(self.state.num_input_tokens_seen))
         super().log(logs, start_time)
 
@@ -55,20 +65,23 @@ class CausalLMTrainer(Trainer):
                                collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers,
                                pin_memory=self.args.dataloader_pin_memory)
 
+
 class EpochDataLoader(DataLoader):
     """A DataLoader that passes Trainer's ``set_epoch`` on to its dataset (a new shuffle per epoch)."""
 
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)
 
-def block_nll_and_tokens(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per block: [summed NLL of its targets, number of targets] (labels shifted as in the model)."""
-    nll, targets = row_nll_and_targets(logits, labels)
-    return torch.stack([nll, targets.float()], dim=1)
 
-def token_weighted_loss(prediction: EvalPrediction) -> dict[str, float]:
-    sums = np.asarray(prediction.predictions, dtype=np.float64).sum(0)
-    return {"token_weighted_loss": float(sums[0] / sums[1]), "tokens": int(sums[1])}
+TOKEN_WEIGHTED_LOSS = "token_weighted_loss"
+
+
+def corpus_figures(prediction: EvalPrediction) -> dict[str, float]:
+    """Token-weighted loss, target count and bits per byte/char of one evaluation set."""
+    scores = Scores.from_rows(np.asarray(prediction.predictions))
+    return {TOKEN_WEIGHTED_LOSS: scores.loss, "tokens": scores.tokens, "bits_per_byte": scores.bits_per_byte,
+            "bits_per_char": scores.bits_per_char}
+
 
 def build_trainer(recipe: Recipe, model: PreTrainedModel, data: TrainingData) -> CausalLMTrainer:
     return CausalLMTrainer(
@@ -77,6 +90,7 @@ def build_trainer(recipe: Recipe, model: PreTrainedModel, data: TrainingData) ->
         flops_per_token=flops_per_token(model, recipe.data.block_size),
         peak_flops=total_peak_flops(recipe.run, recipe.training),
     )
+
 
 def final_eval_metrics(trainer: Trainer) -> dict[str, float]:
     """The evaluation of the final weights: the one logged at the last step, or a fresh one."""

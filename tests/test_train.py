@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import recipe_args, write_corpus
-from hf_clm.evaluation import blocks_nll
+from hf_clm.evaluation import blocks_scores
 from hf_clm.recipe import parse_recipe
 from hf_clm.train import run
 
@@ -60,7 +60,7 @@ def test_saved_run_reloads_and_reproduces_its_perplexity(finished_run):
 
     recipe = parse_recipe([str(output_dir / "recipe.yaml")])
     blocks, _ = build_blocks(load_corpus(recipe.data), tokenizer, recipe.data)
-    nll = blocks_nll(model, blocks["validation"], batch_size=16, progress=False)
+    nll = blocks_scores(model, blocks["validation"], batch_size=16, progress=False)
     assert nll.tokens == summary["eval_tokens"]
     assert nll.perplexity == pytest.approx(summary["perplexity"], rel=1e-4)
 
