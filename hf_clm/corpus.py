@@ -201,7 +201,7 @@ def evaluation_documents(files: list[str], key: str = "--data") -> Dataset:
     paths = expand_files(files, key, any_suffix=True)
     builder = builder_for(paths, key, any_suffix=True)
     if all(Path(f).stat().st_size == 0 for f in paths):
-        raise HfClmError(f"{key}: {', '.join(paths)} hold no text")
+        raise HfClmError(f"{key}: the evaluation text is empty ({', '.join(paths)} hold no text)")
     kwargs = {"sample_by": "document", "keep_linebreaks": True} if builder == "text" else {}
     if builder == "text":
         for path in paths:

@@ -194,11 +194,9 @@ def device_description(device: torch.device) -> str:
 
 
 def unreachable_hint(name_or_path: str) -> str:
-    from huggingface_hub import constants
-
-    where = "HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE else "the Hub may be unreachable"
-    return (f"'{name_or_path}' is not a local folder and {where}; pass a local folder, or download it first "
-            f"where the Hub is reachable ('hf download {name_or_path} --local-dir DIR')")
+    return (f"'{name_or_path}' is not a local folder and could not be fetched from the Hub (offline, or "
+            f"HF_HUB_OFFLINE=1 is set); pass a local folder, or download it where the Hub is reachable "
+            f"('hf download {name_or_path} --local-dir DIR')")
 
 
 def load_tokenizer_for(name_or_path: str | Path) -> PreTrainedTokenizerBase:
@@ -223,12 +221,11 @@ def load_for_inference(name_or_path: str, device: str | None = None, dtype: str 
     target = inference_device(device)
     check_dtype_runs(dtype, target)
     path = Path(name_or_path).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise HfClmError(f"{name_or_path} is not a directory; pass a run directory or a model id")
-        if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-            raise HfClmError(f"{name_or_path} holds no model weights (*.safetensors); pass a finished run directory")
+    if path.exists() and not path.is_dir():
+        raise HfClmError(f"{name_or_path} is not a directory; pass a run directory or a model id")
     tokenizer = load_tokenizer_for(path if path.exists() else name_or_path)
+    if path.exists() and not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise HfClmError(f"{name_or_path} holds no model weights (*.safetensors); pass a finished run directory")
     try:
         if path.exists() and is_adapter_dir(path):
             model = load_adapter_model(path, dtype=DTYPES[dtype])
