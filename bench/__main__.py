@@ -106,7 +106,21 @@ def evaluation_rows(quick: bool) -> list[dict]:
         rows.append({"stage": "evaluate", "what": f"{name} vs plain forward loop", "ratio": package / plain,
                      "target": "≥ 0.9", "met": package >= 0.9 * plain,
                      "context": f"{package:,.0f} vs {plain:,.0f} tokens/s"})
-    return rows
+    return rows + [evaluation_memory_row(quick)]
+
+
+def evaluation_memory_row(quick: bool) -> dict:
+    """Peak memory added on top of the weights by scoring one batch of GPT-2-124M shapes."""
+    from bench.evaluation import memory
+
+    sizes = {"window": 128, "batch": 2, "layers": 1} if quick else {"window": 1024, "batch": 8, "layers": 12}
+    sliced, full = memory("sliced", **sizes), memory("full", **sizes)
+    limit = 1.5 * sliced["weights_mb"]
+    return {"stage": "evaluate memory", "what": "head sliced over positions vs full float32 logits (added peak RSS)",
+            "ratio": full["added_mb"] / max(sliced["added_mb"], 1.0), "target": "added ≤ 1.5× weights",
+            "met": sliced["added_mb"] <= limit,
+            "context": f"{sliced['added_mb']:,.0f} MB vs {full['added_mb']:,.0f} MB added to "
+                       f"{sliced['weights_mb']:,.0f} MB of weights (window {sizes['window']}, batch {sizes['batch']})"}
 
 
 def baby_row(folder: Path) -> dict:

@@ -1,13 +1,20 @@
-"""Evaluation tokens/s: hf_clm's batched-window perplexity against a plain forward-pass loop."""
+"""Evaluation: the package's scoring engine against a plain forward-pass loop (tokens/s), and the
+peak memory of scoring a GPT-2-124M-shaped model (window 1,024, batch 8) with the LM head sliced
+over positions vs the full float32 logits of the previous implementation."""
 
 from __future__ import annotations
 
+import json
+import resource
+import subprocess
+import sys
 import time
 
 import torch
-from transformers import AutoModelForCausalLM
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, GPT2Config
 
-from hf_clm.evaluation import stream_nll
+from hf_clm.evaluation import shifted_targets, score_rows, stream_scores
 
 
 def plain_windows(model, ids: torch.Tensor, window: int, stride: int, batch: int) -> float:
@@ -45,5 +52,44 @@ def compare(cfg, n_tokens: int, window: int, stride: int, batch: int) -> tuple[f
     ids = torch.randint(0, cfg.vocab_size - 1, (n_tokens,))
     plain_windows(model, ids[: window * batch], window, stride, batch)  # warm-up
     plain = tokens_per_second(lambda: plain_windows(model, ids, window, stride, batch), n_tokens)
-    package = tokens_per_second(lambda: stream_nll(model, ids, window, stride, batch, progress=False), n_tokens)
+    package = tokens_per_second(lambda: stream_scores(model, ids, window, stride, batch), n_tokens)
     return plain, package
+
+
+def full_logits_nll(model, ids: torch.Tensor) -> float:
+    """The previous implementation: the model's whole logits, in float32, then cross-entropy."""
+    logits = model(input_ids=ids).logits
+    targets = shifted_targets(ids)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100,
+                           reduction="sum").item()
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure_memory(how: str, window: int, batch: int, layers: int) -> dict:
+    """In a fresh process: resident memory of the weights, then the peak added by one scored batch."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(GPT2Config(n_layer=layers)).eval()  # GPT-2 124M shapes
+    ids = torch.randint(0, model.config.vocab_size, (batch, window))
+    weights_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    with torch.inference_mode():
+        model(input_ids=ids[:1, :8])  # allocator and kernels warmed up outside the measurement
+        before = peak_rss_mb()
+        if how == "sliced":
+            score_rows(model, ids, shifted_targets(ids))
+        else:
+            full_logits_nll(model, ids)
+    return {"weights_mb": weights_mb, "added_mb": peak_rss_mb() - before}
+
+
+def memory(how: str, window: int = 1024, batch: int = 8, layers: int = 12) -> dict:
+    out = subprocess.run([sys.executable, "-m", "bench.evaluation", how, str(window), str(batch), str(layers)],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    how, window, batch, layers = sys.argv[1], *map(int, sys.argv[2:5])
+    print(json.dumps(measure_memory(how, window, batch, layers)))
