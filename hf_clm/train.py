@@ -111,7 +111,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
     unigram = None if data.streamed else \
         unigram_scores(data.train, data.validation, len(data.tokenizer)).perplexity
     summary = perplexity_summary(metrics, model, data, trainer.state.num_input_tokens_seen, unigram)
-    summary.update(training_throughput(trainer))
+    summary.update(training_throughput(trainer, trainer.meter))
     if trainer.is_world_process_zero():
         if recipe.run.merge_adapter:
             merge_adapter(output_dir)
@@ -123,6 +123,13 @@ def run(recipe: Recipe) -> dict[str, Any]:
     return summary
 
 
+def baseline_comparison(perplexity: float, unigram: float) -> str:
+    if perplexity <= unigram:
+        return f"model is {unigram / perplexity:.1f}x lower"
+    return (f"model is {perplexity / unigram:.1f}x HIGHER: worse than counting tokens; train longer or raise "
+            f"learning_rate")
+
+
 def format_summary(summary: dict[str, Any], output_dir: Path) -> str:
     lines = [
         f"validation perplexity  {summary['perplexity']:.2f}  (eval loss {summary['eval_loss']:.4f} nats/token,"
@@ -130,14 +137,15 @@ def format_summary(summary: dict[str, Any], output_dir: Path) -> str:
         f"bits per byte          {summary['bits_per_byte']:.4f}",
     ]
     if summary["unigram_perplexity"] is not None:
-        ratio = summary["unigram_perplexity"] / summary["perplexity"]
-        lines.append(f"unigram baseline       {summary['unigram_perplexity']:.2f}  (model is {ratio:.1f}x lower)")
+        lines.append(f"unigram baseline       {summary['unigram_perplexity']:.2f}  "
+                     f"({baseline_comparison(summary['perplexity'], summary['unigram_perplexity'])})")
     trainable = summary.get("trainable_parameters", summary["parameters"])
     lines += [f"parameters             {summary['parameters']:,}"
               + (f" ({trainable:,} trainable)" if trainable != summary["parameters"] else ""),
               f"train tokens seen      {summary['train_tokens_seen']:,}"]
     if "train_tokens_per_second" in summary:
         mfu = f", MFU {summary['mfu']:.1%}" if "mfu" in summary else ""
-        lines.append(f"throughput             {summary['train_tokens_per_second']:,.0f} tokens/s{mfu}")
+        lines.append(f"throughput             {summary['train_tokens_per_second']:,.0f} tokens/s{mfu}  "
+                     f"({summary['train_seconds']:.1f} s of training; evaluation and saving excluded)")
     lines.append(f"saved to               {output_dir}")
     return "\n".join(lines)

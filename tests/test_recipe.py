@@ -47,7 +47,7 @@ def test_unknown_cli_flag_names_the_closest_valid_one():
 
 
 def test_bad_value_is_one_line_error():
-    with pytest.raises(HfClmError, match="invalid int value: 'big'"):
+    with pytest.raises(HfClmError, match="block_size must be an integer, not 'big'"):
         parse_recipe(["--builtin_corpus", "python-stdlib", "--block_size", "big"])
 
 
@@ -56,7 +56,7 @@ def test_problems_are_collected_and_reported_together():
         parse_recipe(["--block_size", "1", "--sample_by", "sentence"])
     message = str(err.value)
     assert "exactly one of dataset_name, train_files or builtin_corpus" in message
-    assert "block_size must be at least 2" in message
+    assert "block_size must be an integer >= 2" in message
     assert "sample_by must be one of" in message
     assert "no tokenizer" in message
 
