@@ -194,9 +194,9 @@ BUILTIN_CORPORA = ("python-stdlib",)
 # a source given as a flag replaces all of the recipe's corpus keys.
 CORPUS_KEYS = ("dataset_name", "dataset_config_name", "builtin_corpus", "train_files", "validation_files")
 SOURCE_KEYS = ("dataset_name", "train_files", "builtin_corpus")
-# model_name_or_path given as a flag replaces the recipe's tokenizer choice: a pretrained model
-# keeps the tokenizer it was trained with.
-MODEL_SOURCE_KEYS = ("model_name_or_path", "tokenizer_name_or_path", "train_tokenizer")
+# A tokenizer choice given as a flag replaces the recipe's; so does model_name_or_path (a pretrained
+# model keeps the tokenizer it was trained with).
+TOKENIZER_KEYS = ("tokenizer_name_or_path", "train_tokenizer")
 # `--key none` (or null, or '') unsets an optional key; report_to's 'none' is a value of its own.
 NULL_SPELLINGS = ("none", "null", "")
 NULLABLE_EXCEPTIONS = {"report_to"}
@@ -522,13 +522,13 @@ def split_recipe_argv(argv: list[str], command: str = "train") -> tuple[str | No
 
 def replaced_sources(values: dict[str, Any], flags: list[str]) -> dict[str, Any]:
     """The recipe's values without those a source flag replaces: a corpus flag drops the recipe's
-    whole corpus source; a model_name_or_path flag drops its tokenizer choice."""
+    whole corpus source; a tokenizer or model_name_or_path flag drops its tokenizer choice."""
     given = flag_names(flags)
     dropped: set[str] = set()
     if given & set(SOURCE_KEYS):
         dropped |= set(CORPUS_KEYS)
-    if "model_name_or_path" in given:
-        dropped |= set(MODEL_SOURCE_KEYS)
+    if given & {"model_name_or_path", *TOKENIZER_KEYS}:
+        dropped |= set(TOKENIZER_KEYS)
     return {key: value for key, value in values.items() if key not in dropped or key in given}
 
 

@@ -16,7 +16,7 @@ from hf_clm.blocks import TokenCounts, save_token_counts
 from hf_clm.checkpoints import check_output_dir, clear_previous_run, resume_checkpoint
 from hf_clm.errors import HfClmError
 from hf_clm.evaluation import unigram_scores
-from hf_clm.hub import PushTarget, check_hub_access, push_run
+from hf_clm.hub import PushTarget, check_hub_access, check_hub_sources, push_run
 from hf_clm.model import build_model, merge_adapter
 from hf_clm.prepare import TrainingData, training_data
 from hf_clm.recipe import Recipe, save_recipe
@@ -89,6 +89,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
     output_dir = Path(args.output_dir)
     resume = resume_checkpoint(args)
     check_output_dir(output_dir, resume, recipe.run.overwrite_output_dir)
+    check_hub_sources(recipe.model, recipe.data)
     push = hub_push_target(args)
     if recipe.run.overwrite_output_dir and args.should_save:
         clear_previous_run(output_dir)
