@@ -222,6 +222,9 @@ def flag_error_message(message: str) -> str:
     if choice:
         key, value, allowed = choice.groups()
         return f"{key.replace('-', '_')} must be one of {allowed.replace(chr(39), '')}, not {value}"
+    truthy = re.match(r"argument --([\w-]+)[^:]*: Truthy value expected: got (.*?) but", message)
+    if truthy:
+        return f"{truthy.group(1).replace('-', '_')} must be true or false, not '{truthy.group(2)}'"
     missing = re.match(r"argument --([\w-]+)[^:]*: expected (.*)$", message)
     if missing:
         return f"--{missing.group(1).replace('-', '_')} needs a value (expected {missing.group(2)})"
@@ -347,7 +350,7 @@ def kind_words(kind) -> str:
     if origin is typing.Literal:
         return "one of " + ", ".join(map(str, typing.get_args(kind)))
     if origin is list or kind is list:
-        return "a list of text"
+        return "text or a list of text"
     if origin is dict or kind is dict:
         return "a mapping"
     return {bool: "true or false", int: "an integer", float: "a number", str: "text"}.get(kind, str(kind))
@@ -357,9 +360,13 @@ def shown_value(value: Any) -> str:
     return "an empty value" if value is None else repr(value)
 
 
-def checked_value(key: str, value: Any) -> Any:
-    """The recipe value converted to the key's type; HfClmError naming key, value and what is allowed."""
+def checked_value(key: str, value: Any, name: str | None = None) -> Any:
+    """The recipe value converted to the key's type; HfClmError naming the key (as the recipe spells it,
+    ``name``), the value and what is allowed."""
+    name = name or key
     members = type_members(field_types()[key])
+    if any(isinstance(m, type) and issubclass(m, enum.Enum) for m in members):
+        members = tuple(m for m in members if m is not str)  # `IntervalStrategy | str`: the str is a member's name
     if isinstance(value, bool):  # true/false means a bool where the key takes one
         members = sorted(members, key=lambda m: m is not bool)
     for member in members:
@@ -368,9 +375,9 @@ def checked_value(key: str, value: Any) -> Any:
         except ValueError:
             continue
     if value is None:
-        raise HfClmError(f"{key} has no value; give {kind_words(members[0])} or remove the line")
+        raise HfClmError(f"{name} has no value; give {kind_words(members[0])} or remove the line")
     allowed = " or ".join(dict.fromkeys(kind_words(m) for m in members))
-    raise HfClmError(f"{key} must be {allowed}, not {shown_value(value)}")
+    raise HfClmError(f"{name} must be {allowed}, not {shown_value(value)}")
 
 
 def finite(value: float) -> bool:
@@ -476,13 +483,15 @@ def read_recipe_yaml(path: str | Path) -> dict[str, Any]:
         raise HfClmError(f"recipe {path}: {err}") from None
     if not isinstance(values, dict):
         raise HfClmError(f"recipe {path} must be a mapping of key: value, not {type(values).__name__}")
+    raw_keys = set(values)
     values = flatten_peft_section(values, path)
     known = set(recipe_keys())
     problems = [unknown_key_message(str(key), str(path)) for key in values if key not in known]
     if problems:
         raise HfClmError("; ".join(problems))
+    names = {flat: f"peft {key}" for key, flat in PEFT_SECTION.items()} if "peft" in raw_keys else {}
     try:
-        return {key: checked_value(key, value) for key, value in values.items()}
+        return {key: checked_value(key, value, names.get(key)) for key, value in values.items()}
     except HfClmError as err:
         raise HfClmError(f"recipe {path}: {err}") from None
 
