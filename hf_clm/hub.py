@@ -169,7 +169,8 @@ def reproduce_command(repo_id: str) -> str:
 
 def card_body(repo_id: str, summary: dict[str, Any], recipe: dict[str, Any], plots: list[str]) -> str:
     dataset_type, dataset_name = evaluation_dataset(recipe)
-    tokenizer = (f"byte-level BPE trained on the training split, vocab {recipe.get('vocab_size')}"
+    vocab = summary.get("vocab_size", recipe.get("vocab_size"))  # what the BPE learned (vocab_size caps it)
+    tokenizer = (f"byte-level BPE trained on the training split, vocab {vocab}"
                  if recipe.get("train_tokenizer") else recipe.get("tokenizer_name_or_path") or recipe.get("model_name_or_path"))
     base = recipe.get("model_name_or_path")
     architecture = (f"LoRA adapter (r={recipe.get('lora_r')}) on {base}" if recipe.get("peft_method")

@@ -101,6 +101,10 @@ def train_or_load_tokenizer(model: ModelArguments, train: Dataset) -> tuple[PreT
     """The run's tokenizer and the number of tokens this function added to it (a pad token at most)."""
     if model.train_tokenizer:
         tokenizer = cached_bpe_tokenizer(train, model.vocab_size)
+        if len(tokenizer) < model.vocab_size:
+            logger.warning("The BPE learned %s tokens, fewer than vocab_size %s: no more pairs occur twice in the "
+                           "training text. The model's vocabulary is %s (vocab_size is an upper bound)",
+                           f"{len(tokenizer):,}", f"{model.vocab_size:,}", f"{len(tokenizer):,}")
     else:
         tokenizer = load_pretrained_tokenizer(model.tokenizer_name_or_path or model.model_name_or_path)
     return tokenizer, ensure_distinct_pad_token(tokenizer)

@@ -59,6 +59,7 @@ def perplexity_summary(metrics: dict[str, float], model: PreTrainedModel, data: 
         "trainable_parameters": trainable_parameters(model),
         "train_tokens_seen": tokens_seen,
         "block_size": data.counts["validation"].block_size,
+        "vocab_size": len(data.tokenizer),
     }
 
 
