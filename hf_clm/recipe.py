@@ -49,7 +49,8 @@ class ModelArguments:
         metadata={"help": "Train a byte-level BPE tokenizer on the training split."},
     )
     vocab_size: int = field(
-        default=8192, metadata={"help": "Vocabulary size of the trained tokenizer (train_tokenizer: true)."}
+        default=8192, metadata={"help": "Largest vocabulary of the trained tokenizer (train_tokenizer: true); a "
+                                        "small corpus may give fewer tokens."}
     )
     n_layer: int = field(default=4, metadata={"help": "Transformer blocks (from-scratch model)."})
     n_head: int = field(default=4, metadata={"help": "Attention heads per block (from-scratch model)."})
@@ -104,11 +105,11 @@ class DataArguments:
     sample_by: str = field(
         default="document",
         metadata={"help": "How .txt files become documents: 'document' (one per file), 'paragraph' "
-                          "(split on blank lines) or 'line'."},
+                          "(split on blank lines) or 'line' (one per non-blank line, EOS in place of the newline)."},
     )
     validation_split_percentage: int = field(
         default=10,
-        metadata={"help": "When there is no validation split: the last N%% of the training documents "
+        metadata={"help": "When there is no validation split: the last N%% (1 to 99) of the training documents "
                           "are held out, in order (python-stdlib: about N%% of the files, chosen by a "
                           "hash of their path)."},
     )
