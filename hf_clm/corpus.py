@@ -189,7 +189,7 @@ def hold_out_tail(train: Dataset, percentage: int, sample_by: str | None = None)
     if n_val == 0:
         split_files = ("; for .txt files, sample_by: paragraph (or line) makes each file several documents"
                        if sample_by == "document" else "")
-        raise HfClmError(f"the corpus has {len(train)} documents, too few to hold out "
+        raise HfClmError(f"the corpus has {len(train)} document{'s' if len(train) != 1 else ''}, too few to hold out "
                          f"{percentage}% for validation; give validation_files or more documents{split_files}")
     cut = len(train) - n_val
     return train.select(range(cut)), train.select(range(cut, len(train)))

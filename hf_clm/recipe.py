@@ -476,8 +476,9 @@ def read_recipe_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise HfClmError(f"recipe file {path} does not exist")
+    text = read_recipe_text(path)
     try:
-        values = yaml.load(read_recipe_text(path), Loader=UniqueKeyLoader) or {}
+        values = yaml.load(text, Loader=UniqueKeyLoader) or {}
     except yaml.YAMLError as err:
         raise HfClmError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     except HfClmError as err:

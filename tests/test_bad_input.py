@@ -72,7 +72,8 @@ def bad_inputs(tmp_path):
                                                                   "train_tokenizer: true\nblock_size: 64\n")],
                           "dup.yaml: key 'block_size' appears twice (lines 2 and 4); keep one"),
         "yaml not utf-8": (["train", write_recipe(tmp_path, "latin", "output_dir: caf\xe9\n".encode("latin-1"))],
-                           "latin.yaml is not UTF-8 text (byte 15, 0xe9); save it as UTF-8"),
+                           "error: recipe " + str(tmp_path / "latin.yaml") + " is not UTF-8 text (byte 15, 0xe9); "
+                           "save it as UTF-8"),
         "not a strategy": yaml_case("ev", "eval_strategy must be one of no, steps, epoch, not 'often'",
                                     eval_strategy="often"),
         # ranges, in YAML and as flags

@@ -148,6 +148,9 @@ def test_none_unsets_an_optional_key(text_files, tmp_path, spelling):
     assert recipe.data.max_train_samples is None and recipe.data.validation_files is None
     assert recipe.training.resume_from_checkpoint is None
     assert parse_recipe([path, "--report_to", "none"]).training.report_to == []  # report_to's own 'none'
+    stdlib = write_recipe(tmp_path, "builtin_corpus: python-stdlib\ntrain_tokenizer: true\n")
+    both = parse_recipe([stdlib, "--builtin_corpus", spelling, "--train_files", str(text_files["train"])])
+    assert both.data.builtin_corpus is None and both.data.train_files == [str(text_files["train"])]
 
 
 def test_recipe_after_the_flags(text_files, tmp_path):
