@@ -11,7 +11,7 @@ from pathlib import Path
 from hf_clm import __version__
 from hf_clm.errors import HfClmError
 from hf_clm.evaluation import CONVENTIONS
-from hf_clm.verbosity import VERBOSE_FLAG, configure_logging, quiet_progress_bars, split_verbose
+from hf_clm.verbosity import VERBOSE_FLAG, configure_logging, quiet_libraries, split_verbose
 
 logger = logging.getLogger("hf_clm")
 
@@ -279,10 +279,10 @@ def top_parser() -> argparse.ArgumentParser:
 
 def dispatch(argv: list[str], verbose: bool = False) -> int:
     if argv and argv[0] in ("train", "prepare"):
-        quiet_progress_bars(verbose)
+        quiet_libraries(verbose)
         return (train_command if argv[0] == "train" else prepare_command)(argv[1:])
     args = top_parser().parse_args(argv)
-    quiet_progress_bars(verbose)
+    quiet_libraries(verbose)
     commands = {"perplexity": perplexity_command, "generate": generate_command, "explain": explain_command,
                 "report": report_command,
                 "push": push_command, "merge": merge_command}

@@ -243,6 +243,7 @@ def evaluation_documents(files: list[str], key: str = "--data") -> Dataset:
 
 def dataset_split(name: str, config: str | None, split: str, column: str) -> Dataset:
     """One split of a Hub (or local ``datasets``) dataset, for evaluation."""
+    require_hub("--dataset_name", name, "give local files with --data")
     try:
         splits = datasets.load_dataset(name, config)
     except (FileNotFoundError, ConnectionError, OSError, ValueError) as err:

@@ -225,6 +225,7 @@ def load_for_inference(name_or_path: str, device: str | None = None, dtype: str 
     path = Path(name_or_path).expanduser()
     if path.exists() and not path.is_dir():
         raise HfClmError(f"{name_or_path} is not a directory; pass a run directory or a model id")
+    require_hub("MODEL", name_or_path, "pass a local run or model directory")
     tokenizer = load_tokenizer_for(path if path.exists() else name_or_path)
     if path.exists() and not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise HfClmError(f"{name_or_path} holds no model weights (*.safetensors); pass a finished run directory")

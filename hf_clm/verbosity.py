@@ -22,23 +22,31 @@ def split_verbose(argv: list[str]) -> tuple[list[str], bool]:
     return [a for a in argv if a != VERBOSE_FLAG], VERBOSE_FLAG in argv
 
 
+# Environment variables through which a user sets the libraries' verbosity; set, they win.
+VERBOSITY_VARIABLES = ("TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY")
+
+
 def configure_logging(verbose: bool) -> None:
-    """Before the libraries are imported: the package's INFO lines, and the libraries quiet unless ``verbose``
-    (a TRANSFORMERS_VERBOSITY or DATASETS_VERBOSITY the user set wins)."""
+    """The package's INFO lines; the libraries' warnings filtered unless ``verbose``."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("hf_clm").setLevel(logging.INFO)
     if verbose:
         return
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DATASETS_VERBOSITY", "error")
     for category in (FutureWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category)
     warnings.filterwarnings("ignore", category=UserWarning, module=LIBRARY_MODULES)
 
 
-def quiet_progress_bars(verbose: bool) -> None:
-    """Without ``verbose``: no "Loading weights" bars (transformers' own tqdm; Trainer's bars are not it)."""
-    if not verbose:
-        import transformers
+def quiet_libraries(verbose: bool) -> None:
+    """Without ``verbose``: transformers' and datasets' log messages below errors (unless the user set
+    their verbosity variables), and no "Loading weights" bars (transformers' own tqdm; Trainer's
+    training bar is another)."""
+    if verbose:
+        return
+    import datasets
+    import transformers
 
-        transformers.utils.logging.disable_progress_bar()
+    if not any(os.environ.get(name) for name in VERBOSITY_VARIABLES):
+        transformers.utils.logging.set_verbosity_error()
+        datasets.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()

@@ -101,7 +101,7 @@ def bad_inputs(tmp_path):
         "validation percentage 0": (["train", *flags, "--validation_split_percentage", "0"],
                                     "validation_split_percentage must be an integer from 1 to 99"),
         "perplexity batch 0": (["perplexity", str(checkpoint), "--data", str(corpus), "--batch_size", "0"],
-                               "--batch_size must be an integer >= 1, not 0"),
+                               "--batch_size must be at least 1, not 0"),
         # recipes that cannot mean what they say
         "pretrained model with a new tokenizer": (["train", *flags, "--model_name_or_path", str(checkpoint),
                                                    "--train_tokenizer", "true"],
