@@ -47,6 +47,8 @@ class ThroughputMeter(TrainerCallback, ExportableState):
         self.begin = self.last_time = time.perf_counter()
         self.excluded = self.interval_excluded = 0.0
         self.last_tokens, self.ended = state.num_input_tokens_seen, None
+        # a checkpoint written without this meter: Trainer's next save expects its entry
+        state.stateful_callbacks.setdefault(type(self).__name__, self.state())
 
     def on_train_end(self, args, state, control, **kwargs):
         self.ended = self.now()
