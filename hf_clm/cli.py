@@ -11,6 +11,7 @@ from pathlib import Path
 from hf_clm import __version__
 from hf_clm.errors import HfClmError
 from hf_clm.evaluation import CONVENTIONS
+from hf_clm.verbosity import VERBOSE_FLAG, configure_logging, quiet_libraries, split_verbose
 
 logger = logging.getLogger("hf_clm")
 
@@ -26,11 +27,6 @@ COMMANDS = {
 }
 
 
-# Flags that describe a whole run of their own: with one of them and no recipe file, the
-# embedded default recipe is not used.
-CORPUS_FLAGS = {"--dataset_name", "--train_files", "--builtin_corpus"}
-
-
 def default_recipe_path() -> Path:
     """recipes/default.yaml: inside the installed package, or beside it in a source checkout."""
     package = Path(__file__).resolve().parent
@@ -41,18 +37,18 @@ def default_recipe_path() -> Path:
 
 
 def train_command(argv: list[str]) -> int:
-    from hf_clm.recipe import parse_recipe
+    from hf_clm.recipe import SOURCE_KEYS, flag_names, parse_recipe, split_recipe_argv
     from hf_clm.train import run, use_cpu_collectives_without_gpu
 
     use_cpu_collectives_without_gpu()
-
-    recipe_given = bool(argv) and not argv[0].startswith("-")
     wants_help = any(a in ("-h", "--help") for a in argv)
-    names_corpus = any(a.split("=")[0] in CORPUS_FLAGS for a in argv)
-    default = None if recipe_given or wants_help or names_corpus else default_recipe_path()
+    path, flags = (None, argv) if wants_help else split_recipe_argv(argv)
+    # A corpus flag without a recipe describes a run of its own: the embedded default is not used.
+    names_corpus = bool(flag_names(flags) & set(SOURCE_KEYS))
+    default = None if path or wants_help or names_corpus else default_recipe_path()
     if default is not None:
         logger.info("No recipe given: running %s", default)
-    run(parse_recipe(argv, default_recipe=default))
+    run(parse_recipe([path, *flags] if path else flags, default_recipe=default))
     return 0
 
 
@@ -60,7 +56,7 @@ def prepare_command(argv: list[str]) -> int:
     from hf_clm.prepare import prepare
     from hf_clm.recipe import parse_recipe
 
-    prepare(parse_recipe(argv))
+    prepare(parse_recipe(argv, command="prepare"))
     return 0
 
 
@@ -265,6 +261,8 @@ def report_command(args: argparse.Namespace) -> int:
 def top_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-clm", description="Causal language modeling on the Hugging Face stack.")
     parser.add_argument("--version", action="version", version=f"hf-clm {__version__}")
+    parser.add_argument(VERBOSE_FLAG, action="store_true",
+                        help="show the libraries' warnings, notices and loading bars (anywhere on the command line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     sub.add_parser("train", help=COMMANDS["train"] + "; 'hf-clm train --help' lists every recipe key",
                    add_help=False)
@@ -279,17 +277,12 @@ def top_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging() -> None:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logger.setLevel(logging.INFO)
-
-
-def dispatch(argv: list[str]) -> int:
-    if argv and argv[0] == "train":
-        return train_command(argv[1:])
-    if argv and argv[0] == "prepare":
-        return prepare_command(argv[1:])
+def dispatch(argv: list[str], verbose: bool = False) -> int:
+    if argv and argv[0] in ("train", "prepare"):
+        quiet_libraries(verbose)
+        return (train_command if argv[0] == "train" else prepare_command)(argv[1:])
     args = top_parser().parse_args(argv)
+    quiet_libraries(verbose)
     commands = {"perplexity": perplexity_command, "generate": generate_command, "explain": explain_command,
                 "report": report_command,
                 "push": push_command, "merge": merge_command}
@@ -297,10 +290,10 @@ def dispatch(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    configure_logging()
+    argv, verbose = split_verbose(sys.argv[1:] if argv is None else list(argv))
+    configure_logging(verbose)
     try:
-        return dispatch(argv)
+        return dispatch(argv, verbose)
     except HfClmError as err:
         print(f"hf-clm: error: {err}", file=sys.stderr)
         return 2

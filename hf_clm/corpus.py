@@ -20,9 +20,12 @@ from datasets import Dataset, DatasetDict, IterableDataset
 from datasets.exceptions import DatasetGenerationError
 
 from hf_clm.errors import HfClmError
+from hf_clm.hub import DATASET_ALTERNATIVE, offline_hint, require_hub
 from hf_clm.recipe import DataArguments
 
 TEXT = "text"
+# Builders that read text files (parquet is binary, its strings are UTF-8 by format).
+TEXT_BUILDERS = ("text", "json", "csv")
 BUILDER_BY_SUFFIX = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json",
                      ".csv": "csv", ".parquet": "parquet"}
 # Standard-library folders that are not ordinary library source: test suites (with deliberately
@@ -97,11 +100,14 @@ def load_local_files(data: DataArguments, streaming: bool = False) -> DatasetDic
             raise HfClmError(f"the {split} split of the corpus is empty: {', '.join(files)} hold no text")
     builder = builders["train"]
     kwargs = {}
-    if builder == "text":
+    if builder in TEXT_BUILDERS:
         for files in data_files.values():
             for path in files:
                 check_utf8(path)
-        kwargs = {"sample_by": data.sample_by, "keep_linebreaks": True}
+        kwargs["encoding"] = "utf-8-sig"  # UTF-8, and a byte-order mark opening a file is not text
+    if builder == "text":
+        # sample_by: line -> one document per line, EOS in place of its newline (blank lines are no document)
+        kwargs.update(sample_by=data.sample_by, keep_linebreaks=data.sample_by != "line")
     try:
         return datasets.load_dataset(builder, data_files=data_files, streaming=streaming, **kwargs)
     except DatasetGenerationError as err:
@@ -144,26 +150,47 @@ def load_raw(data: DataArguments, streaming: bool = False):
         return load_stdlib(data, streaming)
     if data.train_files:
         return load_local_files(data, streaming)
+    require_hub("dataset_name", data.dataset_name, DATASET_ALTERNATIVE)
     try:
         return datasets.load_dataset(data.dataset_name, data.dataset_config_name, streaming=streaming)
-    except FileNotFoundError as err:
-        raise HfClmError(f"dataset_name '{data.dataset_name}' could not be loaded: {err}") from None
+    except (FileNotFoundError, ConnectionError) as err:
+        raise HfClmError(f"dataset_name '{data.dataset_name}' could not be loaded: {str(err).splitlines()[0]}"
+                         f"{offline_hint(DATASET_ALTERNATIVE)}") from None
+
+
+def column_kind(feature) -> str | None:
+    """What a non-text column holds, in words (None for a text column)."""
+    dtype = getattr(feature, "dtype", None)
+    if dtype in ("string", "large_string"):
+        return None
+    if dtype == "null":
+        return "only nulls, no text"
+    if dtype in ("binary", "large_binary"):
+        return "bytes, not text (store the text as UTF-8 strings)"
+    return f"{dtype} values, not text" if dtype is not None else "lists, not text"
 
 
 def select_text(split, column: str, name: str):
     if split.column_names is not None and column not in split.column_names:
         raise HfClmError(f"text_column '{column}' is not a column of the {name} split; "
                          f"its columns are: {', '.join(split.column_names)}")
+    features = split.features
+    kind = column_kind(features[column]) if features is not None and column in features else None
+    if kind is not None:
+        raise HfClmError(f"text_column '{column}' of the {name} split holds {kind}; set text_column to a "
+                         f"column of strings (one document per row)")
     split = split.select_columns([column])
     return split.rename_column(column, TEXT) if column != TEXT else split
 
 
-def hold_out_tail(train: Dataset, percentage: int) -> tuple[Dataset, Dataset]:
+def hold_out_tail(train: Dataset, percentage: int, sample_by: str | None = None) -> tuple[Dataset, Dataset]:
     """The last `percentage`% of documents become validation, keeping their order (no shuffle)."""
     n_val = len(train) * percentage // 100
     if n_val == 0:
-        raise HfClmError(f"the corpus has {len(train)} documents, too few to hold out "
-                         f"{percentage}% for validation; give validation_files or more documents")
+        split_files = ("; for .txt files, sample_by: paragraph (or line) makes each file several documents"
+                       if sample_by == "document" else "")
+        raise HfClmError(f"the corpus has {len(train)} document{'s' if len(train) != 1 else ''}, too few to hold out "
+                         f"{percentage}% for validation; give validation_files or more documents{split_files}")
     cut = len(train) - n_val
     return train.select(range(cut)), train.select(range(cut, len(train)))
 
@@ -184,7 +211,8 @@ def load_corpus(data: DataArguments) -> DatasetDict:
     if "validation" in raw:
         validation = select_text(raw["validation"], data.text_column, "validation")
     else:
-        train, validation = hold_out_tail(train, data.validation_split_percentage)
+        train, validation = hold_out_tail(train, data.validation_split_percentage,
+                                          data.sample_by if data.train_files else None)
     if data.max_train_samples is not None:
         train = train.select(range(min(data.max_train_samples, len(train))))
     if data.max_eval_samples is not None:
@@ -215,6 +243,7 @@ def evaluation_documents(files: list[str], key: str = "--data") -> Dataset:
 
 def dataset_split(name: str, config: str | None, split: str, column: str) -> Dataset:
     """One split of a Hub (or local ``datasets``) dataset, for evaluation."""
+    require_hub("--dataset_name", name, "give local files with --data")
     try:
         splits = datasets.load_dataset(name, config)
     except (FileNotFoundError, ConnectionError, OSError, ValueError) as err:

@@ -77,19 +77,30 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: st
     return Explanation(pieces, positions, scores)
 
 
-def shown(piece: str, width: int) -> str:
-    """A token as printable text: whitespace made visible, long contexts cut from the left."""
-    piece = piece.replace("\n", "\\n").replace("\t", "\\t")
-    return piece if len(piece) <= width else "…" + piece[-(width - 1):]
+def shown(piece: str, width: int | None = None) -> str:
+    """Text as printable: whitespace made visible (once: no repr on top), a long context cut from the
+    left when ``width`` is given; tokens are never cut (``<|endoftext|>`` stays whole)."""
+    piece = piece.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+    return piece if width is None or len(piece) <= width else "…" + piece[-(width - 1):]
+
+
+def quoted(token: str) -> str:
+    return f"'{shown(token)}'"
+
+
+def probability_text(p: float) -> str:
+    """Three decimals, or scientific notation below 0.001 (never a misleading 0.000)."""
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
 def format_explanation(explanation: Explanation) -> str:
-    header = f"{'pos':>4}  {'context':<28} {'target':<12} {'p(target)':>9} {'rank':>5} {'loss':>7}  top predictions"
-    lines = ["tokens: " + " | ".join(shown(t, 20) for t in explanation.tokens), "", header, "-" * len(header)]
+    header = f"{'pos':>4}  {'context':<28} {'target':<16} {'p(target)':>9} {'rank':>5} {'loss':>7}  top predictions"
+    lines = ["tokens: " + " | ".join(shown(t) for t in explanation.tokens), "", header, "-" * len(header)]
     for p in explanation.positions:
-        top = ", ".join(f"{shown(tok, 12)!r} {prob:.2f}" for tok, prob in p.top)
-        lines.append(f"{p.position:>4}  {shown(p.context, 28):<28} {shown(p.target, 12)!r:<12} "
-                     f"{p.probability:>9.4f} {p.rank:>5} {p.loss:>7.3f}  {top}")
-    lines += ["", f"mean loss {explanation.mean_loss:.4f} nats/token over {len(explanation.positions)} "
-                  f"predictions, perplexity {explanation.perplexity:.2f}"]
+        top = ", ".join(f"{quoted(tok)} {probability_text(prob)}" for tok, prob in p.top)
+        lines.append(f"{p.position:>4}  {shown(p.context, 28):<28} {quoted(p.target):<16} "
+                     f"{probability_text(p.probability):>9} {p.rank:>5} {p.loss:>7.3f}  {top}")
+    n = len(explanation.positions)
+    lines += ["", f"mean loss {explanation.mean_loss:.4f} nats/token over {n} prediction{'s' if n != 1 else ''}, "
+                  f"perplexity {explanation.perplexity:.2f}"]
     return "\n".join(lines)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextStreamer, set_seed
 
 from hf_clm.errors import HfClmError
+from hf_clm.model import context_length
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,6 +35,18 @@ class Sampling:
         return problems
 
 
+def new_token_budget(prompt_tokens: int, wanted: int, context: int | None) -> int:
+    """How many tokens to generate: ``wanted``, or fewer so that prompt + continuation fit the
+    model's context (position embeddings end there). Generation stops at the context; the window
+    is not slid, so every token is predicted from the whole text before it."""
+    if context is None:
+        return wanted
+    if prompt_tokens >= context:
+        raise HfClmError(f"the prompt is {prompt_tokens} tokens long, and the model's context of {context} tokens "
+                         f"leaves no room to continue it; shorten the prompt to fewer than {context} tokens")
+    return min(wanted, context - prompt_tokens)
+
+
 @torch.inference_mode()
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, sampling: Sampling,
              stream: bool = True) -> str:
@@ -42,9 +58,15 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt:
         raise HfClmError("; ".join(problems))
     set_seed(sampling.seed)
     inputs = tokenizer(prompt, return_tensors="pt", return_token_type_ids=False).to(model.device)
+    prompt_tokens = inputs["input_ids"].shape[1]
+    context = context_length(model.config)
+    budget = new_token_budget(prompt_tokens, sampling.max_new_tokens, context)
+    if budget < sampling.max_new_tokens:
+        logger.warning("Generation stops at the model's context of %d tokens: %d prompt tokens + %d new tokens "
+                       "(not %d)", context, prompt_tokens, budget, sampling.max_new_tokens)
     greedy = sampling.temperature == 0
     output = model.generate(
-        **inputs, max_new_tokens=sampling.max_new_tokens, do_sample=not greedy,
+        **inputs, max_new_tokens=budget, do_sample=not greedy,
         temperature=None if greedy else sampling.temperature, top_k=None if greedy else sampling.top_k,
         top_p=None if greedy else sampling.top_p, pad_token_id=tokenizer.pad_token_id,
         streamer=TextStreamer(tokenizer, skip_prompt=False) if stream else None,

@@ -7,6 +7,7 @@ training starts, and the token is only ever handed to the client: never printed 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -14,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
-from huggingface_hub.errors import HfHubHTTPError, HFValidationError
-from huggingface_hub.utils import validate_repo_id
+import httpx2
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants, get_token, try_to_load_from_cache
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
+from huggingface_hub.utils import get_session, validate_repo_id
 
 from hf_clm.errors import HfClmError
 
@@ -26,6 +28,67 @@ MODEL_CARD = "README.md"
 # What a pushed repository holds: the model, tokenizer, recipe, figures and report; never checkpoints.
 UPLOADED = ["*.safetensors", "*.json", "*.txt", "recipe.yaml", "report.md", "*.png", MODEL_CARD]
 NOT_UPLOADED = ["checkpoint-*/**", "trainer_state.json", "training_args.bin", "merged/**", "runs/**"]
+
+
+# Seconds to wait for the Hub before saying it is unreachable (its clients retry for a minute).
+HUB_PROBE_TIMEOUT = 4.0
+# What huggingface_hub's HTTP client raises when the Hub cannot be reached.
+NETWORK_ERRORS = (OSError, httpx2.TransportError, OfflineModeIsEnabled)
+OFFLINE_HINT = "HF_HUB_OFFLINE=1 is set: only the local cache is read"
+
+
+@functools.cache
+def hub_reachable() -> bool:
+    """Whether the Hub endpoint answers at all (any HTTP status), within HUB_PROBE_TIMEOUT."""
+    try:
+        get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT)
+    except NETWORK_ERRORS:
+        return False
+    return True
+
+
+def is_local(name: str) -> bool:
+    return Path(name).expanduser().exists()
+
+
+def require_hub(key: str, name: str, alternative: str) -> None:
+    """Fail in seconds, not after a minute of retries, when ``name`` (not a local path) must come from a
+    Hub that cannot be reached. With HF_HUB_OFFLINE=1 the libraries read their cache and nothing is probed."""
+    if is_local(name) or constants.HF_HUB_OFFLINE or hub_reachable():
+        return
+    raise HfClmError(f"{key} '{name}' is not a local path and the Hugging Face Hub ({constants.ENDPOINT}) is "
+                     f"unreachable; set HF_HUB_OFFLINE=1 to use a copy in the local cache, or {alternative}")
+
+
+def offline_hint(alternative: str) -> str:
+    return f" ({OFFLINE_HINT}; {alternative})" if constants.HF_HUB_OFFLINE else ""
+
+
+def require_cached(key: str, name: str, filename: str, alternative: str) -> None:
+    """Offline (HF_HUB_OFFLINE=1): a Hub name must be in the local cache; say so before any data work."""
+    if is_local(name) or not constants.HF_HUB_OFFLINE:
+        return
+    if not isinstance(try_to_load_from_cache(name, filename), str):
+        raise HfClmError(f"{key} '{name}' is not a local path and not in the local Hugging Face cache, and "
+                         f"{OFFLINE_HINT}; unset HF_HUB_OFFLINE to download it, or {alternative}")
+
+
+DATASET_ALTERNATIVE = "give local files with train_files"
+TOKENIZER_ALTERNATIVE = "give a local tokenizer folder (tokenizer_name_or_path: PATH) or train_tokenizer: true"
+MODEL_ALTERNATIVE = "give a local checkpoint folder (model_name_or_path: PATH)"
+
+
+def check_hub_sources(model, data) -> None:
+    """Before any data work: every Hub name the recipe reads can be read."""
+    if data.dataset_name and not data.prepared_dataset:
+        require_hub("dataset_name", data.dataset_name, DATASET_ALTERNATIVE)
+    if model.model_name_or_path:
+        require_hub("model_name_or_path", model.model_name_or_path, MODEL_ALTERNATIVE)
+        require_cached("model_name_or_path", model.model_name_or_path, "config.json", MODEL_ALTERNATIVE)
+    if model.tokenizer_name_or_path:
+        require_hub("tokenizer_name_or_path", model.tokenizer_name_or_path, TOKENIZER_ALTERNATIVE)
+        require_cached("tokenizer_name_or_path", model.tokenizer_name_or_path, "tokenizer_config.json",
+                       TOKENIZER_ALTERNATIVE)
 
 
 @dataclass
@@ -69,8 +132,9 @@ def check_hub_access(repo_id: str | None, token: str | None = None) -> tuple[str
     except HfHubHTTPError as err:
         raise HfClmError(f"the Hub refused the token (HTTP {http_status(err)}); log in again or set another "
                          f"HF_TOKEN") from None
-    except OSError as err:
-        raise HfClmError(f"cannot reach the Hub to check the token: {type(err).__name__}") from None
+    except NETWORK_ERRORS as err:
+        raise HfClmError(f"cannot reach the Hugging Face Hub ({constants.ENDPOINT}) to check the token: "
+                         f"{type(err).__name__}; check the network or HF_ENDPOINT") from None
     logger.info("Hub access checked: pushing to %s as %s", repo_id, user.get("name", "?"))
     return repo_id, token
 
@@ -105,7 +169,8 @@ def reproduce_command(repo_id: str) -> str:
 
 def card_body(repo_id: str, summary: dict[str, Any], recipe: dict[str, Any], plots: list[str]) -> str:
     dataset_type, dataset_name = evaluation_dataset(recipe)
-    tokenizer = (f"byte-level BPE trained on the training split, vocab {recipe.get('vocab_size')}"
+    vocab = summary.get("vocab_size", recipe.get("vocab_size"))  # what the BPE learned (vocab_size caps it)
+    tokenizer = (f"byte-level BPE trained on the training split, vocab {vocab}"
                  if recipe.get("train_tokenizer") else recipe.get("tokenizer_name_or_path") or recipe.get("model_name_or_path"))
     base = recipe.get("model_name_or_path")
     architecture = (f"LoRA adapter (r={recipe.get('lora_r')}) on {base}" if recipe.get("peft_method")
@@ -199,5 +264,8 @@ def push_run(run_dir: str | Path, target: PushTarget, token: str | None = None) 
         )
     except HfHubHTTPError as err:
         raise HfClmError(f"the Hub refused the upload to {repo_id} (HTTP {http_status(err)})") from None
+    except NETWORK_ERRORS as err:
+        raise HfClmError(f"the upload to {repo_id} lost the Hub ({constants.ENDPOINT}): {type(err).__name__}; "
+                         f"the upload may be incomplete, push again") from None
     logger.info("Pushed %s to %s", run_dir, commit.commit_url)
     return commit.commit_url

@@ -13,6 +13,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, Pretr
 from transformers.pytorch_utils import Conv1D
 
 from hf_clm.errors import HfClmError
+from hf_clm.hub import MODEL_ALTERNATIVE, offline_hint, require_hub
 from hf_clm.recipe import ModelArguments
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -46,12 +47,13 @@ def scratch_config(model: ModelArguments, tokenizer: PreTrainedTokenizerBase, bl
 
 
 def load_pretrained(model: ModelArguments) -> PreTrainedModel:
+    require_hub("model_name_or_path", model.model_name_or_path, MODEL_ALTERNATIVE)
     try:
         return AutoModelForCausalLM.from_pretrained(model.model_name_or_path,
                                                     attn_implementation=model.attn_implementation)
     except (OSError, ValueError) as err:
         raise HfClmError(f"cannot load a causal LM from '{model.model_name_or_path}': "
-                         f"{str(err).splitlines()[0]}") from None
+                         f"{str(err).splitlines()[0]}{offline_hint(MODEL_ALTERNATIVE)}") from None
 
 
 def fit_embeddings_to_tokenizer(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, added_tokens: int) -> None:
@@ -223,6 +225,7 @@ def load_for_inference(name_or_path: str, device: str | None = None, dtype: str 
     path = Path(name_or_path).expanduser()
     if path.exists() and not path.is_dir():
         raise HfClmError(f"{name_or_path} is not a directory; pass a run directory or a model id")
+    require_hub("MODEL", name_or_path, "pass a local run or model directory")
     tokenizer = load_tokenizer_for(path if path.exists() else name_or_path)
     if path.exists() and not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise HfClmError(f"{name_or_path} holds no model weights (*.safetensors); pass a finished run directory")

@@ -23,6 +23,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from hf_clm.blocks import TokenCounts, build_blocks, stream_blocks
 from hf_clm.corpus import load_corpus, load_streaming_corpus, materialize_head, text_size
 from hf_clm.errors import HfClmError
+from hf_clm.hub import check_hub_sources
 from hf_clm.recipe import DataArguments, ModelArguments, Recipe
 from hf_clm.tokenizer import ensure_distinct_pad_token, load_pretrained_tokenizer, train_or_load_tokenizer
 
@@ -160,6 +161,7 @@ def prepare(recipe: Recipe) -> Path:
         raise HfClmError("the recipe sets no prepared_dataset folder to write; add prepared_dataset: PATH")
     if recipe.data.streaming:
         raise HfClmError("a streamed corpus is not prepared ahead; drop streaming: true to prepare it")
+    check_hub_sources(recipe.model, recipe.data)
     data = in_memory_data(recipe)
     path = save_prepared(data, recipe, target)
     for name, count in data.counts.items():

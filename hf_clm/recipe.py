@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
+import functools
+import math
+import re
 import sys
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -42,7 +49,8 @@ class ModelArguments:
         metadata={"help": "Train a byte-level BPE tokenizer on the training split."},
     )
     vocab_size: int = field(
-        default=8192, metadata={"help": "Vocabulary size of the trained tokenizer (train_tokenizer: true)."}
+        default=8192, metadata={"help": "Largest vocabulary of the trained tokenizer (train_tokenizer: true); a "
+                                        "small corpus may give fewer tokens."}
     )
     n_layer: int = field(default=4, metadata={"help": "Transformer blocks (from-scratch model)."})
     n_head: int = field(default=4, metadata={"help": "Attention heads per block (from-scratch model)."})
@@ -97,11 +105,11 @@ class DataArguments:
     sample_by: str = field(
         default="document",
         metadata={"help": "How .txt files become documents: 'document' (one per file), 'paragraph' "
-                          "(split on blank lines) or 'line'."},
+                          "(split on blank lines) or 'line' (one per non-blank line, EOS in place of the newline)."},
     )
     validation_split_percentage: int = field(
         default=10,
-        metadata={"help": "When there is no validation split: the last N%% of the training documents "
+        metadata={"help": "When there is no validation split: the last N%% (1 to 99) of the training documents "
                           "are held out, in order (python-stdlib: about N%% of the files, chosen by a "
                           "hash of their path)."},
     )
@@ -160,9 +168,11 @@ class Recipe(NamedTuple):
     training: TrainingArguments
     run: RunArguments
     # TrainingArguments values as the recipe gave them (before __post_init__ rewrites them), where
-    # they differ from transformers' defaults: what `recipe.yaml` records.
+    # they differ from the package's defaults: what `recipe.yaml` records.
     training_values: dict[str, Any]
 
+
+RECIPE_CLASSES = (ModelArguments, DataArguments, TrainingArguments, RunArguments)
 
 # The package's own defaults for Trainer, where the library's suit a causal-LM run poorly.
 PACKAGE_DEFAULTS: dict[str, Any] = {
@@ -176,34 +186,240 @@ PACKAGE_DEFAULTS: dict[str, Any] = {
     "report_to": "none",
     "include_num_input_tokens_seen": True,
     "dataloader_pin_memory": torch.cuda.is_available(),  # pinning is only useful for host-to-GPU copies
+    "disable_tqdm": False,  # the training bar stays while the libraries' logs are quiet (Trainer ties it to them)
 }
 
 SAMPLE_BY_CHOICES = ("document", "paragraph", "line")
 BUILTIN_CORPORA = ("python-stdlib",)
+# The keys that say where the corpus comes from, and those of them that name a source on their own:
+# a source given as a flag replaces all of the recipe's corpus keys.
+CORPUS_KEYS = ("dataset_name", "dataset_config_name", "builtin_corpus", "train_files", "validation_files")
+SOURCE_KEYS = ("dataset_name", "train_files", "builtin_corpus")
+# A tokenizer choice given as a flag replaces the recipe's; so does model_name_or_path (a pretrained
+# model keeps the tokenizer it was trained with).
+TOKENIZER_KEYS = ("tokenizer_name_or_path", "train_tokenizer")
+# `--key none` (or null, or '') unsets an optional key; report_to's 'none' is a value of its own.
+NULL_SPELLINGS = ("none", "null", "")
+NULLABLE_EXCEPTIONS = {"report_to"}
+RECIPE_USAGE = "%(prog)s [RECIPE] [--key value ...]"
+RESUME_HELP = (" 'auto': the newest complete checkpoint in output_dir, or a fresh start when there is none; "
+               "'none' (the default): start fresh.")
 
 
 class _RecipeParser(HfArgumentParser):
     def error(self, message: str):
-        # argparse would print the whole usage block; one line that names the value is enough.
-        raise HfClmError(f"invalid recipe value: {message}")
+        # argparse would print the whole usage block; one line that names the key and value is enough.
+        raise HfClmError(flag_error_message(message))
 
 
-def recipe_parser() -> HfArgumentParser:
-    parser = _RecipeParser((ModelArguments, DataArguments, TrainingArguments, RunArguments), prog="hf-clm train",
-                              description="Train a causal LM. RECIPE (a YAML file) gives values; "
-                                          "flags override it.")
+def flag_error_message(message: str) -> str:
+    """argparse's complaint about a flag, as `KEY must be WHAT, not VALUE`."""
+    kinds = {"int": "an integer", "float": "a number", "string_to_bool": "true or false"}
+    bad = re.match(r"argument --([\w-]+)[^:]*: invalid (\w+) value: (.*)$", message)
+    if bad:
+        key, kind, value = bad.groups()
+        return f"{key.replace('-', '_')} must be {kinds.get(kind, kind)}, not {value}"
+    choice = re.match(r"argument --([\w-]+)[^:]*: invalid choice: (.*?) \(choose from (.*)\)$", message)
+    if choice:
+        key, value, allowed = choice.groups()
+        return f"{key.replace('-', '_')} must be one of {allowed.replace(chr(39), '')}, not {value}"
+    truthy = re.match(r"argument --([\w-]+)[^:]*: Truthy value expected: got (.*?) but", message)
+    if truthy:
+        return f"{truthy.group(1).replace('-', '_')} must be true or false, not '{truthy.group(2)}'"
+    missing = re.match(r"argument --([\w-]+)[^:]*: expected (.*)$", message)
+    if missing:
+        return f"--{missing.group(1).replace('-', '_')} needs a value (expected {missing.group(2)})"
+    return f"invalid recipe value: {message}"
+
+
+def nullable(kind):
+    """Wrap a flag's type so that `none`, `null` and '' unset the key."""
+    def convert(text: str):
+        return None if text.strip().lower() in NULL_SPELLINGS else kind(text)
+    convert.__name__ = getattr(kind, "__name__", "value")
+    return convert
+
+
+def recipe_parser(command: str = "train") -> HfArgumentParser:
+    parser = _RecipeParser(RECIPE_CLASSES, prog=f"hf-clm {command}", usage=RECIPE_USAGE,
+                           description=COMMAND_DESCRIPTIONS[command])
     parser.set_defaults(**PACKAGE_DEFAULTS)
+    types = field_types()
+    for action in parser._actions:
+        if action.dest == "resume_from_checkpoint":
+            action.help = (action.help or "").rstrip() + RESUME_HELP
+        if (action.dest in types and is_optional(types[action.dest]) and action.dest not in NULLABLE_EXCEPTIONS
+                and action.type is not None):
+            action.type = nullable(action.type)
     return parser
 
 
+COMMAND_DESCRIPTIONS = {
+    "train": "Train a causal LM. RECIPE (a YAML file, first or after the flags) gives values; flags override "
+             "them; a corpus flag (--dataset_name, --train_files, --builtin_corpus) replaces the recipe's whole "
+             "corpus source; '--key none' unsets an optional key.",
+    "prepare": "Tokenize a recipe's corpus and cut it into blocks once, into its prepared_dataset folder. "
+               "RECIPE and flags as for 'hf-clm train'.",
+}
+
+
 def recipe_keys() -> list[str]:
-    return [f.name for cls in (ModelArguments, DataArguments, TrainingArguments, RunArguments)
-            for f in dataclasses.fields(cls) if f.init]
+    return [f.name for cls in RECIPE_CLASSES for f in dataclasses.fields(cls) if f.init]
+
+
+@functools.cache
+def field_types() -> dict[str, Any]:
+    """Each recipe key's declared type (from the annotations: HfArgumentParser narrows ``Field.type``)."""
+    hints: dict[str, Any] = {}
+    for cls in RECIPE_CLASSES:
+        hints.update(typing.get_type_hints(cls))
+    return {key: hints[key] for key in recipe_keys()}
+
+
+def type_members(kind) -> tuple:
+    origin = typing.get_origin(kind)
+    return typing.get_args(kind) if origin in (typing.Union, types.UnionType) else (kind,)
+
+
+def is_optional(kind) -> bool:
+    return type(None) in type_members(kind)
 
 
 def list_keys() -> set[str]:
-    return {f.name for cls in (ModelArguments, DataArguments, TrainingArguments, RunArguments)
-            for f in dataclasses.fields(cls) if f.init and str(f.type).startswith(("list[", "list |", "typing.List"))}
+    return {key for key, kind in field_types().items()
+            if any(typing.get_origin(m) is list for m in type_members(kind))}
+
+
+def coerce_value(value: Any, kind) -> Any:
+    """``value`` as the type member ``kind`` accepts it, or ValueError. Strings are read as on the
+    command line (PyYAML reads `3e-4` as text)."""
+    origin = typing.get_origin(kind)
+    if kind is type(None):
+        if value is None:
+            return None
+    elif kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.strip().lower() in ("true", "yes", "1")
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+            return int(value)
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif isinstance(kind, type) and issubclass(kind, enum.Enum):
+        choices = [member.value for member in kind]
+        if value is False and "no" in choices:  # YAML 1.1 reads an unquoted `no` as false
+            return "no"
+        if isinstance(value, str) and value in choices:
+            return value
+    elif origin is typing.Literal:
+        if value in typing.get_args(kind):
+            return value
+    elif origin is list or kind is list:
+        items = [value] if isinstance(value, str) else value  # `train_files: data.txt` means a list of one
+        if isinstance(items, list) and items and all(
+                isinstance(item, (str, int, float)) and not isinstance(item, bool) for item in items):
+            return [str(item) for item in items]
+    elif origin is dict or kind is dict:
+        if isinstance(value, dict):
+            return value
+    else:
+        return value  # a type the recipe does not check (e.g. accelerate's ParallelismConfig)
+    raise ValueError(value)
+
+
+def kind_words(kind) -> str:
+    origin = typing.get_origin(kind)
+    if kind is type(None):
+        return "null"
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return "one of " + ", ".join(str(member.value) for member in kind)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(kind)))
+    if origin is list or kind is list:
+        return "text or a list of text"
+    if origin is dict or kind is dict:
+        return "a mapping"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "text"}.get(kind, str(kind))
+
+
+def shown_value(value: Any) -> str:
+    return "an empty value" if value is None else repr(value)
+
+
+def checked_value(key: str, value: Any, name: str | None = None) -> Any:
+    """The recipe value converted to the key's type; HfClmError naming the key (as the recipe spells it,
+    ``name``), the value and what is allowed."""
+    name = name or key
+    members = type_members(field_types()[key])
+    if any(isinstance(m, type) and issubclass(m, enum.Enum) for m in members):
+        members = tuple(m for m in members if m is not str)  # `IntervalStrategy | str`: the str is a member's name
+    if isinstance(value, bool):  # true/false means a bool where the key takes one
+        members = sorted(members, key=lambda m: m is not bool)
+    for member in members:
+        try:
+            return coerce_value(value, member)
+        except ValueError:
+            continue
+    if value is None:
+        raise HfClmError(f"{name} has no value; give {kind_words(members[0])} or remove the line")
+    allowed = " or ".join(dict.fromkeys(kind_words(m) for m in members))
+    raise HfClmError(f"{name} must be {allowed}, not {shown_value(value)}")
+
+
+def finite(value: float) -> bool:
+    return not (math.isnan(value) or math.isinf(value))
+
+
+# Range of each numeric key the recipe checks: (accepts the value, what is allowed, in words).
+# Checked on the parsed values before any dataclass is built, so before any data work.
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{key: (lambda v: v >= 1, "an integer >= 1") for key in (
+        "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "n_layer",
+        "n_head", "n_embd", "tokenize_batch_size", "shuffle_buffer_size", "max_train_samples", "max_eval_samples",
+        "preprocessing_num_workers", "lora_r", "save_total_limit")},
+    "block_size": (lambda v: v >= 2, "an integer >= 2 (one input and one target)"),
+    "n_positions": (lambda v: v >= 2, "an integer >= 2"),
+    "vocab_size": (lambda v: v >= 1, "an integer >= 1"),
+    "validation_split_percentage": (lambda v: 1 <= v <= 99, "an integer from 1 to 99 (perplexity needs held-out "
+                                                            "text; to train on every document give validation_files)"),
+    "max_steps": (lambda v: v == -1 or v >= 1, "an integer >= 1, or -1 to train num_train_epochs"),
+    "num_train_epochs": (lambda v: finite(v) and v > 0, "a number > 0"),
+    "learning_rate": (lambda v: finite(v) and v > 0, "a number > 0"),
+    "weight_decay": (lambda v: finite(v) and v >= 0, "a number >= 0"),
+    "max_grad_norm": (lambda v: finite(v) and v >= 0, "a number >= 0 (0 = no clipping)"),
+    "warmup_steps": (lambda v: finite(v) and v >= 0, "a number >= 0"),
+    "adam_beta1": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "adam_beta2": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "adam_epsilon": (lambda v: finite(v) and v > 0, "a number > 0"),
+    "dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "lora_dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "lora_alpha": (lambda v: v > 0, "an integer > 0"),
+    "logging_steps": (lambda v: finite(v) and v > 0, "a number > 0 (below 1: a fraction of the training steps)"),
+    "eval_steps": (lambda v: finite(v) and v > 0, "a number > 0 (below 1: a fraction of the training steps)"),
+    "save_steps": (lambda v: finite(v) and v > 0, "a number > 0 (below 1: a fraction of the training steps)"),
+    "dataloader_num_workers": (lambda v: v >= 0, "an integer >= 0"),
+    "peak_tflops": (lambda v: finite(v) and v > 0, "a number > 0"),
+}
+
+
+def range_problems(values: dict[str, Any]) -> list[str]:
+    return [f"{key} must be {allowed}, not {values[key]!r}" for key, (accepts, allowed) in RANGES.items()
+            if values.get(key) is not None and not accepts(values[key])]
 
 
 def unknown_key_message(key: str, where: str) -> str:
@@ -233,59 +449,136 @@ def flatten_peft_section(values: dict[str, Any], path: Path) -> dict[str, Any]:
     return values
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (not: the last wins)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise HfClmError(f"key '{key}' appears twice (lines {seen[key]} and {line}); keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_recipe_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise HfClmError(f"recipe {path} is not UTF-8 text (byte {err.start}, 0x{err.object[err.start]:02x}); "
+                         f"save it as UTF-8") from None
+
+
 def read_recipe_yaml(path: str | Path) -> dict[str, Any]:
+    """The recipe file's values, each checked against its key's type."""
     path = Path(path)
     if not path.is_file():
         raise HfClmError(f"recipe file {path} does not exist")
+    text = read_recipe_text(path)
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        values = yaml.load(text, Loader=UniqueKeyLoader) or {}
     except yaml.YAMLError as err:
         raise HfClmError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    except HfClmError as err:
+        raise HfClmError(f"recipe {path}: {err}") from None
     if not isinstance(values, dict):
         raise HfClmError(f"recipe {path} must be a mapping of key: value, not {type(values).__name__}")
+    raw_keys = set(values)
     values = flatten_peft_section(values, path)
-    for key in list_keys() & set(values):
-        if isinstance(values[key], str):  # `train_files: data.txt` means a list of one
-            values[key] = [values[key]]
     known = set(recipe_keys())
-    problems = [unknown_key_message(key, str(path)) for key in values if key not in known]
+    problems = [unknown_key_message(str(key), str(path)) for key in values if key not in known]
     if problems:
         raise HfClmError("; ".join(problems))
-    return values
+    names = {flat: f"peft {key}" for key, flat in PEFT_SECTION.items()} if "peft" in raw_keys else {}
+    try:
+        return {key: checked_value(key, value, names.get(key)) for key, value in values.items()}
+    except HfClmError as err:
+        raise HfClmError(f"recipe {path}: {err}") from None
 
 
-def split_recipe_argv(argv: list[str]) -> tuple[str | None, list[str]]:
-    """`[RECIPE] [--flag value ...]` -> (recipe path or None, flags)."""
+def canonical_flag(arg: str) -> str:
+    """`--train-files=x` -> `--train_files=x`: argparse accepts both spellings, and the logic that
+    looks at flag names (corpus sources, the default recipe) sees one."""
+    if not arg.startswith("--"):
+        return arg
+    name, sep, value = arg.partition("=")
+    return name.replace("-", "_").replace("__", "--", 1) + sep + value
+
+
+def flag_names(flags: list[str]) -> set[str]:
+    return {a[2:].split("=")[0] for a in flags if a.startswith("--")}
+
+
+def is_recipe_path(arg: str) -> bool:
+    return not arg.startswith("-") and arg.lower().endswith((".yaml", ".yml"))
+
+
+def split_recipe_argv(argv: list[str], command: str = "train") -> tuple[str | None, list[str]]:
+    """`[RECIPE] [--flag value ...]` or `[--flag value ...] RECIPE` -> (recipe path or None, flags)."""
+    argv = [canonical_flag(a) for a in argv]
     if argv and not argv[0].startswith("-"):
         return argv[0], argv[1:]
-    return None, list(argv)
+    # A recipe after the flags: the one leftover .yaml that no flag took as its value.
+    _, leftover = recipe_parser(command).parse_known_args(argv)
+    recipes = [a for a in leftover if is_recipe_path(a)]
+    if len(recipes) > 1:
+        raise HfClmError(f"several recipe files given ({', '.join(recipes)}); give one")
+    if recipes:
+        position = len(argv) - 1 - argv[::-1].index(recipes[0])
+        return recipes[0], argv[:position] + argv[position + 1:]
+    return None, argv
 
 
-def parse_recipe(argv: list[str] | None = None, default_recipe: str | Path | None = None) -> Recipe:
+def replaced_sources(values: dict[str, Any], flags: list[str]) -> dict[str, Any]:
+    """The recipe's values without those a source flag replaces: a corpus flag drops the recipe's
+    whole corpus source; a tokenizer or model_name_or_path flag drops its tokenizer choice."""
+    given = flag_names(flags)
+    dropped: set[str] = set()
+    if given & set(SOURCE_KEYS):
+        dropped |= set(CORPUS_KEYS)
+    if given & {"model_name_or_path", *TOKENIZER_KEYS}:
+        dropped |= set(TOKENIZER_KEYS)
+    return {key: value for key, value in values.items() if key not in dropped or key in given}
+
+
+def package_defaults() -> dict[str, Any]:
+    """Every TrainingArguments key's default as this package sets it (what a recipe without the key gets)."""
+    parsed = vars(recipe_parser().parse_args([]))
+    return {f.name: parsed[f.name] for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def parse_recipe(argv: list[str] | None = None, default_recipe: str | Path | None = None,
+                 command: str = "train") -> Recipe:
     """Parse `[RECIPE.yaml] [--flag value ...]` into a validated :class:`Recipe`."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    path, flags = split_recipe_argv(argv)
+    path, flags = split_recipe_argv(argv, command)
     path = path or default_recipe
-    parser = recipe_parser()
+    parser = recipe_parser(command)
     if path is not None:
-        # argparse converts string defaults with the field's type, so YAML's `3e-4` (a string to
-        # PyYAML) becomes a float exactly as the same text on the command line would.
-        parser.set_defaults(**read_recipe_yaml(path))
+        # Values from the file become the parser's defaults, so flags override them.
+        parser.set_defaults(**replaced_sources(read_recipe_yaml(path), flags))
     namespace, remaining = parser.parse_known_args(flags)
     if remaining:
-        flag = next((s for s in remaining if s.startswith("--")), remaining[0])
+        flag = next((s for s in remaining if s.startswith("--")), None)
+        if flag is None:
+            raise HfClmError(f"unexpected argument '{remaining[0]}'; the recipe file must end in .yaml or .yml")
         raise HfClmError(unknown_key_message(flag.lstrip("-").split("=")[0], "the command line"))
-    values = vars(namespace)
+    values = {key: None if isinstance(value, list) and value and all(v is None for v in value) else value
+              for key, value in vars(namespace).items()}  # `--train_files none`
+    problems = range_problems(values)
     try:
         model, data, training, run = (cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.init})
-                                 for cls in (ModelArguments, DataArguments, TrainingArguments, RunArguments))
+                                      for cls in RECIPE_CLASSES)
     except ValueError as err:
-        raise HfClmError(f"invalid recipe: {str(err).strip().splitlines()[0]}") from None
-    defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-                for f in dataclasses.fields(TrainingArguments) if f.init}
+        raise HfClmError("invalid recipe: " + "; ".join(problems or [str(err).strip().splitlines()[0]])) from None
+    defaults = package_defaults()
     training_values = {key: values[key] for key in defaults if values[key] != defaults[key]}
     recipe = Recipe(model, data, training, run, training_values)
-    validate_recipe(recipe)
+    problems += recipe_problems(recipe)
+    if problems:
+        raise HfClmError("invalid recipe: " + "; ".join(problems))
     return recipe
 
 
@@ -295,17 +588,17 @@ def recipe_problems(recipe: Recipe) -> list[str]:
     sources = [name for name in ("dataset_name", "train_files", "builtin_corpus") if getattr(data, name)]
     if len(sources) != 1:
         problems.append("set exactly one of dataset_name, train_files or builtin_corpus"
-                        + (f" (got {', '.join(sources)})" if sources else ""))
+                        + (f" (got {', '.join(sources)}; unset one with --KEY none)" if sources else ""))
     if data.builtin_corpus and data.builtin_corpus not in BUILTIN_CORPORA:
         problems.append(f"builtin_corpus '{data.builtin_corpus}' is not one of {', '.join(BUILTIN_CORPORA)}")
     if data.sample_by not in SAMPLE_BY_CHOICES:
         problems.append(f"sample_by must be one of {', '.join(SAMPLE_BY_CHOICES)}, not '{data.sample_by}'")
-    if data.block_size < 2:
-        problems.append(f"block_size must be at least 2 (one input and one target), not {data.block_size}")
-    if not 0 <= data.validation_split_percentage < 100:
-        problems.append("validation_split_percentage must be in [0, 100)")
     if model.train_tokenizer and model.tokenizer_name_or_path:
         problems.append("set train_tokenizer: true or tokenizer_name_or_path, not both")
+    if model.train_tokenizer and model.model_name_or_path:
+        problems.append(f"train_tokenizer: true with model_name_or_path '{model.model_name_or_path}': a pretrained "
+                        f"model only works with the tokenizer it was trained with; drop train_tokenizer (or "
+                        f"model_name_or_path, to train from scratch)")
     if not (model.train_tokenizer or model.tokenizer_name_or_path or model.model_name_or_path):
         problems.append("no tokenizer: set train_tokenizer: true, tokenizer_name_or_path or model_name_or_path")
     if model.train_tokenizer and model.vocab_size < 260:
@@ -320,17 +613,9 @@ def recipe_problems(recipe: Recipe) -> list[str]:
         problems.append("peft fine-tunes a pretrained model: set model_name_or_path (a checkpoint or Hub id)")
     if recipe.run.merge_adapter and not model.peft_method:
         problems.append("merge_adapter: true needs a peft adapter (peft: {method: lora})")
-    if data.shuffle_buffer_size < 1:
-        problems.append(f"shuffle_buffer_size must be at least 1, not {data.shuffle_buffer_size}")
-    if not model.model_name_or_path and model.n_embd % model.n_head:
+    if not model.model_name_or_path and model.n_head > 0 and model.n_embd % model.n_head:
         problems.append(f"n_embd ({model.n_embd}) must be divisible by n_head ({model.n_head})")
     return problems
-
-
-def validate_recipe(recipe: Recipe) -> None:
-    problems = recipe_problems(recipe)
-    if problems:
-        raise HfClmError("invalid recipe: " + "; ".join(problems))
 
 
 def resolved_recipe(recipe: Recipe) -> dict[str, Any]:

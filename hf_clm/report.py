@@ -7,6 +7,8 @@ Everything comes from files a finished run already holds: ``perplexity.json`` an
 from __future__ import annotations
 
 import json
+import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -47,21 +49,53 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
         raise HfClmError(f"{run_dir} is not a finished run: {', '.join(missing)} missing")
     summary = json.loads(needed[0].read_text())
     history = json.loads(needed[1].read_text())["log_history"]
-    final = next((e for e in reversed(history) if "train_runtime" in e), {})
-    wall = final.get("train_runtime")
+    # Throughput as the run measured it (hf_clm.throughput); Trainer's train_runtime includes evaluation.
     return {
-        "name": run_dir.resolve().name, "path": str(run_dir), **summary,
-        "train_seconds": wall,
-        "train_tokens_per_second": summary["train_tokens_seen"] / wall if wall else None,
+        "name": run_dir.resolve().name, "path": str(run_dir),
+        "train_seconds": None, "train_tokens_per_second": None, **summary,
         "train_curve": [e for e in history if "loss" in e and "eval_loss" not in e],
         "eval_curve": [e for e in history if "eval_loss" in e],
     }
 
 
+def legend_names(runs: list[dict[str, Any]]) -> list[str]:
+    """Each run's folder name, or, where two runs share one, its path below the runs' common folder."""
+    names = [run["name"] for run in runs]
+    if len(set(names)) == len(names):
+        return names
+    paths = [os.path.abspath(run["path"]) for run in runs]
+    common = os.path.commonpath(paths)
+    return [os.path.relpath(path, os.path.dirname(common) if path == common else common) for path in paths]
+
+
+def tick_text(value: float, _position=None) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:g}"
+
+
+def minor_tick_text(value: float, across_decades: bool) -> str:
+    """A minor log tick's label: every one within a decade; across decades only 2s and 5s (else they crowd)."""
+    lead = round(value / 10 ** math.floor(math.log10(value))) if value > 0 else 0
+    return tick_text(value) if not across_decades or lead in (2, 5) else ""
+
+
+def label_log_axis(ax) -> None:
+    """Plain numbers (1,000 not 1e3) on a log axis, minor ticks included."""
+    import matplotlib.ticker
+
+    low, high = ax.get_ylim()
+    across_decades = high / low > 10
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(tick_text))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: minor_tick_text(v, across_decades)))
+
+
+def say_empty(ax, what: str) -> None:
+    ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set(xticks=[], yticks=[])
+
+
 def plot_curves(runs: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """Training loss and eval perplexity against steps and against tokens seen; one line per run."""
     import matplotlib
-    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -70,18 +104,26 @@ def plot_curves(runs: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     for x_key, x_label in CURVES:
         figure, (loss_ax, ppl_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
         for run in runs:
+            name = run["name"]
             train = [e for e in run["train_curve"] if x_key in e]
             evals = [e for e in run["eval_curve"] if x_key in e]
-            loss_ax.plot([e[x_key] for e in train], [e["loss"] for e in train], label=run["name"])
-            ppl_ax.plot([e[x_key] for e in evals], [e["eval_perplexity"] for e in evals], marker="o",
-                        label=run["name"])
+            if train:
+                loss_ax.plot([e[x_key] for e in train], [e["loss"] for e in train], label=name)
+            if evals:
+                ppl_ax.plot([e[x_key] for e in evals], [e["eval_perplexity"] for e in evals], marker="o", label=name)
         loss_ax.set(title="Training loss", xlabel=x_label, ylabel="loss (nats/token)")
-        ppl_ax.set(title="Validation perplexity", xlabel=x_label, ylabel="perplexity (log scale)", yscale="log")
-        ppl_ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        ppl_ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ppl_ax.set(title="Validation perplexity", xlabel=x_label, ylabel="perplexity (log scale)")
+        if ppl_ax.lines:
+            ppl_ax.set_yscale("log")
+            label_log_axis(ppl_ax)
+        else:
+            say_empty(ppl_ax, "no evaluation during training\n(eval_strategy: no); see perplexity.json")
+        if not loss_ax.lines:
+            say_empty(loss_ax, "no training loss logged\n(fewer steps than logging_steps)")
         for ax in (loss_ax, ppl_ax):
             ax.grid(alpha=0.3)
-            ax.legend()
+            if ax.lines:
+                ax.legend()
         figure.tight_layout()
         path = out_dir / f"curves_by_{x_label.replace(' ', '_')}.png"
         figure.savefig(path, dpi=110)
@@ -96,7 +138,8 @@ def fmt(value: Any, spec: str) -> str:
 
 def markdown(runs: list[dict[str, Any]], plots: list[Path]) -> str:
     lines = ["# Perplexity report", "",
-             "| run | perplexity | unigram baseline | bits/byte | parameters | train tokens | train time (s) | tokens/s |",
+             "| run | perplexity | unigram baseline | bits/byte | parameters | train tokens | training time (s) | "
+             "train tokens/s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
         lines.append(f"| {r['name']} | {fmt(r['perplexity'], '.2f')} | {fmt(r.get('unigram_perplexity'), '.2f')} | "
@@ -104,7 +147,8 @@ def markdown(runs: list[dict[str, Any]], plots: list[Path]) -> str:
                      f"{fmt(r.get('train_tokens_seen'), ',')} | {fmt(r.get('train_seconds'), '.1f')} | "
                      f"{fmt(r.get('train_tokens_per_second'), ',.0f')} |")
     lines += ["", "Perplexity = exp(total NLL / predicted tokens) on the validation blocks; bits/byte divides "
-                  "the same total NLL, in bits, by the UTF-8 bytes those tokens stand for.", ""]
+                  "the same total NLL, in bits, by the UTF-8 bytes those tokens stand for. Training time leaves out "
+                  "evaluation and saving; train tokens/s = train tokens / training time.", ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"
 
@@ -112,6 +156,8 @@ def markdown(runs: list[dict[str, Any]], plots: list[Path]) -> str:
 def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
     """``report.md``, ``report.json`` and the PNG plots for the runs, in ``out_dir``."""
     runs = read_runs(run_dirs)
+    for run, name in zip(runs, legend_names(runs)):
+        run["name"] = name
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = plot_curves(runs, out_dir)

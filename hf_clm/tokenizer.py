@@ -21,6 +21,7 @@ from tokenizers import ByteLevelBPETokenizer
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from hf_clm.errors import HfClmError
+from hf_clm.hub import TOKENIZER_ALTERNATIVE, offline_hint, require_hub
 from hf_clm.recipe import ModelArguments
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ TRAINED_TOKENIZER_FORMAT = 1  # bump when train_bpe_tokenizer changes, to invali
 def text_batches(split: Dataset, batch_size: int = TRAINING_BATCH_SIZE):
     """The split's texts, a batch of documents at a time (never the corpus as one string)."""
     for batch in split.select_columns(["text"]).iter(batch_size=batch_size):
-        yield batch["text"]
+        yield [text or "" for text in batch["text"]]  # a null text is an empty document
 
 
 def train_bpe_tokenizer(train: Dataset, vocab_size: int) -> PreTrainedTokenizerFast:
@@ -71,10 +72,12 @@ def cached_bpe_tokenizer(train: Dataset, vocab_size: int) -> PreTrainedTokenizer
 
 
 def load_pretrained_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    require_hub("tokenizer", name_or_path, TOKENIZER_ALTERNATIVE)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:
-        raise HfClmError(f"cannot load a tokenizer from '{name_or_path}': {str(err).splitlines()[0]}") from None
+        raise HfClmError(f"cannot load a tokenizer from '{name_or_path}': {str(err).splitlines()[0]}"
+                         f"{offline_hint(TOKENIZER_ALTERNATIVE)}") from None
     if not tokenizer.is_fast:
         raise HfClmError(f"the tokenizer of '{name_or_path}' has no fast (Rust) version; hf_clm needs one")
     if tokenizer.eos_token is None:
@@ -98,6 +101,10 @@ def train_or_load_tokenizer(model: ModelArguments, train: Dataset) -> tuple[PreT
     """The run's tokenizer and the number of tokens this function added to it (a pad token at most)."""
     if model.train_tokenizer:
         tokenizer = cached_bpe_tokenizer(train, model.vocab_size)
+        if len(tokenizer) < model.vocab_size:
+            logger.warning("The BPE learned %s tokens, fewer than vocab_size %s: no more pairs occur twice in the "
+                           "training text. The model's vocabulary is %s (vocab_size is an upper bound)",
+                           f"{len(tokenizer):,}", f"{model.vocab_size:,}", f"{len(tokenizer):,}")
     else:
         tokenizer = load_pretrained_tokenizer(model.tokenizer_name_or_path or model.model_name_or_path)
     return tokenizer, ensure_distinct_pad_token(tokenizer)

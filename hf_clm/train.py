@@ -16,7 +16,7 @@ from hf_clm.blocks import TokenCounts, save_token_counts
 from hf_clm.checkpoints import check_output_dir, clear_previous_run, resume_checkpoint
 from hf_clm.errors import HfClmError
 from hf_clm.evaluation import unigram_scores
-from hf_clm.hub import PushTarget, check_hub_access, push_run
+from hf_clm.hub import PushTarget, check_hub_access, check_hub_sources, push_run
 from hf_clm.model import build_model, merge_adapter
 from hf_clm.prepare import TrainingData, training_data
 from hf_clm.recipe import Recipe, save_recipe
@@ -59,6 +59,7 @@ def perplexity_summary(metrics: dict[str, float], model: PreTrainedModel, data: 
         "trainable_parameters": trainable_parameters(model),
         "train_tokens_seen": tokens_seen,
         "block_size": data.counts["validation"].block_size,
+        "vocab_size": len(data.tokenizer),
     }
 
 
@@ -89,6 +90,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
     output_dir = Path(args.output_dir)
     resume = resume_checkpoint(args)
     check_output_dir(output_dir, resume, recipe.run.overwrite_output_dir)
+    check_hub_sources(recipe.model, recipe.data)
     push = hub_push_target(args)
     if recipe.run.overwrite_output_dir and args.should_save:
         clear_previous_run(output_dir)
@@ -111,7 +113,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
     unigram = None if data.streamed else \
         unigram_scores(data.train, data.validation, len(data.tokenizer)).perplexity
     summary = perplexity_summary(metrics, model, data, trainer.state.num_input_tokens_seen, unigram)
-    summary.update(training_throughput(trainer))
+    summary.update(training_throughput(trainer, trainer.meter))
     if trainer.is_world_process_zero():
         if recipe.run.merge_adapter:
             merge_adapter(output_dir)
@@ -123,6 +125,13 @@ def run(recipe: Recipe) -> dict[str, Any]:
     return summary
 
 
+def baseline_comparison(perplexity: float, unigram: float) -> str:
+    if perplexity <= unigram:
+        return f"model is {unigram / perplexity:.1f}x lower"
+    return (f"model is {perplexity / unigram:.1f}x HIGHER: worse than counting tokens; train longer or raise "
+            f"learning_rate")
+
+
 def format_summary(summary: dict[str, Any], output_dir: Path) -> str:
     lines = [
         f"validation perplexity  {summary['perplexity']:.2f}  (eval loss {summary['eval_loss']:.4f} nats/token,"
@@ -130,14 +139,15 @@ def format_summary(summary: dict[str, Any], output_dir: Path) -> str:
         f"bits per byte          {summary['bits_per_byte']:.4f}",
     ]
     if summary["unigram_perplexity"] is not None:
-        ratio = summary["unigram_perplexity"] / summary["perplexity"]
-        lines.append(f"unigram baseline       {summary['unigram_perplexity']:.2f}  (model is {ratio:.1f}x lower)")
+        lines.append(f"unigram baseline       {summary['unigram_perplexity']:.2f}  "
+                     f"({baseline_comparison(summary['perplexity'], summary['unigram_perplexity'])})")
     trainable = summary.get("trainable_parameters", summary["parameters"])
     lines += [f"parameters             {summary['parameters']:,}"
               + (f" ({trainable:,} trainable)" if trainable != summary["parameters"] else ""),
               f"train tokens seen      {summary['train_tokens_seen']:,}"]
     if "train_tokens_per_second" in summary:
         mfu = f", MFU {summary['mfu']:.1%}" if "mfu" in summary else ""
-        lines.append(f"throughput             {summary['train_tokens_per_second']:,.0f} tokens/s{mfu}")
+        lines.append(f"throughput             {summary['train_tokens_per_second']:,.0f} tokens/s{mfu}  "
+                     f"({summary['train_seconds']:.1f} s of training; evaluation and saving excluded)")
     lines.append(f"saved to               {output_dir}")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from hf_clm.throughput import ThroughputMeter, flops_per_token, total_peak_flops
 
 class CausalLMTrainer(Trainer):
     """``Trainer`` whose evaluations report the exact token-weighted loss and ``eval_perplexity``,
-    and whose training logs carry throughput (``tokens_per_second``, all ranks) and ``mfu``.
+    and whose training logs carry throughput (``interval_tokens_per_second``, all ranks) and ``interval_mfu``.
 
     Trainer's own ``eval_loss`` is not token-weighted: its evaluation loop repeats each batch's
     mean loss by the *first* batch's size, so a short last batch weighs as much as a full one.
@@ -54,7 +54,9 @@ class CausalLMTrainer(Trainer):
             logs[prefix + "perplexity"] = perplexity_from_loss(logs[prefix + "loss"])
         if "loss" in logs:
             logs.update(self.meter.interval(self.state.num_input_tokens_seen))
-        super().log(logs, start_time)
+        # Without start_time: Trainer would add its own train_tokens_per_second (time since the session
+        # began, evaluation included) under the name of hf_clm.throughput's figure.
+        super().log(logs)
 
     def get_train_dataloader(self) -> DataLoader:
         if not (isinstance(self.train_dataset, IterableDataset) and self.args.world_size > 1):

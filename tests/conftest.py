@@ -23,8 +23,11 @@ def offline_hf_cache(tmp_path_factory):
                       TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error")
     import datasets.config
 
+    import huggingface_hub.constants
+
     datasets.config.HF_DATASETS_CACHE = Path(home / "datasets")
     datasets.config.HF_HUB_OFFLINE = True
+    huggingface_hub.constants.HF_HUB_OFFLINE = True  # read at import, possibly before this fixture
     yield home
 
 

@@ -98,3 +98,17 @@ def test_dataset_name_goes_through_load_dataset_with_its_own_splits(tmp_path):
     corpus = load_corpus(DataArguments(dataset_name=str(folder), text_column="content"))
     assert corpus["train"]["text"][:2] == ["train 0", "train 1"] and len(corpus["train"]) == 30
     assert corpus["validation"]["text"] == [f"valid {i}" for i in range(4)]
+
+
+def test_byte_order_mark_and_blank_lines_are_not_text(tmp_path):
+    marked = tmp_path / "marked.txt"
+    marked.write_bytes("\ufefffirst paragraph\n\nsecond paragraph\n".encode())
+    lines = tmp_path / "lines.txt"
+    lines.write_text("one\n\ntwo\n\n\nthree\n")
+    corpus = load_corpus(DataArguments(train_files=[str(marked)], validation_files=[str(lines)],
+                                       sample_by="paragraph"))
+    assert corpus["train"][0]["text"].startswith("first")
+    by_line = load_corpus(DataArguments(train_files=[str(lines)], validation_files=[str(marked)], sample_by="line"))
+    # one document per line, its newline replaced by EOS; a blank line is an empty document (no EOS)
+    assert [t for t in by_line["train"]["text"] if t] == ["one", "two", "three"]
+    assert set(t for t in by_line["train"]["text"] if not t.strip()) <= {""}

@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,7 @@ def test_unknown_cli_flag_names_the_closest_valid_one():
 
 
 def test_bad_value_is_one_line_error():
-    with pytest.raises(HfClmError, match="invalid int value: 'big'"):
+    with pytest.raises(HfClmError, match="block_size must be an integer, not 'big'"):
         parse_recipe(["--builtin_corpus", "python-stdlib", "--block_size", "big"])
 
 
@@ -56,7 +57,7 @@ def test_problems_are_collected_and_reported_together():
         parse_recipe(["--block_size", "1", "--sample_by", "sentence"])
     message = str(err.value)
     assert "exactly one of dataset_name, train_files or builtin_corpus" in message
-    assert "block_size must be at least 2" in message
+    assert "block_size must be an integer >= 2" in message
     assert "sample_by must be one of" in message
     assert "no tokenizer" in message
 
@@ -90,3 +91,85 @@ def test_every_recipe_parses_and_starts_with_its_command(path):
     assert recipe.training.output_dir == values["output_dir"]
     assert all(getattr(recipe.model, k, getattr(recipe.data, k, None)) == v for k, v in values.items()
                if hasattr(recipe.model, k) or hasattr(recipe.data, k))
+
+
+def test_trained_run_recipe_reparses_to_every_same_value(text_files, tmp_path):
+    """Values equal to transformers' defaults but not to the package's are recorded too."""
+    from conftest import recipe_args
+    from hf_clm.cli import main
+
+    flags = recipe_args(text_files, tmp_path / "run", "--max_steps", "4", "--eval_strategy", "no",
+                        "--logging_steps", "500", "--save_strategy", "no", "--lr_scheduler_type", "cosine",
+                        "--max_eval_samples", "5", "--include_num_input_tokens_seen", "true")
+    assert main(["train", *flags]) == 0
+    original = parse_recipe(flags)
+    saved = tmp_path / "run" / RECIPE_FILENAME
+    written = yaml.safe_load(saved.read_text())
+    assert written["eval_strategy"] == "no" and written["logging_steps"] == 500 and written["save_strategy"] == "no"
+    again = parse_recipe([str(saved)])
+    assert dataclasses.asdict(again.model) == dataclasses.asdict(original.model)
+    assert dataclasses.asdict(again.data) == dataclasses.asdict(original.data)
+    assert dataclasses.asdict(again.run) == dataclasses.asdict(original.run)
+    before, after = original.training.to_dict(), again.training.to_dict()
+    assert before.keys() == after.keys()
+    assert {k: (before[k], after[k]) for k in before if before[k] != after[k]} == {}
+
+
+def base_recipe(tmp_path, text_files, extra: str = "") -> str:
+    return write_recipe(tmp_path, f"train_files: [{text_files['train']}]\nvalidation_files: [{text_files['validation']}]\n"
+                                  f"sample_by: paragraph\ntrain_tokenizer: true\nvocab_size: 300\n{extra}")
+
+
+def test_a_corpus_flag_replaces_the_recipe_corpus_source(text_files, tmp_path):
+    path = base_recipe(tmp_path, text_files)
+    recipe = parse_recipe([path, "--builtin_corpus", "python-stdlib"])
+    assert recipe.data.builtin_corpus == "python-stdlib"
+    assert recipe.data.train_files is None and recipe.data.validation_files is None
+    assert recipe.data.sample_by == "paragraph"  # not a source key: kept
+    other = tmp_path / "other.txt"
+    recipe = parse_recipe([path, "--train-files", str(other)])  # the dash spelling too
+    assert recipe.data.train_files == [str(other)] and recipe.data.validation_files is None
+    stdlib = write_recipe(tmp_path, "builtin_corpus: python-stdlib\ntrain_tokenizer: true\n")
+    assert parse_recipe([stdlib, "--dataset_name", "wikitext"]).data.builtin_corpus is None
+
+
+def test_a_model_flag_replaces_the_recipe_tokenizer_choice(text_files, tmp_path):
+    recipe = parse_recipe([base_recipe(tmp_path, text_files), "--model_name_or_path", "some/model"])
+    assert recipe.model.train_tokenizer is False and recipe.model.tokenizer_name_or_path is None
+    with pytest.raises(HfClmError, match="only works with the tokenizer it was trained with"):
+        parse_recipe([base_recipe(tmp_path, text_files), "--model_name_or_path", "m", "--train_tokenizer", "true"])
+
+
+@pytest.mark.parametrize("spelling", ["none", "null", "None", ""])
+def test_none_unsets_an_optional_key(text_files, tmp_path, spelling):
+    path = base_recipe(tmp_path, text_files, "max_train_samples: 50\nresume_from_checkpoint: auto\n")
+    recipe = parse_recipe([path, "--max_train_samples", spelling, "--validation_files", spelling,
+                           "--resume_from_checkpoint", spelling])
+    assert recipe.data.max_train_samples is None and recipe.data.validation_files is None
+    assert recipe.training.resume_from_checkpoint is None
+    assert parse_recipe([path, "--report_to", "none"]).training.report_to == []  # report_to's own 'none'
+    stdlib = write_recipe(tmp_path, "builtin_corpus: python-stdlib\ntrain_tokenizer: true\n")
+    both = parse_recipe([stdlib, "--builtin_corpus", spelling, "--train_files", str(text_files["train"])])
+    assert both.data.builtin_corpus is None and both.data.train_files == [str(text_files["train"])]
+
+
+def test_recipe_after_the_flags(text_files, tmp_path):
+    path = base_recipe(tmp_path, text_files, "block_size: 48\n")
+    recipe = parse_recipe(["--max_steps", "5", path, "--learning_rate", "1e-3"])
+    assert recipe.data.block_size == 48 and recipe.training.max_steps == 5
+    assert recipe.training.learning_rate == pytest.approx(1e-3)
+
+
+def test_unquoted_no_is_the_strategy_no(text_files, tmp_path):
+    recipe = parse_recipe([base_recipe(tmp_path, text_files, "eval_strategy: no\nsave_strategy: no\n")])
+    assert recipe.training.eval_strategy == "no" and recipe.training.save_strategy == "no"
+
+
+def test_help_shows_the_recipe_argument_and_auto(capsys):
+    from hf_clm.cli import main
+
+    for command in ("train", "prepare"):
+        assert main([command, "--help"]) == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert out.startswith(f"usage: hf-clm {command} [RECIPE] [--key value ...]")
+        assert "'auto': the newest complete checkpoint in output_dir" in out

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from conftest import recipe_args
 from hf_clm.cli import main
 
@@ -56,12 +58,36 @@ def test_throughput_is_logged_and_saved(text_files, tmp_path, capsys):
                                        "--peak_tflops", "0.5")]) == 0
     history = json.loads((tmp_path / "run" / "trainer_state.json").read_text())["log_history"]
     train_logs = [e for e in history if "loss" in e]
-    assert len(train_logs) == 2 and all(e["tokens_per_second"] > 0 for e in train_logs)
+    assert len(train_logs) == 2 and all(e["interval_tokens_per_second"] > 0 for e in train_logs)
     for entry in train_logs:  # MFU = tokens/s x FLOPs per token / (0.5 TFLOP/s x 1 process)
-        assert 0 < entry["mfu"] < 1
+        assert 0 < entry["interval_mfu"] < 1
+    # one figure under the name: Trainer's own session rate (evaluation included) is not logged
+    assert not any("train_tokens_per_second" in e for e in history)
     summary = json.loads((tmp_path / "run" / "perplexity.json").read_text())
-    assert summary["train_tokens_per_second"] > 0 and 0 < summary["mfu"] < 1
-    assert "tokens/s, MFU" in capsys.readouterr().out
+    assert summary["train_tokens_per_second"] == pytest.approx(summary["train_tokens_seen"] / summary["train_seconds"])
+    assert 0 < summary["mfu"] < 1
+    report = json.loads((tmp_path / "run" / "report.json").read_text())["runs"][0]
+    assert report["train_tokens_per_second"] == summary["train_tokens_per_second"]
+    assert report["train_seconds"] == summary["train_seconds"]
+    assert f"{summary['train_tokens_per_second']:,.0f} tokens/s, MFU" in capsys.readouterr().out
+
+
+def test_throughput_counts_training_time_across_a_resume(text_files, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", *recipe_args(text_files, run, "--max_steps", "6", "--save_steps", "6",
+                                       "--eval_steps", "6")]) == 0
+    state_path = run / "checkpoint-6" / "trainer_state.json"
+    state = json.loads(state_path.read_text())
+    assert state["stateful_callbacks"]["ThroughputMeter"]["attributes"]["train_seconds"] > 0
+    # the checkpoint says 1,000 s were spent before it: the resumed run's time adds to that
+    state["stateful_callbacks"]["ThroughputMeter"]["attributes"]["train_seconds"] = 1000.0
+    state_path.write_text(json.dumps(state))
+    assert main(["train", *recipe_args(text_files, run, "--max_steps", "9", "--save_steps", "6",
+                                       "--eval_steps", "9", "--resume_from_checkpoint", "auto")]) == 0
+    summary = json.loads((run / "perplexity.json").read_text())
+    assert summary["train_tokens_seen"] == 9 * 8 * 32
+    assert 1000 < summary["train_seconds"] < 1000 + 120
+    assert summary["train_tokens_per_second"] == pytest.approx(9 * 8 * 32 / summary["train_seconds"])
 
 
 def test_flops_per_token_counts_six_per_weight_and_attention():

@@ -59,3 +59,12 @@ def test_pretrained_gpt2_tokenizer_gets_a_pad_token_distinct_from_eos():
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
     assert added == (1 if tokenizer.pad_token_id == 50257 else 0)
     assert eos_labels_supervised(tokenizer)
+
+
+def test_vocab_size_beyond_what_the_corpus_holds_is_said(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="hf_clm.tokenizer"):
+        tokenizer, _ = train_or_load_tokenizer(ModelArguments(train_tokenizer=True, vocab_size=100_000), train_split())
+    assert len(tokenizer) < 100_000
+    assert f"The BPE learned {len(tokenizer):,} tokens, fewer than vocab_size 100,000" in caplog.text

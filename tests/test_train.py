@@ -74,3 +74,10 @@ def test_run_writes_its_report_with_plots(finished_run):
     assert f"{summary['perplexity']:.2f}" in markdown and "curves_by_steps.png" in markdown
     for name in ("curves_by_steps.png", "curves_by_tokens_seen.png"):
         assert (output_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_summary_says_when_the_model_is_worse_than_the_unigram_baseline():
+    from hf_clm.train import baseline_comparison
+
+    assert baseline_comparison(20.0, 600.0) == "model is 30.0x lower"
+    assert baseline_comparison(50.0, 25.0).startswith("model is 2.0x HIGHER: worse than counting tokens")

@@ -1,0 +1,162 @@
+"""Every mistake a user can make in a recipe, a flag or a data file: one line `hf-clm: error: ...`
+naming the key, the value and what is allowed, exit 2, before any data work, nothing written."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from transformers import AutoModelForCausalLM, GPT2Config
+
+from conftest import make_documents
+from hf_clm.cli import main
+
+RECIPE = {"sample_by": "paragraph", "train_tokenizer": True, "vocab_size": 300, "block_size": 16, "n_layer": 1,
+          "n_head": 2, "n_embd": 16, "max_steps": 2, "per_device_train_batch_size": 2}
+
+
+def write_recipe(tmp_path, name: str, text: str | bytes) -> str:
+    path = tmp_path / f"{name}.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return str(path)
+
+
+def recipe_with(tmp_path, corpus, name: str, **changes) -> str:
+    values = {"train_files": str(corpus), **RECIPE, "output_dir": str(tmp_path / "out"), **changes}
+    return write_recipe(tmp_path, name, yaml.safe_dump(values))
+
+
+def jsonl(tmp_path, name: str, rows, encoding="utf-8") -> str:
+    path = tmp_path / name
+    path.write_bytes("".join(json.dumps({"text": row}, ensure_ascii=False) + "\n" for row in rows).encode(encoding))
+    return str(path)
+
+
+def bad_inputs(tmp_path):
+    """name -> (argv, the whole expected error line after 'hf-clm: error: ', or a fragment of it)."""
+    corpus = tmp_path / "ok.txt"
+    corpus.write_text("\n\n".join(make_documents(60)))
+    one_file = tmp_path / "one.txt"
+    one_file.write_text(" ".join(make_documents(3)))
+    base = recipe_with(tmp_path, corpus, "base")
+    docs = make_documents(30)
+    binary = tmp_path / "binary.parquet"
+    pq.write_table(pa.table({"text": pa.array([d.encode() for d in docs], pa.binary())}), binary)
+    checkpoint = tmp_path / "pretrained"
+    AutoModelForCausalLM.from_config(GPT2Config(vocab_size=500, n_positions=32, n_layer=1, n_head=2,
+                                                n_embd=16)).save_pretrained(checkpoint)
+    flags = ["--train_files", str(corpus), "--sample_by", "paragraph", "--train_tokenizer", "true",
+             "--vocab_size", "300", "--output_dir", str(tmp_path / "out")]
+
+    def yaml_case(name, expected, **changes):
+        return (["train", recipe_with(tmp_path, corpus, name, **changes)], f"{name}.yaml: {expected}")
+
+    cases = {
+        # wrong YAML types
+        "float block_size": yaml_case("bs", "block_size must be an integer, not 64.0", block_size=64.0),
+        "float max_steps": yaml_case("ms", "max_steps must be an integer, not 2.0", max_steps=2.0),
+        "fractional vocab_size": yaml_case("vs", "vocab_size must be an integer, not 512.5", vocab_size=512.5),
+        "float n_layer": yaml_case("nl", "n_layer must be an integer, not 1.0", n_layer=1.0),
+        "float batch size": yaml_case("pb", "per_device_train_batch_size must be an integer, not 4.0",
+                                      per_device_train_batch_size=4.0),
+        "list block_size": yaml_case("lb", "block_size must be an integer, not [32]", block_size=[32]),
+        "number train_files": yaml_case("tf", "train_files must be text or a list of text or null, not 42",
+                                        train_files=42),
+        "fractional peft r": (["train", write_recipe(tmp_path, "r", "train_files: x.txt\nmodel_name_or_path: gpt2\n"
+                                                                    "peft: {method: lora, r: 4.5}\n")],
+                              "r.yaml: peft r must be an integer, not 4.5"),
+        "empty block_size": (["train", write_recipe(tmp_path, "empty", f"train_files: {corpus}\nblock_size:\n")],
+                             "empty.yaml: block_size has no value; give an integer or remove the line"),
+        "duplicate key": (["train", write_recipe(tmp_path, "dup", f"train_files: {corpus}\nblock_size: 32\n"
+                                                                  "train_tokenizer: true\nblock_size: 64\n")],
+                          "dup.yaml: key 'block_size' appears twice (lines 2 and 4); keep one"),
+        "yaml not utf-8": (["train", write_recipe(tmp_path, "latin", "output_dir: caf\xe9\n".encode("latin-1"))],
+                           "error: recipe " + str(tmp_path / "latin.yaml") + " is not UTF-8 text (byte 15, 0xe9); "
+                           "save it as UTF-8"),
+        "not a strategy": yaml_case("ev", "eval_strategy must be one of no, steps, epoch, not 'often'",
+                                    eval_strategy="often"),
+        # ranges, in YAML and as flags
+        "batch size 0": (["train", recipe_with(tmp_path, corpus, "b0", per_device_train_batch_size=0)],
+                         "per_device_train_batch_size must be an integer >= 1, not 0"),
+        "batch size -1": (["train", *flags, "--per_device_train_batch_size", "-1"],
+                          "per_device_train_batch_size must be an integer >= 1, not -1"),
+        "accumulation 0": (["train", *flags, "--gradient_accumulation_steps", "0"],
+                           "gradient_accumulation_steps must be an integer >= 1, not 0"),
+        "learning rate -1": (["train", *flags, "--learning_rate", "-1"], "learning_rate must be a number > 0, not -1.0"),
+        "learning rate nan": (["train", *flags, "--learning_rate", "nan"], "learning_rate must be a number > 0, not nan"),
+        "n_head 0": (["train", *flags, "--n_head", "0"], "n_head must be an integer >= 1, not 0"),
+        "dropout 2": (["train", *flags, "--dropout", "2"], "dropout must be a number in [0, 1), not 2.0"),
+        "workers -1": (["train", *flags, "--preprocessing_num_workers", "-1"],
+                       "preprocessing_num_workers must be an integer >= 1, not -1"),
+        "dataloader workers -1": (["train", *flags, "--dataloader_num_workers", "-1"],
+                                  "dataloader_num_workers must be an integer >= 0, not -1"),
+        "float flag": (["train", *flags, "--block_size", "4.0"], "block_size must be an integer, not '4.0'"),
+        "bool flag": (["train", *flags, "--streaming", "maybe"], "streaming must be true or false, not 'maybe'"),
+        "choice flag": (["train", *flags, "--eval-strategy", "often"],
+                        "eval_strategy must be one of no, steps, epoch, not 'often'"),
+        "max_steps 0": (["train", *flags, "--max_steps", "0"],
+                        "max_steps must be an integer >= 1, or -1 to train num_train_epochs, not 0"),
+        "num_train_epochs 0": (["train", *flags, "--num_train_epochs", "0"], "num_train_epochs must be a number > 0"),
+        "validation percentage 0": (["train", *flags, "--validation_split_percentage", "0"],
+                                    "validation_split_percentage must be an integer from 1 to 99"),
+        "perplexity batch 0": (["perplexity", str(checkpoint), "--data", str(corpus), "--batch_size", "0"],
+                               "--batch_size must be at least 1, not 0"),
+        # recipes that cannot mean what they say
+        "pretrained model with a new tokenizer": (["train", *flags, "--model_name_or_path", str(checkpoint),
+                                                   "--train_tokenizer", "true"],
+                                                  "a pretrained model only works with the tokenizer it was trained with"),
+        "two corpus sources in one recipe": (["train", write_recipe(tmp_path, "two", f"train_files: {corpus}\n"
+                                                                                    "builtin_corpus: python-stdlib\n"
+                                                                                    "train_tokenizer: true\n")],
+                                             "got train_files, builtin_corpus; unset one with --KEY none"),
+        "dash spelling skips the default recipe": (["train", "--train-files", str(tmp_path / "missing.txt"),
+                                                    "--train-tokenizer", "true"],
+                                                   f"train_files: '{tmp_path / 'missing.txt'}' does not exist"),
+        "stray argument": (["train", *flags, "extra"],
+                           "unexpected argument 'extra'; the recipe file must end in .yaml or .yml"),
+        # data files
+        "null text column": (["train", base, "--train_files", jsonl(tmp_path, "null.jsonl", [None] * 30)],
+                             "text_column 'text' of the train split holds only nulls, no text"),
+        "numeric text column": (["train", base, "--train_files", jsonl(tmp_path, "num.jsonl", range(30))],
+                                "text_column 'text' of the train split holds int64 values, not text"),
+        "list text column": (["train", base, "--train_files", jsonl(tmp_path, "list.jsonl", [[d] for d in docs])],
+                             "text_column 'text' of the train split holds lists, not text"),
+        "binary text column": (["train", base, "--train_files", str(binary)],
+                               "holds bytes, not text (store the text as UTF-8 strings)"),
+        "latin-1 jsonl": (["train", base, "--train_files",
+                           jsonl(tmp_path, "latin.jsonl", ["caf\xe9 " + d for d in docs], "latin-1")],
+                          "latin.jsonl: byte 13 (0xe9) is not valid UTF-8"),
+        "one file, one document": (["train", base, "--train_files", str(one_file), "--sample_by", "document"],
+                                   "for .txt files, sample_by: paragraph (or line) makes each file several documents"),
+        # the Hub, offline (HF_HUB_OFFLINE=1 in the tests)
+        "offline hub dataset": (["train", base, "--dataset_name", "wikitext", "--dataset_config_name",
+                                 "wikitext-2-raw-v1"],
+                                "HF_HUB_OFFLINE=1 is set: only the local cache is read; give local files with "
+                                "train_files"),
+        "offline hub tokenizer": (["train", base, "--tokenizer_name_or_path", "gpt2"],
+                                  "tokenizer_name_or_path 'gpt2' is not a local path and not in the local Hugging "
+                                  "Face cache, and HF_HUB_OFFLINE=1 is set"),
+        "offline hub model": (["train", base, "--model_name_or_path", "gpt2"],
+                              "model_name_or_path 'gpt2' is not a local path and not in the local Hugging Face cache"),
+        # generation beyond the context
+        "prompt fills the context": (["generate", str(checkpoint), " ".join(["word"] * 40)], "leaves no room"),
+    }
+    return cases
+
+
+def test_each_bad_input_is_one_line_naming_key_value_and_allowed(tmp_path, capsys, bpe_tokenizer):
+    cases = bad_inputs(tmp_path)
+    bpe_tokenizer.save_pretrained(tmp_path / "pretrained")
+    failures = []
+    for name, (argv, expected) in cases.items():
+        code = main(argv)
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1] if err.strip() else ""
+        if code != 2 or not last.startswith("hf-clm: error: ") or expected not in last or "Traceback" in err:
+            failures.append((name, code, last[:400]))
+        recipe_error = argv[0] == "train" and "Tokenizing" in err and "text_column" not in expected
+        if recipe_error and ("must be" in expected or "appears twice" in expected or "no value" in expected):
+            failures.append((name, "data work before the recipe error", err[-300:]))
+        assert not (tmp_path / "out").exists(), name
+    assert not failures, "\n".join(map(str, failures))

@@ -1,0 +1,57 @@
+"""Without a reachable Hub: Hub names fail in seconds with one line naming HF_HUB_OFFLINE=1 and the
+local alternative; push's network errors are one line."""
+
+import socket
+import time
+
+import pytest
+from huggingface_hub import constants
+
+from hf_clm import hub
+from hf_clm.cli import main
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch):
+    """An endpoint nothing listens on, and HF_HUB_OFFLINE unset (as on a machine that just has no network)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    hub.hub_reachable.cache_clear()
+    yield constants.ENDPOINT
+    hub.hub_reachable.cache_clear()
+
+
+@pytest.mark.parametrize("flags, key, alternative", [
+    (["--dataset_name", "wikitext", "--train_tokenizer", "true"], "dataset_name 'wikitext'",
+     "give local files with train_files"),
+    (["--builtin_corpus", "python-stdlib", "--tokenizer_name_or_path", "gpt2"], "tokenizer_name_or_path 'gpt2'",
+     "give a local tokenizer folder"),
+    (["--builtin_corpus", "python-stdlib", "--model_name_or_path", "gpt2"], "model_name_or_path 'gpt2'",
+     "give a local checkpoint folder"),
+])
+def test_hub_names_fail_fast_when_the_hub_is_unreachable(unreachable_hub, tmp_path, capsys, flags, key,
+                                                          alternative):
+    start = time.monotonic()
+    assert main(["train", *flags, "--output_dir", str(tmp_path / "out")]) == 2
+    assert time.monotonic() - start < 15
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"hf-clm: error: {key} is not a local path and the Hugging Face Hub "
+                                               f"({unreachable_hub}) is unreachable; set HF_HUB_OFFLINE=1")
+    assert alternative in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_push_network_error_is_one_line(unreachable_hub, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    for name, text in [("perplexity.json", "{}"), ("recipe.yaml", "{}"), ("tokenizer.json", "{}"),
+                       ("model.safetensors", "")]:
+        (tmp_path / name).write_text(text)
+    start = time.monotonic()
+    assert main(["push", str(tmp_path), "--repo-id", "someone/model"]) == 2
+    assert time.monotonic() - start < 15
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"hf-clm: error: cannot reach the Hugging Face Hub ({unreachable_hub}) to check the token: "
+                   f"ConnectError; check the network or HF_ENDPOINT"]
