@@ -8,6 +8,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextStreamer, set_seed
 
 from hf_clm.errors import HfClmError
+from hf_clm.tokenizer import encode_document
 
 
 @dataclass
@@ -41,12 +42,14 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt:
     if problems:
         raise HfClmError("; ".join(problems))
     set_seed(sampling.seed)
-    inputs = tokenizer(prompt, return_tensors="pt", return_token_type_ids=False).to(model.device)
+    ids = torch.tensor([encode_document(tokenizer, prompt)], device=model.device)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     greedy = sampling.temperature == 0
     output = model.generate(
         **inputs, max_new_tokens=sampling.max_new_tokens, do_sample=not greedy,
         temperature=None if greedy else sampling.temperature, top_k=None if greedy else sampling.top_k,
-        top_p=None if greedy else sampling.top_p, pad_token_id=tokenizer.pad_token_id,
-        streamer=TextStreamer(tokenizer, skip_prompt=False) if stream else None,
+        top_p=None if greedy else sampling.top_p,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        streamer=TextStreamer(tokenizer, skip_prompt=False, skip_special_tokens=True) if stream else None,
     )
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
