@@ -1,4 +1,5 @@
-"""Blocks: documents -> token ids (+ EOS after each) -> one stream -> fixed ``block_size`` rows.
+"""Blocks: documents -> token ids (BOS first where the tokenizer adds one, EOS after each) -> one
+stream -> fixed ``block_size`` rows.
 
 run_clm.py's ``group_texts`` concatenates inside each ``datasets.map`` batch and throws away that
 batch's remainder, so it loses up to ``block_size - 1`` tokens per 1,000 documents (and per
@@ -29,13 +30,14 @@ from datasets.fingerprint import Hasher
 from transformers import PreTrainedTokenizerBase
 
 from hf_clm.recipe import DataArguments
+from hf_clm.tokenizer import document_prefix
 
 logger = logging.getLogger(__name__)
 
 INPUT_IDS = "input_ids"
 TOKENIZED_FEATURES = Features({INPUT_IDS: List(Value("int32"))})
 GROUP_FORMAT = 1  # bump when CarryOverBlocks changes, to invalidate cached blocks
-TOKENIZE_FORMAT = 2  # bump when DocumentTokenizer's output changes, to invalidate cached maps
+TOKENIZE_FORMAT = 3  # bump when DocumentTokenizer's output changes, to invalidate cached maps
 READ_BATCH_ROWS = 4096
 TOKEN_COUNTS_FILENAME = "token_counts.json"
 
@@ -61,7 +63,8 @@ def group_into_blocks(batch: Mapping[str, Sequence[Sequence[int]]], block_size: 
 
 
 class DocumentTokenizer:
-    """``datasets.map`` function: ``text`` -> ``input_ids`` with EOS closing every non-empty document.
+    """``datasets.map`` function: ``text`` -> ``input_ids`` of every non-empty document: its
+    :func:`~hf_clm.tokenizer.document_prefix` (a Llama-style BOS, or nothing), its ids, then EOS.
 
     Given an Arrow batch (``with_format("arrow")``) it answers with an Arrow table built from one
     flat int32 array and offsets, so ids never pass through per-token Python objects on the way
@@ -71,15 +74,18 @@ class DocumentTokenizer:
     def __init__(self, tokenizer: PreTrainedTokenizerBase):
         self.backend = tokenizer.backend_tokenizer
         self.eos_token_id = tokenizer.eos_token_id
+        self.prefix = document_prefix(tokenizer)
 
     def ids_and_offsets(self, texts: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
         texts = [text or "" for text in texts]
         encodings = self.backend.encode_batch_fast(texts, add_special_tokens=False)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-        ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int32, count=int(lengths.sum()))
-        has_eos = np.fromiter((bool(text) for text in texts), dtype=bool, count=len(texts))
-        ids = np.insert(ids, np.cumsum(lengths)[has_eos], self.eos_token_id)
-        offsets = np.concatenate([[0], np.cumsum(lengths + has_eos)]).astype(np.int32)
+        non_empty = np.fromiter((bool(text) for text in texts), dtype=bool, count=len(texts))
+        pieces = chain.from_iterable((self.prefix, e.ids, (self.eos_token_id,)) if keep else ()
+                                     for e, keep in zip(encodings, non_empty))
+        lengths = np.where(non_empty, lengths + len(self.prefix) + 1, 0)
+        ids = np.fromiter(chain.from_iterable(pieces), dtype=np.int32, count=int(lengths.sum()))
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
         return ids, offsets
 
     def __call__(self, batch):
@@ -92,7 +98,7 @@ class DocumentTokenizer:
 
 def tokenize_split(split: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataArguments, name: str) -> Dataset:
     fingerprint = Hasher.hash((split._fingerprint, tokenizer.backend_tokenizer.to_str(),
-                               tokenizer.eos_token_id, TOKENIZE_FORMAT))
+                               tokenizer.eos_token_id, document_prefix(tokenizer), TOKENIZE_FORMAT))
     tokenized = split.with_format("arrow").map(
         DocumentTokenizer(tokenizer), batched=True, batch_size=data.tokenize_batch_size,
         num_proc=data.preprocessing_num_workers, remove_columns=split.column_names, features=TOKENIZED_FEATURES,

@@ -37,6 +37,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from hf_clm.tokenizer import document_prefix
+
 IGNORE_INDEX = -100
 # Logit elements computed at once (32M = 128 MB in float32): GPT-2's 50,257-token vocabulary at
 # batch 8 x 1,024 positions would otherwise need 1.6 GB, twice over inside cross-entropy.
@@ -352,8 +354,11 @@ def stream_scores(model, stream: torch.Tensor, window: int, stride: int, batch_s
 
 def evaluate_strided(model, tokenizer: PreTrainedTokenizerBase, texts: list[str], window: int, stride: int,
                      batch_size: int = 8, progress: bool = True) -> Evaluation:
-    """Documents + EOS as one stream, scored in strided windows."""
-    ids = [token for doc in document_ids(tokenizer, texts) if doc for token in (*doc, tokenizer.eos_token_id)]
+    """Documents + EOS as one stream (a Llama-style BOS before each, as in training blocks), scored
+    in strided windows."""
+    prefix = document_prefix(tokenizer)
+    ids = [token for doc in document_ids(tokenizer, texts) if doc
+           for token in (*prefix, *doc, tokenizer.eos_token_id)]
     scores = stream_scores(model, torch.tensor(ids, dtype=torch.long), window, stride, batch_size,
                            token_text(tokenizer), tokenizer.eos_token_id, progress)
     return Evaluation("strided", window, stride, scores, sum(1 for t in texts if t))

@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from hf_clm.errors import HfClmError
 from hf_clm.model import context_length
 from hf_clm.evaluation import Scores, model_device, next_token_log_probs, score_rows, shifted_targets
+from hf_clm.tokenizer import encode_document
 
 
 @dataclass
@@ -53,7 +54,7 @@ class Explanation:
 @torch.inference_mode()
 def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str, top_k: int = 5) -> Explanation:
     """Per-position targets, probabilities, ranks, top-k predictions and losses for ``text``."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = encode_document(tokenizer, text)  # as documents were in training: a Llama-style BOS first
     if len(ids) < 2:
         raise HfClmError(f"the text is {len(ids)} token(s) long; at least 2 are needed (one context, one target)")
     context = context_length(model.config)

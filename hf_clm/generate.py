@@ -10,6 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextStreamer,
 
 from hf_clm.errors import HfClmError
 from hf_clm.model import context_length
+from hf_clm.tokenizer import encode_document
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,9 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt:
     if problems:
         raise HfClmError("; ".join(problems))
     set_seed(sampling.seed)
-    inputs = tokenizer(prompt, return_tensors="pt", return_token_type_ids=False).to(model.device)
-    prompt_tokens = inputs["input_ids"].shape[1]
+    ids = torch.tensor([encode_document(tokenizer, prompt)], device=model.device)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    prompt_tokens = ids.shape[1]
     context = context_length(model.config)
     budget = new_token_budget(prompt_tokens, sampling.max_new_tokens, context)
     if budget < sampling.max_new_tokens:
@@ -68,7 +70,8 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt:
     output = model.generate(
         **inputs, max_new_tokens=budget, do_sample=not greedy,
         temperature=None if greedy else sampling.temperature, top_k=None if greedy else sampling.top_k,
-        top_p=None if greedy else sampling.top_p, pad_token_id=tokenizer.pad_token_id,
-        streamer=TextStreamer(tokenizer, skip_prompt=False) if stream else None,
+        top_p=None if greedy else sampling.top_p,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        streamer=TextStreamer(tokenizer, skip_prompt=False, skip_special_tokens=True) if stream else None,
     )
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -167,6 +167,24 @@ def reproduce_command(repo_id: str) -> str:
     return f"hf download {repo_id} recipe.yaml --local-dir . && hf-clm train recipe.yaml"
 
 
+EVALUATION_ROWS = (("perplexity", "perplexity", ".3f"), ("eval loss (nats/token)", "eval_loss", ".4f"),
+                   ("bits per byte", "bits_per_byte", ".4f"), ("evaluated tokens", "eval_tokens", ","))
+
+
+def evaluation_table(summary: dict[str, Any]) -> str:
+    """The run's figures; for a fine-tuning run, the base model's beside them."""
+    base = summary.get("base")
+    if base:
+        rows = [f"| {name} | {base[key]:{spec}} | {summary[key]:{spec}} |" for name, key, spec in EVALUATION_ROWS]
+        header = ["| metric | base model | fine-tuned |", "|---|---|---|"]
+    else:
+        rows = [f"| {name} | {summary[key]:{spec}} |" for name, key, spec in EVALUATION_ROWS]
+        header = ["| metric | value |", "|---|---|"]
+    if summary.get("unigram_perplexity"):
+        rows.append(f"| unigram baseline perplexity |{' – |' if base else ''} {summary['unigram_perplexity']:.2f} |")
+    return "\n".join(header + rows)
+
+
 def card_body(repo_id: str, summary: dict[str, Any], recipe: dict[str, Any], plots: list[str]) -> str:
     dataset_type, dataset_name = evaluation_dataset(recipe)
     vocab = summary.get("vocab_size", recipe.get("vocab_size"))  # what the BPE learned (vocab_size caps it)
@@ -176,11 +194,9 @@ def card_body(repo_id: str, summary: dict[str, Any], recipe: dict[str, Any], plo
     architecture = (f"LoRA adapter (r={recipe.get('lora_r')}) on {base}" if recipe.get("peft_method")
                     else f"fine-tuned from {base}" if base
                     else f"GPT-2-style, {recipe.get('n_layer')} layers x {recipe.get('n_embd')} wide, from scratch")
-    rows = [("perplexity", f"{summary['perplexity']:.3f}"), ("eval loss (nats/token)", f"{summary['eval_loss']:.4f}"),
-            ("bits per byte", f"{summary['bits_per_byte']:.4f}"), ("evaluated tokens", f"{summary['eval_tokens']:,}")]
-    if summary.get("unigram_perplexity"):
-        rows.append(("unigram baseline perplexity", f"{summary['unigram_perplexity']:.2f}"))
-    table = "\n".join(["| metric | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
+    table = evaluation_table(summary)
+    headline = (f"\n\nPerplexity {summary['base']['perplexity']:.1f} → {summary['perplexity']:.1f} on {dataset_name} "
+                f"(the base model before fine-tuning → this model)." if summary.get("base") else "")
     figures = "\n".join(f"![{Path(p).stem}]({p})" for p in plots)
     recipe_yaml = yaml.safe_dump(recipe, sort_keys=False).strip()
     return f"""# {repo_id.split('/')[-1]}
@@ -190,7 +206,7 @@ A causal language model trained with [hf_clm](https://github.com/hf-clm/hf_clm):
 ## Evaluation
 
 Perplexity = exp(token-weighted mean NLL) on the validation split of {dataset_name} ({dataset_type}),
-blocks of {summary['block_size']} tokens.
+blocks of {summary['block_size']} tokens.{headline}
 
 {table}
 

@@ -1,7 +1,13 @@
-"""Model: a GPT-2-style decoder sized by the recipe, or any pretrained ``AutoModelForCausalLM``."""
+"""Model: a GPT-2-style decoder sized by the recipe, or any pretrained ``AutoModelForCausalLM``
+(full fine-tune, LoRA, or QLoRA: LoRA on a 4-bit base through bitsandbytes).
+
+A pretrained model keeps its vocabulary and embeddings: nothing is resized, so a LoRA adapter
+saves the LoRA matrices (and any ``modules_to_save``) only, and a merged model matches its base
+model's tokenizer."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -46,32 +52,52 @@ def scratch_config(model: ModelArguments, tokenizer: PreTrainedTokenizerBase, bl
     )
 
 
+def check_4bit_possible(model: ModelArguments) -> None:
+    """QLoRA needs bitsandbytes and a CUDA GPU; say so before any data is read."""
+    if not model.load_in_4bit:
+        return
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise HfClmError("load_in_4bit needs bitsandbytes, which is not installed: pip install 'hf-clm[qlora]' "
+                         "(or drop load_in_4bit to train LoRA on the full-precision model)")
+    if not torch.cuda.is_available():
+        raise HfClmError("load_in_4bit needs a CUDA GPU and this machine has none; drop load_in_4bit to train "
+                         "LoRA on the full-precision model")
+
+
+def quantization_config(model: ModelArguments):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=model.bnb_4bit_quant_type,
+                              bnb_4bit_compute_dtype=getattr(torch, model.bnb_4bit_compute_dtype),
+                              bnb_4bit_use_double_quant=model.bnb_4bit_use_double_quant)
+
+
 def load_pretrained(model: ModelArguments) -> PreTrainedModel:
     require_hub("model_name_or_path", model.model_name_or_path, MODEL_ALTERNATIVE)
+    check_4bit_possible(model)
+    extra = {"quantization_config": quantization_config(model)} if model.load_in_4bit else {}
     try:
         return AutoModelForCausalLM.from_pretrained(model.model_name_or_path,
-                                                    attn_implementation=model.attn_implementation)
+                                                    attn_implementation=model.attn_implementation, **extra)
     except (OSError, ValueError) as err:
         raise HfClmError(f"cannot load a causal LM from '{model.model_name_or_path}': "
                          f"{str(err).splitlines()[0]}{offline_hint(MODEL_ALTERNATIVE)}") from None
 
 
-def fit_embeddings_to_tokenizer(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, added_tokens: int) -> None:
-    """Grow the embeddings for tokens this package added (the pad token); refuse any other mismatch."""
+def check_embeddings_fit_tokenizer(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Every token id must have an embedding row; the embeddings are never resized."""
     rows = lm.get_input_embeddings().num_embeddings
-    if len(tokenizer) <= rows:
-        return
-    if len(tokenizer) - added_tokens > rows:
+    if len(tokenizer) > rows:
         raise HfClmError(f"the tokenizer has {len(tokenizer)} tokens but the model's embeddings only "
                          f"{rows}; use the tokenizer the model was trained with")
-    lm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-    logger.info("Resized the embeddings from %d to %d rows for the added pad token", rows, len(tokenizer))
 
 
 def sync_special_token_ids(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """EOS, and a pad id for ``generate`` (EOS where the tokenizer has no pad token)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for config in (lm.config, lm.generation_config):
         if config is not None:
-            config.pad_token_id = tokenizer.pad_token_id
+            config.pad_token_id = pad
             config.eos_token_id = tokenizer.eos_token_id
 
 
@@ -81,19 +107,37 @@ def adaptable_layer_names(lm: PreTrainedModel) -> list[str]:
                    if isinstance(module, (torch.nn.Linear, Conv1D)) and name})
 
 
-def with_lora_adapter(lm: PreTrainedModel, model: ModelArguments) -> PreTrainedModel:
-    """The pretrained model with LoRA adapters on ``lora_target_modules``; only those train."""
-    from peft import LoraConfig, get_peft_model
+def module_names(lm: PreTrainedModel) -> list[str]:
+    """Names (last path component) of every named submodule, for ``modules_to_save``."""
+    return sorted({name.rsplit(".", 1)[-1] for name, _ in lm.named_modules() if name})
 
+
+def check_lora_names(lm: PreTrainedModel, model: ModelArguments) -> None:
     available = adaptable_layer_names(lm)
     missing = [name for name in model.lora_target_modules if name not in available]
     if missing:
         raise HfClmError(f"lora target_modules {', '.join(missing)} match no layer of {type(lm).__name__}; "
                          f"its adaptable layers are: {', '.join(available)}")
+    modules = module_names(lm)
+    missing = [name for name in model.lora_modules_to_save or [] if name not in modules]
+    if missing:
+        raise HfClmError(f"lora modules_to_save {', '.join(missing)} match no module of {type(lm).__name__}; "
+                         f"its modules are: {', '.join(modules)}")
+
+
+def with_lora_adapter(lm: PreTrainedModel, model: ModelArguments) -> PreTrainedModel:
+    """The pretrained model with LoRA adapters on ``lora_target_modules``; only those (and
+    ``lora_modules_to_save``) train, and only those are saved."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    check_lora_names(lm, model)
     targets = [m for n, m in lm.named_modules() if n.rsplit(".", 1)[-1] in model.lora_target_modules]
     config = LoraConfig(task_type="CAUSAL_LM", r=model.lora_r, lora_alpha=model.lora_alpha,
                         lora_dropout=model.lora_dropout, target_modules=list(model.lora_target_modules),
+                        modules_to_save=list(model.lora_modules_to_save) if model.lora_modules_to_save else None,
                         fan_in_fan_out=any(isinstance(m, Conv1D) for m in targets))  # Conv1D stores W transposed
+    if model.load_in_4bit:
+        lm = prepare_model_for_kbit_training(lm)
     adapted = get_peft_model(lm, config)
     trainable, total = adapted.get_nb_trainable_parameters()
     logger.info("LoRA r=%d on %s: %s trainable of %s parameters (%.3f%%)", model.lora_r,
@@ -101,12 +145,11 @@ def with_lora_adapter(lm: PreTrainedModel, model: ModelArguments) -> PreTrainedM
     return adapted
 
 
-def build_model(model: ModelArguments, tokenizer: PreTrainedTokenizerBase, block_size: int,
-                added_tokens: int = 0) -> PreTrainedModel:
+def build_model(model: ModelArguments, tokenizer: PreTrainedTokenizerBase, block_size: int) -> PreTrainedModel:
     """The model to train, checked against the tokenizer and the block size."""
     if model.model_name_or_path:
         lm = load_pretrained(model)
-        fit_embeddings_to_tokenizer(lm, tokenizer, added_tokens)
+        check_embeddings_fit_tokenizer(lm, tokenizer)
     else:
         lm = AutoModelForCausalLM.from_config(scratch_config(model, tokenizer, block_size),
                                               attn_implementation=model.attn_implementation)

@@ -25,7 +25,7 @@ from hf_clm.corpus import load_corpus, load_streaming_corpus, materialize_head, 
 from hf_clm.errors import HfClmError
 from hf_clm.hub import check_hub_sources
 from hf_clm.recipe import DataArguments, ModelArguments, Recipe
-from hf_clm.tokenizer import ensure_distinct_pad_token, load_pretrained_tokenizer, train_or_load_tokenizer
+from hf_clm.tokenizer import load_pretrained_tokenizer, train_or_load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,6 @@ STREAMING_TOKENIZER_DOCUMENTS = 10_000
 @dataclass
 class TrainingData:
     tokenizer: PreTrainedTokenizerBase
-    added_tokens: int  # tokens added to a pretrained tokenizer (the model needs as many new rows)
     train: Dataset | IterableDataset
     validation: Dataset
     counts: dict[str, TokenCounts]  # no "train" entry when the training split is streamed
@@ -64,9 +63,9 @@ def tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:
 
 def in_memory_data(recipe: Recipe) -> TrainingData:
     raw = load_corpus(recipe.data)  # its validation split is corpus.validation_split's
-    tokenizer, added = train_or_load_tokenizer(recipe.model, raw["train"])
+    tokenizer = train_or_load_tokenizer(recipe.model, raw["train"])
     blocks, counts = build_blocks(raw, tokenizer, recipe.data)
-    return TrainingData(tokenizer, added, blocks["train"], blocks["validation"], counts, *text_size(raw["validation"]))
+    return TrainingData(tokenizer, blocks["train"], blocks["validation"], counts, *text_size(raw["validation"]))
 
 
 def streamed_data(recipe: Recipe) -> TrainingData:
@@ -74,10 +73,10 @@ def streamed_data(recipe: Recipe) -> TrainingData:
     train, validation = load_streaming_corpus(data)
     tokenizer_corpus = materialize_head(data, "train", STREAMING_TOKENIZER_DOCUMENTS) \
         if recipe.model.train_tokenizer else validation
-    tokenizer, added = train_or_load_tokenizer(recipe.model, tokenizer_corpus)
+    tokenizer = train_or_load_tokenizer(recipe.model, tokenizer_corpus)
     blocks, counts = build_blocks(DatasetDict(validation=validation), tokenizer, data)
     train_blocks = stream_blocks(train, tokenizer, data, args.seed, args.process_index, args.world_size)
-    return TrainingData(tokenizer, added, train_blocks, blocks["validation"], counts, *text_size(validation))
+    return TrainingData(tokenizer, train_blocks, blocks["validation"], counts, *text_size(validation))
 
 
 def save_prepared(prepared: TrainingData, recipe: Recipe, path: str | Path) -> Path:
@@ -91,7 +90,6 @@ def save_prepared(prepared: TrainingData, recipe: Recipe, path: str | Path) -> P
         "block_size": recipe.data.block_size,
         "tokenizer": tokenizer_source(recipe.model, recipe.data),
         "tokenizer_digest": tokenizer_digest(prepared.tokenizer),
-        "added_tokens": prepared.added_tokens,
         "validation_bytes": prepared.validation_bytes,
         "validation_chars": prepared.validation_chars,
         "counts": {name: count.as_dict() for name, count in prepared.counts.items()},
@@ -123,25 +121,20 @@ def check_prepared_matches(description: dict[str, Any], tokenizer: PreTrainedTok
                          f"recipe's tokenizer is '{source}'; prepare it again with this recipe")
 
 
-def recipe_pretrained_tokenizer(model: ModelArguments) -> PreTrainedTokenizerBase:
-    tokenizer = load_pretrained_tokenizer(model.tokenizer_name_or_path or model.model_name_or_path)
-    ensure_distinct_pad_token(tokenizer)
-    return tokenizer
-
-
 def prepared_data(recipe: Recipe) -> TrainingData:
     path = Path(recipe.data.prepared_dataset)
     description = read_description(path)
     tokenizer = AutoTokenizer.from_pretrained(path / TOKENIZER_DIRNAME)
     # A trained BPE is compared by its recipe (the saved one is the product); a pretrained one by content.
-    reference = tokenizer if recipe.model.train_tokenizer else recipe_pretrained_tokenizer(recipe.model)
+    reference = tokenizer if recipe.model.train_tokenizer else load_pretrained_tokenizer(
+        recipe.model.tokenizer_name_or_path or recipe.model.model_name_or_path)
     check_prepared_matches(description, reference, recipe, path)
     blocks = load_from_disk(str(path))
     counts = {name: TokenCounts(**{k: v for k, v in count.items() if k not in ("kept", "dropped")})
               for name, count in description["counts"].items()}
     logger.info("Read prepared blocks from %s: %s", path,
                 ", ".join(f"{name} {len(split):,}" for name, split in blocks.items()))
-    return TrainingData(tokenizer, description["added_tokens"], blocks["train"], blocks["validation"], counts,
+    return TrainingData(tokenizer, blocks["train"], blocks["validation"], counts,
                         description["validation_bytes"], description["validation_chars"])
 
 

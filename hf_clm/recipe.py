@@ -78,6 +78,23 @@ class ModelArguments:
         metadata={"help": "Names of the layers that get adapters (peft: target_modules); GPT-2's fused "
                           "attention projection c_attn by default, as in the LoRA paper."},
     )
+    lora_modules_to_save: list[str] | None = field(
+        default=None,
+        metadata={"help": "Modules trained in full and saved with the adapter (peft: modules_to_save), "
+                          "e.g. lm_head; by default the adapter holds the LoRA matrices only."},
+    )
+    load_in_4bit: bool = field(
+        default=False,
+        metadata={"help": "QLoRA: load model_name_or_path quantized to 4 bits (bitsandbytes, CUDA only; "
+                          "pip install 'hf-clm[qlora]') and train LoRA adapters on it."},
+    )
+    bnb_4bit_quant_type: str = field(default="nf4", metadata={"help": "4-bit data type: nf4 or fp4."})
+    bnb_4bit_compute_dtype: str = field(
+        default="bfloat16", metadata={"help": "dtype of the matmuls on the 4-bit weights: bfloat16, float16 or float32."}
+    )
+    bnb_4bit_use_double_quant: bool = field(
+        default=True, metadata={"help": "Quantize the quantization constants too (about 0.4 bits per parameter saved)."}
+    )
 
 
 @dataclass
@@ -430,8 +447,11 @@ def unknown_key_message(key: str, where: str) -> str:
 
 # The YAML `peft:` section and the recipe keys its entries stand for.
 PEFT_SECTION = {"method": "peft_method", "r": "lora_r", "lora_alpha": "lora_alpha",
-                "lora_dropout": "lora_dropout", "target_modules": "lora_target_modules"}
+                "lora_dropout": "lora_dropout", "target_modules": "lora_target_modules",
+                "modules_to_save": "lora_modules_to_save"}
 PEFT_METHODS = ("lora",)
+BNB_4BIT_QUANT_TYPES = ("nf4", "fp4")
+BNB_4BIT_COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
 
 
 def flatten_peft_section(values: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -611,6 +631,14 @@ def recipe_problems(recipe: Recipe) -> list[str]:
         problems.append(f"peft method must be one of {', '.join(PEFT_METHODS)}, not '{model.peft_method}'")
     if model.peft_method and not model.model_name_or_path:
         problems.append("peft fine-tunes a pretrained model: set model_name_or_path (a checkpoint or Hub id)")
+    if model.load_in_4bit and model.peft_method != "lora":
+        problems.append("load_in_4bit trains LoRA adapters on a 4-bit base (QLoRA): add peft: {method: lora}")
+    if model.bnb_4bit_quant_type not in BNB_4BIT_QUANT_TYPES:
+        problems.append(f"bnb_4bit_quant_type must be one of {', '.join(BNB_4BIT_QUANT_TYPES)}, "
+                        f"not '{model.bnb_4bit_quant_type}'")
+    if model.bnb_4bit_compute_dtype not in BNB_4BIT_COMPUTE_DTYPES:
+        problems.append(f"bnb_4bit_compute_dtype must be one of {', '.join(BNB_4BIT_COMPUTE_DTYPES)}, "
+                        f"not '{model.bnb_4bit_compute_dtype}'")
     if recipe.run.merge_adapter and not model.peft_method:
         problems.append("merge_adapter: true needs a peft adapter (peft: {method: lora})")
     if not model.model_name_or_path and model.n_head > 0 and model.n_embd % model.n_head:

@@ -1,7 +1,8 @@
 """Report: a run's (or several runs') perplexity table and learning curves, as Markdown, JSON and PNG.
 
 Everything comes from files a finished run already holds: ``perplexity.json`` and Trainer's
-``trainer_state.json`` log history.
+``trainer_state.json`` log history. A fine-tuning run shows its base model beside it
+(base -> fine-tuned perplexity and bits per byte; the curves start at the base evaluation).
 """
 
 from __future__ import annotations
@@ -110,7 +111,12 @@ def plot_curves(runs: list[dict[str, Any]], out_dir: Path) -> list[Path]:
             if train:
                 loss_ax.plot([e[x_key] for e in train], [e["loss"] for e in train], label=name)
             if evals:
-                ppl_ax.plot([e[x_key] for e in evals], [e["eval_perplexity"] for e in evals], marker="o", label=name)
+                line, = ppl_ax.plot([e[x_key] for e in evals], [e["eval_perplexity"] for e in evals], marker="o",
+                                    label=name)
+                if run.get("base") and evals[0].get("step") == 0:
+                    ppl_ax.annotate(f"base {run['base']['perplexity']:.1f}",
+                                    (evals[0][x_key], evals[0]["eval_perplexity"]), textcoords="offset points",
+                                    xytext=(6, 4), color=line.get_color())
         loss_ax.set(title="Training loss", xlabel=x_label, ylabel="loss (nats/token)")
         ppl_ax.set(title="Validation perplexity", xlabel=x_label, ylabel="perplexity (log scale)")
         if ppl_ax.lines:
@@ -136,19 +142,29 @@ def fmt(value: Any, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
+def before_after(run: dict[str, Any], key: str, spec: str) -> str:
+    """``29.41 → 21.70`` for a fine-tuning run (base model, then the trained one); else the value."""
+    base = (run.get("base") or {}).get(key)
+    return fmt(run.get(key), spec) if base is None else f"{fmt(base, spec)} → {fmt(run.get(key), spec)}"
+
+
 def markdown(runs: list[dict[str, Any]], plots: list[Path]) -> str:
     lines = ["# Perplexity report", "",
              "| run | perplexity | unigram baseline | bits/byte | parameters | train tokens | training time (s) | "
              "train tokens/s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
-        lines.append(f"| {r['name']} | {fmt(r['perplexity'], '.2f')} | {fmt(r.get('unigram_perplexity'), '.2f')} | "
-                     f"{fmt(r.get('bits_per_byte'), '.4f')} | {fmt(r.get('parameters'), ',')} | "
-                     f"{fmt(r.get('train_tokens_seen'), ',')} | {fmt(r.get('train_seconds'), '.1f')} | "
-                     f"{fmt(r.get('train_tokens_per_second'), ',.0f')} |")
+        lines.append(f"| {r['name']} | {before_after(r, 'perplexity', '.2f')} | "
+                     f"{fmt(r.get('unigram_perplexity'), '.2f')} | {before_after(r, 'bits_per_byte', '.4f')} | "
+                     f"{fmt(r.get('parameters'), ',')} | {fmt(r.get('train_tokens_seen'), ',')} | "
+                     f"{fmt(r.get('train_seconds'), '.1f')} | {fmt(r.get('train_tokens_per_second'), ',.0f')} |")
     lines += ["", "Perplexity = exp(total NLL / predicted tokens) on the validation blocks; bits/byte divides "
                   "the same total NLL, in bits, by the UTF-8 bytes those tokens stand for. Training time leaves out "
-                  "evaluation and saving; train tokens/s = train tokens / training time.", ""]
+                  "evaluation and saving; train tokens/s = train tokens / training time."]
+    if any(r.get("base") for r in runs):
+        lines += ["A → B: the pretrained base model evaluated before the first step (A), then the fine-tuned "
+                  "model (B), on the same validation blocks."]
+    lines.append("")
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"
 

@@ -1,9 +1,13 @@
 """Tokenizer: a pretrained fast tokenizer, or a byte-level BPE trained on the training split.
 
-Whatever the source, the tokenizer leaves here with an EOS token and a *different* pad token.
-``DataCollatorForLanguageModeling`` sets every label equal to ``pad_token_id`` to -100, so with
-pad = EOS (GPT-2's usual work-around) the model is never taught where a document ends
-(transformers issue #23530).
+A pretrained tokenizer leaves here exactly as it was loaded: no token is added, so a fine-tuned
+model keeps its base vocabulary and embeddings (and a LoRA adapter holds the LoRA matrices only).
+It may have no pad token, or pad = EOS (GPT-2, many Llama fine-tunes): the collator then masks
+labels by the attention mask, so EOS stays a target (see ``trainer.causal_lm_collator``). A BPE
+trained here has its own ``<|pad|>``.
+
+:func:`encode_document` is the one rule for how a document becomes ids (a Llama-style tokenizer's
+BOS first), used by training blocks, ``generate``, ``explain`` and ``perplexity`` alike.
 """
 
 from __future__ import annotations
@@ -81,30 +85,34 @@ def load_pretrained_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     if not tokenizer.is_fast:
         raise HfClmError(f"the tokenizer of '{name_or_path}' has no fast (Rust) version; hf_clm needs one")
     if tokenizer.eos_token is None:
-        raise HfClmError(f"the tokenizer of '{name_or_path}' has no EOS token to mark document ends")
+        raise HfClmError(f"the tokenizer of '{name_or_path}' has no EOS token to mark where documents end; "
+                         f"set tokenizer_name_or_path to one that has (or add eos_token to its tokenizer_config.json)")
     return tokenizer
 
 
-def ensure_distinct_pad_token(tokenizer: PreTrainedTokenizerBase) -> int:
-    """Give the tokenizer a pad token other than EOS; returns how many tokens were added (0 or 1)."""
-    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
-        return 0
-    if PAD_TOKEN in tokenizer.get_vocab():
-        tokenizer.pad_token = PAD_TOKEN
-        return 0
-    added = tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
-    logger.info("Added pad token %s (id %d) so that EOS labels stay supervised", PAD_TOKEN, tokenizer.pad_token_id)
-    return added
+def document_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The ids a document starts with: those the tokenizer itself puts before a text (the BOS of
+    a Llama-style tokenizer), or none (GPT-2-style, where a document follows the previous one's EOS)."""
+    probe = "a"
+    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    special = tokenizer(probe)["input_ids"]
+    start = next((i for i in range(len(special) - len(plain) + 1) if special[i:i + len(plain)] == plain), 0)
+    return list(special[:start])
 
 
-def train_or_load_tokenizer(model: ModelArguments, train: Dataset) -> tuple[PreTrainedTokenizerBase, int]:
-    """The run's tokenizer and the number of tokens this function added to it (a pad token at most)."""
+def encode_document(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """A text as the model saw documents in training: the document prefix, then the text's ids
+    (no EOS: at inference the text goes on)."""
+    return document_prefix(tokenizer) + tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def train_or_load_tokenizer(model: ModelArguments, train: Dataset) -> PreTrainedTokenizerBase:
+    """The run's tokenizer: the BPE trained (or cached) for this corpus, or the pretrained one, unchanged."""
     if model.train_tokenizer:
         tokenizer = cached_bpe_tokenizer(train, model.vocab_size)
         if len(tokenizer) < model.vocab_size:
             logger.warning("The BPE learned %s tokens, fewer than vocab_size %s: no more pairs occur twice in the "
                            "training text. The model's vocabulary is %s (vocab_size is an upper bound)",
                            f"{len(tokenizer):,}", f"{model.vocab_size:,}", f"{len(tokenizer):,}")
-    else:
-        tokenizer = load_pretrained_tokenizer(model.tokenizer_name_or_path or model.model_name_or_path)
-    return tokenizer, ensure_distinct_pad_token(tokenizer)
+        return tokenizer
+    return load_pretrained_tokenizer(model.tokenizer_name_or_path or model.model_name_or_path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from hf_clm.checkpoints import check_output_dir, clear_previous_run, resume_chec
 from hf_clm.errors import HfClmError
 from hf_clm.evaluation import unigram_scores
 from hf_clm.hub import PushTarget, check_hub_access, check_hub_sources, push_run
-from hf_clm.model import build_model, merge_adapter
+from hf_clm.model import build_model, check_4bit_possible, merge_adapter
 from hf_clm.prepare import TrainingData, training_data
 from hf_clm.recipe import Recipe, save_recipe
 from hf_clm.report import write_report
@@ -47,13 +46,29 @@ def check_fills_a_step(counts: dict[str, TokenCounts], args: TrainingArguments) 
             f"steps; lower the batch size or accumulation, or add text")
 
 
-def perplexity_summary(metrics: dict[str, float], model: PreTrainedModel, data: TrainingData,
-                       tokens_seen: int, unigram_perplexity: float | None) -> dict[str, Any]:
+def evaluation_figures(metrics: dict[str, float]) -> dict[str, float]:
+    """Perplexity, loss, bits per byte and tokens of one evaluation (Trainer's ``eval_*`` logs)."""
     return {
         "perplexity": metrics["eval_perplexity"],
         "eval_loss": metrics["eval_loss"],
         "bits_per_byte": metrics["eval_bits_per_byte"],
         "eval_tokens": metrics["eval_tokens"],
+    }
+
+
+def base_model_metrics(log_history: list[dict[str, float]]) -> dict[str, float] | None:
+    """The evaluation logged before the first step (``eval_on_start``): the pretrained model as it was."""
+    return next((entry for entry in log_history if "eval_loss" in entry and entry.get("step") == 0), None)
+
+
+def perplexity_summary(metrics: dict[str, float], model: PreTrainedModel, data: TrainingData,
+                       tokens_seen: int, unigram_perplexity: float | None,
+                       base: dict[str, float] | None = None) -> dict[str, Any]:
+    """The run's figures; with ``base`` (a fine-tuning run), the base model's figures on the same
+    validation set under ``"base"``."""
+    return {
+        **evaluation_figures(metrics),
+        **({"base": evaluation_figures(base)} if base else {}),
         "unigram_perplexity": unigram_perplexity,
         "parameters": model.num_parameters(),
         "trainable_parameters": trainable_parameters(model),
@@ -92,6 +107,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
     check_output_dir(output_dir, resume, recipe.run.overwrite_output_dir)
     check_hub_sources(recipe.model, recipe.data)
     push = hub_push_target(args)
+    check_4bit_possible(recipe.model)
     if recipe.run.overwrite_output_dir and args.should_save:
         clear_previous_run(output_dir)
     set_seed(args.seed)
@@ -100,7 +116,9 @@ def run(recipe: Recipe) -> dict[str, Any]:
         data = training_data(recipe)
     check_blocks(data.counts, recipe.data.block_size)
     check_fills_a_step(data.counts, args)
-    model = build_model(recipe.model, data.tokenizer, recipe.data.block_size, data.added_tokens)
+    model = build_model(recipe.model, data.tokenizer, recipe.data.block_size)
+    if recipe.model.model_name_or_path and resume is None:
+        args.eval_on_start = True  # the base model's perplexity, for the before/after comparison
 
     if args.should_save:
         save_recipe(recipe, output_dir)
@@ -112,7 +130,8 @@ def run(recipe: Recipe) -> dict[str, Any]:
     metrics = final_eval_metrics(trainer)
     unigram = None if data.streamed else \
         unigram_scores(data.train, data.validation, len(data.tokenizer)).perplexity
-    summary = perplexity_summary(metrics, model, data, trainer.state.num_input_tokens_seen, unigram)
+    summary = perplexity_summary(metrics, model, data, trainer.state.num_input_tokens_seen, unigram,
+                                 base_model_metrics(trainer.state.log_history))
     summary.update(training_throughput(trainer, trainer.meter))
     if trainer.is_world_process_zero():
         if recipe.run.merge_adapter:
@@ -138,6 +157,10 @@ def format_summary(summary: dict[str, Any], output_dir: Path) -> str:
         f" {summary['eval_tokens']:,} tokens)",
         f"bits per byte          {summary['bits_per_byte']:.4f}",
     ]
+    if "base" in summary:
+        base = summary["base"]
+        lines.append(f"base model             perplexity {base['perplexity']:.2f} -> {summary['perplexity']:.2f}, "
+                     f"bits per byte {base['bits_per_byte']:.4f} -> {summary['bits_per_byte']:.4f}")
     if summary["unigram_perplexity"] is not None:
         lines.append(f"unigram baseline       {summary['unigram_perplexity']:.2f}  "
                      f"({baseline_comparison(summary['perplexity'], summary['unigram_perplexity'])})")

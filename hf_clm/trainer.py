@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from datasets import IterableDataset
 from torch.utils.data import DataLoader
-from transformers import DataCollatorForLanguageModeling, EvalPrediction, PreTrainedModel, Trainer
+from transformers import (DataCollatorForLanguageModeling, EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase,
+                          Trainer)
 
-from hf_clm.evaluation import NLL, TARGETS, Scores, TokenText, perplexity_from_loss, token_text, trainer_scores
+from hf_clm.evaluation import (IGNORE_INDEX, NLL, TARGETS, Scores, TokenText, perplexity_from_loss, token_text,
+                               trainer_scores)
 from hf_clm.prepare import TrainingData
 from hf_clm.recipe import Recipe
 from hf_clm.throughput import ThroughputMeter, flops_per_token, total_peak_flops
@@ -85,10 +90,36 @@ def corpus_figures(prediction: EvalPrediction) -> dict[str, float]:
             "bits_per_char": scores.bits_per_char}
 
 
+@dataclass
+class PaddingOnlyMaskCollator(DataCollatorForLanguageModeling):
+    """``DataCollatorForLanguageModeling(mlm=False)`` whose labels are -100 where the attention mask
+    says padding, and only there. The parent masks every label equal to ``pad_token_id``, which
+    with pad = EOS would hide every document end from the loss (transformers issue #23530)."""
+
+    def torch_call(self, examples):
+        batch = super().torch_call(examples)
+        if not self.mlm and "attention_mask" in batch:
+            batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
+        return batch
+
+
+def causal_lm_collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorForLanguageModeling:
+    """The run's collator. A tokenizer with a pad token of its own (a BPE trained here) goes to
+    ``DataCollatorForLanguageModeling(mlm=False)`` as it is; one whose pad is EOS or missing (GPT-2,
+    Llama) gets a padding-only label mask, and a copy padded with EOS where it has no pad, so the
+    run's tokenizer (saved with the model) stays the base one."""
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    if tokenizer.pad_token_id is None:
+        tokenizer = copy.deepcopy(tokenizer)
+        tokenizer.pad_token = tokenizer.eos_token
+    return PaddingOnlyMaskCollator(tokenizer, mlm=False)
+
+
 def build_trainer(recipe: Recipe, model: PreTrainedModel, data: TrainingData) -> CausalLMTrainer:
     return CausalLMTrainer(
         model=model, args=recipe.training, train_dataset=data.train, eval_dataset=data.validation,
-        data_collator=DataCollatorForLanguageModeling(data.tokenizer, mlm=False), processing_class=data.tokenizer,
+        data_collator=causal_lm_collator(data.tokenizer), processing_class=data.tokenizer,
         flops_per_token=flops_per_token(model, recipe.data.block_size),
         peak_flops=total_peak_flops(recipe.run, recipe.training),
     )

@@ -61,11 +61,9 @@ def bpe_tokenizer():
     """A byte-level BPE trained by the package on a generated corpus."""
     from datasets import Dataset
 
-    from hf_clm.tokenizer import ensure_distinct_pad_token, train_bpe_tokenizer
+    from hf_clm.tokenizer import train_bpe_tokenizer
 
-    tokenizer = train_bpe_tokenizer(Dataset.from_dict({"text": make_documents(200, seed=3)}), vocab_size=400)
-    ensure_distinct_pad_token(tokenizer)
-    return tokenizer
+    return train_bpe_tokenizer(Dataset.from_dict({"text": make_documents(200, seed=3)}), vocab_size=400)
 
 
 def recipe_args(text_files: dict[str, Path], output_dir: Path, *extra: str) -> list[str]:

@@ -5,7 +5,6 @@ import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 import yaml
 from transformers import AutoModelForCausalLM, GPT2Config
 

@@ -36,13 +36,13 @@ def test_tokenizer_larger_than_embeddings_is_an_error(bpe_tokenizer, tmp_path):
 
 
 @requires_shared_data
-def test_pretrained_checkpoint_grows_embeddings_for_the_added_pad_token():
+def test_pretrained_checkpoint_keeps_its_embeddings_and_gets_eos_as_generation_pad():
     from datasets import Dataset
 
     from hf_clm.tokenizer import train_or_load_tokenizer
 
     args = ModelArguments(model_name_or_path=str(SHARED_DATA / "tiny-gpt2"))
-    tokenizer, added = train_or_load_tokenizer(args, Dataset.from_dict({"text": ["x"]}))
-    model = build_model(args, tokenizer, block_size=64, added_tokens=added)
-    assert model.get_input_embeddings().num_embeddings == len(tokenizer)
-    assert model.config.pad_token_id == tokenizer.pad_token_id != tokenizer.eos_token_id
+    tokenizer = train_or_load_tokenizer(args, Dataset.from_dict({"text": ["x"]}))
+    model = build_model(args, tokenizer, block_size=64)
+    assert model.get_input_embeddings().num_embeddings == len(tokenizer) == 50257
+    assert model.generation_config.pad_token_id == tokenizer.eos_token_id

@@ -1,10 +1,11 @@
 import torch
 from datasets import Dataset
-from transformers import AutoTokenizer, DataCollatorForLanguageModeling
+from transformers import AutoTokenizer
 
 from conftest import SHARED_DATA, make_documents, requires_shared_data
 from hf_clm.recipe import ModelArguments
 from hf_clm.tokenizer import EOS_TOKEN, PAD_TOKEN, train_or_load_tokenizer
+from hf_clm.trainer import causal_lm_collator
 
 
 def train_split(extra: str = "") -> Dataset:
@@ -12,16 +13,15 @@ def train_split(extra: str = "") -> Dataset:
 
 
 def eos_labels_supervised(tokenizer) -> bool:
-    """Do EOS positions keep their label through DataCollatorForLanguageModeling(mlm=False)?"""
+    """Do EOS positions keep their label through the run's collator?"""
     ids = tokenizer("the cat sat")["input_ids"] + [tokenizer.eos_token_id] + tokenizer("on the mat")["input_ids"]
-    batch = DataCollatorForLanguageModeling(tokenizer, mlm=False)([{"input_ids": ids}])
+    batch = causal_lm_collator(tokenizer)([{"input_ids": ids}])
     eos_positions = torch.tensor(ids) == tokenizer.eos_token_id
     return bool(eos_positions.any()) and bool((batch["labels"][0][eos_positions] == tokenizer.eos_token_id).all())
 
 
 def test_trained_bpe_has_separate_eos_and_pad_and_reloads(tmp_path):
-    tokenizer, added = train_or_load_tokenizer(ModelArguments(train_tokenizer=True, vocab_size=300), train_split())
-    assert added == 0
+    tokenizer = train_or_load_tokenizer(ModelArguments(train_tokenizer=True, vocab_size=300), train_split())
     assert tokenizer.eos_token == EOS_TOKEN and tokenizer.pad_token == PAD_TOKEN
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
     assert len(tokenizer) == 300
@@ -35,9 +35,9 @@ def test_trained_bpe_has_separate_eos_and_pad_and_reloads(tmp_path):
 
 def test_bpe_learns_from_the_training_split_only():
     word = "zyzzogeton"
-    with_word, _ = train_or_load_tokenizer(ModelArguments(train_tokenizer=True, vocab_size=400),
+    with_word = train_or_load_tokenizer(ModelArguments(train_tokenizer=True, vocab_size=400),
                                            train_split(extra=f"{word} " * 200))
-    without, _ = train_or_load_tokenizer(ModelArguments(train_tokenizer=True, vocab_size=400), train_split())
+    without = train_or_load_tokenizer(ModelArguments(train_tokenizer=True, vocab_size=400), train_split())
     assert len(with_word.tokenize(" " + word)) == 1
     assert len(without.tokenize(" " + word)) > 3
 
@@ -45,26 +45,24 @@ def test_bpe_learns_from_the_training_split_only():
 def test_trained_tokenizer_is_cached_per_training_split():
     args = ModelArguments(train_tokenizer=True, vocab_size=320)
     split = train_split()
-    first, _ = train_or_load_tokenizer(args, split)
-    second, _ = train_or_load_tokenizer(args, split)
+    first = train_or_load_tokenizer(args, split)
+    second = train_or_load_tokenizer(args, split)
     assert first.get_vocab() == second.get_vocab()
     assert type(second).__name__ == type(first).__name__
 
 
 @requires_shared_data
-def test_pretrained_gpt2_tokenizer_gets_a_pad_token_distinct_from_eos():
-    tokenizer, added = train_or_load_tokenizer(
-        ModelArguments(tokenizer_name_or_path=str(SHARED_DATA / "tiny-gpt2")), train_split())
-    assert tokenizer.eos_token_id == 50256
-    assert tokenizer.pad_token_id != tokenizer.eos_token_id
-    assert added == (1 if tokenizer.pad_token_id == 50257 else 0)
-    assert eos_labels_supervised(tokenizer)
+def test_pretrained_gpt2_tokenizer_is_left_as_it_is():
+    tokenizer = train_or_load_tokenizer(ModelArguments(tokenizer_name_or_path=str(SHARED_DATA / "tiny-gpt2")),
+                                        train_split())
+    assert tokenizer.eos_token_id == 50256 and len(tokenizer) == 50257
+    assert tokenizer.pad_token is None  # no token added: the base vocabulary stays as it is
 
 
 def test_vocab_size_beyond_what_the_corpus_holds_is_said(caplog):
     import logging
 
     with caplog.at_level(logging.WARNING, logger="hf_clm.tokenizer"):
-        tokenizer, _ = train_or_load_tokenizer(ModelArguments(train_tokenizer=True, vocab_size=100_000), train_split())
+        tokenizer = train_or_load_tokenizer(ModelArguments(train_tokenizer=True, vocab_size=100_000), train_split())
     assert len(tokenizer) < 100_000
     assert f"The BPE learned {len(tokenizer):,} tokens, fewer than vocab_size 100,000" in caplog.text
