@@ -41,8 +41,9 @@ def default_recipe_path() -> Path:
 
 
 def train_command(argv: list[str]) -> int:
+    from hf_clm.distributed import use_cpu_collectives_without_gpu
     from hf_clm.recipe import parse_recipe
-    from hf_clm.train import run, use_cpu_collectives_without_gpu
+    from hf_clm.train import run
 
     use_cpu_collectives_without_gpu()
 

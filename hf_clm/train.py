@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import PreTrainedModel, TrainingArguments, set_seed
 
 from hf_clm.artifacts import PERPLEXITY_FILENAME, write_json
@@ -60,13 +58,6 @@ def perplexity_summary(metrics: dict[str, float], model: PreTrainedModel, data: 
         "train_tokens_seen": tokens_seen,
         "block_size": data.counts["validation"].block_size,
     }
-
-
-def use_cpu_collectives_without_gpu() -> None:
-    """Several processes and no GPU (torchrun on CPU): have accelerate use gloo, as
-    ``accelerate launch`` with a MULTI_CPU config does, instead of one lone process per rank."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
-        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
 
 
 def hub_push_target(args: TrainingArguments) -> tuple[PushTarget, str] | None:

@@ -8,6 +8,7 @@ from datasets import IterableDataset
 from torch.utils.data import DataLoader
 from transformers import DataCollatorForLanguageModeling, EvalPrediction, PreTrainedModel, Trainer
 
+from hf_clm.distributed import check_parallelism_took_effect, shard_on_cpu
 from hf_clm.evaluation import NLL, TARGETS, Scores, TokenText, perplexity_from_loss, token_text, trainer_scores
 from hf_clm.prepare import TrainingData
 from hf_clm.recipe import Recipe
@@ -31,6 +32,12 @@ class CausalLMTrainer(Trainer):
         self.token_text = TokenText(text.bytes.to(self.args.device), text.chars.to(self.args.device))
         self.meter = ThroughputMeter(flops_per_token, peak_flops)
         self.add_callback(self.meter)
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        if shard_on_cpu(self.accelerator, self.args):
+            self.is_fsdp_enabled = True
+        check_parallelism_took_effect(self.accelerator, self.args)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
