@@ -16,7 +16,7 @@ import os
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, str_to_bool
-from transformers import TrainingArguments
+from transformers import PreTrainedModel, TrainingArguments
 
 from hf_clm.errors import HfClmError
 
@@ -45,6 +45,36 @@ def use_cpu_collectives_without_gpu() -> None:
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
 
 
+def requested_fsdp_version(args: TrainingArguments) -> int:
+    if args.fsdp_plugin_args is not None:
+        return int(args.fsdp_plugin_args.get("fsdp_version", 2))
+    return int(os.environ.get("FSDP_VERSION", "1"))  # accelerate's own default when the launch says nothing
+
+
+def check_launch(args: TrainingArguments) -> None:
+    """Before any data is read: sharding that cannot run in this launch is a one-line error."""
+    if fsdp_requested(args) and "LOCAL_RANK" not in os.environ:
+        raise HfClmError("FSDP needs a distributed launch: run 'accelerate launch --config_file "
+                         "recipes/accelerate/fsdp.yaml -m hf_clm train ...' (or torchrun) instead of a plain process")
+    if torch.cuda.is_available():
+        return
+    if fsdp_requested(args) and requested_fsdp_version(args) != 2:
+        raise HfClmError("FSDP on CPU needs FSDP2: set fsdp_version: 2 in the accelerate config "
+                         "(or pass --fsdp_version 2 to accelerate launch)")
+    if deepspeed_requested(args):
+        raise HfClmError("DeepSpeed needs CUDA GPUs and none is visible; on CPU launch with "
+                         "recipes/accelerate/fsdp.yaml (--mixed_precision no) or cpu-2proc.yaml instead")
+
+
+def with_tied_weights_aliased(model: PreTrainedModel, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict gathered from shards holds tied weights (GPT-2's lm_head and wte) as two equal
+    copies; alias them again so ``save_pretrained`` writes one, as for an unsharded model."""
+    for target, source in getattr(model, "all_tied_weights_keys", {}).items():
+        if target in state_dict and source in state_dict and torch.equal(state_dict[target], state_dict[source]):
+            state_dict[target] = state_dict[source]
+    return state_dict
+
+
 def fsdp_plugin(args: TrainingArguments) -> FullyShardedDataParallelPlugin:
     """The plugin Trainer would have built: from the recipe's ``fsdp_config``, else from the launch's
     ``FSDP_*`` environment."""
@@ -59,9 +89,6 @@ def shard_on_cpu(accelerator: Accelerator, args: TrainingArguments) -> bool:
     if state.distributed_type != DistributedType.MULTI_CPU or not fsdp_requested(args):
         return False
     plugin = fsdp_plugin(args)
-    if plugin.fsdp_version != 2:
-        raise HfClmError("FSDP on CPU needs FSDP2: set fsdp_version: 2 in the accelerate config "
-                         "(or --fsdp_version 2 on accelerate launch)")
     if state.mixed_precision != "no":
         plugin.set_mixed_precision(state.mixed_precision)
     # AcceleratorState copies PartialState's type each time it is instantiated again: set both.
@@ -81,5 +108,4 @@ def check_parallelism_took_effect(accelerator: Accelerator, args: TrainingArgume
     if deepspeed_requested(args) and got != DistributedType.DEEPSPEED:
         raise HfClmError(f"the launch asked for DeepSpeed but accelerate set up {got.value} "
                          f"({accelerator.num_processes} process(es), device {accelerator.device.type}); "
-                         f"DeepSpeed needs CUDA GPUs: on CPU use recipes/accelerate/fsdp.yaml "
-                         f"(--mixed_precision no) or cpu-2proc.yaml instead")
+                         f"check the accelerate config and the launch command")

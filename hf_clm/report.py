@@ -12,6 +12,7 @@ from typing import Any
 
 from hf_clm.artifacts import write_json, write_text_atomic
 from hf_clm.errors import HfClmError
+from hf_clm.run_record import describe
 
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
 COMPARISON_KIND = "perplexity comparison"  # report.json of `hf-clm perplexity --output`
@@ -105,6 +106,10 @@ def markdown(runs: list[dict[str, Any]], plots: list[Path]) -> str:
                      f"{fmt(r.get('train_tokens_per_second'), ',.0f')} |")
     lines += ["", "Perplexity = exp(total NLL / predicted tokens) on the validation blocks; bits/byte divides "
                   "the same total NLL, in bits, by the UTF-8 bytes those tokens stand for.", ""]
+    recorded = [r for r in runs if r.get("run")]
+    if recorded:
+        lines += ["How each run ran (as recorded by the run itself, not as configured):", ""]
+        lines += [f"- {r['name']}: {describe(r['run'])}" for r in recorded] + [""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"
 

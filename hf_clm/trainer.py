@@ -8,7 +8,7 @@ from datasets import IterableDataset
 from torch.utils.data import DataLoader
 from transformers import DataCollatorForLanguageModeling, EvalPrediction, PreTrainedModel, Trainer
 
-from hf_clm.distributed import check_parallelism_took_effect, shard_on_cpu
+from hf_clm.distributed import check_parallelism_took_effect, shard_on_cpu, with_tied_weights_aliased
 from hf_clm.evaluation import NLL, TARGETS, Scores, TokenText, perplexity_from_loss, token_text, trainer_scores
 from hf_clm.prepare import TrainingData
 from hf_clm.recipe import Recipe
@@ -45,6 +45,11 @@ class CausalLMTrainer(Trainer):
             rows = trainer_scores(model, inputs, self.token_text)
         loss = rows[:, NLL].sum() / rows[:, TARGETS].sum().clamp(min=1)
         return loss, rows, rows
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        if state_dict and self.is_fsdp_enabled:
+            state_dict = with_tied_weights_aliased(self.accelerator.unwrap_model(self.model), state_dict)
+        super()._save(output_dir, state_dict)
 
     def evaluate(self, *args, **kwargs):
         with self.meter.paused():
