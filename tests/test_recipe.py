@@ -90,3 +90,9 @@ def test_every_recipe_parses_and_starts_with_its_command(path):
     assert recipe.training.output_dir == values["output_dir"]
     assert all(getattr(recipe.model, k, getattr(recipe.data, k, None)) == v for k, v in values.items()
                if hasattr(recipe.model, k) or hasattr(recipe.data, k))
+
+
+def test_ddp_does_not_search_for_unused_parameters_by_default_and_a_recipe_can_turn_it_on(tmp_path):
+    path = write_recipe(tmp_path, "builtin_corpus: python-stdlib\ntrain_tokenizer: true\n")
+    assert parse_recipe([path]).training.ddp_find_unused_parameters is False
+    assert parse_recipe([path, "--ddp_find_unused_parameters", "true"]).training.ddp_find_unused_parameters is True
