@@ -42,9 +42,11 @@ def ddp_rows(quick: bool, corpus: Path, folder: Path) -> list[dict]:
     for run in range(repeats):
         for find_unused in (True, False):
             rates[find_unused].append(ddp_tokens_per_second(corpus, folder, find_unused, steps, run))
-    before, after = statistics.median(rates[True]), statistics.median(rates[False])
-    spread = " / ".join(f"{a / b:.2f}" for a, b in zip(rates[False], rates[True]))
+    # each pair ran back to back, so its ratio is what drift on a shared machine disturbs least
+    pairs = [after / before for after, before in zip(rates[False], rates[True])]
+    ratio = statistics.median(pairs)
     return [{"stage": "train 2-process DDP (CPU, gloo)", "what": "ddp_find_unused_parameters false (package default) "
-             "vs true (Trainer's choice)", "ratio": after / before, "target": "≥ 1", "met": after >= before,
-             "context": f"median {after:,.0f} vs {before:,.0f} tokens/s over {repeats} alternating pairs "
-                        f"(per-pair ratios {spread}); GPT-2 4×256, block 128, 2×8 blocks per step, {steps} steps"}]
+             "vs true (Trainer's choice)", "ratio": ratio, "target": "≥ 1", "met": ratio >= 1,
+             "context": f"median of {repeats} alternating pairs (ratios {' / '.join(f'{r:.2f}' for r in pairs)}); "
+                        f"median {statistics.median(rates[False]):,.0f} vs {statistics.median(rates[True]):,.0f} "
+                        f"tokens/s; GPT-2 4×256, block 128, 2×8 blocks per step, {steps} steps"}]
