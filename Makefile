@@ -1,11 +1,12 @@
 # make demo   set up .venv and train the embedded default (python-stdlib, ~6 min on 2 CPU cores)
 # make test   set up .venv and run the test suite (what CI runs)
 # make bench  the benchmark table (README's Performance section), written to bench/results.json
+# make gpu-check  on a new GPU machine, first: each speed switch's tokens/s, MFU and memory, GPU vs CPU loss
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-slow bench clean
+.PHONY: demo test test-slow bench gpu-check clean
 
 $(BIN)/hf-clm: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,9 @@ test-slow: $(BIN)/hf-clm
 
 bench: $(BIN)/hf-clm
 	$(BIN)/python -m bench
+
+gpu-check: $(BIN)/hf-clm
+	$(BIN)/python -m bench --gpu
 
 clean:
 	rm -rf $(VENV) runs

@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
 SHAKESPEARE = SHARED / "tinyshakespeare" / "input.txt"
 TOKENIZER = SHARED / "tiny-gpt2"  # the real GPT-2 tokenizer (the weights are not used here)
+DEFAULT_OUTPUT = "bench/results.json"
 
 
 def repeated_corpus(megabytes: float, folder: Path) -> Path:
@@ -157,10 +158,18 @@ def format_table(rows: list[dict]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs, measures nothing")
-    parser.add_argument("--output", default="bench/results.json", help="where to write the table as JSON")
-    parser.add_argument("--only", nargs="+", choices=("data", "train", "eval", "baby"),
-                        default=["data", "train", "eval", "baby"], help="stages to run")
+    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="where to write the table as JSON")
+    parser.add_argument("--only", nargs="+", choices=("data", "train", "ddp", "eval", "baby"),
+                        default=["data", "train", "ddp", "eval", "baby"], help="stages to run")
+    parser.add_argument("--gpu", action="store_true",
+                        help="the GPU check instead (make gpu-check): GPT-2 124M shapes in bf16 per speed switch, "
+                             "tokens/s, MFU, peak memory and a GPU-vs-CPU loss row; says so and exits 0 without a GPU")
+    parser.add_argument("--gpu-steps", type=int, default=300, help="timed steps per switch in the GPU check")
     args = parser.parse_args()
+    if args.gpu:
+        from bench.gpu import main as gpu_check
+
+        return gpu_check(steps=args.gpu_steps, output=None if args.output == DEFAULT_OUTPUT else args.output)
     if not SHAKESPEARE.is_file():
         print(f"bench: error: the public data is not at {SHARED}", file=sys.stderr)
         return 2
@@ -172,6 +181,10 @@ def main() -> int:
             rows += data_rows([0.2, 1] if args.quick else [5, 50], folder)
         if "train" in args.only:
             rows += training_rows(args.quick, folder)
+        if "ddp" in args.only:
+            from bench.ddp import ddp_rows
+
+            rows += ddp_rows(args.quick, repeated_corpus(0.2 if args.quick else 1, folder), folder)
         if "eval" in args.only:
             rows += evaluation_rows(args.quick)
         if "baby" in args.only and not args.quick:

@@ -44,9 +44,13 @@ def plain_loop(cfg: GPT2Config, blocks: Dataset, batch: int, steps: int, warmup:
 
 
 
-def trainer_run(cfg: GPT2Config, blocks: Dataset, batch: int, steps: int, warmup: int, out: str,
-                **switches) -> float:
-    from transformers import TrainerCallback
+def trainer_measure(cfg: GPT2Config, blocks: Dataset, batch: int, steps: int, warmup: int, out: str,
+                    **switches) -> dict:
+    """Trainer on ``blocks``: tokens/s over ``steps`` after ``warmup``, every step's loss, FLOPs per
+    token (logged every ``logging_steps``). ``switches`` are TrainingArguments values (CPU unless
+    ``use_cpu: false``)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast, TrainerCallback
 
     marks = {}
 
@@ -59,14 +63,12 @@ def trainer_run(cfg: GPT2Config, blocks: Dataset, batch: int, steps: int, warmup
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg)
-    args = TrainingArguments(output_dir=out, max_steps=warmup + steps, per_device_train_batch_size=batch,
-                             learning_rate=1e-3, lr_scheduler_type="constant", save_strategy="no",
-                             eval_strategy="no", logging_steps=10_000, report_to="none", disable_tqdm=True,
-                             dataloader_pin_memory=False, include_num_input_tokens_seen=True, use_cpu=True,
-                             **switches)
-    from transformers import PreTrainedTokenizerFast
-    from tokenizers import Tokenizer, models
-
+    args = TrainingArguments(**{
+        "output_dir": out, "max_steps": warmup + steps, "per_device_train_batch_size": batch,
+        "learning_rate": 1e-3, "lr_scheduler_type": "constant", "save_strategy": "no", "eval_strategy": "no",
+        "logging_steps": 10_000, "report_to": "none", "disable_tqdm": True, "dataloader_pin_memory": False,
+        "include_num_input_tokens_seen": True, "use_cpu": True, "ddp_find_unused_parameters": False,
+        **switches})
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<pad>": VOCAB - 1}, "<pad>")),
                                         pad_token="<pad>", eos_token="<pad>")
     trainer = CausalLMTrainer(model=model, args=args, train_dataset=blocks,
@@ -74,4 +76,12 @@ def trainer_run(cfg: GPT2Config, blocks: Dataset, batch: int, steps: int, warmup
                               flops_per_token=flops_per_token(model, cfg.n_positions), peak_flops=None,
                               callbacks=[Clock()])
     trainer.train()
-    return steps * batch * cfg.n_positions / (marks["end"] - marks["start"])
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e and "train_runtime" not in e]
+    timed = "start" in marks and "end" in marks  # not when there are no warm-up steps to start the clock after
+    rate = steps * batch * cfg.n_positions / (marks["end"] - marks["start"]) if timed else None
+    return {"tokens_per_second": rate, "losses": losses, "flops_per_token": trainer.meter.flops_per_token}
+
+
+def trainer_run(cfg: GPT2Config, blocks: Dataset, batch: int, steps: int, warmup: int, out: str,
+                **switches) -> float:
+    return trainer_measure(cfg, blocks, batch, steps, warmup, out, **switches)["tokens_per_second"]

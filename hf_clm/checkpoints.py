@@ -24,8 +24,12 @@ def is_complete_checkpoint(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
-    return has_weights and all((path / name).is_file() for name in ("optimizer.pt", "scheduler.pt")) \
+    return has_weights and has_optimizer_state(path) and (path / "scheduler.pt").is_file() \
         and any(path.glob("rng_state*.pth"))
+
+def has_optimizer_state(path: Path) -> bool:
+    """optimizer.pt (one process, DDP), optimizer.bin (FSDP, full state dict) or optimizer_0/ (FSDP, sharded)."""
+    return (path / "optimizer.pt").is_file() or (path / "optimizer.bin").is_file() or (path / "optimizer_0").is_dir()
 
 def checkpoints(output_dir: Path) -> list[Path]:
     found = [p for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
@@ -54,7 +58,7 @@ def resume_checkpoint(args: TrainingArguments) -> str | None:
         raise HfClmError(f"resume_from_checkpoint {wanted} does not exist; give a checkpoint folder or 'auto'")
     if not is_complete_checkpoint(path):
         raise HfClmError(f"resume_from_checkpoint {wanted} is not a complete checkpoint (trainer_state.json, "
-                         f"weights, optimizer.pt, scheduler.pt, rng_state*.pth); give another or 'auto'")
+                         f"weights, optimizer state, scheduler.pt, rng_state*.pth); give another or 'auto'")
     return str(path)
 
 def check_output_dir(output_dir: Path, resume: str | None, overwrite: bool) -> None:

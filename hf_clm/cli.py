@@ -37,8 +37,9 @@ def default_recipe_path() -> Path:
 
 
 def train_command(argv: list[str]) -> int:
+    from hf_clm.distributed import use_cpu_collectives_without_gpu
     from hf_clm.recipe import SOURCE_KEYS, flag_names, parse_recipe, split_recipe_argv
-    from hf_clm.train import run, use_cpu_collectives_without_gpu
+    from hf_clm.train import run
 
     use_cpu_collectives_without_gpu()
     wants_help = any(a in ("-h", "--help") for a in argv)

@@ -202,6 +202,9 @@ PACKAGE_DEFAULTS: dict[str, Any] = {
     "save_total_limit": 2,
     "report_to": "none",
     "include_num_input_tokens_seen": True,
+    # GPT-style models use every parameter in every step: DDP's search for unused ones is an extra
+    # autograd traversal per step that finds nothing.
+    "ddp_find_unused_parameters": False,
     "dataloader_pin_memory": torch.cuda.is_available(),  # pinning is only useful for host-to-GPU copies
     "disable_tqdm": False,  # the training bar stays while the libraries' logs are quiet (Trainer ties it to them)
 }

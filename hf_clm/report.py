@@ -15,6 +15,7 @@ from typing import Any
 
 from hf_clm.artifacts import write_json, write_text_atomic
 from hf_clm.errors import HfClmError
+from hf_clm.run_record import describe
 
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
 COMPARISON_KIND = "perplexity comparison"  # report.json of `hf-clm perplexity --output`
@@ -165,6 +166,10 @@ def markdown(runs: list[dict[str, Any]], plots: list[Path]) -> str:
         lines += ["A → B: the pretrained base model evaluated before the first step (A), then the fine-tuned "
                   "model (B), on the same validation blocks."]
     lines.append("")
+    recorded = [r for r in runs if r.get("run")]
+    if recorded:
+        lines += ["How each run ran (as recorded by the run itself, not as configured):", ""]
+        lines += [f"- {r['name']}: {describe(r['run'])}" for r in recorded] + [""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"
 

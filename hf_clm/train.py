@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import PreTrainedModel, TrainingArguments, set_seed
 
 from hf_clm.artifacts import PERPLEXITY_FILENAME, write_json
 from hf_clm.blocks import TokenCounts, save_token_counts
 from hf_clm.checkpoints import check_output_dir, clear_previous_run, resume_checkpoint
+from hf_clm.distributed import check_launch
 from hf_clm.errors import HfClmError
 from hf_clm.evaluation import unigram_scores
 from hf_clm.hub import PushTarget, check_hub_access, check_hub_sources, push_run
@@ -20,6 +19,7 @@ from hf_clm.model import build_model, check_4bit_possible, merge_adapter
 from hf_clm.prepare import TrainingData, training_data
 from hf_clm.recipe import Recipe, save_recipe
 from hf_clm.report import write_report
+from hf_clm.run_record import log_run_record
 from hf_clm.throughput import training_throughput
 from hf_clm.trainer import build_trainer, final_eval_metrics
 
@@ -78,13 +78,6 @@ def perplexity_summary(metrics: dict[str, float], model: PreTrainedModel, data: 
     }
 
 
-def use_cpu_collectives_without_gpu() -> None:
-    """Several processes and no GPU (torchrun on CPU): have accelerate use gloo, as
-    ``accelerate launch`` with a MULTI_CPU config does, instead of one lone process per rank."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
-        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
-
-
 def hub_push_target(args: TrainingArguments) -> tuple[PushTarget, str] | None:
     """With push_to_hub: the repo and token, checked now rather than after training. The push
     itself happens once, at the end, with the package's model card, so Trainer does not push."""
@@ -102,6 +95,7 @@ def trainable_parameters(model: PreTrainedModel) -> int:
 def run(recipe: Recipe) -> dict[str, Any]:
     """Train the recipe's model and write model, tokenizer and ``perplexity.json`` to output_dir."""
     args = recipe.training
+    check_launch(args)
     output_dir = Path(args.output_dir)
     resume = resume_checkpoint(args)
     check_output_dir(output_dir, resume, recipe.run.overwrite_output_dir)
@@ -124,6 +118,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
         save_recipe(recipe, output_dir)
         save_token_counts(data.counts, output_dir)
     trainer = build_trainer(recipe, model, data)
+    record = log_run_record(trainer, recipe.data.block_size)
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     trainer.save_state()
@@ -132,7 +127,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
         unigram_scores(data.train, data.validation, len(data.tokenizer)).perplexity
     summary = perplexity_summary(metrics, model, data, trainer.state.num_input_tokens_seen, unigram,
                                  base_model_metrics(trainer.state.log_history))
-    summary.update(training_throughput(trainer, trainer.meter))
+    summary.update(training_throughput(trainer, trainer.meter), run=record)
     if trainer.is_world_process_zero():
         if recipe.run.merge_adapter:
             merge_adapter(output_dir)

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from transformers import (DataCollatorForLanguageModeling, EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase,
                           Trainer)
 
+from hf_clm.distributed import check_parallelism_took_effect, shard_on_cpu, with_tied_weights_aliased
 from hf_clm.evaluation import (IGNORE_INDEX, NLL, TARGETS, Scores, TokenText, perplexity_from_loss, token_text,
                                trainer_scores)
 from hf_clm.prepare import TrainingData
@@ -37,12 +38,23 @@ class CausalLMTrainer(Trainer):
         self.meter = ThroughputMeter(flops_per_token, peak_flops)
         self.add_callback(self.meter)
 
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        if shard_on_cpu(self.accelerator, self.args):
+            self.is_fsdp_enabled = True
+        check_parallelism_took_effect(self.accelerator, self.args)
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             rows = trainer_scores(model, inputs, self.token_text)
         loss = rows[:, NLL].sum() / rows[:, TARGETS].sum().clamp(min=1)
         return loss, rows, rows
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        if state_dict and self.is_fsdp_enabled:
+            state_dict = with_tied_weights_aliased(self.accelerator.unwrap_model(self.model), state_dict)
+        super()._save(output_dir, state_dict)
 
     def evaluate(self, *args, **kwargs):
         with self.meter.paused():

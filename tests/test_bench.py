@@ -4,17 +4,45 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, requires_shared_data
 
 
 @requires_shared_data
 def test_bench_quick_runs_and_writes_its_table(tmp_path):
     output = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "data", "eval", "--output",
+    result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "data", "ddp", "eval", "--output",
                              str(output)], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(output.read_text())["rows"]
     stages = {row["stage"] for row in rows}
-    assert {"prepare memory", "evaluate"} <= stages
+    assert {"prepare memory", "evaluate", "train 2-process DDP (CPU, gloo)"} <= stages
     assert all(row["ratio"] is None or row["ratio"] > 0 for row in rows)
     assert "| stage | comparison | ratio |" in result.stdout
+
+
+def test_gpu_check_without_a_gpu_says_so_and_exits_0():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the check would run for real")
+    result = subprocess.run([sys.executable, "-m", "bench", "--gpu"], cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("GPU check: not run:") and len(result.stdout.strip().splitlines()) == 1
+    assert "CPU build" in result.stdout or "no CUDA GPU is visible" in result.stdout
+
+
+def test_gpu_check_table_and_correctness_verdict():
+    from bench.gpu import LOSS_TOLERANCE, format_table
+
+    rows = [{"switch": "baseline (bf16, SDPA, AdamW)", "tokens_per_second": 100_000.0, "mfu": 0.4,
+             "peak_memory_gib": 20.0},
+            {"switch": "+ torch_compile", "tokens_per_second": 150_000.0, "mfu": 0.6, "peak_memory_gib": 18.0},
+            {"switch": "+ use_liger_kernel", "note": "unavailable: liger-kernel not installed"}]
+    table = format_table(rows).splitlines()
+    assert table[2] == "| baseline (bf16, SDPA, AdamW) | 100,000 | 1.00× | 40.0% | 20.0 GiB |  |"
+    assert table[3] == "| + torch_compile | 150,000 | 1.50× | 60.0% | 18.0 GiB |  |"
+    assert table[4] == "| + use_liger_kernel | – | – | – | – | unavailable: liger-kernel not installed |"
+    assert 0 < LOSS_TOLERANCE <= 0.02

@@ -127,4 +127,10 @@ def test_accelerate_launch_with_the_shipped_cpu_config_runs_two_processes(tmp_pa
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((tmp_path / "run" / "perplexity.json").read_text())["train_tokens_seen"] == 2 * 4 * 8 * 32
+    summary = json.loads((tmp_path / "run" / "perplexity.json").read_text())
+    assert summary["train_tokens_seen"] == 2 * 4 * 8 * 32
+    # the package default: GPT-style models use every parameter, so DDP does not search for unused ones
+    assert summary["run"]["parallelism"] == "ddp" and summary["run"]["find_unused_parameters"] is False
+    assert summary["run"]["processes"] == 2 and summary["run"]["global_batch_tokens"] == 2 * 8 * 32
+    assert "find_unused_parameters=True" not in result.stderr
+    assert "ddp (find_unused_parameters False), 2 processes on 1 machine" in result.stderr

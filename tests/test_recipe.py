@@ -173,3 +173,9 @@ def test_help_shows_the_recipe_argument_and_auto(capsys):
         out = " ".join(capsys.readouterr().out.split())
         assert out.startswith(f"usage: hf-clm {command} [RECIPE] [--key value ...]")
         assert "'auto': the newest complete checkpoint in output_dir" in out
+
+
+def test_ddp_does_not_search_for_unused_parameters_by_default_and_a_recipe_can_turn_it_on(tmp_path):
+    path = write_recipe(tmp_path, "builtin_corpus: python-stdlib\ntrain_tokenizer: true\n")
+    assert parse_recipe([path]).training.ddp_find_unused_parameters is False
+    assert parse_recipe([path, "--ddp_find_unused_parameters", "true"]).training.ddp_find_unused_parameters is True

@@ -1,10 +1,12 @@
-"""``hf-clm train`` with a record of what each process did, for tests launched under torchrun.
+"""``hf-clm train`` with a record of what each process did, for tests launched under torchrun
+or ``accelerate launch``.
 
 Usage: python training_probe.py RECORD_DIR [train flags...]
 
-Writes RECORD_DIR/rank<N>.json: every training forward pass's blocks (as lists of token ids) and
-a SHA-256 of the final weights, so a test can compare ranks with each other and with a
-one-process run.
+Writes RECORD_DIR/rank<N>.json: every training forward pass's blocks (as lists of token ids), a
+SHA-256 of the final weights (gathered whole when sharded), and each parameter as this rank held
+it after the first optimizer step (DTensor or not, global and local shape, placements), so a test
+can compare ranks with each other and with a one-process run.
 """
 
 import hashlib
@@ -13,11 +15,14 @@ import os
 import sys
 from pathlib import Path
 
+from torch.distributed.tensor import DTensor
+from transformers import TrainerCallback
+
 import hf_clm.train as train
 from hf_clm.cli import main
 
 record_dir, flags = Path(sys.argv[1]), sys.argv[2:]
-built, batches = [], []
+built, batches, held = [], [], {}
 
 
 def record_training_batch(module, args, kwargs):
@@ -32,13 +37,34 @@ def recorded_build_model(*args, **kwargs):
     return model
 
 
-original_build_model = train.build_model
-train.build_model = recorded_build_model
+def as_held(parameter) -> dict:
+    if isinstance(parameter, DTensor):
+        return {"dtensor": True, "global": list(parameter.shape), "local": list(parameter.to_local().shape),
+                "placements": [str(p) for p in parameter.placements]}
+    return {"dtensor": False, "global": list(parameter.shape), "local": list(parameter.shape), "placements": []}
+
+
+class RecordParameters(TrainerCallback):
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 1 or not held:
+            held.update({name: as_held(p) for name, p in model.named_parameters()})
+
+
+def recorded_build_trainer(*args, **kwargs):
+    trainer = original_build_trainer(*args, **kwargs)
+    trainer.add_callback(RecordParameters())
+    return trainer
+
+
+original_build_model, original_build_trainer = train.build_model, train.build_trainer
+train.build_model, train.build_trainer = recorded_build_model, recorded_build_trainer
 code = main(["train", *flags])
 digest = hashlib.sha256()
 for name, tensor in sorted(built[0].state_dict().items()):
+    tensor = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor  # a collective: every rank, same order
     digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
 rank = int(os.environ.get("RANK", "0"))
 record_dir.mkdir(parents=True, exist_ok=True)
-(record_dir / f"rank{rank}.json").write_text(json.dumps({"batches": batches, "weights": digest.hexdigest()}))
+(record_dir / f"rank{rank}.json").write_text(json.dumps({"batches": batches, "weights": digest.hexdigest(),
+                                                         "parameters": held}))
 sys.exit(code)

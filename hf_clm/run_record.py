@@ -1,0 +1,116 @@
+"""Run record: how a run actually ran, read from the live Trainer and its accelerator (not from the
+recipe or the launch config), so a setting that did not take effect shows.
+
+It goes into the log's first lines, ``perplexity.json`` (key ``run``) and the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import DistributedType
+from transformers import Trainer
+
+logger = logging.getLogger(__name__)
+
+PARALLELISM = {DistributedType.NO: "none", DistributedType.FSDP: "fsdp", DistributedType.DEEPSPEED: "deepspeed"}
+
+
+def parallelism(trainer: Trainer) -> str:
+    """none / ddp / fsdp / deepspeed: what wraps the model, not what was asked for."""
+    state = trainer.accelerator.state
+    if state.distributed_type in PARALLELISM:
+        return PARALLELISM[state.distributed_type]
+    return "ddp" if trainer.accelerator.num_processes > 1 else "none"
+
+
+def parallelism_settings(trainer: Trainer, kind: str) -> dict[str, Any]:
+    """The setting that decides what each kind shards or syncs."""
+    state = trainer.accelerator.state
+    if kind == "fsdp":
+        plugin = state.fsdp_plugin
+        return {"fsdp_version": plugin.fsdp_version, "reshard_after_forward": str(plugin.reshard_after_forward),
+                "state_dict_type": str(plugin.state_dict_type).split(".")[-1],
+                "wrapped_layers": plugin.transformer_cls_names_to_wrap}
+    if kind == "deepspeed":
+        return {"zero_stage": state.deepspeed_plugin.zero_stage}
+    if kind == "ddp":
+        handler = trainer.accelerator.ddp_handler
+        return {"find_unused_parameters": bool(handler.find_unused_parameters) if handler else False}
+    return {}
+
+
+def mixed_precision(trainer: Trainer, kind: str) -> str:
+    if kind == "deepspeed":  # DeepSpeed casts by its own config; accelerate's state then says "no"
+        config = trainer.accelerator.state.deepspeed_plugin.deepspeed_config
+        return next((name for name in ("bf16", "fp16") if config.get(name, {}).get("enabled") is True), "no")
+    return trainer.accelerator.state.mixed_precision
+
+
+def machines(processes: int) -> int:
+    """Machines (nodes) of the launch: torchrun's processes per machine divide the world."""
+    per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", processes) or processes)
+    return max(1, processes // max(1, per_machine))
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_record(trainer: Trainer, block_size: int) -> dict[str, Any]:
+    args, accelerator = trainer.args, trainer.accelerator
+    kind = parallelism(trainer)
+    processes = accelerator.num_processes
+    blocks = args.per_device_train_batch_size * args.gradient_accumulation_steps * processes
+    return {
+        "parallelism": kind,
+        **parallelism_settings(trainer, kind),
+        "processes": processes,
+        "machines": machines(processes),
+        "backend": accelerator.state.backend,
+        "device_type": accelerator.device.type,
+        "device_name": device_name(accelerator.device),
+        "mixed_precision": mixed_precision(trainer, kind),
+        "attention": getattr(trainer.model.config, "_attn_implementation", None),
+        "torch_compile": bool(args.torch_compile),
+        "gradient_checkpointing": bool(args.gradient_checkpointing),
+        "liger_kernel": bool(args.use_liger_kernel),
+        "optimizer": str(getattr(args.optim, "value", args.optim)),
+        "global_batch_blocks": blocks,
+        "global_batch_tokens": blocks * block_size,
+    }
+
+
+def describe(record: dict[str, Any]) -> str:
+    """One line: 'fsdp (fsdp_version 2, reshard_after_forward True, ...), 2 processes on 1 machine, ...'."""
+    settings = {k: v for k, v in record.items() if k in ("fsdp_version", "reshard_after_forward", "state_dict_type",
+                                                          "zero_stage", "find_unused_parameters")}
+    detail = f" ({', '.join(f'{k} {v}' for k, v in settings.items())})" if settings else ""
+    processes, machines_ = record["processes"], record["machines"]
+    return (f"{record['parallelism']}{detail}, {processes} process{'es' if processes != 1 else ''} on "
+            f"{machines_} machine{'s' if machines_ != 1 else ''}, {record['device_type']} ({record['device_name']}), "
+            f"mixed precision {record['mixed_precision']}, attention {record['attention']}, "
+            f"compile {'on' if record['torch_compile'] else 'off'}, optimizer {record['optimizer']}, "
+            f"gradient checkpointing {'on' if record['gradient_checkpointing'] else 'off'}, "
+            f"global batch {record['global_batch_blocks']:,} blocks = {record['global_batch_tokens']:,} tokens")
+
+
+def log_run_record(trainer: Trainer, block_size: int) -> dict[str, Any]:
+    """The record, logged once (main process) before the first training step."""
+    record = run_record(trainer, block_size)
+    if trainer.is_world_process_zero():
+        logger.info("Run: %s", describe(record))
+    return record
