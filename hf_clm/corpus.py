@@ -10,9 +10,12 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import glob
+import json
+import re
 import sysconfig
 import zlib
 from pathlib import Path
+from typing import Any
 
 import datasets
 import pyarrow.compute as pc
@@ -312,3 +315,47 @@ def text_size(split: Dataset) -> tuple[int, int]:
             n_chars += len(text)
             n_bytes += len(text.encode("utf-8"))
     return n_bytes, n_chars
+
+
+EVAL_SET_KEYS = ("dataset_name", "dataset_config_name", "split", "text_column")
+
+
+def eval_set_specs(value: dict | str | None) -> dict[str, Any]:
+    """The recipe's ``eval_sets`` as a mapping of name -> files or dataset description."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise HfClmError("eval_sets on the command line must be JSON, e.g. "
+                             "'{\"docs\": [\"docs/\"]}'") from None
+    if not isinstance(value, dict) or not value:
+        raise HfClmError("eval_sets must be a mapping of NAME: FILES or NAME: {dataset_name: ...}")
+    for name, spec in value.items():
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", str(name)) or name == "validation":
+            raise HfClmError(f"eval_sets name '{name}' must be letters, digits, _ or - (and not 'validation', "
+                             f"the default set)")
+        if isinstance(spec, dict):
+            unknown = set(spec) - set(EVAL_SET_KEYS)
+            if unknown or "dataset_name" not in spec:
+                raise HfClmError(f"eval_sets.{name}: a dataset is {{dataset_name: ..., dataset_config_name: ..., "
+                                 f"split: ..., text_column: ...}}" + (f"; unknown: {', '.join(sorted(unknown))}"
+                                                                      if unknown else ""))
+        elif not (isinstance(spec, str) or (isinstance(spec, list) and spec and all(isinstance(f, str) for f in spec))):
+            raise HfClmError(f"eval_sets.{name} must be files (a path, glob or list of them) or a dataset mapping")
+    return value
+
+
+def load_eval_sets(data: DataArguments) -> dict[str, Dataset]:
+    """The recipe's named evaluation sets, each a split of documents with a ``text`` column."""
+    sets = {}
+    for name, spec in eval_set_specs(data.eval_sets).items():
+        if isinstance(spec, dict):
+            sets[name] = dataset_split(spec["dataset_name"], spec.get("dataset_config_name"),
+                                       spec.get("split", "validation"), spec.get("text_column", TEXT))
+        else:
+            sets[name] = evaluation_documents([spec] if isinstance(spec, str) else spec, key=f"eval_sets.{name}")
+        if not has_text(sets[name]):
+            raise HfClmError(f"eval_sets.{name} is empty (no documents or only empty ones)")
+    return sets

@@ -182,7 +182,22 @@ def evaluation_table(summary: dict[str, Any]) -> str:
         header = ["| metric | value |", "|---|---|"]
     if summary.get("unigram_perplexity"):
         rows.append(f"| unigram baseline perplexity |{' – |' if base else ''} {summary['unigram_perplexity']:.2f} |")
-    return "\n".join(header + rows)
+    return "\n".join(header + rows) + eval_sets_table(summary)
+
+
+def eval_sets_table(summary: dict[str, Any]) -> str:
+    """The recipe's named evaluation sets, one row each."""
+    sets = summary.get("eval_sets") or {}
+    if not sets:
+        return ""
+    rows = [f"| {name} | {fmt_figure(f['perplexity'], '.2f')} | {fmt_figure(f.get('bits_per_byte'), '.4f')} | "
+            f"{fmt_figure(f.get('eval_tokens'), ',')} |" for name, f in sets.items()]
+    return "\n\nOther evaluation sets:\n\n" + "\n".join(
+        ["| set | perplexity | bits per byte | tokens |", "|---|---|---|---|", *rows])
+
+
+def fmt_figure(value: Any, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
 
 
 def card_body(repo_id: str, summary: dict[str, Any], recipe: dict[str, Any], plots: list[str]) -> str:
@@ -252,6 +267,10 @@ def model_card(run_dir: Path, summary: dict[str, Any], recipe: dict[str, Any], r
                           metric_type=metric, metric_name=name, metric_value=round(float(summary[key]), 6))
                for metric, name, key in (("perplexity", "Perplexity", "perplexity"),
                                          ("bits_per_byte", "Bits per byte", "bits_per_byte"))]
+    results += [EvalResult(task_type="text-generation", dataset_type=name, dataset_name=name,
+                           metric_type="perplexity", metric_name="Perplexity",
+                           metric_value=round(float(figures["perplexity"]), 6))
+                for name, figures in (summary.get("eval_sets") or {}).items() if figures.get("perplexity") is not None]
     data = ModelCardData(
         library_name="peft" if recipe.get("peft_method") else "transformers", pipeline_tag="text-generation",
         license=recipe.get("license"), datasets=[recipe["dataset_name"]] if recipe.get("dataset_name") else None,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from datasets import Dataset, DatasetDict, IterableDataset, load_from_disk
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from hf_clm.blocks import TokenCounts, build_blocks, stream_blocks
-from hf_clm.corpus import load_corpus, load_streaming_corpus, materialize_head, text_size
+from hf_clm.corpus import load_corpus, load_eval_sets, load_streaming_corpus, materialize_head, text_size
 from hf_clm.errors import HfClmError
 from hf_clm.hub import check_hub_sources
 from hf_clm.recipe import DataArguments, ModelArguments, Recipe
@@ -43,6 +43,7 @@ class TrainingData:
     counts: dict[str, TokenCounts]  # no "train" entry when the training split is streamed
     validation_bytes: int
     validation_chars: int
+    eval_sets: dict[str, Dataset] = field(default_factory=dict)  # the recipe's named evaluation sets, blocked
 
     @property
     def streamed(self) -> bool:
@@ -141,10 +142,22 @@ def prepared_data(recipe: Recipe) -> TrainingData:
 def training_data(recipe: Recipe) -> TrainingData:
     """The recipe's training data, from wherever the recipe says it comes."""
     if recipe.data.prepared_dataset:
-        return prepared_data(recipe)
-    if recipe.data.streaming:
-        return streamed_data(recipe)
-    return in_memory_data(recipe)
+        data = prepared_data(recipe)
+    elif recipe.data.streaming:
+        data = streamed_data(recipe)
+    else:
+        data = in_memory_data(recipe)
+    return with_eval_sets(data, recipe.data)
+
+
+def with_eval_sets(data: TrainingData, data_args: DataArguments) -> TrainingData:
+    """The recipe's named evaluation sets cut into blocks like the validation split."""
+    sets = load_eval_sets(data_args)
+    if sets:
+        blocks, counts = build_blocks(DatasetDict(sets), data.tokenizer, data_args)
+        data.eval_sets = dict(blocks)
+        data.counts.update(counts)
+    return data
 
 
 def prepare(recipe: Recipe) -> Path:

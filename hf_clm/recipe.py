@@ -156,6 +156,14 @@ class DataArguments:
         metadata={"help": "Folder of blocks written by 'hf-clm prepare RECIPE'; train reads it instead of "
                           "tokenizing the corpus."},
     )
+    eval_sets: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "More named evaluation sets besides the validation split, evaluated at every "
+                          "evaluation and reported by name: {NAME: FILES} (any text files, one document "
+                          "per file, or json/jsonl/csv/parquet) or {NAME: {dataset_name: ..., "
+                          "dataset_config_name: ..., split: validation, text_column: text}}; on the "
+                          "command line as JSON."},
+    )
 
 
 @dataclass

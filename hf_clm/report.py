@@ -57,6 +57,8 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
         "train_seconds": None, "train_tokens_per_second": None, **summary,
         "train_curve": [e for e in history if "loss" in e and "eval_loss" not in e],
         "eval_curve": [e for e in history if "eval_loss" in e],
+        "set_curve": [e for e in history if any(k.startswith("eval_") and k.endswith("_perplexity") and
+                                                k != "eval_perplexity" for k in e)],
     }
 
 
@@ -111,6 +113,11 @@ def plot_curves(runs: list[dict[str, Any]], out_dir: Path) -> list[Path]:
             evals = [e for e in run["eval_curve"] if x_key in e]
             if train:
                 loss_ax.plot([e[x_key] for e in train], [e["loss"] for e in train], label=name)
+            for set_name in run.get("eval_sets") or {}:
+                key = f"eval_{set_name}_perplexity"
+                points = [e for e in run["set_curve"] if key in e and x_key in e]
+                ppl_ax.plot([e[x_key] for e in points], [e[key] for e in points], marker="s", linestyle="--",
+                            label=f"{name} · {set_name}")
             if evals:
                 line, = ppl_ax.plot([e[x_key] for e in evals], [e["eval_perplexity"] for e in evals], marker="o",
                                     label=name)
@@ -166,6 +173,13 @@ def markdown(runs: list[dict[str, Any]], plots: list[Path]) -> str:
         lines += ["A → B: the pretrained base model evaluated before the first step (A), then the fine-tuned "
                   "model (B), on the same validation blocks."]
     lines.append("")
+    with_sets = [r for r in runs if r.get("eval_sets")]
+    if with_sets:
+        lines += ["Named evaluation sets (final weights):", "", "| run | set | perplexity | bits/byte | tokens |",
+                  "|---|---|---:|---:|---:|"]
+        lines += [f"| {r['name']} | {name} | {fmt(f['perplexity'], '.2f')} | {fmt(f.get('bits_per_byte'), '.4f')} | "
+                  f"{fmt(f.get('eval_tokens'), ',')} |" for r in with_sets for name, f in r["eval_sets"].items()]
+        lines.append("")
     recorded = [r for r in runs if r.get("run")]
     if recorded:
         lines += ["How each run ran (as recorded by the run itself, not as configured):", ""]

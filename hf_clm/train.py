@@ -21,7 +21,7 @@ from hf_clm.recipe import Recipe, save_recipe
 from hf_clm.report import write_report
 from hf_clm.run_record import log_run_record
 from hf_clm.throughput import training_throughput
-from hf_clm.trainer import build_trainer, final_eval_metrics
+from hf_clm.trainer import build_trainer, eval_set_figures, final_eval_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,8 @@ def run(recipe: Recipe) -> dict[str, Any]:
     summary = perplexity_summary(metrics, model, data, trainer.state.num_input_tokens_seen, unigram,
                                  base_model_metrics(trainer.state.log_history))
     summary.update(training_throughput(trainer, trainer.meter), run=record)
+    if data.eval_sets:
+        summary["eval_sets"] = eval_set_figures(trainer)
     if trainer.is_world_process_zero():
         if recipe.run.merge_adapter:
             merge_adapter(output_dir)

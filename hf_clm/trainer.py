@@ -35,6 +35,7 @@ class CausalLMTrainer(Trainer):
         super().__init__(*args, compute_metrics=corpus_figures, **kwargs)
         text = token_text(self.processing_class)
         self.token_text = TokenText(text.bytes.to(self.args.device), text.chars.to(self.args.device))
+        self.eval_sets: dict = {}
         self.meter = ThroughputMeter(flops_per_token, peak_flops)
         self.add_callback(self.meter)
 
@@ -56,9 +57,14 @@ class CausalLMTrainer(Trainer):
             state_dict = with_tied_weights_aliased(self.accelerator.unwrap_model(self.model), state_dict)
         super()._save(output_dir, state_dict)
 
-    def evaluate(self, *args, **kwargs):
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        """The validation split as ``eval_*`` (as with one set), then each named set as ``eval_<name>_*``."""
         with self.meter.paused():
-            return super().evaluate(*args, **kwargs)
+            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+            if eval_dataset is None:
+                for name, dataset in self.eval_sets.items():
+                    metrics.update(super().evaluate(dataset, ignore_keys, f"{metric_key_prefix}_{name}"))
+            return metrics
 
     def _save_checkpoint(self, *args, **kwargs):
         with self.meter.paused():
@@ -129,12 +135,27 @@ def causal_lm_collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorForLan
 
 
 def build_trainer(recipe: Recipe, model: PreTrainedModel, data: TrainingData) -> CausalLMTrainer:
-    return CausalLMTrainer(
+    trainer = CausalLMTrainer(
         model=model, args=recipe.training, train_dataset=data.train, eval_dataset=data.validation,
         data_collator=causal_lm_collator(data.tokenizer), processing_class=data.tokenizer,
         flops_per_token=flops_per_token(model, recipe.data.block_size),
         peak_flops=total_peak_flops(recipe.run, recipe.training),
     )
+    trainer.eval_sets = data.eval_sets
+    return trainer
+
+
+def eval_set_figures(trainer: Trainer) -> dict[str, dict[str, float]]:
+    """Each named evaluation set's figures at its latest evaluation (that of the final weights)."""
+    figures = {}
+    for name in getattr(trainer, "eval_sets", {}):
+        prefix = f"eval_{name}_"
+        last = next((e for e in reversed(trainer.state.log_history) if prefix + "loss" in e), None)
+        if last is not None:
+            figures[name] = {"perplexity": last[prefix + "perplexity"], "eval_loss": last[prefix + "loss"],
+                             "bits_per_byte": last.get(prefix + "bits_per_byte"),
+                             "eval_tokens": last.get(prefix + "tokens")}
+    return figures
 
 
 def final_eval_metrics(trainer: Trainer) -> dict[str, float]:

@@ -83,3 +83,34 @@ def test_summary_says_when_the_model_is_worse_than_the_unigram_baseline():
 
     assert baseline_comparison(20.0, 600.0) == "model is 30.0x lower"
     assert baseline_comparison(50.0, 25.0).startswith("model is 2.0x HIGHER: worse than counting tokens")
+
+
+def test_named_evaluation_sets_are_evaluated_and_reported_by_name(text_files, tmp_path):
+    """The validation split keeps its eval_* figures; each named set gets eval_<name>_* everywhere."""
+    from conftest import recipe_args, write_corpus
+
+    other = write_corpus(tmp_path / "other", step=5)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text(" ".join(["the cat sat on a mat"] * 30), encoding="utf-8")
+    sets = json.dumps({"shifted": [str(other["validation"])], "docs": str(docs)})
+    recipe = parse_recipe(recipe_args(text_files, tmp_path / "run", "--max_steps", "10", "--eval_steps", "5",
+                                      "--eval_sets", sets))
+    summary = run(recipe)
+    assert set(summary["eval_sets"]) == {"shifted", "docs"}
+    history = json.loads((tmp_path / "run" / "trainer_state.json").read_text())["log_history"]
+    for name in ("shifted", "docs"):
+        steps = [e["step"] for e in history if f"eval_{name}_perplexity" in e]
+        assert steps == [5, 10]
+        assert summary["eval_sets"][name]["perplexity"] == pytest.approx(
+            next(e for e in reversed(history) if f"eval_{name}_perplexity" in e)[f"eval_{name}_perplexity"])
+    assert [e["step"] for e in history if "eval_perplexity" in e] == [5, 10]  # the default set as before
+    assert summary["eval_sets"]["shifted"]["perplexity"] != pytest.approx(summary["perplexity"])
+    written = json.loads((tmp_path / "run" / "perplexity.json").read_text())
+    assert set(written["eval_sets"]) == {"shifted", "docs"}
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| run | set | perplexity |" in report and "| shifted |" in report and "| docs |" in report
+    from hf_clm.hub import model_card
+
+    card = str(model_card(tmp_path / "run", written, {"train_files": ["train.txt"]}, "tester/sets"))
+    assert "| shifted |" in card and "dataset_name: docs" in card.replace("'", "")
