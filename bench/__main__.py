@@ -118,7 +118,7 @@ def evaluation_memory_row(quick: bool) -> dict:
     sliced, full = memory("sliced", **sizes), memory("full", **sizes)
     limit = 1.5 * sliced["weights_mb"]
     return {"stage": "evaluate memory", "what": "head sliced over positions vs full float32 logits (added peak RSS)",
-            "ratio": full["added_mb"] / max(sliced["added_mb"], 1.0), "target": "added ≤ 1.5× weights",
+            "ratio": max(full["added_mb"], 1.0) / max(sliced["added_mb"], 1.0), "target": "added ≤ 1.5× weights",
             "met": sliced["added_mb"] <= limit,
             "context": f"{sliced['added_mb']:,.0f} MB vs {full['added_mb']:,.0f} MB added to "
                        f"{sliced['weights_mb']:,.0f} MB of weights (window {sizes['window']}, batch {sizes['batch']})"}
