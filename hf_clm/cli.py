@@ -290,6 +290,15 @@ def dispatch(argv: list[str], verbose: bool = False) -> int:
     return commands[args.command](args)
 
 
+def unreadable_message(err: OSError) -> str | None:
+    """One line for a file the command may not read (or write)."""
+    import errno
+
+    if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not err.filename:
+        return None
+    return f"{err.filename}: {err.strerror}; check its permissions (or the folder's) and run the command again"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv, verbose = split_verbose(sys.argv[1:] if argv is None else list(argv))
     configure_logging(verbose)
@@ -297,6 +306,14 @@ def main(argv: list[str] | None = None) -> int:
         return dispatch(argv, verbose)
     except HfClmError as err:
         print(f"hf-clm: error: {err}", file=sys.stderr)
+        return getattr(err, "exit_status", 2)
+    except OSError as err:
+        from hf_clm.artifacts import disk_full_message
+
+        message = disk_full_message(err) or unreadable_message(err)
+        if message is None:
+            raise
+        print(f"hf-clm: error: {message}", file=sys.stderr)
         return 2
     except SystemExit as exit_:  # argparse's --help and usage errors
         return exit_.code if isinstance(exit_.code, int) else 1
