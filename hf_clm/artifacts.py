@@ -62,14 +62,14 @@ def finite_json(data: Any, reasons: dict[str, str] | None = None, where: str = "
     return data
 
 
-def json_text(data: Any) -> str:
+def json_text(data: Any, indent: int | None = 2) -> str:
     """Strict JSON (never ``NaN``/``Infinity``): non-finite numbers become null, and a mapping gets
     a ``non_finite`` entry saying which values were what."""
     reasons: dict[str, str] = {}
     clean = finite_json(data, reasons)
     if reasons and isinstance(clean, dict):
         clean[NON_FINITE_KEY] = {key: f"{value} (not a number JSON can hold)" for key, value in reasons.items()}
-    return json.dumps(clean, indent=2, allow_nan=False) + "\n"
+    return json.dumps(clean, indent=indent, allow_nan=False) + ("\n" if indent else "")
 
 
 def write_json(data: Any, path: str | Path) -> Path:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
 from hf_clm import __version__
+from hf_clm.artifacts import json_text
 from hf_clm.errors import HfClmError
 from hf_clm.evaluation import CONVENTIONS
 from hf_clm.verbosity import VERBOSE_FLAG, configure_logging, quiet_libraries, split_verbose
@@ -153,7 +153,7 @@ def perplexity_command(args: argparse.Namespace) -> int:
         row = {"model": name, **evaluation.figures(), "device": device_description(model.device),
                "dtype": str(model.dtype).removeprefix("torch.")}
         rows.append(row)
-        print(json.dumps(row) if args.json else format_perplexity(row))
+        print(json_text(row, indent=None) if args.json else format_perplexity(row))
         del model
     if args.output:
         for path in write_comparison(rows, args.output):
@@ -206,7 +206,7 @@ def explain_command(args: argparse.Namespace) -> int:
     model, tokenizer = load_for_inference(args.model_dir, args.device, args.dtype)
     explanation = explain(model, tokenizer, args.text, args.top_k)
     where = {"device": device_description(model.device), "dtype": str(model.dtype).removeprefix("torch.")}
-    print(json.dumps({**explanation.as_dict(), **where}) if args.json else
+    print(json_text({**explanation.as_dict(), **where}, indent=None) if args.json else
           format_explanation(explanation) + f" ({where['device']}, {where['dtype']})")
     return 0
 

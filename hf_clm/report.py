@@ -240,7 +240,7 @@ def plot_comparison(rows: list[dict[str, Any]], out_dir: Path) -> Path:
     ax.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     path = out_dir / COMPARISON_PLOT
-    figure.savefig(path, dpi=110)
+    write_atomic(path, lambda temporary: figure.savefig(temporary, dpi=110, format="png"))
     plt.close(figure)
     return path
 
