@@ -90,7 +90,7 @@ def folder_lock(folder: str | Path, what: str):
     """Hold the lock of ``folder`` (created when missing; removed again on the way out when this
     job created it and left nothing in it)."""
     folder = Path(folder)
-    created = not folder.exists()
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # innermost first
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILENAME
     while not try_create(path):
@@ -106,8 +106,8 @@ def folder_lock(folder: str | Path, what: str):
         yield path
     finally:
         path.unlink(missing_ok=True)
-        if created:
+        for path in created:  # only while empty: a job that failed before writing leaves nothing
             try:
-                folder.rmdir()  # only when empty: a job that failed before writing leaves nothing
+                path.rmdir()
             except OSError:
-                pass
+                break
