@@ -1,27 +1,42 @@
-"""Artifacts: the files a run writes, each complete or absent (written to a temporary name, then renamed)."""
+"""Artifacts: the files a run writes, each complete or absent (written to a temporary name, then renamed).
+
+The finished-run marker, ``perplexity.json``, is written last (after the model, the report and
+the card) and records what it vouches for: the final step and a SHA-256 of each weights file, so
+a folder whose weights changed after the marker (an interrupted extension) is not taken as finished.
+"""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# The finished-run marker: a run directory holding it is a finished run.
+from hf_clm.errors import HfClmError
+
+# The finished-run marker: a run directory holding it (valid, matching its weights) is a finished run.
 PERPLEXITY_FILENAME = "perplexity.json"
+# Where the marker records the non-finite numbers it stores as null, and why.
+NON_FINITE_KEY = "non_finite"
+WEIGHTS_PATTERNS = ("*.safetensors",)
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
-def write_text_atomic(text: str, path: str | Path) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename, so
-    readers see the old file or the whole new one, never a part."""
+def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Have ``write(temporary)`` write a file, then rename it to ``path``, so readers see the old
+    file or the whole new one, never a part (a full disk or a kill leaves the old one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
+        write(Path(temporary))
+        with open(temporary, "rb+") as stream:
             os.fsync(stream.fileno())
         os.replace(temporary, path)
     except BaseException:
@@ -30,5 +45,136 @@ def write_text_atomic(text: str, path: str | Path) -> Path:
     return path
 
 
-def write_json(data: dict[str, Any], path: str | Path) -> Path:
-    return write_text_atomic(json.dumps(data, indent=2) + "\n", path)
+def write_text_atomic(text: str, path: str | Path) -> Path:
+    return write_atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def finite_json(data: Any, reasons: dict[str, str] | None = None, where: str = "") -> Any:
+    """``data`` with every non-finite float replaced by None; ``reasons`` gets ``key: "nan"/"inf"``."""
+    if isinstance(data, float) and not math.isfinite(data):
+        if reasons is not None:
+            reasons[where or "value"] = "nan" if math.isnan(data) else ("inf" if data > 0 else "-inf")
+        return None
+    if isinstance(data, dict):
+        return {k: finite_json(v, reasons, f"{where}.{k}" if where else str(k)) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_json(v, reasons, f"{where}[{i}]") for i, v in enumerate(data)]
+    return data
+
+
+def json_text(data: Any, indent: int | None = 2) -> str:
+    """Strict JSON (never ``NaN``/``Infinity``): non-finite numbers become null, and a mapping gets
+    a ``non_finite`` entry saying which values were what."""
+    reasons: dict[str, str] = {}
+    clean = finite_json(data, reasons)
+    if reasons and isinstance(clean, dict):
+        clean[NON_FINITE_KEY] = {key: f"{value} (not a number JSON can hold)" for key, value in reasons.items()}
+    return json.dumps(clean, indent=indent, allow_nan=False) + ("\n" if indent else "")
+
+
+def write_json(data: Any, path: str | Path) -> Path:
+    return write_text_atomic(json_text(data), path)
+
+
+def weights_files(run_dir: Path) -> list[Path]:
+    return sorted(p for pattern in WEIGHTS_PATTERNS for p in run_dir.glob(pattern) if p.is_file())
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_digests(run_dir: Path) -> dict[str, str]:
+    return {p.name: file_sha256(p) for p in weights_files(run_dir)}
+
+
+def write_finished_marker(summary: dict[str, Any], run_dir: str | Path, step: int) -> Path:
+    """The last file of a run: its figures, the final step and the digests of its weights."""
+    run_dir = Path(run_dir)
+    return write_json({**summary, "global_step": step, "weights_sha256": weights_digests(run_dir)},
+                      run_dir / PERPLEXITY_FILENAME)
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file the package wrote; a clear error naming it when it is unreadable or not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+        raise HfClmError(f"{path} is unreadable or not valid JSON ({reason}); {what}") from None
+
+
+def finished_marker_problem(run_dir: Path, check_weights: bool = True) -> str | None:
+    """Why ``run_dir`` is not a finished run (None when it is): the marker missing, unreadable, or
+    not matching the weights beside it."""
+    marker = run_dir / PERPLEXITY_FILENAME
+    if not marker.is_file():
+        return f"{PERPLEXITY_FILENAME} missing"
+    try:
+        summary = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return f"{PERPLEXITY_FILENAME} is unreadable or not valid JSON"
+    if not isinstance(summary, dict) or "weights_sha256" not in summary:
+        return f"{PERPLEXITY_FILENAME} does not record the run's weights (written by an interrupted or older run)"
+    if check_weights:
+        recorded, present = summary["weights_sha256"], weights_digests(run_dir)
+        if recorded != present:
+            changed = sorted(set(recorded) ^ set(present) | {k for k in recorded if present.get(k) != recorded[k]})
+            return f"the weights ({', '.join(changed)}) differ from those {PERPLEXITY_FILENAME} was written for"
+    return None
+
+
+def disk_full_message(err: OSError) -> str | None:
+    """One line for a write that failed because the disk (or a file size limit) is full."""
+    if err.errno not in DISK_FULL_ERRNOS:
+        return None
+    where = f" writing {err.filename}" if err.filename else ""
+    return (f"no space left{where} ({os.strerror(err.errno)}); free some space and run the command again "
+            f"(finished files are written whole or not at all, so a rerun sees no partial result)")
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a ``.safetensors`` file cannot be whole (None when its header parses and its size is
+    exactly what the header promises): cheap, without reading the tensors."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as stream:
+            prefix = stream.read(8)
+            if len(prefix) < 8:
+                return "shorter than a safetensors header"
+            length = int.from_bytes(prefix, "little")
+            if length > size - 8:
+                return "its header runs past the end of the file (truncated)"
+            header = json.loads(stream.read(length))
+    except OSError as err:
+        return err.strerror or str(err)
+    except (UnicodeDecodeError, ValueError):
+        return "its header is not valid JSON (corrupted)"
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"
+            and isinstance(entry, dict) and "data_offsets" in entry]
+    expected = 8 + length + max(ends, default=0)
+    if size != expected:
+        return f"{size:,} bytes where its header promises {expected:,} ({'truncated' if size < expected else 'extra data'})"
+    return None
+
+
+def zip_archive_problem(path: Path) -> str | None:
+    """Why a ``torch.save`` file (a zip archive) cannot be whole: its directory, kept at the end,
+    is missing (truncated) or points past the end."""
+    import zipfile
+
+    try:
+        size = path.stat().st_size
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.header_offset + info.compress_size > size:
+                    return f"member {info.filename} runs past the end of the file (truncated)"
+    except OSError as err:
+        return err.strerror or str(err)
+    except zipfile.BadZipFile:
+        return "not a complete torch.save archive (truncated or corrupted)"
+    return None

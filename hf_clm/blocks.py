@@ -14,7 +14,6 @@ again. Only ``input_ids`` is stored: the collator makes ``labels``, and full blo
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ from datasets.distributed import split_dataset_by_node
 from datasets.fingerprint import Hasher
 from transformers import PreTrainedTokenizerBase
 
+from hf_clm.artifacts import write_json
 from hf_clm.recipe import DataArguments
 from hf_clm.tokenizer import document_prefix
 
@@ -62,6 +62,45 @@ def group_into_blocks(batch: Mapping[str, Sequence[Sequence[int]]], block_size: 
     return blocks, tail
 
 
+# Characters per piece of a long document, and per encode call.
+PIECE_CHARS = 1 << 18
+ENCODE_GROUP_CHARS = 1 << 21
+
+
+def text_pieces(text: str, size: int = PIECE_CHARS) -> list[str]:
+    """``text`` cut into pieces of about ``size`` characters, each cut just before a space that
+    starts a word: byte-level BPE pre-tokenizers (GPT-2's and its kind) begin a token there, so
+    the pieces tokenize to the same ids as the whole. Text without such a space for a whole
+    piece (no spaces at all) is cut where the piece ends."""
+    if len(text) <= size:
+        return [text]
+    pieces, start = [], 0
+    while len(text) - start > size:
+        end = cut = start + size
+        while (cut := text.rfind(" ", start + size // 2, cut)) > 0 and text[cut + 1:cut + 2].isspace():
+            pass
+        if cut <= start:
+            cut = end
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
+
+
+def groups_by_size(items: list[tuple[int, str]], limit: int):
+    """Consecutive runs of ``(doc, text)`` whose texts hold at most ``limit`` characters together
+    (a single longer item makes a group of its own)."""
+    group, size = [], 0
+    for item in items:
+        if group and size + len(item[1]) > limit:
+            yield group
+            group, size = [], 0
+        group.append(item)
+        size += len(item[1])
+    if group:
+        yield group
+
+
 class DocumentTokenizer:
     """``datasets.map`` function: ``text`` -> ``input_ids`` of every non-empty document: its
     :func:`~hf_clm.tokenizer.document_prefix` (a Llama-style BOS, or nothing), its ids, then EOS.
@@ -78,13 +117,26 @@ class DocumentTokenizer:
 
     def ids_and_offsets(self, texts: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
         texts = [text or "" for text in texts]
-        encodings = self.backend.encode_batch_fast(texts, add_special_tokens=False)
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        # Long documents go in pieces, and pieces in groups of bounded size: the Rust tokenizer
+        # keeps tens of bytes per token while encoding, so one 50 MB document encoded whole
+        # would need gigabytes where the same text as short lines needs a fraction of that.
+        pieces = [(doc, piece) for doc, text in enumerate(texts) for piece in text_pieces(text)]
+        lengths = np.zeros(len(texts), dtype=np.int64)
+        parts = []
+        for group in groups_by_size(pieces, ENCODE_GROUP_CHARS):
+            encodings = self.backend.encode_batch_fast([piece for _, piece in group], add_special_tokens=False)
+            counts = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+            np.add.at(lengths, [doc for doc, _ in group], counts)
+            parts.append(np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int32,
+                                     count=int(counts.sum())))
+            del encodings
+        raw = np.concatenate(parts) if parts else np.empty(0, dtype=np.int32)
+        ends = np.cumsum(lengths)
         non_empty = np.fromiter((bool(text) for text in texts), dtype=bool, count=len(texts))
-        pieces = chain.from_iterable((self.prefix, e.ids, (self.eos_token_id,)) if keep else ()
-                                     for e, keep in zip(encodings, non_empty))
+        prefix, eos = np.asarray(self.prefix, dtype=np.int32), np.asarray([self.eos_token_id], dtype=np.int32)
+        ids = np.concatenate([part for end, length, keep in zip(ends, lengths, non_empty) if keep
+                              for part in (prefix, raw[end - length:end], eos)] or [np.empty(0, dtype=np.int32)])
         lengths = np.where(non_empty, lengths + len(self.prefix) + 1, 0)
-        ids = np.fromiter(chain.from_iterable(pieces), dtype=np.int32, count=int(lengths.sum()))
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
         return ids, offsets
 
@@ -96,11 +148,24 @@ class DocumentTokenizer:
         return {INPUT_IDS: [ids[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]}
 
 
+def cached_map(dataset: Dataset, function, **kwargs) -> Dataset:
+    """``dataset.map`` through datasets' cache; a damaged cache entry (a truncated or corrupted
+    Arrow file, e.g. from a full disk) is rebuilt instead of failing every later run."""
+    try:
+        return dataset.map(function, **kwargs)
+    except (pa.ArrowException, OSError) as err:
+        if isinstance(err, OSError) and err.errno is not None:  # a real I/O failure, not a torn file
+            raise
+        logger.warning("Rebuilding a damaged datasets cache entry for %s (%s)", kwargs.get("desc", "map"),
+                       str(err).splitlines()[0])
+        return dataset.map(function, load_from_cache_file=False, **kwargs)
+
+
 def tokenize_split(split: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataArguments, name: str) -> Dataset:
     fingerprint = Hasher.hash((split._fingerprint, tokenizer.backend_tokenizer.to_str(),
                                tokenizer.eos_token_id, document_prefix(tokenizer), TOKENIZE_FORMAT))
-    tokenized = split.with_format("arrow").map(
-        DocumentTokenizer(tokenizer), batched=True, batch_size=data.tokenize_batch_size,
+    tokenized = cached_map(
+        split.with_format("arrow"), DocumentTokenizer(tokenizer), batched=True, batch_size=data.tokenize_batch_size,
         num_proc=data.preprocessing_num_workers, remove_columns=split.column_names, features=TOKENIZED_FEATURES,
         new_fingerprint=fingerprint, desc=f"Tokenizing {name}")
     return tokenized.with_format(None)
@@ -115,8 +180,8 @@ def group_split(tokenized: Dataset, n_tokens: int, block_size: int, name: str) -
         return Dataset.from_dict({INPUT_IDS: []}, features=block_features(block_size), split=NamedSplit(name))
     fingerprint = Hasher.hash((tokenized._fingerprint, block_size, GROUP_FORMAT))
     # One process, in order: the carried remainder makes each batch depend on the one before.
-    blocks = tokenized.with_format("arrow").map(
-        CarryOverBlocks(block_size), batched=True, batch_size=READ_BATCH_ROWS, remove_columns=[INPUT_IDS],
+    blocks = cached_map(
+        tokenized.with_format("arrow"), CarryOverBlocks(block_size), batched=True, batch_size=READ_BATCH_ROWS, remove_columns=[INPUT_IDS],
         features=block_features(block_size), new_fingerprint=fingerprint, desc=f"Grouping {name} into blocks")
     blocks = blocks.with_format(None)
     blocks._split = NamedSplit(name)
@@ -165,9 +230,7 @@ def build_blocks(raw: DatasetDict, tokenizer: PreTrainedTokenizerBase, data: Dat
 
 
 def save_token_counts(counts: Mapping[str, TokenCounts], output_dir: str | Path) -> Path:
-    path = Path(output_dir) / TOKEN_COUNTS_FILENAME
-    path.write_text(json.dumps({name: c.as_dict() for name, c in counts.items()}, indent=2) + "\n")
-    return path
+    return write_json({name: c.as_dict() for name, c in counts.items()}, Path(output_dir) / TOKEN_COUNTS_FILENAME)
 
 
 def token_stream(split: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataArguments) -> np.ndarray:

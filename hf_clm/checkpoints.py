@@ -10,37 +10,82 @@ from pathlib import Path
 from transformers import TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from hf_clm.artifacts import PERPLEXITY_FILENAME
+from hf_clm.artifacts import PERPLEXITY_FILENAME, safetensors_problem, zip_archive_problem
 from hf_clm.errors import HfClmError
 
 logger = logging.getLogger(__name__)
 
+TRAINER_STATE = "trainer_state.json"
+# Everything the package (and Trainer under it) writes into an output_dir; overwrite_output_dir
+# removes these and nothing else. README.md only when it is the package's model card.
+PACKAGE_OUTPUTS = (
+    f"{PREFIX_CHECKPOINT_DIR}-*", "merged", "runs", PERPLEXITY_FILENAME, "report.md", "report.json",
+    "curves_by_*.png", "recipe.yaml", "token_counts.json", TRAINER_STATE, "training_args.bin",
+    "all_results.json", "train_results.json", "eval_results.json", "*.safetensors", "*.safetensors.index.json",
+    "pytorch_model*.bin", "config.json", "generation_config.json", "adapter_config.json", "adapter_model.*",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+    "merges.txt", "chat_template.jinja", "tokenizer.model",
+)
+MODEL_CARD = "README.md"
+CARD_TAG = "hf_clm"
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from (None when it can): Trainer writes
+    ``trainer_state.json`` after the weights, optimizer, scheduler and RNG states, so a folder cut
+    short by a crash lacks it or a part; a part cut short (a full disk, a kill while the file
+    system flushed) fails its own check: a safetensors header that promises more bytes than
+    there are, a ``torch.save`` archive without its directory."""
+    try:
+        state = json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
+        int(state["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"no readable {TRAINER_STATE}"
+    weights = sorted(path.glob("*.safetensors"))
+    binaries = sorted(path.glob("*.bin"))
+    if not weights and not any(p.name != "training_args.bin" for p in binaries):
+        return "no weights"
+    if not has_optimizer_state(path):
+        return "no optimizer state (optimizer.pt, optimizer.bin or optimizer_0/)"
+    if not (path / "scheduler.pt").is_file():
+        return "no scheduler.pt"
+    rng = sorted(path.glob("rng_state*.pth"))
+    if not rng:
+        return "no rng_state*.pth"
+    for part in weights:
+        if problem := safetensors_problem(part):
+            return f"{part.name}: {problem}"
+    optimizer = [p for p in (path / "optimizer.pt", path / "optimizer.bin") if p.is_file()]
+    for part in [*(p for p in binaries if p.name not in ("training_args.bin", "optimizer.bin")), *optimizer,
+                 path / "scheduler.pt", *rng]:
+        if problem := zip_archive_problem(part):
+            return f"{part.name}: {problem}"
+    return None
+
 
 def is_complete_checkpoint(path: Path) -> bool:
-    """A checkpoint written to the end: Trainer writes ``trainer_state.json`` after the weights,
-    optimizer, scheduler and RNG states, so a folder cut short by a crash lacks it or a part."""
-    try:
-        json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
-    return has_weights and has_optimizer_state(path) and (path / "scheduler.pt").is_file() \
-        and any(path.glob("rng_state*.pth"))
+    return checkpoint_problem(path) is None
+
 
 def has_optimizer_state(path: Path) -> bool:
     """optimizer.pt (one process, DDP), optimizer.bin (FSDP, full state dict) or optimizer_0/ (FSDP, sharded)."""
     return (path / "optimizer.pt").is_file() or (path / "optimizer.bin").is_file() or (path / "optimizer_0").is_dir()
 
 def checkpoints(output_dir: Path) -> list[Path]:
+    if not output_dir.is_dir():
+        return []
     found = [p for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
+
 def newest_complete_checkpoint(output_dir: Path) -> Path | None:
     for path in reversed(checkpoints(output_dir)):
-        if is_complete_checkpoint(path):
+        problem = checkpoint_problem(path)
+        if problem is None:
             return path
-        logger.warning("Skipping %s: an incomplete checkpoint (interrupted while saving)", path)
+        logger.warning("Skipping %s: an incomplete checkpoint (%s; interrupted while saving?)", path, problem)
     return None
+
 
 def resume_checkpoint(args: TrainingArguments) -> str | None:
     """The checkpoint to resume from: ``resume_from_checkpoint: auto`` -> the newest complete one
@@ -56,26 +101,81 @@ def resume_checkpoint(args: TrainingArguments) -> str | None:
     path = Path(wanted)
     if not path.is_dir():
         raise HfClmError(f"resume_from_checkpoint {wanted} does not exist; give a checkpoint folder or 'auto'")
-    if not is_complete_checkpoint(path):
-        raise HfClmError(f"resume_from_checkpoint {wanted} is not a complete checkpoint (trainer_state.json, "
-                         f"weights, optimizer state, scheduler.pt, rng_state*.pth); give another or 'auto'")
+    problem = checkpoint_problem(path)
+    if problem:
+        raise HfClmError(f"resume_from_checkpoint {wanted} is not a complete checkpoint ({problem}); give "
+                         f"another or 'auto'")
     return str(path)
 
-def check_output_dir(output_dir: Path, resume: str | None, overwrite: bool) -> None:
-    """Refuse to train over a finished run or someone's checkpoints unless asked to."""
+
+def holds_finished_run(output_dir: Path) -> bool:
+    try:
+        return isinstance(json.loads((output_dir / PERPLEXITY_FILENAME).read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        return False
+
+
+def check_output_dir(output_dir: Path, resume: str | None, overwrite: bool, auto: bool = False) -> None:
+    """Refuse to train over a finished run or someone's checkpoints unless asked to. With
+    ``resume_from_checkpoint: auto`` and no complete checkpoint, the incomplete ones are no one's
+    work worth keeping: the run starts fresh (:func:`clear_incomplete_checkpoints`)."""
     if overwrite:
         return
-    finished = (output_dir / PERPLEXITY_FILENAME).is_file()
-    found = checkpoints(output_dir) if output_dir.is_dir() else []
-    if finished and resume is None:
+    if holds_finished_run(output_dir) and resume is None:
         raise HfClmError(f"output_dir {output_dir} holds a finished run; choose another output_dir or set "
                          f"overwrite_output_dir: true to replace it")
-    if found and resume is None:
+    found = checkpoints(output_dir)
+    if found and resume is None and not auto:
         raise HfClmError(f"output_dir {output_dir} holds checkpoints ({found[-1].name}); set "
                          f"resume_from_checkpoint: auto to continue, or overwrite_output_dir: true to start over")
 
+
+def clear_incomplete_checkpoints(output_dir: Path) -> None:
+    for path in checkpoints(output_dir):
+        if not is_complete_checkpoint(path):
+            logger.warning("Removing the incomplete checkpoint %s", path)
+            shutil.rmtree(path)
+
+
+def is_package_card(path: Path) -> bool:
+    try:
+        return f"- {CARD_TAG}\n" in path.read_text(encoding="utf-8", errors="replace")[:4096]
+    except OSError:
+        return False
+
+
+def previous_run_files(output_dir: Path) -> list[Path]:
+    if not output_dir.is_dir():
+        return []
+    found = {p for pattern in PACKAGE_OUTPUTS for p in output_dir.glob(pattern)}
+    if is_package_card(output_dir / MODEL_CARD):
+        found.add(output_dir / MODEL_CARD)
+    return sorted(found)
+
+
 def clear_previous_run(output_dir: Path) -> None:
-    """overwrite_output_dir: drop the old checkpoints and the finished-run marker (the rest is rewritten)."""
-    for path in checkpoints(output_dir) if output_dir.is_dir() else []:
-        shutil.rmtree(path)
+    """overwrite_output_dir: remove everything a previous run wrote (the finished-run marker
+    first), and nothing else; called once the new run's recipe, corpus, tokenizer and model are ready."""
     (output_dir / PERPLEXITY_FILENAME).unlink(missing_ok=True)
+    for path in previous_run_files(output_dir):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def checkpoint_step(checkpoint: str | Path) -> int:
+    return int(json.loads((Path(checkpoint) / TRAINER_STATE).read_text(encoding="utf-8"))["global_step"])
+
+
+def trains_no_further(checkpoint: str | Path, args: TrainingArguments) -> bool:
+    """True when the checkpoint already holds every step the recipe asks for: resuming from it
+    must train nothing (Trainer would still run one more step from the middle of an epoch)."""
+    state = json.loads((Path(checkpoint) / TRAINER_STATE).read_text(encoding="utf-8"))
+    if args.max_steps > 0:
+        target = args.max_steps
+    elif state.get("num_train_epochs") == args.num_train_epochs:
+        target = state.get("max_steps", 0)
+    else:
+        return False
+    return int(state["global_step"]) >= target > 0

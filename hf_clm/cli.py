@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
 from hf_clm import __version__
+from hf_clm.artifacts import json_text
 from hf_clm.errors import HfClmError
 from hf_clm.evaluation import CONVENTIONS
 from hf_clm.verbosity import VERBOSE_FLAG, configure_logging, quiet_libraries, split_verbose
@@ -153,7 +153,7 @@ def perplexity_command(args: argparse.Namespace) -> int:
         row = {"model": name, **evaluation.figures(), "device": device_description(model.device),
                "dtype": str(model.dtype).removeprefix("torch.")}
         rows.append(row)
-        print(json.dumps(row) if args.json else format_perplexity(row))
+        print(json_text(row, indent=None) if args.json else format_perplexity(row))
         del model
     if args.output:
         for path in write_comparison(rows, args.output):
@@ -206,7 +206,7 @@ def explain_command(args: argparse.Namespace) -> int:
     model, tokenizer = load_for_inference(args.model_dir, args.device, args.dtype)
     explanation = explain(model, tokenizer, args.text, args.top_k)
     where = {"device": device_description(model.device), "dtype": str(model.dtype).removeprefix("torch.")}
-    print(json.dumps({**explanation.as_dict(), **where}) if args.json else
+    print(json_text({**explanation.as_dict(), **where}, indent=None) if args.json else
           format_explanation(explanation) + f" ({where['device']}, {where['dtype']})")
     return 0
 
@@ -290,6 +290,15 @@ def dispatch(argv: list[str], verbose: bool = False) -> int:
     return commands[args.command](args)
 
 
+def unreadable_message(err: OSError) -> str | None:
+    """One line for a file the command may not read (or write)."""
+    import errno
+
+    if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not err.filename:
+        return None
+    return f"{err.filename}: {err.strerror}; check its permissions (or the folder's) and run the command again"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv, verbose = split_verbose(sys.argv[1:] if argv is None else list(argv))
     configure_logging(verbose)
@@ -297,6 +306,14 @@ def main(argv: list[str] | None = None) -> int:
         return dispatch(argv, verbose)
     except HfClmError as err:
         print(f"hf-clm: error: {err}", file=sys.stderr)
+        return getattr(err, "exit_status", 2)
+    except OSError as err:
+        from hf_clm.artifacts import disk_full_message
+
+        message = disk_full_message(err) or unreadable_message(err)
+        if message is None:
+            raise
+        print(f"hf-clm: error: {message}", file=sys.stderr)
         return 2
     except SystemExit as exit_:  # argparse's --help and usage errors
         return exit_.code if isinstance(exit_.code, int) else 1

@@ -12,12 +12,14 @@ import dataclasses
 import glob
 import json
 import re
+import logging
 import sysconfig
 import zlib
 from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, IterableDataset
 from datasets.exceptions import DatasetGenerationError
@@ -25,6 +27,8 @@ from datasets.exceptions import DatasetGenerationError
 from hf_clm.errors import HfClmError
 from hf_clm.hub import DATASET_ALTERNATIVE, offline_hint, require_hub
 from hf_clm.recipe import DataArguments
+
+logger = logging.getLogger(__name__)
 
 TEXT = "text"
 # Builders that read text files (parquet is binary, its strings are UTF-8 by format).
@@ -91,6 +95,23 @@ def check_utf8(path: str) -> None:
             raise HfClmError(f"{path}: the file ends inside a UTF-8 character (byte {offset - 1})") from None
 
 
+def load_dataset_rebuilding_cache(*args, **kwargs):
+    """``datasets.load_dataset``; a damaged cached copy (a truncated Arrow file) is rebuilt once
+    from the source instead of failing every later run."""
+    try:
+        return datasets.load_dataset(*args, **kwargs)
+    except (pa.ArrowException, OSError) as err:
+        if isinstance(err, OSError) and err.errno is not None:  # a real I/O failure, not a torn file
+            raise
+        logger.warning("Rebuilding a damaged datasets cache entry of %s (%s)", args[0], str(err).splitlines()[0])
+    try:
+        return datasets.load_dataset(*args, download_mode="force_redownload", **kwargs)
+    except (pa.ArrowException, ConnectionError, OSError) as err:
+        raise HfClmError(f"the datasets cache entry of {args[0]} under {datasets.config.HF_DATASETS_CACHE} is "
+                         f"damaged and could not be rebuilt ({str(err).splitlines()[0]}); delete that folder's "
+                         f"'{Path(str(args[0])).name}' entry and run again") from None
+
+
 def load_local_files(data: DataArguments, streaming: bool = False) -> DatasetDict:
     data_files = {"train": expand_files(data.train_files, "train_files")}
     if data.validation_files:
@@ -112,7 +133,7 @@ def load_local_files(data: DataArguments, streaming: bool = False) -> DatasetDic
         # sample_by: line -> one document per line, EOS in place of its newline (blank lines are no document)
         kwargs.update(sample_by=data.sample_by, keep_linebreaks=data.sample_by != "line")
     try:
-        return datasets.load_dataset(builder, data_files=data_files, streaming=streaming, **kwargs)
+        return load_dataset_rebuilding_cache(builder, data_files=data_files, streaming=streaming, **kwargs)
     except DatasetGenerationError as err:
         cause = err.__cause__ or err
         raise HfClmError(f"cannot read the {builder} files: {str(cause).splitlines()[0]}") from None
@@ -155,7 +176,7 @@ def load_raw(data: DataArguments, streaming: bool = False):
         return load_local_files(data, streaming)
     require_hub("dataset_name", data.dataset_name, DATASET_ALTERNATIVE)
     try:
-        return datasets.load_dataset(data.dataset_name, data.dataset_config_name, streaming=streaming)
+        return load_dataset_rebuilding_cache(data.dataset_name, data.dataset_config_name, streaming=streaming)
     except (FileNotFoundError, ConnectionError) as err:
         raise HfClmError(f"dataset_name '{data.dataset_name}' could not be loaded: {str(err).splitlines()[0]}"
                          f"{offline_hint(DATASET_ALTERNATIVE)}") from None

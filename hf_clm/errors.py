@@ -7,3 +7,5 @@ is a bug and keeps its traceback.
 
 class HfClmError(Exception):
     """A problem with the user's input, with a message that says how to fix it."""
+
+    exit_status = 2

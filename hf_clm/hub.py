@@ -16,18 +16,26 @@ from typing import Any
 
 import yaml
 import httpx2
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants, get_token, try_to_load_from_cache
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, constants, get_token, try_to_load_from_cache
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
-from huggingface_hub.utils import get_session, validate_repo_id
+from huggingface_hub.utils import filter_repo_objects, get_session, validate_repo_id
+from transformers import AutoTokenizer
 
+from hf_clm.artifacts import (PERPLEXITY_FILENAME, finished_marker_problem, read_json, safetensors_problem,
+                              weights_files, write_text_atomic)
 from hf_clm.errors import HfClmError
+from hf_clm.recipe import PATH_KEYS, PATH_OR_HUB_KEYS, RECIPE_FILENAME
 
 logger = logging.getLogger(__name__)
 
 MODEL_CARD = "README.md"
+ADAPTER_CONFIG = "adapter_config.json"
+PORTABLE_RECIPE_HEADER = ("# The recipe of this model. Local paths are given by file name only: point train_files,\n"
+                          "# validation_files (and a local model_name_or_path) at your copies before running it.\n")
 # What a pushed repository holds: the model, tokenizer, recipe, figures and report; never checkpoints.
 UPLOADED = ["*.safetensors", "*.json", "*.txt", "recipe.yaml", "report.md", "*.png", MODEL_CARD]
-NOT_UPLOADED = ["checkpoint-*/**", "trainer_state.json", "training_args.bin", "merged/**", "runs/**"]
+NOT_UPLOADED = ["checkpoint-*/**", "trainer_state.json", "training_args.bin", "merged/**", "runs/**",
+                ".*", "**/.*"]  # hidden: the lock, temporary files of an interrupted write
 
 
 # Seconds to wait for the Hub before saying it is unreachable (its clients retry for a minute).
@@ -140,16 +148,55 @@ def check_hub_access(repo_id: str | None, token: str | None = None) -> tuple[str
 
 
 def read_finished_run(run_dir: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """A run directory checked before anything is uploaded: the finished-run marker present, valid
+    and written for the weights beside it; every weights file whole; the tokenizer loading."""
     run_dir = Path(run_dir)
-    needed = ["perplexity.json", "recipe.yaml", "tokenizer.json"]
+    needed = [PERPLEXITY_FILENAME, RECIPE_FILENAME, "tokenizer.json"]
     missing = [name for name in needed if not (run_dir / name).is_file()]
-    has_weights = any(run_dir.glob("*.safetensors"))
+    has_weights = bool(weights_files(run_dir))
     if missing or not has_weights:
         what = ", ".join(missing + ([] if has_weights else ["*.safetensors"]))
         raise HfClmError(f"{run_dir} is not a finished run ({what} missing); train it to the end first")
-    summary = json.loads((run_dir / "perplexity.json").read_text(encoding="utf-8"))
-    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
+    for path in weights_files(run_dir):
+        if problem := safetensors_problem(path):
+            raise HfClmError(f"{path} is damaged ({problem}); nothing was pushed: train the run again or "
+                             f"resume it from a checkpoint")
+    if problem := finished_marker_problem(run_dir):
+        raise HfClmError(f"{run_dir} is not a finished run ({problem}); nothing was pushed: finish the run "
+                         f"(resume_from_checkpoint: auto) first")
+    summary = read_json(run_dir / PERPLEXITY_FILENAME, "train the run to the end first")
+    if summary.get("perplexity") is None:
+        raise HfClmError(f"{run_dir / PERPLEXITY_FILENAME} holds no finite perplexity "
+                         f"({summary.get('non_finite', {})}); a diverged run is not pushed")
+    try:
+        AutoTokenizer.from_pretrained(run_dir)
+    except Exception as err:  # tokenizers raises a bare Exception for a damaged tokenizer.json
+        raise HfClmError(f"the tokenizer in {run_dir} (tokenizer.json) cannot be loaded "
+                         f"({str(err).splitlines()[0] if str(err) else type(err).__name__}); nothing was pushed") from None
+    try:
+        recipe = yaml.safe_load((run_dir / RECIPE_FILENAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise HfClmError(f"{run_dir / RECIPE_FILENAME} cannot be read ({str(err).splitlines()[0]})") from None
     return run_dir, summary, recipe
+
+
+def portable_name(value: Any) -> Any:
+    """A local path as its last component (a pushed file names no folder of this machine)."""
+    if isinstance(value, list):
+        return [portable_name(v) for v in value]
+    return Path(value).name if isinstance(value, str) and Path(value).is_absolute() else value
+
+
+def portable_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe as pushed: absolute local paths reduced to file and folder names."""
+    return {key: portable_name(value) if key in PATH_KEYS + PATH_OR_HUB_KEYS else value
+            for key, value in recipe.items()}
+
+
+def portable_adapter_config(path: Path) -> bytes:
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = portable_name(config.get("base_model_name_or_path"))
+    return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
 
 
 def evaluation_dataset(recipe: dict[str, Any]) -> tuple[str, str]:
@@ -261,6 +308,7 @@ print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20, do_sample=Tru
 
 def model_card(run_dir: Path, summary: dict[str, Any], recipe: dict[str, Any], repo_id: str) -> ModelCard:
     """A model card whose metadata holds the run's perplexity and bits per byte (model-index)."""
+    local, recipe = recipe, portable_recipe(recipe)
     dataset_type, dataset_name = evaluation_dataset(recipe)
     results = [EvalResult(task_type="text-generation", dataset_type=dataset_type, dataset_name=dataset_name,
                           dataset_split="validation", dataset_config=recipe.get("dataset_config_name"),
@@ -274,27 +322,38 @@ def model_card(run_dir: Path, summary: dict[str, Any], recipe: dict[str, Any], r
     data = ModelCardData(
         library_name="peft" if recipe.get("peft_method") else "transformers", pipeline_tag="text-generation",
         license=recipe.get("license"), datasets=[recipe["dataset_name"]] if recipe.get("dataset_name") else None,
-        base_model=recipe.get("model_name_or_path") if recipe.get("model_name_or_path") and not Path(
-            recipe["model_name_or_path"]).exists() else None,
+        base_model=local.get("model_name_or_path") if local.get("model_name_or_path") and not Path(
+            local["model_name_or_path"]).is_absolute() else None,  # a local base has no Hub id
         tags=["hf_clm", "causal-lm"], model_name=repo_id.split("/")[-1], eval_results=results,
     )
     plots = sorted(p.name for p in run_dir.glob("curves_by_*.png"))
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + card_body(repo_id, summary, recipe, plots))
 
 
+def upload_operations(run_dir: Path, recipe: dict[str, Any]) -> list[CommitOperationAdd]:
+    """The run's files to upload; the recipe and a LoRA adapter's config in their portable form."""
+    names = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
+    kept = filter_repo_objects(names, allow_patterns=UPLOADED, ignore_patterns=NOT_UPLOADED)
+    replaced = {RECIPE_FILENAME: (PORTABLE_RECIPE_HEADER + yaml.safe_dump(recipe, sort_keys=False)).encode()}
+    if (run_dir / ADAPTER_CONFIG).is_file():
+        replaced[ADAPTER_CONFIG] = portable_adapter_config(run_dir / ADAPTER_CONFIG)
+    return [CommitOperationAdd(path_in_repo=name, path_or_fileobj=replaced.get(name, str(run_dir / name)))
+            for name in kept]
+
+
 def push_run(run_dir: str | Path, target: PushTarget, token: str | None = None) -> str:
-    """Upload a finished run with its model card; returns the commit URL."""
+    """Upload a finished run with its model card; returns the commit URL. The run is checked
+    (:func:`read_finished_run`) before any request."""
     run_dir, summary, recipe = read_finished_run(run_dir)
     repo_id, token = check_hub_access(target.repo_id, token)
-    model_card(run_dir, summary, recipe, repo_id).save(run_dir / MODEL_CARD)
+    write_text_atomic(str(model_card(run_dir, summary, recipe, repo_id)), run_dir / MODEL_CARD)
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, private=target.private, exist_ok=True)
         if target.revision:
             api.create_branch(repo_id, branch=target.revision, exist_ok=True)
-        commit = api.upload_folder(
-            repo_id=repo_id, folder_path=run_dir, revision=target.revision, allow_patterns=UPLOADED,
-            ignore_patterns=NOT_UPLOADED,
+        commit = api.create_commit(
+            repo_id=repo_id, operations=upload_operations(run_dir, portable_recipe(recipe)), revision=target.revision,
             commit_message=target.commit_message or f"Upload {run_dir.name} (perplexity {summary['perplexity']:.2f})",
         )
     except HfHubHTTPError as err:

@@ -18,6 +18,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, Pretr
                           PreTrainedTokenizerBase)
 from transformers.pytorch_utils import Conv1D
 
+from hf_clm.artifacts import safetensors_problem
 from hf_clm.errors import HfClmError
 from hf_clm.hub import MODEL_ALTERNATIVE, offline_hint, require_hub
 from hf_clm.recipe import ModelArguments
@@ -72,7 +73,16 @@ def quantization_config(model: ModelArguments):
                               bnb_4bit_use_double_quant=model.bnb_4bit_use_double_quant)
 
 
+def check_weights_files(path: Path) -> None:
+    """A damaged weights file (cut short by a full disk or a kill) as one line naming it, before
+    transformers fails on it somewhere inside."""
+    for weights in sorted(path.glob("*.safetensors")) if path.is_dir() else []:
+        if problem := safetensors_problem(weights):
+            raise HfClmError(f"{weights} is damaged ({problem}); train or download the model again")
+
+
 def load_pretrained(model: ModelArguments) -> PreTrainedModel:
+    check_weights_files(Path(model.model_name_or_path))
     require_hub("model_name_or_path", model.model_name_or_path, MODEL_ALTERNATIVE)
     check_4bit_possible(model)
     extra = {"quantization_config": quantization_config(model)} if model.load_in_4bit else {}
@@ -253,8 +263,11 @@ def load_tokenizer_for(name_or_path: str | Path) -> PreTrainedTokenizerBase:
         source = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
     try:
         return AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as err:
-        hint = unreachable_hint(str(source)) if not Path(str(source)).exists() else str(err).splitlines()[0]
+    except Exception as err:  # tokenizers raises a bare Exception for a damaged tokenizer.json
+        damaged = Path(str(source), "tokenizer.json")
+        hint = unreachable_hint(str(source)) if not Path(str(source)).exists() else \
+            f"{damaged} is damaged ({str(err).splitlines()[0]})" if damaged.is_file() and not isinstance(err, OSError) \
+            else str(err).splitlines()[0]
         raise HfClmError(f"cannot load a tokenizer from {source}: {hint}") from None
 
 
@@ -272,6 +285,7 @@ def load_for_inference(name_or_path: str, device: str | None = None, dtype: str 
     tokenizer = load_tokenizer_for(path if path.exists() else name_or_path)
     if path.exists() and not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise HfClmError(f"{name_or_path} holds no model weights (*.safetensors); pass a finished run directory")
+    check_weights_files(path)
     try:
         if path.exists() and is_adapter_dir(path):
             model = load_adapter_model(path, dtype=DTYPES[dtype])

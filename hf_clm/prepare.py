@@ -11,19 +11,22 @@ Three ways, one result (:class:`TrainingData`):
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from datasets import Dataset, DatasetDict, IterableDataset, load_from_disk
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from hf_clm.artifacts import read_json, write_json
 from hf_clm.blocks import TokenCounts, build_blocks, stream_blocks
 from hf_clm.corpus import load_corpus, load_eval_sets, load_streaming_corpus, materialize_head, text_size
 from hf_clm.errors import HfClmError
 from hf_clm.hub import check_hub_sources
+from hf_clm.locks import folder_lock
 from hf_clm.recipe import DataArguments, ModelArguments, Recipe
 from hf_clm.tokenizer import load_pretrained_tokenizer, train_or_load_tokenizer
 
@@ -85,6 +88,8 @@ def save_prepared(prepared: TrainingData, recipe: Recipe, path: str | Path) -> P
     without it is an interrupted preparation that ``train`` will not read."""
     path = Path(path)
     (path / PREPARED_FILENAME).unlink(missing_ok=True)
+    for split in ("train", "validation"):  # blocks of an earlier preparation
+        shutil.rmtree(path / split, ignore_errors=True)
     DatasetDict(train=prepared.train, validation=prepared.validation).save_to_disk(str(path))
     prepared.tokenizer.save_pretrained(path / TOKENIZER_DIRNAME)
     description = {
@@ -95,7 +100,7 @@ def save_prepared(prepared: TrainingData, recipe: Recipe, path: str | Path) -> P
         "validation_chars": prepared.validation_chars,
         "counts": {name: count.as_dict() for name, count in prepared.counts.items()},
     }
-    (path / PREPARED_FILENAME).write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
+    write_json(description, path / PREPARED_FILENAME)
     return path
 
 
@@ -103,7 +108,29 @@ def read_description(path: Path) -> dict[str, Any]:
     if not (path / PREPARED_FILENAME).is_file():
         what = "does not exist" if not path.exists() else f"holds no {PREPARED_FILENAME} (an unfinished preparation?)"
         raise HfClmError(f"prepared_dataset {path} {what}; run 'hf-clm prepare RECIPE' first")
-    return json.loads((path / PREPARED_FILENAME).read_text(encoding="utf-8"))
+    return read_json(path / PREPARED_FILENAME, "run 'hf-clm prepare RECIPE' again")
+
+
+def load_prepared_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    try:
+        return AutoTokenizer.from_pretrained(path / TOKENIZER_DIRNAME)
+    except Exception as err:  # tokenizers raises a bare Exception for a damaged tokenizer.json
+        raise HfClmError(f"the tokenizer in {path / TOKENIZER_DIRNAME} cannot be read "
+                         f"({str(err).splitlines()[0] if str(err) else type(err).__name__}); run "
+                         f"'hf-clm prepare RECIPE' again") from None
+
+
+def load_prepared_blocks(path: Path) -> DatasetDict:
+    try:
+        blocks = load_from_disk(str(path))  # maps every arrow file: a missing or torn one fails here
+    except (OSError, ValueError, pa.ArrowException) as err:
+        missing = f" ({err.filename})" if isinstance(err, OSError) and err.filename else ""
+        raise HfClmError(f"prepared_dataset {path} is damaged{missing}: {str(err).splitlines()[0]}; run "
+                         f"'hf-clm prepare RECIPE' again") from None
+    if set(blocks) != {"train", "validation"}:
+        raise HfClmError(f"prepared_dataset {path} holds splits {', '.join(blocks)}, not train and validation; "
+                         f"run 'hf-clm prepare RECIPE' again")
+    return blocks
 
 
 def check_prepared_matches(description: dict[str, Any], tokenizer: PreTrainedTokenizerBase, recipe: Recipe,
@@ -125,12 +152,12 @@ def check_prepared_matches(description: dict[str, Any], tokenizer: PreTrainedTok
 def prepared_data(recipe: Recipe) -> TrainingData:
     path = Path(recipe.data.prepared_dataset)
     description = read_description(path)
-    tokenizer = AutoTokenizer.from_pretrained(path / TOKENIZER_DIRNAME)
+    tokenizer = load_prepared_tokenizer(path)
     # A trained BPE is compared by its recipe (the saved one is the product); a pretrained one by content.
     reference = tokenizer if recipe.model.train_tokenizer else load_pretrained_tokenizer(
         recipe.model.tokenizer_name_or_path or recipe.model.model_name_or_path)
     check_prepared_matches(description, reference, recipe, path)
-    blocks = load_from_disk(str(path))
+    blocks = load_prepared_blocks(path)
     counts = {name: TokenCounts(**{k: v for k, v in count.items() if k not in ("kept", "dropped")})
               for name, count in description["counts"].items()}
     logger.info("Read prepared blocks from %s: %s", path,
@@ -168,8 +195,9 @@ def prepare(recipe: Recipe) -> Path:
     if recipe.data.streaming:
         raise HfClmError("a streamed corpus is not prepared ahead; drop streaming: true to prepare it")
     check_hub_sources(recipe.model, recipe.data)
-    data = in_memory_data(recipe)
-    path = save_prepared(data, recipe, target)
+    with folder_lock(target, "prepared_dataset"):
+        data = in_memory_data(recipe)
+        path = save_prepared(data, recipe, target)
     for name, count in data.counts.items():
         print(f"{name:<10} {count.documents:>9,} documents {count.tokens:>13,} tokens {count.blocks:>10,} blocks")
     print(f"saved to {path}")

@@ -13,6 +13,7 @@ import difflib
 import enum
 import functools
 import math
+import os
 import re
 import sys
 import types
@@ -26,6 +27,7 @@ import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from hf_clm.artifacts import write_text_atomic
 from hf_clm.errors import HfClmError
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -529,6 +531,39 @@ def read_recipe_yaml(path: str | Path) -> dict[str, Any]:
         raise HfClmError(f"recipe {path}: {err}") from None
 
 
+# Recipe keys that name local files or folders, and keys that name a local path or a Hub id.
+PATH_KEYS = ("train_files", "validation_files", "prepared_dataset", "output_dir", "resume_from_checkpoint",
+             "deepspeed", "fsdp_config", "accelerator_config")
+PATH_OR_HUB_KEYS = ("model_name_or_path", "tokenizer_name_or_path", "dataset_name")
+NOT_A_PATH = {"auto"}  # resume_from_checkpoint: auto
+
+
+def looks_local(value: str) -> bool:
+    """A path rather than a Hub id: written as one, or naming something that exists here (the
+    rule ``from_pretrained`` and ``load_dataset`` follow: an existing local folder wins)."""
+    return value.startswith(("~", "/", "./", "../")) or value in (".", "..") or Path(value).expanduser().exists()
+
+
+def absolute_path(value: str) -> str:
+    """``~`` expanded, then relative to the current directory; globs kept (``*.txt`` stays a glob)."""
+    return str(Path(os.path.abspath(os.path.expanduser(value))))
+
+
+def resolve_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """Every path key resolved once, the same way, at parse time: ``~`` expanded and relative
+    paths taken from the current directory, made absolute. The saved ``recipe.yaml`` therefore
+    holds absolute paths and repeats the run from any directory."""
+    values = dict(values)
+    for key in PATH_KEYS + PATH_OR_HUB_KEYS:
+        value = values.get(key)
+        if isinstance(value, (list, tuple)):
+            values[key] = [absolute_path(v) if isinstance(v, str) else v for v in value]
+        elif isinstance(value, str) and value and value not in NOT_A_PATH and not value.lstrip().startswith("{") \
+                and (key in PATH_KEYS or looks_local(value)):
+            values[key] = absolute_path(value)
+    return values
+
+
 def canonical_flag(arg: str) -> str:
     """`--train-files=x` -> `--train_files=x`: argparse accepts both spellings, and the logic that
     looks at flag names (corpus sources, the default recipe) sees one."""
@@ -596,8 +631,8 @@ def parse_recipe(argv: list[str] | None = None, default_recipe: str | Path | Non
         if flag is None:
             raise HfClmError(f"unexpected argument '{remaining[0]}'; the recipe file must end in .yaml or .yml")
         raise HfClmError(unknown_key_message(flag.lstrip("-").split("=")[0], "the command line"))
-    values = {key: None if isinstance(value, list) and value and all(v is None for v in value) else value
-              for key, value in vars(namespace).items()}  # `--train_files none`
+    values = resolve_paths({key: None if isinstance(value, list) and value and all(v is None for v in value) else value
+              for key, value in vars(namespace).items()})  # `--train_files none`
     problems = range_problems(values)
     try:
         model, data, training, run = (cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.init})
@@ -669,7 +704,6 @@ def resolved_recipe(recipe: Recipe) -> dict[str, Any]:
 
 def save_recipe(recipe: Recipe, output_dir: str | Path) -> Path:
     path = Path(output_dir) / RECIPE_FILENAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = "# Resolved recipe of this run. Repeat it with: hf-clm train " + str(path) + "\n"
-    path.write_text(header + yaml.safe_dump(resolved_recipe(recipe), sort_keys=False), encoding="utf-8")
-    return path
+    header = ("# Resolved recipe of this run (paths absolute: it runs from any directory). Repeat it with: "
+              "hf-clm train " + str(path) + "\n")
+    return write_text_atomic(header + yaml.safe_dump(resolved_recipe(recipe), sort_keys=False), path)

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hf_clm.artifacts import write_json, write_text_atomic
+from hf_clm.artifacts import PERPLEXITY_FILENAME, read_json, write_atomic, write_json, write_text_atomic
 from hf_clm.errors import HfClmError
 from hf_clm.run_record import describe
 
@@ -42,15 +42,17 @@ def read_runs(paths: list[str | Path]) -> list[dict[str, Any]]:
     return runs
 
 
-def read_run(run_dir: str | Path) -> dict[str, Any]:
-    """Summary and log history of a finished run directory."""
+def read_run(run_dir: str | Path, summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Summary and log history of a finished run directory (or of one finishing: its ``summary``
+    given, as the marker is written only after the report)."""
     run_dir = Path(run_dir)
-    needed = [run_dir / "perplexity.json", run_dir / "trainer_state.json"]
+    needed = [run_dir / PERPLEXITY_FILENAME, run_dir / "trainer_state.json"][summary is not None:]
     missing = [p.name for p in needed if not p.is_file()]
     if missing:
         raise HfClmError(f"{run_dir} is not a finished run: {', '.join(missing)} missing")
-    summary = json.loads(needed[0].read_text())
-    history = json.loads(needed[1].read_text())["log_history"]
+    if summary is None:
+        summary = read_json(needed[0], "train the run to the end (or again) first")
+    history = read_json(run_dir / "trainer_state.json", "the run's Trainer state is damaged")["log_history"]
     # Throughput as the run measured it (hf_clm.throughput); Trainer's train_runtime includes evaluation.
     return {
         "name": run_dir.resolve().name, "path": str(run_dir),
@@ -109,13 +111,14 @@ def plot_curves(runs: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         figure, (loss_ax, ppl_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
         for run in runs:
             name = run["name"]
-            train = [e for e in run["train_curve"] if x_key in e]
-            evals = [e for e in run["eval_curve"] if x_key in e]
+            # a non-finite figure is logged as null: no point to draw
+            train = [e for e in run["train_curve"] if x_key in e and e["loss"] is not None]
+            evals = [e for e in run["eval_curve"] if x_key in e and e.get("eval_perplexity") is not None]
             if train:
                 loss_ax.plot([e[x_key] for e in train], [e["loss"] for e in train], label=name)
             for set_name in run.get("eval_sets") or {}:
                 key = f"eval_{set_name}_perplexity"
-                points = [e for e in run["set_curve"] if key in e and x_key in e]
+                points = [e for e in run["set_curve"] if e.get(key) is not None and x_key in e]
                 ppl_ax.plot([e[x_key] for e in points], [e[key] for e in points], marker="s", linestyle="--",
                             label=f"{name} · {set_name}")
             if evals:
@@ -140,7 +143,7 @@ def plot_curves(runs: list[dict[str, Any]], out_dir: Path) -> list[Path]:
                 ax.legend()
         figure.tight_layout()
         path = out_dir / f"curves_by_{x_label.replace(' ', '_')}.png"
-        figure.savefig(path, dpi=110)
+        write_atomic(path, lambda temporary: figure.savefig(temporary, dpi=110, format="png"))
         plt.close(figure)
         paths.append(path)
     return paths
@@ -188,17 +191,21 @@ def markdown(runs: list[dict[str, Any]], plots: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
+def write_report(run_dirs: list[str | Path], out_dir: str | Path,
+                 summaries: list[dict[str, Any]] | None = None) -> list[Path]:
     """``report.md``, ``report.json`` and the PNG plots for the runs, in ``out_dir``."""
-    runs = read_runs(run_dirs)
+    runs = read_runs(run_dirs) if summaries is None else \
+        [read_run(d, s) for d, s in zip(run_dirs, summaries)]
     for run, name in zip(runs, legend_names(runs)):
         run["name"] = name
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = plot_curves(runs, out_dir)
-    table = [{k: v for k, v in r.items() if not k.endswith("_curve")} for r in runs]
-    (out_dir / REPORT_JSON).write_text(json.dumps({"runs": table}, indent=2) + "\n")
-    (out_dir / REPORT_MD).write_text(markdown(runs, plots))
+    # paths relative to the report, so a pushed or copied report names no folder of this machine
+    table = [{**{k: v for k, v in r.items() if not k.endswith("_curve")},
+              "path": os.path.relpath(Path(r["path"]).resolve(), out_dir.resolve())} for r in runs]
+    write_json({"runs": table}, out_dir / REPORT_JSON)
+    write_text_atomic(markdown(runs, plots), out_dir / REPORT_MD)
     return [out_dir / REPORT_MD, out_dir / REPORT_JSON, *plots]
 
 
@@ -233,7 +240,7 @@ def plot_comparison(rows: list[dict[str, Any]], out_dir: Path) -> Path:
     ax.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     path = out_dir / COMPARISON_PLOT
-    figure.savefig(path, dpi=110)
+    write_atomic(path, lambda temporary: figure.savefig(temporary, dpi=110, format="png"))
     plt.close(figure)
     return path
 

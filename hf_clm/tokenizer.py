@@ -62,7 +62,11 @@ def cached_bpe_tokenizer(train: Dataset, vocab_size: int) -> PreTrainedTokenizer
     cache = trained_tokenizer_cache(train, vocab_size)
     if (cache / "tokenizer.json").is_file():
         logger.info("Loading the BPE tokenizer trained earlier on this corpus from %s", cache)
-        return AutoTokenizer.from_pretrained(cache)
+        try:
+            return AutoTokenizer.from_pretrained(cache)
+        except Exception as err:  # tokenizers raises a bare Exception for a damaged tokenizer.json
+            logger.warning("Rebuilding the damaged cached tokenizer %s (%s)", cache, str(err).splitlines()[0])
+            shutil.rmtree(cache, ignore_errors=True)
     logger.info("Training a byte-level BPE tokenizer (vocab %d) on %d training documents", vocab_size, len(train))
     tokenizer = train_bpe_tokenizer(train, vocab_size)
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -79,9 +83,12 @@ def load_pretrained_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     require_hub("tokenizer", name_or_path, TOKENIZER_ALTERNATIVE)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError) as err:
-        raise HfClmError(f"cannot load a tokenizer from '{name_or_path}': {str(err).splitlines()[0]}"
-                         f"{offline_hint(TOKENIZER_ALTERNATIVE)}") from None
+    except Exception as err:  # tokenizers raises a bare Exception for a damaged tokenizer.json
+        damaged = Path(name_or_path, "tokenizer.json")
+        where = f" ({damaged} is damaged?)" if damaged.is_file() and not isinstance(err, OSError) else ""
+        raise HfClmError(f"cannot load a tokenizer from '{name_or_path}'{where}: "
+                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                         f"{offline_hint(TOKENIZER_ALTERNATIVE) if not where else ''}") from None
     if not tokenizer.is_fast:
         raise HfClmError(f"the tokenizer of '{name_or_path}' has no fast (Rust) version; hf_clm needs one")
     if tokenizer.eos_token is None:

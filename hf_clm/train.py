@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import logging
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, TrainingArguments, set_seed
 
-from hf_clm.artifacts import PERPLEXITY_FILENAME, write_json
+from hf_clm.artifacts import PERPLEXITY_FILENAME, finished_marker_problem, read_json, write_finished_marker
 from hf_clm.blocks import TokenCounts, save_token_counts
-from hf_clm.checkpoints import check_output_dir, clear_previous_run, resume_checkpoint
+from hf_clm.checkpoints import (check_output_dir, checkpoint_step, clear_incomplete_checkpoints, clear_previous_run,
+                                resume_checkpoint, trains_no_further)
 from hf_clm.distributed import check_launch
+from hf_clm.divergence import TrainingDiverged
 from hf_clm.errors import HfClmError
-from hf_clm.evaluation import unigram_scores
+from hf_clm.evaluation import perplexity_from_loss, unigram_scores
 from hf_clm.hub import PushTarget, check_hub_access, check_hub_sources, push_run
+from hf_clm.locks import folder_lock
 from hf_clm.model import build_model, check_4bit_possible, merge_adapter
 from hf_clm.prepare import TrainingData, training_data
 from hf_clm.recipe import Recipe, save_recipe
 from hf_clm.report import write_report
 from hf_clm.run_record import log_run_record
 from hf_clm.throughput import training_throughput
-from hf_clm.trainer import build_trainer, eval_set_figures, final_eval_metrics
+from hf_clm.trainer import build_trainer, eval_set_figures, final_eval_metrics, load_checkpoint_without_training
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +51,20 @@ def check_fills_a_step(counts: dict[str, TokenCounts], args: TrainingArguments) 
             f"steps; lower the batch size or accumulation, or add text")
 
 
+def check_final_loss(eval_loss: float | None) -> None:
+    """A finished run has a finite perplexity: a loss past exp()'s range (over 709 nats/token, far
+    worse than guessing uniformly) or not a number means the model diverged."""
+    if eval_loss is None or not math.isfinite(perplexity_from_loss(eval_loss)):
+        raise TrainingDiverged(
+            f"the final evaluation loss is {eval_loss} nats/token, so perplexity is not finite: the model diverged "
+            f"without a non-finite gradient; the run is not marked finished; lower learning_rate (or use bf16 "
+            f"instead of fp16) and train again with overwrite_output_dir: true")
+
+
 def evaluation_figures(metrics: dict[str, float]) -> dict[str, float]:
     """Perplexity, loss, bits per byte and tokens of one evaluation (Trainer's ``eval_*`` logs)."""
     return {
-        "perplexity": metrics["eval_perplexity"],
+        "perplexity": perplexity_from_loss(metrics["eval_loss"]),
         "eval_loss": metrics["eval_loss"],
         "bits_per_byte": metrics["eval_bits_per_byte"],
         "eval_tokens": metrics["eval_tokens"],
@@ -80,11 +95,14 @@ def perplexity_summary(metrics: dict[str, float], model: PreTrainedModel, data: 
 
 def hub_push_target(args: TrainingArguments) -> tuple[PushTarget, str] | None:
     """With push_to_hub: the repo and token, checked now rather than after training. The push
-    itself happens once, at the end, with the package's model card, so Trainer does not push."""
+    itself happens once, at the end, with the package's model card, so Trainer does not push.
+    The token lives in this frame only: it is taken out of the arguments Trainer saves
+    (``training_args.bin`` in the run and every checkpoint) whether or not the run pushes."""
+    token, args.hub_token = args.hub_token, None
     if not args.push_to_hub:
         return None
-    repo_id, token = check_hub_access(args.hub_model_id, args.hub_token)
-    args.push_to_hub, args.hub_token = False, None  # the token lives in this frame only, never in training_args.bin
+    repo_id, token = check_hub_access(args.hub_model_id, token)
+    args.push_to_hub = False
     return PushTarget(repo_id, private=bool(args.hub_private_repo), revision=args.hub_revision), token
 
 
@@ -92,18 +110,33 @@ def trainable_parameters(model: PreTrainedModel) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def output_dir_lock(args: TrainingArguments):
+    """The main process holds output_dir's lock for the whole run; the other ranks are its helpers."""
+    return folder_lock(args.output_dir, "output_dir") if args.process_index == 0 else contextlib.nullcontext()
+
+
 def run(recipe: Recipe) -> dict[str, Any]:
-    """Train the recipe's model and write model, tokenizer and ``perplexity.json`` to output_dir."""
+    """Train the recipe's model and write model, tokenizer, report and, last, ``perplexity.json``
+    (the finished-run marker) to output_dir."""
+    args = recipe.training
+    check_hub_sources(recipe.model, recipe.data)
+    push = hub_push_target(args)
+    check_4bit_possible(recipe.model)
+    with output_dir_lock(args):
+        return locked_run(recipe, push)
+
+
+def locked_run(recipe: Recipe, push: tuple[PushTarget, str] | None) -> dict[str, Any]:
     args = recipe.training
     check_launch(args)
     output_dir = Path(args.output_dir)
     resume = resume_checkpoint(args)
-    check_output_dir(output_dir, resume, recipe.run.overwrite_output_dir)
-    check_hub_sources(recipe.model, recipe.data)
-    push = hub_push_target(args)
-    check_4bit_possible(recipe.model)
-    if recipe.run.overwrite_output_dir and args.should_save:
-        clear_previous_run(output_dir)
+    check_output_dir(output_dir, resume, recipe.run.overwrite_output_dir, auto=args.resume_from_checkpoint == "auto")
+    if resume and trains_no_further(resume, args) and finished_marker_problem(output_dir) is None \
+            and read_json(output_dir / PERPLEXITY_FILENAME, "").get("global_step") == checkpoint_step(resume):
+        summary = read_json(output_dir / PERPLEXITY_FILENAME, "")
+        print(f"{output_dir} already finished at step {summary['global_step']}: nothing to train")
+        return summary
     set_seed(args.seed)
     # Under several processes the main one tokenizes and caches; the others then read its cache.
     with args.main_process_first(desc="corpus preparation"):
@@ -114,15 +147,27 @@ def run(recipe: Recipe) -> dict[str, Any]:
     if recipe.model.model_name_or_path and resume is None:
         args.eval_on_start = True  # the base model's perplexity, for the before/after comparison
 
+    # Everything is ready: only now may the previous contents of output_dir go.
     if args.should_save:
+        if recipe.run.overwrite_output_dir:
+            clear_previous_run(output_dir)
+        elif resume is None:
+            clear_incomplete_checkpoints(output_dir)
+        # a run being extended is no longer finished until its new marker is written
+        (output_dir / PERPLEXITY_FILENAME).unlink(missing_ok=True)
         save_recipe(recipe, output_dir)
         save_token_counts(data.counts, output_dir)
     trainer = build_trainer(recipe, model, data)
     record = log_run_record(trainer, recipe.data.block_size)
-    trainer.train(resume_from_checkpoint=resume)
+    if resume and trains_no_further(resume, args):
+        logger.info("%s holds every step the recipe asks for: finishing the run without training", resume)
+        load_checkpoint_without_training(trainer, resume)
+    else:
+        trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     trainer.save_state()
     metrics = final_eval_metrics(trainer)
+    check_final_loss(metrics["eval_loss"])
     unigram = None if data.streamed else \
         unigram_scores(data.train, data.validation, len(data.tokenizer)).perplexity
     summary = perplexity_summary(metrics, model, data, trainer.state.num_input_tokens_seen, unigram,
@@ -133,8 +178,8 @@ def run(recipe: Recipe) -> dict[str, Any]:
     if trainer.is_world_process_zero():
         if recipe.run.merge_adapter:
             merge_adapter(output_dir)
-        write_json(summary, output_dir / PERPLEXITY_FILENAME)
-        write_report([output_dir], output_dir)
+        write_report([output_dir], output_dir, summaries=[summary])
+        write_finished_marker(summary, output_dir, trainer.state.global_step)  # last: the run is finished
         print(format_summary(summary, output_dir))
         if push:
             print(f"pushed to              {push_run(output_dir, *push)}")

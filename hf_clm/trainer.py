@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import copy
+import math
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from datasets import IterableDataset
+from safetensors import SafetensorError
 from torch.utils.data import DataLoader
 from transformers import (DataCollatorForLanguageModeling, EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase,
-                          Trainer)
+                          Trainer, TrainerState)
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from hf_clm.artifacts import disk_full_message
 from hf_clm.distributed import check_parallelism_took_effect, shard_on_cpu, with_tied_weights_aliased
+from hf_clm.divergence import DivergenceGuard
+from hf_clm.errors import HfClmError
 from hf_clm.evaluation import (IGNORE_INDEX, NLL, TARGETS, Scores, TokenText, perplexity_from_loss, token_text,
                                trainer_scores)
 from hf_clm.prepare import TrainingData
@@ -37,7 +46,20 @@ class CausalLMTrainer(Trainer):
         self.token_text = TokenText(text.bytes.to(self.args.device), text.chars.to(self.args.device))
         self.eval_sets: dict = {}
         self.meter = ThroughputMeter(flops_per_token, peak_flops)
+        self.divergence = DivergenceGuard()
         self.add_callback(self.meter)
+        self.add_callback(self.divergence)
+
+    def training_step(self, *args, **kwargs) -> torch.Tensor:
+        loss = super().training_step(*args, **kwargs)
+        self.divergence.record_loss(loss)
+        return loss
+
+    def _get_grad_norm(self, *args, **kwargs):
+        # the norm before clipping: clipping an infinite norm zeroes the gradients, hiding it
+        norm = super()._get_grad_norm(*args, **kwargs)
+        self.divergence.record_grad_norm(norm)
+        return norm
 
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
@@ -68,7 +90,19 @@ class CausalLMTrainer(Trainer):
 
     def _save_checkpoint(self, *args, **kwargs):
         with self.meter.paused():
-            return super()._save_checkpoint(*args, **kwargs)
+            try:
+                return super()._save_checkpoint(*args, **kwargs)
+            except (*WRITE_ERRORS, ModelWriteFailed) as err:
+                raise checkpoint_write_error(Path(self.args.output_dir), self.state.global_step, err) from None
+
+    def save_model(self, *args, **kwargs):
+        try:
+            return super().save_model(*args, **kwargs)
+        except WRITE_ERRORS as err:
+            reason = disk_full_message(err) if isinstance(err, OSError) else None
+            raise ModelWriteFailed(f"saving the model to {self.args.output_dir} failed ({reason or str(err).splitlines()[0]}); "
+                             f"is the disk full? The run is not marked finished; free some space and rerun with "
+                             f"resume_from_checkpoint: auto") from None
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         for key in [k for k in logs if k.startswith("eval_") and k.endswith(TOKEN_WEIGHTED_LOSS)]:
@@ -79,7 +113,9 @@ class CausalLMTrainer(Trainer):
             logs.update(self.meter.interval(self.state.num_input_tokens_seen))
         # Without start_time: Trainer would add its own train_tokens_per_second (time since the session
         # began, evaluation included) under the name of hf_clm.throughput's figure.
-        super().log(logs)
+        # trainer_state.json must stay valid JSON: no NaN or Infinity in the log history
+        super().log({key: None if isinstance(value, float) and not math.isfinite(value) else value
+                     for key, value in logs.items()})
 
     def get_train_dataloader(self) -> DataLoader:
         if not (isinstance(self.train_dataset, IterableDataset) and self.args.world_size > 1):
@@ -89,6 +125,24 @@ class CausalLMTrainer(Trainer):
         return EpochDataLoader(self.train_dataset, batch_size=self._train_batch_size,
                                collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers,
                                pin_memory=self.args.dataloader_pin_memory)
+
+class ModelWriteFailed(HfClmError):
+    """The weights could not be written (a full disk)."""
+
+
+# torch.save reports a failed write as a RuntimeError, safetensors as a SafetensorError
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
+
+
+def checkpoint_write_error(output_dir: Path, step: int, err: Exception) -> HfClmError:
+    """A checkpoint that could not be written (a full disk, a file-size limit): its partial folder
+    removed, one line saying so; the checkpoints before it are intact."""
+    folder = output_dir / f"{PREFIX_CHECKPOINT_DIR}-{step}"
+    shutil.rmtree(folder, ignore_errors=True)
+    reason = disk_full_message(err) if isinstance(err, OSError) else \
+        str(err).split(" failed (", 1)[-1].rsplit("); is the disk full?", 1)[0] if isinstance(err, ModelWriteFailed) else None
+    return HfClmError(f"writing {folder} failed ({reason or str(err).splitlines()[0]}); is the disk full? Its "
+                      f"partial folder was removed; free some space and rerun with resume_from_checkpoint: auto")
 
 
 class EpochDataLoader(DataLoader):
@@ -156,6 +210,12 @@ def eval_set_figures(trainer: Trainer) -> dict[str, dict[str, float]]:
                              "bits_per_byte": last.get(prefix + "bits_per_byte"),
                              "eval_tokens": last.get(prefix + "tokens")}
     return figures
+
+def load_checkpoint_without_training(trainer: Trainer, checkpoint: str) -> None:
+    """The state of a checkpoint that already holds every step: its weights and trainer state,
+    nothing trained (``Trainer.train`` would run one more step when it ends mid-epoch)."""
+    trainer._load_from_checkpoint(checkpoint)
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
 
 
 def final_eval_metrics(trainer: Trainer) -> dict[str, float]:

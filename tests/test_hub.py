@@ -2,14 +2,17 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from huggingface_hub import ModelCard
 
 from conftest import recipe_args, write_corpus
+from hf_clm.recipe import PATH_KEYS
 from hub_server import start_hub
 
 TOKEN = "hf_localTestTokenThatMustNeverLeak42"
@@ -71,7 +74,13 @@ def test_push_uploads_the_run_byte_for_byte_with_flags(hub, finished_run):
     assert (commit.repo_id, commit.revision, commit.summary) == ("tester/tiny-clm", "experiment", "First tiny model")
     assert set(commit.files) == files_in_repo(finished_run)
     for name, content in commit.files.items():
-        assert content == (finished_run / name).read_bytes(), name
+        if name != "recipe.yaml":  # pushed with file names instead of this machine's paths
+            assert content == (finished_run / name).read_bytes(), name
+        assert str(finished_run.parent).encode() not in content, name  # no absolute local path
+    pushed = yaml.safe_load(commit.files["recipe.yaml"])
+    local = yaml.safe_load((finished_run / "recipe.yaml").read_text())
+    assert pushed["train_files"] == ["train.txt"] and pushed["output_dir"] == "run"
+    assert {k: v for k, v in pushed.items() if k not in PATH_KEYS} == {k: v for k, v in local.items() if k not in PATH_KEYS}
     assert_token_absent(finished_run, result.stdout, result.stderr)
 
 
@@ -144,3 +153,36 @@ def test_pushing_an_unfinished_run_uploads_nothing(hub, finished_run, tmp_path):
     assert result.returncode == 2
     assert "is not a finished run (perplexity.json, tokenizer.json, *.safetensors missing)" in result.stderr
     assert state.requests == []
+
+
+def swap_weights(run_dir: Path) -> None:  # weights of another step beside the marker (a killed extension)
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(run_dir / "model.safetensors")
+    save_file({k: v + 1 for k, v in tensors.items()}, run_dir / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:5000]),
+     "model.safetensors is damaged"),
+    (swap_weights, "differ from those perplexity.json was written for"),
+    (lambda d: (d / "tokenizer.json").write_text("{"), "tokenizer.json) cannot be loaded"),
+    (lambda d: (d / "perplexity.json").write_text(""), "perplexity.json is unreadable or not valid JSON"),
+    (lambda d: (d / "perplexity.json").write_text('{"perplexity": 3.0}'), "does not record the run's weights"),
+])
+def test_push_verifies_the_run_before_any_request(hub, finished_run, tmp_path, damage, message):
+    state, endpoint = hub
+    run_dir = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    damage(run_dir)
+    result = hf_clm(hub_env(endpoint), "push", str(run_dir), "--repo-id", "tester/x")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert message in result.stderr.strip().splitlines()[-1]
+    assert state.requests == []
+
+
+def test_a_diverged_run_is_not_pushed(hub, tmp_path):
+    state, endpoint = hub
+    files = write_corpus(tmp_path / "corpus")
+    result = hf_clm(hub_env(endpoint), "train", *recipe_args(files, tmp_path / "run", "--learning_rate", "1e6",
+                                                             "--push_to_hub", "true", "--hub_model_id", "tester/nan"))
+    assert result.returncode == 3 and "training diverged" in result.stderr.strip().splitlines()[-1]
+    assert not state.commits and not (tmp_path / "run" / "perplexity.json").exists()

@@ -1,4 +1,5 @@
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 import yaml
 
 from hf_clm.errors import HfClmError
-from hf_clm.recipe import RECIPE_FILENAME, parse_recipe, read_recipe_yaml, save_recipe
+from hf_clm.recipe import RECIPE_FILENAME, parse_recipe, read_recipe_yaml, resolve_paths, save_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -88,7 +89,8 @@ def test_every_recipe_parses_and_starts_with_its_command(path):
     # bf16 recipes target GPUs; TrainingArguments refuses bf16 on a CPU-only machine
     no_gpu = ["--bf16", "false"] if values.get("bf16") and not torch.cuda.is_available() else []
     recipe = parse_recipe([str(path), *no_gpu])
-    assert recipe.training.output_dir == values["output_dir"]
+    values = resolve_paths(values)  # paths are resolved once, at parse time, against the current directory
+    assert recipe.training.output_dir == values["output_dir"] == os.path.abspath(read_recipe_yaml(path)["output_dir"])
     assert all(getattr(recipe.model, k, getattr(recipe.data, k, None)) == v for k, v in values.items()
                if hasattr(recipe.model, k) or hasattr(recipe.data, k))
 

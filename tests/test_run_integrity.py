@@ -1,0 +1,427 @@
+"""A run directory people can trust: nothing half-written, nothing secret, nothing silently wrong.
+
+Every training here is a real ``hf-clm`` subprocess (kills are real SIGKILLs; a full disk is a
+file-size limit, RLIMIT_FSIZE, under which writes fail as they do on a full disk).
+"""
+
+import json
+import math
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, SHARED_DATA, recipe_args, requires_shared_data, write_corpus
+from hf_clm.artifacts import PERPLEXITY_FILENAME, finished_marker_problem, json_text, write_json
+from hf_clm.checkpoints import checkpoint_problem, checkpoints
+from hf_clm.locks import LOCK_FILENAME
+
+SECRET = "hf_secretTokenThatMustNeverBeWritten77"
+
+
+def hf_clm(*args: str, env: dict | None = None, cwd: Path | None = None, fsize: int | None = None
+           ) -> subprocess.CompletedProcess:
+    def limit_file_size():  # a full disk: writes past `fsize` bytes fail with EFBIG instead of killing
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    return subprocess.run([sys.executable, "-m", "hf_clm", *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, cwd=cwd,
+                          preexec_fn=limit_file_size if fsize else None)
+
+
+def train(files, run_dir: Path, *extra: str, **kwargs) -> subprocess.CompletedProcess:
+    return hf_clm("train", *recipe_args(files, run_dir, "--max_steps", "4", "--save_steps", "2", "--eval_steps", "4",
+                                        *extra), **kwargs)
+
+
+def last_line(result: subprocess.CompletedProcess) -> str:
+    return result.stderr.strip().splitlines()[-1]
+
+
+def strict_json(path: Path):
+    def refuse(constant):
+        raise AssertionError(f"{path} holds {constant}, which is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, offline_hf_cache):
+    return write_corpus(tmp_path_factory.mktemp("integrity") / "corpus")
+
+
+@pytest.fixture(scope="module")
+def finished(corpus, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    result = train(corpus, run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def copy_of(run_dir: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run_dir, tmp_path / "run"))
+
+
+# ---- 1. secrets -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["flag", "yaml"])
+def test_a_hub_token_is_in_no_file_the_run_writes(corpus, tmp_path, how):
+    run_dir = tmp_path / "run"
+    if how == "yaml":
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text(yaml.safe_dump({"hub_token": SECRET}))
+        result = hf_clm("train", str(recipe), *recipe_args(corpus, run_dir, "--max_steps", "2", "--save_steps", "2",
+                                                           "--eval_steps", "2"))
+    else:
+        result = train(corpus, run_dir, "--max_steps", "2", "--hub_token", SECRET)
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = [p for p in run_dir.rglob("*") if p.is_file()]
+    assert any(p.name == "training_args.bin" for p in written) and any("checkpoint-2" in str(p) for p in written)
+    for path in written:
+        assert SECRET.encode() not in path.read_bytes(), path
+    assert SECRET not in result.stdout + result.stderr
+
+
+# ---- 2. divergence ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("learning_rate", ["1e3", "1e6"])
+def test_divergence_stops_with_one_line_and_no_finished_run(corpus, tmp_path, learning_rate):
+    run_dir = tmp_path / "run"
+    result = train(corpus, run_dir, "--learning_rate", learning_rate, "--max_steps", "30", "--save_steps", "1")
+    assert result.returncode == 3, result.stderr[-3000:]
+    line = last_line(result)
+    assert line.startswith("hf-clm: error: training diverged at step ") and "lower learning_rate" in line
+    step = int(line.split("at step ")[1].split()[0])
+    assert "the last finite loss was" in line or step == 1
+    assert not (run_dir / PERPLEXITY_FILENAME).exists() and not (run_dir / "model.safetensors").exists()
+    from safetensors.torch import load_file
+    kept = checkpoints(run_dir)
+    assert [int(p.name.split("-")[1]) for p in kept][-1:] == ([step - 1] if step > 1 else [])
+    for checkpoint in kept:  # every checkpoint kept is a good one: finite weights, valid JSON
+        assert checkpoint_problem(checkpoint) is None
+        assert all(t.isfinite().all() for t in load_file(checkpoint / "model.safetensors").values())
+        strict_json(checkpoint / "trainer_state.json")
+
+
+def test_json_files_hold_null_with_a_reason_for_non_finite_numbers(tmp_path):
+    path = write_json({"perplexity": math.inf, "loss": math.nan, "nested": {"x": -math.inf}, "ok": 1.5},
+                      tmp_path / "figures.json")
+    data = strict_json(path)
+    assert data["perplexity"] is None and data["loss"] is None and data["nested"]["x"] is None and data["ok"] == 1.5
+    assert set(data["non_finite"]) == {"perplexity", "loss", "nested.x"}
+    assert data["non_finite"]["perplexity"].startswith("inf") and data["non_finite"]["loss"].startswith("nan")
+    assert "NaN" not in json_text([math.nan]) and "Infinity" not in json_text({"a": [math.inf]})
+
+
+def test_every_json_of_a_finished_run_is_strict_json(finished):
+    found = list(finished.rglob("*.json"))
+    assert len(found) > 5
+    for path in found:
+        strict_json(path)
+
+
+# ---- 3. atomic artefacts, marker last, auto resume ----------------------------------------------
+
+def test_the_marker_records_step_and_weights_and_is_written_after_the_report(finished):
+    summary = strict_json(finished / PERPLEXITY_FILENAME)
+    assert summary["global_step"] == 4 and set(summary["weights_sha256"]) == {"model.safetensors"}
+    assert finished_marker_problem(finished) is None
+    for name in ("report.md", "report.json", "curves_by_steps.png", "model.safetensors", "recipe.yaml"):
+        assert (finished / name).stat().st_mtime_ns <= (finished / PERPLEXITY_FILENAME).stat().st_mtime_ns, name
+    assert not [p for p in finished.iterdir() if p.name.startswith(".")]  # no temporary or lock file left
+
+
+def test_a_write_that_fails_on_a_full_disk_leaves_the_old_file_whole(tmp_path):
+    path = tmp_path / "perplexity.json"
+    path.write_text('{"perplexity": 3.0}\n')
+    code = ("import signal, resource; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100)); from hf_clm.artifacts import write_json; "
+            f"write_json({{'perplexity': 2.0, 'padding': 'x' * 1000}}, {str(path)!r})")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode != 0 and "File too large" in result.stderr
+    assert json.loads(path.read_text()) == {"perplexity": 3.0}
+    assert [p.name for p in tmp_path.iterdir()] == ["perplexity.json"]
+
+
+def test_a_full_disk_during_training_is_one_line_and_a_rerun_finishes(corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    result = train(corpus, run_dir, fsize=200_000)  # the model fits, the first checkpoint's optimizer does not
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert last_line(result).startswith("hf-clm: error: writing ") and "is the disk full?" in last_line(result)
+    assert not (run_dir / PERPLEXITY_FILENAME).exists()
+    result = train(corpus, run_dir, "--resume_from_checkpoint", "auto")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert finished_marker_problem(run_dir) is None
+
+
+@pytest.mark.parametrize("damage", ["torn first checkpoint", "optimizer.pt", "model.safetensors", "scheduler.pt",
+                                    "rng_state.pth"])
+def test_auto_skips_damaged_checkpoints_and_starts_fresh_without_one(finished, tmp_path, corpus, damage):
+    run_dir = copy_of(finished, tmp_path)
+    (run_dir / PERPLEXITY_FILENAME).unlink()
+    shutil.rmtree(run_dir / "checkpoint-4")
+    first = run_dir / "checkpoint-2"
+    if damage == "torn first checkpoint":  # killed while saving: no trainer state yet
+        (first / "trainer_state.json").unlink()
+    else:  # the trainer state is fine, a file is cut short
+        part = first / damage
+        part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+    assert checkpoint_problem(first) is not None
+    result = train(corpus, run_dir, "--resume_from_checkpoint", "auto")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "starting fresh" in result.stderr and "Removing the incomplete checkpoint" in result.stderr
+    assert finished_marker_problem(run_dir) is None
+    assert strict_json(run_dir / PERPLEXITY_FILENAME)["train_tokens_seen"] == 4 * 8 * 32
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before the kill point"
+        time.sleep(0.01)
+
+
+def start_training(files, run_dir: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "hf_clm", "train", *recipe_args(files, run_dir, *extra)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def test_a_kill_while_extending_a_finished_run_leaves_no_finished_marker(finished, tmp_path, corpus):
+    run_dir = copy_of(finished, tmp_path)
+    process = start_training(corpus, run_dir, "--max_steps", "400", "--save_steps", "2", "--eval_steps", "400",
+                             "--resume_from_checkpoint", "auto")
+    wait_for(lambda: (run_dir / "checkpoint-6" / "trainer_state.json").is_file(), process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / PERPLEXITY_FILENAME).exists()
+
+
+# ---- 4. one writer per folder -------------------------------------------------------------------
+
+def test_a_second_training_into_a_busy_output_dir_is_refused_and_a_stale_lock_taken_over(corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    first = start_training(corpus, run_dir, "--max_steps", "400", "--save_steps", "2", "--eval_steps", "400")
+    wait_for(lambda: (run_dir / "checkpoint-2" / "trainer_state.json").is_file(), first)
+    second = train(corpus, run_dir, "--resume_from_checkpoint", "auto")
+    assert second.returncode == 2
+    assert f"output_dir {run_dir} is in use by pid {first.pid} on {socket.gethostname()}" in last_line(second)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert (run_dir / LOCK_FILENAME).is_file()  # a SIGKILL leaves the lock behind
+    third = train(corpus, run_dir, "--max_steps", "6", "--resume_from_checkpoint", "auto")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "Taking over the stale lock" in third.stderr
+    assert not (run_dir / LOCK_FILENAME).exists()
+
+
+def test_prepare_into_a_locked_folder_names_the_holder(corpus, tmp_path):
+    target = tmp_path / "blocks"
+    target.mkdir()
+    (target / LOCK_FILENAME).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                    "locked_at": time.time(), "command": "hf-clm prepare"}))
+    args = recipe_args(corpus, tmp_path / "run", "--prepared_dataset", str(target))
+    result = hf_clm("prepare", *args)
+    assert result.returncode == 2 and f"is in use by pid {os.getpid()}" in last_line(result)
+    assert not (target / "prepared.json").exists()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (target / LOCK_FILENAME).write_text(json.dumps({"pid": int(gone.stdout), "host": socket.gethostname(),
+                                                    "locked_at": time.time() - 60, "command": "hf-clm prepare"}))
+    result = hf_clm("prepare", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (target / "prepared.json").is_file() and not (target / LOCK_FILENAME).exists()
+
+
+# ---- 5. validate before destroying --------------------------------------------------------------
+
+def test_overwrite_validates_first_and_removes_only_what_the_package_wrote(finished, tmp_path, corpus):
+    run_dir = copy_of(finished, tmp_path)
+    (run_dir / "notes.txt").write_text("mine")
+    (run_dir / "adapter_config.json").write_text("{}")  # left by an earlier LoRA run
+    (run_dir / "merged").mkdir()
+    (run_dir / "merged" / "model.safetensors").write_bytes(b"old")
+    before = (run_dir / "model.safetensors").read_bytes()
+    wrong = {**corpus, "train": corpus["train"].with_name("trian.txt")}  # a typo'd path
+    result = train(wrong, run_dir, "--overwrite_output_dir", "true")
+    assert result.returncode == 2 and "trian.txt' does not exist" in last_line(result)
+    assert (run_dir / "model.safetensors").read_bytes() == before and finished_marker_problem(run_dir) is None
+    assert (run_dir / "adapter_config.json").exists() and checkpoints(run_dir)
+    result = train(corpus, run_dir, "--overwrite_output_dir", "true", "--max_steps", "3", "--save_steps", "3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in checkpoints(run_dir)] == ["checkpoint-3"]
+    assert not (run_dir / "adapter_config.json").exists() and not (run_dir / "merged").exists()
+    assert (run_dir / "notes.txt").read_text() == "mine"
+    assert finished_marker_problem(run_dir) is None
+
+
+# ---- 7. resume accounting -----------------------------------------------------------------------
+
+def test_resuming_from_the_final_checkpoint_trains_nothing(finished, tmp_path, corpus):
+    run_dir = copy_of(finished, tmp_path)
+    # finished: nothing changes at all
+    stamps = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.rglob("*") if p.is_file()}
+    result = train(corpus, run_dir, "--resume_from_checkpoint", "auto")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "nothing to train" in result.stdout
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.rglob("*") if p.is_file()} == stamps
+    # killed after the final checkpoint, before the final save: finished without a phantom step
+    (run_dir / PERPLEXITY_FILENAME).unlink()
+    (run_dir / "model.safetensors").unlink()
+    result = train(corpus, run_dir, "--resume_from_checkpoint", "auto", "--max_steps", "4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in checkpoints(run_dir)] == ["checkpoint-2", "checkpoint-4"]
+    summary = strict_json(run_dir / PERPLEXITY_FILENAME)
+    assert summary["global_step"] == 4 and summary["train_tokens_seen"] == 4 * 8 * 32
+    assert (run_dir / "model.safetensors").read_bytes() == (finished / "model.safetensors").read_bytes()
+
+
+def test_resuming_from_the_final_checkpoint_mid_epoch_adds_no_phantom_step(corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    assert train(corpus, run_dir, "--max_steps", "5", "--save_steps", "5", "--eval_steps", "5").returncode == 0
+    (run_dir / PERPLEXITY_FILENAME).unlink()
+    result = train(corpus, run_dir, "--max_steps", "5", "--save_steps", "5", "--eval_steps", "5",
+                   "--resume_from_checkpoint", str(run_dir / "checkpoint-5"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in checkpoints(run_dir)] == ["checkpoint-5"]
+    assert strict_json(run_dir / "trainer_state.json")["global_step"] == 5
+
+
+# ---- 8. paths -----------------------------------------------------------------------------------
+
+def test_paths_resolve_once_the_same_way_and_the_saved_recipe_runs_from_anywhere(corpus, tmp_path):
+    home, work = tmp_path / "home", tmp_path / "work"
+    shutil.copytree(corpus["train"].parent, work / "data")
+    home.mkdir()
+    args = [a if a not in {str(corpus["train"]), str(corpus["validation"])} else "data/" + Path(a).name
+            for a in recipe_args(corpus, Path("runs/r"), "--max_steps", "2", "--save_steps", "2", "--eval_steps", "2")]
+    result = hf_clm("prepare", *args, "--prepared_dataset", "~/blocks", env={"HOME": str(home)}, cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (home / "blocks" / "prepared.json").is_file() and not (work / "~").exists()
+    result = hf_clm("train", *args, "--prepared_dataset", "~/blocks", env={"HOME": str(home)}, cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = yaml.safe_load((work / "runs" / "r" / "recipe.yaml").read_text())
+    assert saved["prepared_dataset"] == str(home / "blocks") and saved["output_dir"] == str(work / "runs" / "r")
+    assert saved["train_files"] == [str(work / "data" / "train.txt")]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = hf_clm("train", str(work / "runs" / "r" / "recipe.yaml"), "--output_dir", str(tmp_path / "again"),
+                    cwd=elsewhere)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@requires_shared_data
+def test_a_lora_adapter_records_its_base_model_and_loads_from_anywhere(tmp_path):
+    run_dir = tmp_path / "lora"
+    result = hf_clm("train", "recipes/lora-tiny-gpt2.yaml", "--output_dir", str(run_dir), "--max_steps", "2",
+                    "--save_steps", "2", "--eval_steps", "2", "--max_train_samples", "200", "--merge_adapter", "false",
+                    cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    base = json.loads((run_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert Path(base) == (SHARED_DATA / "tiny-gpt2").resolve()
+    result = hf_clm("generate", str(run_dir), "To be", "--max_new_tokens", "3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+# ---- 9. corrupt or unreadable inputs ------------------------------------------------------------
+
+def truncate(path: Path) -> Path:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+def damaged_run(run_dir: Path, what: str) -> Path:
+    """Damage a copy of a finished run; returns the file that is damaged."""
+    if what == "truncated weights":
+        return truncate(run_dir / "model.safetensors")
+    if what == "bad tokenizer.json":
+        (run_dir / "tokenizer.json").write_text('{"version": "1.0", "model": ')
+        return run_dir / "tokenizer.json"
+    raise ValueError(what)
+
+
+@pytest.mark.parametrize("command,what", [
+    ("generate", "truncated weights"), ("generate", "bad tokenizer.json"),
+    ("perplexity", "truncated weights"), ("explain", "bad tokenizer.json"),
+])
+def test_a_damaged_run_directory_is_one_line_naming_the_file(finished, tmp_path, corpus, command, what):
+    run_dir = copy_of(finished, tmp_path)
+    damaged = damaged_run(run_dir, what)
+    extra = {"generate": ["hello"], "explain": ["the cat sat"], "perplexity": ["--data", str(corpus["validation"])]}
+    result = hf_clm(command, str(run_dir), *extra[command])
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert last_line(result).startswith("hf-clm: error: ") and "Traceback" not in result.stderr
+    assert str(damaged) in last_line(result) or (damaged.name in last_line(result) and str(run_dir) in last_line(result))
+
+
+@pytest.mark.parametrize("damage", ["missing arrow file", "bad prepared.json", "bad tokenizer"])
+def test_a_damaged_prepared_dataset_is_one_line(corpus, tmp_path, damage):
+    target = tmp_path / "blocks"
+    args = recipe_args(corpus, tmp_path / "run", "--prepared_dataset", str(target), "--max_steps", "2")
+    assert hf_clm("prepare", *args).returncode == 0
+    if damage == "missing arrow file":
+        next((target / "train").glob("*.arrow")).unlink()
+    elif damage == "bad prepared.json":
+        (target / "prepared.json").write_text("")
+    else:
+        (target / "tokenizer" / "tokenizer.json").write_text("{")
+    result = hf_clm("train", *args)
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = last_line(result)
+    assert line.startswith("hf-clm: error: ") and str(target) in line and "hf-clm prepare" in line
+
+
+def test_damaged_caches_are_rebuilt(corpus, tmp_path):
+    import datasets.config
+
+    args = recipe_args(corpus, tmp_path / "run", "--prepared_dataset", str(tmp_path / "blocks"))
+    assert hf_clm("prepare", *args).returncode == 0
+    cache = Path(datasets.config.HF_DATASETS_CACHE)
+    arrows = [p for p in cache.rglob("*.arrow") if "text" in p.parts]
+    tokenizers = list((cache / "hf_clm_tokenizers").rglob("tokenizer.json"))
+    assert arrows and tokenizers
+    for path in arrows + tokenizers:
+        truncate(path)
+    result = hf_clm("prepare", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Rebuilding" in result.stderr
+
+
+# ---- 10. memory ---------------------------------------------------------------------------------
+
+PEAK_SCRIPT = """
+import resource, sys
+from datasets import Dataset, DatasetDict
+from transformers import AutoTokenizer
+from hf_clm.blocks import build_blocks
+from hf_clm.recipe import DataArguments
+text = open(sys.argv[2], encoding="utf-8").read()
+docs = [text] if sys.argv[1] == "one" else text.split(". ")
+raw = DatasetDict(train=Dataset.from_dict({"text": docs}), validation=Dataset.from_dict({"text": ["a b"] * 4}))
+del text, docs
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[3])
+build_blocks(raw, tokenizer, DataArguments(block_size=8))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@requires_shared_data
+def test_one_long_line_needs_no_more_memory_than_the_same_text_in_lines(tmp_path):
+    source = (SHARED_DATA / "tinyshakespeare" / "input.txt").read_text().replace("\n", " ")
+    line = tmp_path / "line.txt"
+    line.write_text((source * 10)[:8_000_000])  # 8 MB, one line
+    peaks = {}
+    for mode in ("lines", "one"):
+        env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / f"cache-{mode}")}
+        result = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, mode, str(line), str(SHARED_DATA / "tiny-gpt2")],
+                                capture_output=True, text=True, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        peaks[mode] = int(result.stdout.split()[-1])
+    assert peaks["one"] <= 1.5 * peaks["lines"], peaks
