@@ -114,10 +114,10 @@ def run(recipe: Recipe) -> dict[str, Any]:
     if recipe.model.model_name_or_path and resume is None:
         args.eval_on_start = True  # the base model's perplexity, for the before/after comparison
 
+    trainer = build_trainer(recipe, model, data)  # refuses an optimizer that cannot work before any file is written
     if args.should_save:
         save_recipe(recipe, output_dir)
         save_token_counts(data.counts, output_dir)
-    trainer = build_trainer(recipe, model, data)
     record = log_run_record(trainer, recipe.data.block_size)
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()

@@ -12,11 +12,13 @@ from torch.utils.data import DataLoader
 from transformers import (DataCollatorForLanguageModeling, EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase,
                           Trainer)
 
+from hf_clm.attention import DocumentCollator
 from hf_clm.distributed import check_parallelism_took_effect, shard_on_cpu, with_tied_weights_aliased
 from hf_clm.evaluation import (IGNORE_INDEX, NLL, TARGETS, Scores, TokenText, perplexity_from_loss, token_text,
                                trainer_scores)
+from hf_clm.optimizer import MuonFactory, muon_parameter_groups
 from hf_clm.prepare import TrainingData
-from hf_clm.recipe import Recipe
+from hf_clm.recipe import Recipe, uses_muon
 from hf_clm.throughput import ThroughputMeter, flops_per_token, total_peak_flops
 
 
@@ -135,9 +137,13 @@ def causal_lm_collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorForLan
 
 
 def build_trainer(recipe: Recipe, model: PreTrainedModel, data: TrainingData) -> CausalLMTrainer:
+    collator = causal_lm_collator(data.tokenizer)
+    if recipe.model.attention_scope == "document":
+        collator = DocumentCollator(collator)
     trainer = CausalLMTrainer(
         model=model, args=recipe.training, train_dataset=data.train, eval_dataset=data.validation,
-        data_collator=causal_lm_collator(data.tokenizer), processing_class=data.tokenizer,
+        data_collator=collator, processing_class=data.tokenizer,
+        optimizer_cls_and_kwargs=optimizer_cls_and_kwargs(recipe, model),
         flops_per_token=flops_per_token(model, recipe.data.block_size),
         peak_flops=total_peak_flops(recipe.run, recipe.training),
     )
@@ -156,6 +162,15 @@ def eval_set_figures(trainer: Trainer) -> dict[str, dict[str, float]]:
                              "bits_per_byte": last.get(prefix + "bits_per_byte"),
                              "eval_tokens": last.get(prefix + "tokens")}
     return figures
+
+
+def optimizer_cls_and_kwargs(recipe: Recipe, model: PreTrainedModel) -> tuple[type, dict] | None:
+    """``optim: muon``: Trainer's factory hook, its parameter split checked now, before training."""
+    if not uses_muon(recipe):
+        return None
+    muon_parameter_groups(model, recipe.training, recipe.run.muon_learning_rate)
+    return MuonFactory, {"args": recipe.training, "muon_learning_rate": recipe.run.muon_learning_rate,
+                         "momentum": recipe.run.muon_momentum}
 
 
 def final_eval_metrics(trainer: Trainer) -> dict[str, float]:
