@@ -146,6 +146,26 @@ def baby_row(folder: Path) -> dict:
             "context": f"{bits:.3f} bits/char in {wall:.0f} s wall"}
 
 
+def ab_section(args: argparse.Namespace, folder: Path) -> list[dict]:
+    from bench.ab import ab_rows, baby_target, default_target
+
+    rows = []
+    for name in args.ab_recipes:
+        target = baby_target(folder, SHAKESPEARE) if name == "baby" else default_target()
+        quick = QUICK_AB_FLAGS[name] if args.quick else []
+        steps = args.ab_steps if args.ab_steps is not None else (30 if args.quick else None)
+        rows += ab_rows(target, folder, steps, quick)
+    return rows
+
+
+# --quick: models and corpora small enough to check the A/B runs, in seconds per variant.
+QUICK_AB_FLAGS = {
+    "baby": ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--vocab_size", "300", "--warmup_steps", "5"],
+    "default": ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--vocab_size", "300", "--warmup_steps", "5",
+                "--max_train_samples", "30", "--max_eval_samples", "5"],
+}
+
+
 def format_table(rows: list[dict]) -> str:
     lines = ["| stage | comparison | ratio | target | met | context |", "|---|---|---|---|---|---|"]
     for r in rows:
@@ -159,8 +179,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs, measures nothing")
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help="where to write the table as JSON")
-    parser.add_argument("--only", nargs="+", choices=("data", "train", "ddp", "eval", "baby"),
-                        default=["data", "train", "ddp", "eval", "baby"], help="stages to run")
+    parser.add_argument("--only", nargs="+", choices=("data", "train", "ddp", "eval", "baby", "ab"),
+                        default=["data", "train", "ddp", "eval", "baby"],
+                        help="stages to run; 'ab' (the training switches' A/B, about an hour) only when named")
+    parser.add_argument("--ab_recipes", nargs="+", choices=("baby", "default"), default=["baby", "default"],
+                        help="recipes of the A/B: shakespeare-baby (nanoGPT's split) and the default demo")
+    parser.add_argument("--ab_steps", type=int, default=None,
+                        help="A/B at equal steps (quality per step) instead of equal wall time")
     parser.add_argument("--gpu", action="store_true",
                         help="the GPU check instead (make gpu-check): GPT-2 124M shapes in bf16 per speed switch, "
                              "tokens/s, MFU, peak memory and a GPU-vs-CPU loss row; says so and exits 0 without a GPU")
@@ -189,6 +214,8 @@ def main() -> int:
             rows += evaluation_rows(args.quick)
         if "baby" in args.only and not args.quick:
             rows.append(baby_row(folder))
+        if "ab" in args.only:
+            rows += ab_section(args, folder)
     machine = {"cpu_cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
                "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     print(format_table(rows))

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from hf_clm.attention import attention_scope, document_position_ids
 from hf_clm.tokenizer import document_prefix
 
 IGNORE_INDEX = -100
@@ -178,6 +179,8 @@ def final_states(model, input_ids: torch.Tensor, position_ids: torch.Tensor | No
     """(last hidden states, LM head) when the head can run apart, else (logits, None)."""
     lm = language_model(model)
     kwargs = {"input_ids": input_ids, "use_cache": False}
+    if position_ids is None and attention_scope(lm) == "document":  # the scope the model was trained with
+        position_ids = document_position_ids(input_ids, lm.config.eos_token_id)
     if position_ids is not None:
         kwargs["position_ids"] = position_ids
     if splits_head(lm):

@@ -19,6 +19,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, Pretr
 from transformers.pytorch_utils import Conv1D
 
 from hf_clm.artifacts import safetensors_problem
+from hf_clm.attention import check_document_isolation, record_attention_scope
 from hf_clm.errors import HfClmError
 from hf_clm.hub import MODEL_ALTERNATIVE, offline_hint, require_hub
 from hf_clm.recipe import ModelArguments
@@ -168,6 +169,9 @@ def build_model(model: ModelArguments, tokenizer: PreTrainedTokenizerBase, block
         raise HfClmError(f"block_size {block_size} is larger than the model's context of {context} "
                          f"tokens; lower block_size to at most {context}")
     sync_special_token_ids(lm, tokenizer)
+    record_attention_scope(lm, model.attention_scope)
+    if model.attention_scope == "document":
+        check_document_isolation(lm)
     logger.info("Model: %s, %.2fM parameters", type(lm).__name__, lm.num_parameters() / 1e6)
     return with_lora_adapter(lm, model) if model.peft_method == "lora" else lm
 

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.utils import is_torch_bf16_gpu_available
 
 from hf_clm.artifacts import write_text_atomic
 from hf_clm.errors import HfClmError
@@ -66,6 +67,12 @@ class ModelArguments:
     )
     attn_implementation: str = field(
         default="sdpa", metadata={"help": "Attention kernel: sdpa, eager or flash_attention_2."}
+    )
+    attention_scope: str = field(
+        default="block",
+        metadata={"help": "What a token of a packed block attends to: 'block' (every earlier token of the "
+                          "block) or 'document' (earlier tokens of its own document; positions restart at "
+                          "each document). Recorded in the model's config.json; evaluation follows it."},
     )
     peft_method: str | None = field(
         default=None,
@@ -170,6 +177,18 @@ class DataArguments:
 
 @dataclass
 class RunArguments:
+    max_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Training budget in tokens instead of max_steps: max_steps becomes max_tokens / "
+                          "(global batch x block_size), rounded up."},
+    )
+    muon_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "optim: muon: learning rate of the Muon group (the 2-D hidden weight matrices), "
+                          "scaled per matrix to AdamW's update size; defaults to learning_rate, which the "
+                          "AdamW group (embeddings, head, biases, norms) keeps."},
+    )
+    muon_momentum: float = field(default=0.95, metadata={"help": "optim: muon: Muon's Nesterov momentum."})
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Train into an output_dir that holds a finished run or checkpoints, replacing them."},
@@ -220,6 +239,12 @@ PACKAGE_DEFAULTS: dict[str, Any] = {
 }
 
 SAMPLE_BY_CHOICES = ("document", "paragraph", "line")
+ATTENTION_SCOPES = ("block", "document")
+# attention_scope: document needs a kernel whose mask transformers derives from restarting
+# position_ids for any batch size; flash_attention_2/3 split only a batch of one flattened row.
+DOCUMENT_SCOPE_KERNELS = ("sdpa", "eager", "flex_attention")
+MUON = "muon"  # optim: muon, the package's own addition to TrainingArguments' optimizers
+WSD = "warmup_stable_decay"
 BUILTIN_CORPORA = ("python-stdlib",)
 # The keys that say where the corpus comes from, and those of them that name a source on their own:
 # a source given as a flag replaces all of the recipe's corpus keys.
@@ -281,6 +306,7 @@ def recipe_parser(command: str = "train") -> HfArgumentParser:
         if (action.dest in types and is_optional(types[action.dest]) and action.dest not in NULLABLE_EXCEPTIONS
                 and action.type is not None):
             action.type = nullable(action.type)
+    parser._option_string_actions["--optim"].choices.append(MUON)
     return parser
 
 
@@ -395,6 +421,8 @@ def checked_value(key: str, value: Any, name: str | None = None) -> Any:
     """The recipe value converted to the key's type; HfClmError naming the key (as the recipe spells it,
     ``name``), the value and what is allowed."""
     name = name or key
+    if key == "optim" and value == MUON:  # not one of transformers' OptimizerNames: the package's own
+        return value
     members = type_members(field_types()[key])
     if any(isinstance(m, type) and issubclass(m, enum.Enum) for m in members):
         members = tuple(m for m in members if m is not str)  # `IntervalStrategy | str`: the str is a member's name
@@ -444,6 +472,9 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "save_steps": (lambda v: finite(v) and v > 0, "a number > 0 (below 1: a fraction of the training steps)"),
     "dataloader_num_workers": (lambda v: v >= 0, "an integer >= 0"),
     "peak_tflops": (lambda v: finite(v) and v > 0, "a number > 0"),
+    "max_tokens": (lambda v: v >= 1, "an integer >= 1"),
+    "muon_learning_rate": (lambda v: finite(v) and v > 0, "a number > 0"),
+    "muon_momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
 }
 
 
@@ -634,8 +665,9 @@ def parse_recipe(argv: list[str] | None = None, default_recipe: str | Path | Non
     values = resolve_paths({key: None if isinstance(value, list) and value and all(v is None for v in value) else value
               for key, value in vars(namespace).items()})  # `--train_files none`
     problems = range_problems(values)
+    given = {**values, **training_rewrites(values)}
     try:
-        model, data, training, run = (cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.init})
+        model, data, training, run = (cls(**{f.name: given[f.name] for f in dataclasses.fields(cls) if f.init})
                                       for cls in RECIPE_CLASSES)
     except ValueError as err:
         raise HfClmError("invalid recipe: " + "; ".join(problems or [str(err).strip().splitlines()[0]])) from None
@@ -645,7 +677,51 @@ def parse_recipe(argv: list[str] | None = None, default_recipe: str | Path | Non
     problems += recipe_problems(recipe)
     if problems:
         raise HfClmError("invalid recipe: " + "; ".join(problems))
+    apply_token_budget(recipe)
+    apply_decay_ratio(recipe)
     return recipe
+
+
+def training_rewrites(values: dict[str, Any]) -> dict[str, Any]:
+    """What TrainingArguments is given instead of the recipe's own value: the AdamW half of
+    ``optim: muon`` (Trainer gets the combined optimizer from :mod:`hf_clm.optimizer`), and
+    ``use_cpu`` for bf16 on a machine without a GPU (transformers asks for it; autocast then
+    runs on the CPU)."""
+    rewrites: dict[str, Any] = {}
+    if str(values["optim"]) == MUON:
+        rewrites["optim"] = "adamw_torch"
+    if values["bf16"] and not values["use_cpu"] and not torch.cuda.is_available() \
+            and not is_torch_bf16_gpu_available():
+        rewrites["use_cpu"] = True
+    return rewrites
+
+
+def uses_muon(recipe: Recipe) -> bool:
+    return str(recipe.training_values.get("optim")) == MUON
+
+
+def tokens_per_step(recipe: Recipe) -> int:
+    """Training tokens of one optimizer step: the global batch in blocks x block_size."""
+    args = recipe.training
+    return (args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+            * recipe.data.block_size)
+
+
+def apply_token_budget(recipe: Recipe) -> None:
+    """``max_tokens`` -> ``max_steps``, rounded up; the same steps on resume (same batch, same
+    processes), so the LR schedule, built from max_steps, agrees with the checkpoint's."""
+    if recipe.run.max_tokens is not None:
+        recipe.training.max_steps = -(-recipe.run.max_tokens // tokens_per_step(recipe))
+
+
+def apply_decay_ratio(recipe: Recipe) -> None:
+    """``lr_scheduler_kwargs: {decay_ratio: r}`` for warmup_stable_decay -> ``num_decay_steps``
+    = r x max_steps, so the decay phase follows a budget given in tokens."""
+    kwargs = recipe.training.lr_scheduler_kwargs
+    if isinstance(kwargs, dict) and "decay_ratio" in kwargs:  # a new dict: the recipe keeps decay_ratio
+        steps = round(float(kwargs["decay_ratio"]) * recipe.training.max_steps)
+        recipe.training.lr_scheduler_kwargs = {**{k: v for k, v in kwargs.items() if k != "decay_ratio"},
+                                               "num_decay_steps": steps}
 
 
 def recipe_problems(recipe: Recipe) -> list[str]:
@@ -669,8 +745,8 @@ def recipe_problems(recipe: Recipe) -> list[str]:
         problems.append("no tokenizer: set train_tokenizer: true, tokenizer_name_or_path or model_name_or_path")
     if model.train_tokenizer and model.vocab_size < 260:
         problems.append(f"vocab_size must be at least 260 (256 bytes + special tokens), not {model.vocab_size}")
-    if data.streaming and recipe.training.max_steps <= 0:
-        problems.append("streaming: true needs max_steps (a stream has no length to count epochs by)")
+    if data.streaming and recipe.training.max_steps <= 0 and recipe.run.max_tokens is None:
+        problems.append("streaming: true needs max_steps or max_tokens (a stream has no length to count epochs by)")
     if data.streaming and data.prepared_dataset:
         problems.append("set streaming: true or prepared_dataset, not both")
     if model.peft_method and model.peft_method not in PEFT_METHODS:
@@ -689,6 +765,35 @@ def recipe_problems(recipe: Recipe) -> list[str]:
         problems.append("merge_adapter: true needs a peft adapter (peft: {method: lora})")
     if not model.model_name_or_path and model.n_head > 0 and model.n_embd % model.n_head:
         problems.append(f"n_embd ({model.n_embd}) must be divisible by n_head ({model.n_head})")
+    problems += training_switch_problems(recipe)
+    return problems
+
+
+def training_switch_problems(recipe: Recipe) -> list[str]:
+    """Attention scope, optimizer, schedule and token budget."""
+    model, training, run = recipe.model, recipe.training, recipe.run
+    problems = []
+    if model.attention_scope not in ATTENTION_SCOPES:
+        problems.append(f"attention_scope must be one of {', '.join(ATTENTION_SCOPES)}, not '{model.attention_scope}'")
+    elif model.attention_scope == "document" and model.attn_implementation not in DOCUMENT_SCOPE_KERNELS:
+        problems.append(f"attention_scope: document cannot be honoured by attn_implementation "
+                        f"{model.attn_implementation} (it attends across documents in a batch of blocks); use one "
+                        f"of {', '.join(DOCUMENT_SCOPE_KERNELS)}")
+    if model.attention_scope == "document" and training.use_cache:
+        problems.append("attention_scope: document needs use_cache: false (with a KV cache transformers ignores "
+                        "the document boundaries)")
+    if uses_muon(recipe) and (training.fsdp or training.deepspeed):
+        problems.append("optim: muon needs whole weight matrices: not with fsdp or deepspeed (use DDP)")
+    if run.max_tokens is not None and training.max_steps > 0:
+        problems.append(f"set max_tokens or max_steps, not both (max_tokens {run.max_tokens:,} gives the steps "
+                        f"from the global batch)")
+    if training.lr_scheduler_type == WSD:
+        kwargs = training.lr_scheduler_kwargs if isinstance(training.lr_scheduler_kwargs, dict) else {}
+        if not {"num_decay_steps", "decay_ratio"} & set(kwargs):
+            problems.append("lr_scheduler_type: warmup_stable_decay needs lr_scheduler_kwargs with decay_ratio "
+                            "(fraction of the steps spent decaying, e.g. {decay_ratio: 0.2}) or num_decay_steps")
+        elif "decay_ratio" in kwargs and training.max_steps <= 0 and run.max_tokens is None:
+            problems.append("lr_scheduler_kwargs decay_ratio needs max_steps or max_tokens")
     return problems
 
 

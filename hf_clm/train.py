@@ -147,6 +147,7 @@ def locked_run(recipe: Recipe, push: tuple[PushTarget, str] | None) -> dict[str,
     if recipe.model.model_name_or_path and resume is None:
         args.eval_on_start = True  # the base model's perplexity, for the before/after comparison
 
+    trainer = build_trainer(recipe, model, data)  # refuses an optimizer that cannot work before any file is written
     # Everything is ready: only now may the previous contents of output_dir go.
     if args.should_save:
         if recipe.run.overwrite_output_dir:
@@ -157,7 +158,6 @@ def locked_run(recipe: Recipe, push: tuple[PushTarget, str] | None) -> dict[str,
         (output_dir / PERPLEXITY_FILENAME).unlink(missing_ok=True)
         save_recipe(recipe, output_dir)
         save_token_counts(data.counts, output_dir)
-    trainer = build_trainer(recipe, model, data)
     record = log_run_record(trainer, recipe.data.block_size)
     if resume and trains_no_further(resume, args):
         logger.info("%s holds every step the recipe asks for: finishing the run without training", resume)

@@ -19,13 +19,15 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hf_clm.artifacts import disk_full_message
+from hf_clm.attention import DocumentCollator
 from hf_clm.distributed import check_parallelism_took_effect, shard_on_cpu, with_tied_weights_aliased
 from hf_clm.divergence import DivergenceGuard
 from hf_clm.errors import HfClmError
 from hf_clm.evaluation import (IGNORE_INDEX, NLL, TARGETS, Scores, TokenText, perplexity_from_loss, token_text,
                                trainer_scores)
+from hf_clm.optimizer import MuonFactory, muon_parameter_groups
 from hf_clm.prepare import TrainingData
-from hf_clm.recipe import Recipe
+from hf_clm.recipe import Recipe, uses_muon
 from hf_clm.throughput import ThroughputMeter, flops_per_token, total_peak_flops
 
 
@@ -189,9 +191,13 @@ def causal_lm_collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorForLan
 
 
 def build_trainer(recipe: Recipe, model: PreTrainedModel, data: TrainingData) -> CausalLMTrainer:
+    collator = causal_lm_collator(data.tokenizer)
+    if recipe.model.attention_scope == "document":
+        collator = DocumentCollator(collator)
     trainer = CausalLMTrainer(
         model=model, args=recipe.training, train_dataset=data.train, eval_dataset=data.validation,
-        data_collator=causal_lm_collator(data.tokenizer), processing_class=data.tokenizer,
+        data_collator=collator, processing_class=data.tokenizer,
+        optimizer_cls_and_kwargs=optimizer_cls_and_kwargs(recipe, model),
         flops_per_token=flops_per_token(model, recipe.data.block_size),
         peak_flops=total_peak_flops(recipe.run, recipe.training),
     )
@@ -216,6 +222,15 @@ def load_checkpoint_without_training(trainer: Trainer, checkpoint: str) -> None:
     nothing trained (``Trainer.train`` would run one more step when it ends mid-epoch)."""
     trainer._load_from_checkpoint(checkpoint)
     trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
+
+
+def optimizer_cls_and_kwargs(recipe: Recipe, model: PreTrainedModel) -> tuple[type, dict] | None:
+    """``optim: muon``: Trainer's factory hook, its parameter split checked now, before training."""
+    if not uses_muon(recipe):
+        return None
+    muon_parameter_groups(model, recipe.training, recipe.run.muon_learning_rate)
+    return MuonFactory, {"args": recipe.training, "muon_learning_rate": recipe.run.muon_learning_rate,
+                         "momentum": recipe.run.muon_momentum}
 
 
 def final_eval_metrics(trainer: Trainer) -> dict[str, float]:

@@ -46,3 +46,18 @@ def test_gpu_check_table_and_correctness_verdict():
     assert table[3] == "| + torch_compile | 150,000 | 1.50× | 60.0% | 18.0 GiB |  |"
     assert table[4] == "| + use_liger_kernel | – | – | – | – | unavailable: liger-kernel not installed |"
     assert 0 < LOSS_TOLERANCE <= 0.02
+
+
+@pytest.mark.slow
+def test_bench_ab_runs_every_switch_alone_against_the_baseline(tmp_path):
+    output = tmp_path / "ab.json"
+    result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "ab", "--ab_recipes", "default",
+                             "--ab_steps", "6", "--output", str(output)], cwd=REPO, capture_output=True, text=True,
+                            timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(output.read_text())["rows"]
+    names = [row["what"] for row in rows]
+    assert names[:5] == ["baseline (every switch off)", "+ document attention", "+ muon", "+ warmup-stable-decay",
+                         "+ bf16 autocast"]  # torch_compile changes speed only: not in an equal-steps A/B
+    assert all(row["steps"] == 6 and 0 < row["bits_per_char"] < 16 for row in rows)
+    assert "| A/B default | + muon |" in result.stdout

@@ -86,9 +86,7 @@ def test_hub_token_never_written(tmp_path):
 def test_every_recipe_parses_and_starts_with_its_command(path):
     assert path.read_text().startswith("# hf-clm ") or path.read_text().startswith("# accelerate ")
     values = read_recipe_yaml(path)
-    # bf16 recipes target GPUs; TrainingArguments refuses bf16 on a CPU-only machine
-    no_gpu = ["--bf16", "false"] if values.get("bf16") and not torch.cuda.is_available() else []
-    recipe = parse_recipe([str(path), *no_gpu])
+    recipe = parse_recipe([str(path)])  # bf16 included: without a GPU it is autocast on the CPU
     values = resolve_paths(values)  # paths are resolved once, at parse time, against the current directory
     assert recipe.training.output_dir == values["output_dir"] == os.path.abspath(read_recipe_yaml(path)["output_dir"])
     assert all(getattr(recipe.model, k, getattr(recipe.data, k, None)) == v for k, v in values.items()
@@ -181,3 +179,19 @@ def test_ddp_does_not_search_for_unused_parameters_by_default_and_a_recipe_can_t
     path = write_recipe(tmp_path, "builtin_corpus: python-stdlib\ntrain_tokenizer: true\n")
     assert parse_recipe([path]).training.ddp_find_unused_parameters is False
     assert parse_recipe([path, "--ddp_find_unused_parameters", "true"]).training.ddp_find_unused_parameters is True
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the rewrite applies only without a GPU")
+def test_bf16_without_a_gpu_is_cpu_autocast_and_the_recipe_records_bf16_only(tmp_path):
+    recipe = parse_recipe(["--builtin_corpus", "python-stdlib", "--train_tokenizer", "true", "--bf16", "true",
+                           "--output_dir", str(tmp_path)])
+    assert recipe.training.bf16 and recipe.training.use_cpu
+    written = yaml.safe_load(save_recipe(recipe, tmp_path).read_text())
+    assert written["bf16"] is True and "use_cpu" not in written
+
+
+def test_optim_muon_is_recorded_as_given_and_trainer_holds_its_adamw_half(tmp_path):
+    recipe = parse_recipe(["--builtin_corpus", "python-stdlib", "--train_tokenizer", "true", "--optim", "muon",
+                           "--muon_learning_rate", "0.02", "--output_dir", str(tmp_path)])
+    assert recipe.training.optim == "adamw_torch" and recipe.run.muon_learning_rate == 0.02
+    again = parse_recipe([str(save_recipe(recipe, tmp_path))])
+    assert again.training_values["optim"] == "muon" and again.run.muon_learning_rate == 0.02

@@ -98,3 +98,40 @@ def test_flops_per_token_counts_six_per_weight_and_attention():
     model = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_positions=16, n_embd=32, n_layer=2, n_head=2))
     weights = model.num_parameters() - 16 * 32  # position embeddings are a lookup
     assert flops_per_token(model, 16) == 6 * weights + 12 * 2 * 32 * 16
+
+
+# Training switches that cannot make the run they name: (flags, what the error line says).
+BAD_SWITCHES = [
+    (["--attention_scope", "document", "--attn_implementation", "flash_attention_2"],
+     "attention_scope: document cannot be honoured by attn_implementation flash_attention_2"),
+    (["--attention_scope", "document", "--use_cache", "true"], "attention_scope: document needs use_cache: false"),
+    (["--attention_scope", "sentence"], "attention_scope must be one of block, document"),
+    (["--optim", "muon", "--muon_learning_rate", "0"], "muon_learning_rate must be a number > 0"),
+    (["--optim", "muon", "--fsdp", "full_shard"], "optim: muon needs whole weight matrices: not with fsdp"),
+    (["--max_tokens", "5000"], "set max_tokens or max_steps, not both"),
+    (["--max_steps", "-1", "--max_tokens", "0"], "max_tokens must be an integer >= 1"),
+    (["--lr_scheduler_type", "warmup_stable_decay"], "warmup_stable_decay needs lr_scheduler_kwargs with decay_ratio"),
+    (["--max_steps", "-1", "--lr_scheduler_type", "warmup_stable_decay", "--lr_scheduler_kwargs",
+      '{"decay_ratio": 0.2}'], "decay_ratio needs max_steps or max_tokens"),
+]
+
+
+@pytest.mark.parametrize("flags,message", BAD_SWITCHES, ids=[m.split(" ")[0] + "-" + str(i)
+                                                             for i, (_, m) in enumerate(BAD_SWITCHES)])
+def test_a_training_switch_that_cannot_work_is_one_error_line(flags, message, text_files, tmp_path, capsys):
+    err = error_of(capsys, "train", *recipe_args(text_files, tmp_path / "run", *flags))
+    assert message in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_muon_on_a_pretrained_model_without_hidden_matrices_is_an_error(text_files, bpe_tokenizer, tmp_path, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    checkpoint = tmp_path / "embeddings-only"
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(bpe_tokenizer), n_positions=32, n_layer=0, n_embd=16)
+                    ).save_pretrained(checkpoint)
+    bpe_tokenizer.save_pretrained(checkpoint)
+    err = error_of(capsys, "train", *recipe_args(text_files, tmp_path / "run", "--train_tokenizer", "false",
+                                                 "--model_name_or_path", str(checkpoint), "--optim", "muon"))
+    assert "optim: muon trains 2-D hidden weight matrices and GPT2LMHeadModel has no trainable one" in err
+    assert not (tmp_path / "run" / "recipe.yaml").exists()

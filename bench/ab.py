@@ -1,0 +1,169 @@
+"""A/B of the training switches on a recipe: the recipe with every switch off (baseline), each
+switch alone, and the best combination (the switches that beat the baseline alone), scored in bits
+per character of the held-out text (tokenizer-independent: every byte is scored).
+
+At equal wall time (the default): the baseline runs the recipe's own steps and sets the budget W,
+wall time from process start to saved run. Each variant first runs a short calibration (its
+seconds per step once warm, and its fixed cost: imports, tokenizer, data, compilation, evaluation,
+save), then trains for the steps that fit in W — with the full LR schedule over those steps, as a
+recipe with that max_steps would. At equal steps (``--ab_steps N``) every variant trains N steps:
+quality per step, not per second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Each switch as recipe flags; the baseline turns every one off, whatever the recipe says.
+SWITCHES: dict[str, list[str]] = {
+    "document attention": ["--attention_scope", "document"],
+    "muon": ["--optim", "muon"],
+    "warmup-stable-decay": ["--lr_scheduler_type", "warmup_stable_decay", "--lr_scheduler_kwargs",
+                            '{"decay_ratio": 0.2}'],
+    "bf16 autocast": ["--bf16", "true"],
+    "torch_compile": ["--torch_compile", "true"],
+}
+BASELINE = ["--attention_scope", "block", "--optim", "adamw_torch_fused", "--lr_scheduler_type", "cosine",
+            "--lr_scheduler_kwargs", "{}", "--bf16", "false", "--torch_compile", "false"]
+# Switches that change speed only (the same arithmetic): left out of an equal-steps A/B.
+SPEED_ONLY = ("torch_compile",)
+CALIBRATION_STEPS = 60
+
+
+@dataclass
+class Target:
+    """A recipe to A/B: its flags, how to score a run, and whether each run starts cold."""
+
+    name: str
+    recipe: str
+    flags: list[str]
+    score_args: list[str]
+    cold_cache: bool
+    steps: int = 0  # the recipe's max_steps
+
+
+def baby_target(folder: Path, shakespeare: Path) -> Target:
+    """shakespeare-baby on nanoGPT's split (first 90% of the characters / last 10%), cut into
+    speeches as the recipe does (one document per speech, so document attention has boundaries to
+    keep; EOS, scored, stands for the blank line between speeches), cold cache: tokenizer training
+    is part of the wall time."""
+    import yaml
+
+    text = shakespeare.read_text(encoding="utf-8")
+    cut = int(len(text) * 0.9)
+    train, val = folder / "baby-train.txt", folder / "baby-val.txt"
+    train.write_text(text[:cut], encoding="utf-8")
+    val.write_text(text[cut:], encoding="utf-8")
+    values = yaml.safe_load((REPO / "recipes" / "shakespeare-baby.yaml").read_text())
+    values.update(train_files=[str(train)], validation_files=[str(val)], sample_by="paragraph")
+    recipe = folder / "shakespeare-baby-nanogpt-split.yaml"
+    recipe.write_text("# hf-clm train " + str(recipe) + "\n" + yaml.safe_dump(values, sort_keys=False))
+    return Target("shakespeare-baby", str(recipe), [], ["--recipe", str(recipe)], cold_cache=True,
+                  steps=int(values["max_steps"]))
+
+
+def default_target() -> Target:
+    """The embedded demo on its own held-out files, warm cache (tokenized once before timing)."""
+    import yaml
+
+    values = yaml.safe_load((REPO / "recipes" / "default.yaml").read_text())
+    return Target("default", "recipes/default.yaml", [], ["--recipe", "recipes/default.yaml"], cold_cache=False,
+                  steps=int(values["max_steps"]))
+
+
+@dataclass
+class Outcome:
+    steps: int
+    wall: float
+    bits_per_char: float
+    seconds_per_step: float | None = None
+
+
+class Runner:
+    def __init__(self, target: Target, folder: Path, quick_flags: list[str]):
+        self.target, self.folder, self.quick_flags = target, folder, quick_flags
+        self.warm_cache = tempfile.mkdtemp(prefix="ab-cache-", dir=folder)
+        self.count = 0
+
+    def env(self) -> dict[str, str]:
+        cache = tempfile.mkdtemp(prefix="ab-cache-", dir=self.folder) if self.target.cold_cache else self.warm_cache
+        return {**os.environ, "HF_DATASETS_CACHE": cache, "HF_HUB_OFFLINE": "1"}
+
+    def train(self, flags: list[str], steps: int) -> tuple[Path, float, dict[str, str]]:
+        self.count += 1
+        run_dir = self.folder / f"{self.target.name}-{self.count}"
+        env = self.env()
+        command = [sys.executable, "-m", "hf_clm", "train", self.target.recipe, *self.target.flags, *BASELINE,
+                   *flags, *self.quick_flags, "--max_steps", str(steps), "--eval_steps", str(steps),
+                   "--save_strategy", "no", "--logging_steps", str(max(1, min(20, steps // 3))),
+                   "--output_dir", str(run_dir), "--disable_tqdm", "true"]
+        start = time.perf_counter()
+        result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+        return run_dir, wall, env
+
+    def score(self, run_dir: Path, env: dict[str, str]) -> float:
+        out = subprocess.run([sys.executable, "-m", "hf_clm", "perplexity", str(run_dir), *self.target.score_args,
+                              "--json"], env=env, cwd=REPO, check=True, capture_output=True, text=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])["bits_per_char"]
+
+    def run(self, flags: list[str], steps: int) -> Outcome:
+        run_dir, wall, env = self.train(flags, steps)
+        return Outcome(steps, wall, self.score(run_dir, env))
+
+    def steps_in(self, flags: list[str], budget: float) -> tuple[int, float]:
+        """Steps of this variant that fit in ``budget`` seconds of wall time, and its s/step."""
+        run_dir, wall, _ = self.train(flags, CALIBRATION_STEPS)
+        history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+        rate = [e["tokens_per_second"] for e in history if "tokens_per_second" in e][-1]  # warm interval
+        per_step = json.loads((run_dir / "perplexity.json").read_text())["train_tokens_seen"] / CALIBRATION_STEPS
+        seconds_per_step = per_step / rate
+        fixed = wall - CALIBRATION_STEPS * seconds_per_step
+        return max(1, round((budget - fixed) / seconds_per_step)), seconds_per_step
+
+
+def ab_rows(target: Target, folder: Path, steps: int | None, quick_flags: list[str]) -> list[dict]:
+    """Baseline, each switch alone, and the best combination, as bench table rows."""
+    runner = Runner(target, folder, quick_flags)
+    equal_steps = steps is not None
+    switches = {name: flags for name, flags in SWITCHES.items() if not (equal_steps and name in SPEED_ONLY)}
+    if not target.cold_cache:
+        runner.train([], 2)  # tokenize once: every timed run then reads the same cache
+    baseline = runner.run([], steps or target.steps)
+    outcomes = {}
+
+    def measure(flags: list[str]) -> Outcome:
+        if equal_steps:
+            return runner.run(flags, steps)
+        n, seconds_per_step = runner.steps_in(flags, baseline.wall)
+        outcome = runner.run(flags, n)
+        outcome.seconds_per_step = seconds_per_step
+        return outcome
+
+    for name, flags in switches.items():
+        outcomes[f"+ {name}"] = measure(flags)
+    winners = [name for name in switches if outcomes[f"+ {name}"].bits_per_char < baseline.bits_per_char]
+    if len(winners) > 1:
+        outcomes["best: " + " + ".join(winners)] = measure([f for name in winners for f in switches[name]])
+    budget = f"equal steps ({steps})" if equal_steps else f"equal wall time ({baseline.wall:.0f} s)"
+    rows = [row(target, "baseline (every switch off)", baseline, baseline, budget)]
+    rows += [row(target, name, outcome, baseline, budget) for name, outcome in outcomes.items()]
+    return rows
+
+
+def row(target: Target, what: str, outcome: Outcome, baseline: Outcome, budget: str) -> dict:
+    return {"stage": f"A/B {target.name}", "what": what, "ratio": baseline.bits_per_char / outcome.bits_per_char,
+            "target": budget, "met": None, "bits_per_char": outcome.bits_per_char, "steps": outcome.steps,
+            "wall_s": outcome.wall,
+            "context": f"{outcome.bits_per_char:.3f} bits/char, {outcome.steps} steps, {outcome.wall:.0f} s wall"}

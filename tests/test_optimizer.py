@@ -1,0 +1,130 @@
+"""optim: muon (Muon for hidden matrices, AdamW for the rest), warmup_stable_decay and max_tokens,
+through real Trainer runs that resume from a checkpoint."""
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, TrainingArguments
+
+from conftest import recipe_args, write_corpus
+from hf_clm.cli import main
+from hf_clm.optimizer import muon_parameter_groups
+from hf_clm.recipe import parse_recipe, save_recipe
+
+
+def names_of(model, groups) -> set[str]:
+    ids = {id(p) for group in groups for p in group["params"]}
+    return {name for name, p in model.named_parameters() if id(p) in ids}
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_muon_takes_the_hidden_matrices_and_adamw_embeddings_head_biases_and_norms(family, tmp_path):
+    if family == "gpt2":
+        config = GPT2Config(vocab_size=50, n_positions=16, n_layer=2, n_head=2, n_embd=16)
+        hidden = {f"transformer.h.{i}.{m}.weight" for i in range(2)
+                  for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+        decayed = {"transformer.wte.weight", "transformer.wpe.weight"}  # the head is tied to wte
+    else:
+        config = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                             num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
+        hidden = {f"model.layers.{i}.{m}.weight" for i in range(2) for m in
+                  ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                   "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
+        decayed = {"model.embed_tokens.weight", "lm_head.weight"}
+    model = AutoModelForCausalLM.from_config(config)
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.1, report_to="none")
+    adamw, muon = muon_parameter_groups(model, args, muon_learning_rate=0.02)
+
+    assert names_of(model, muon) == hidden
+    assert muon[0]["lr"] == 0.02 and muon[0]["weight_decay"] == 0.1
+    assert names_of(model, adamw[:1]) == decayed and adamw[0]["weight_decay"] == 0.1
+    no_decay = names_of(model, adamw[1:])
+    assert adamw[1]["weight_decay"] == 0.0 and no_decay and all(p.ndim == 1 for n, p in model.named_parameters()
+                                                                    if n in no_decay)
+    every = [n for n, _ in model.named_parameters()]
+    assert sorted(hidden | decayed | no_decay) == sorted(every)  # each parameter in exactly one group
+
+
+def test_max_tokens_gives_the_steps_of_the_global_batch_and_is_what_the_recipe_records(tmp_path):
+    argv = ["--builtin_corpus", "python-stdlib", "--train_tokenizer", "true", "--block_size", "64",
+            "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "3", "--max_tokens", "100000",
+            "--lr_scheduler_type", "warmup_stable_decay", "--lr_scheduler_kwargs", '{"decay_ratio": 0.25}',
+            "--output_dir", str(tmp_path)]
+    recipe = parse_recipe(argv)
+    assert recipe.training.max_steps == 66  # ceil(100,000 / (8 x 3 x 1 process x 64))
+    assert recipe.training.lr_scheduler_kwargs == {"num_decay_steps": 16}  # round(0.25 x 66)
+    written = yaml.safe_load(save_recipe(recipe, tmp_path).read_text())
+    assert written["max_tokens"] == 100000 and "max_steps" not in written
+    again = parse_recipe([str(tmp_path / "recipe.yaml")])
+    assert again.training.max_steps == 66 and again.training.lr_scheduler_kwargs == {"num_decay_steps": 16}
+
+
+SWITCHES = ("--optim", "muon", "--muon_learning_rate", "0.03", "--max_tokens", "5000",
+            "--lr_scheduler_type", "warmup_stable_decay", "--lr_scheduler_kwargs", '{"decay_ratio": 0.5}',
+            "--bf16", "true", "--attention_scope", "document", "--save_steps", "10", "--eval_steps", "20")
+
+
+def logged(run_dir, key: str) -> dict[int, float]:
+    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+    return {entry["step"]: entry[key] for entry in history if key in entry}
+
+
+@pytest.fixture(scope="module")
+def whole_and_resumed(tmp_path_factory, offline_hf_cache):
+    root = tmp_path_factory.mktemp("muon")
+    files = write_corpus(root)
+    argv = recipe_args(files, root / "whole", *SWITCHES)
+    argv.remove("--max_steps"), argv.remove("30")  # the budget is max_tokens
+    assert main(["train", *argv]) == 0
+    resumed = root / "resumed"
+    resumed.mkdir()
+    shutil.copytree(root / "whole" / "checkpoint-10", resumed / "checkpoint-10")
+    argv[argv.index("--output_dir") + 1] = str(resumed)
+    assert main(["train", *argv, "--resume_from_checkpoint", "auto"]) == 0
+    return root / "whole", resumed
+
+
+def test_a_token_budget_sets_the_steps_and_the_schedule_decays_to_zero_at_its_end(whole_and_resumed):
+    whole, _ = whole_and_resumed
+    state = json.loads((whole / "trainer_state.json").read_text())
+    assert state["max_steps"] == 20  # ceil(5,000 / (8 blocks x 32 tokens))
+    assert json.loads((whole / "perplexity.json").read_text())["train_tokens_seen"] == 20 * 8 * 32
+    rates = logged(whole, "learning_rate")
+    assert rates[5] == rates[10] == pytest.approx(1e-2)  # stable (no warm-up) ...
+    for step in (15, 20):  # ... then a cosine over the last 10 steps (step s runs at the rate of s - 1)
+        assert rates[step] == pytest.approx(1e-2 * (1 + math.cos(math.pi * (step - 11) / 10)) / 2)
+    losses = logged(whole, "loss")
+    assert losses[20] < losses[5] - 0.5
+
+
+def test_the_checkpoint_holds_both_optimizers_each_group_at_its_own_learning_rate(whole_and_resumed):
+    whole, _ = whole_and_resumed
+    state = torch.load(whole / "checkpoint-10" / "optimizer.pt", weights_only=False)
+    assert set(state) == {"adamw", "muon"}
+    assert all(s["momentum_buffer"].ndim == 2 for s in state["muon"]["state"].values())
+    assert [g["lr"] for g in state["adamw"]["param_groups"]] == pytest.approx([1e-2, 1e-2])
+    assert [g["lr"] for g in state["muon"]["param_groups"]] == pytest.approx([0.03])
+
+
+def test_resuming_a_muon_run_on_a_token_budget_ends_where_the_uninterrupted_run_does(whole_and_resumed):
+    whole, resumed = whole_and_resumed
+    assert json.loads((resumed / "trainer_state.json").read_text())["max_steps"] == 20
+    assert {s: v for s, v in logged(resumed, "learning_rate").items() if s > 10} == \
+        {s: v for s, v in logged(whole, "learning_rate").items() if s > 10}
+    assert {s: v for s, v in logged(resumed, "loss").items() if s > 10} == \
+        {s: v for s, v in logged(whole, "loss").items() if s > 10}
+    assert (resumed / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
+
+
+def test_a_decay_ratio_written_in_yaml_stays_a_ratio_in_the_recorded_recipe(tmp_path):
+    path = tmp_path / "wsd.yaml"
+    path.write_text("builtin_corpus: python-stdlib\ntrain_tokenizer: true\nmax_steps: 10\n"
+                    "lr_scheduler_type: warmup_stable_decay\nlr_scheduler_kwargs: {decay_ratio: 0.5}\n")
+    recipe = parse_recipe([str(path), "--output_dir", str(tmp_path / "run")])
+    assert recipe.training.lr_scheduler_kwargs == {"num_decay_steps": 5}
+    written = yaml.safe_load(save_recipe(recipe, tmp_path / "run").read_text())
+    assert written["lr_scheduler_kwargs"] == {"decay_ratio": 0.5}
