@@ -101,7 +101,8 @@ def load_dataset_rebuilding_cache(*args, **kwargs):
     try:
         return datasets.load_dataset(*args, **kwargs)
     except (pa.ArrowException, OSError) as err:
-        if isinstance(err, OSError) and err.errno is not None:  # a real I/O failure, not a torn file
+        # a real I/O failure or an unreachable/missing source (ConnectionError is an OSError), not a torn file
+        if isinstance(err, (ConnectionError, FileNotFoundError)) or (isinstance(err, OSError) and err.errno is not None):
             raise
         logger.warning("Rebuilding a damaged datasets cache entry of %s (%s)", args[0], str(err).splitlines()[0])
     try:
