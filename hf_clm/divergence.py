@@ -46,10 +46,11 @@ class DivergenceGuard(TrainerCallback):
         norm, self.grad_norm = self.grad_norm, None
         if norm is None and model is not None:
             norm = gradient_norm(model)
+        norm, loss = (full_tensor(value) for value in (norm, self.step_loss))
         # on the loss's device: the all-reduce below must run on the backend's device (NCCL: a GPU)
-        device = self.step_loss.device if self.step_loss is not None else \
+        device = loss.device if loss is not None else \
             norm.device if isinstance(norm, torch.Tensor) else torch.device("cpu")
-        loss = self.step_loss if self.step_loss is not None else torch.zeros((), device=device)
+        loss = loss if loss is not None else torch.zeros((), device=device)
         norm = torch.as_tensor(0.0 if norm is None else norm, dtype=torch.float32).reshape(()).to(device)
         figures = torch.stack([loss, norm])
         bad = (~torch.isfinite(figures)).to(torch.float32)
@@ -84,3 +85,8 @@ def gradient_norm(model: torch.nn.Module) -> torch.Tensor | None:
     if not grads:
         return None
     return torch.nn.utils.get_total_norm(grads, norm_type=2.0, error_if_nonfinite=False, foreach=True)
+
+
+def full_tensor(value):
+    """A sharded figure (FSDP2's DTensor gradient norm) as the plain tensor every rank agrees on."""
+    return value.full_tensor() if hasattr(value, "full_tensor") else value
