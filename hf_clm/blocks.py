@@ -154,8 +154,8 @@ def cached_map(dataset: Dataset, function, **kwargs) -> Dataset:
     try:
         return dataset.map(function, **kwargs)
     except (pa.ArrowException, OSError) as err:
-        if isinstance(err, OSError) and err.errno is not None:  # a real I/O failure, not a torn file
-            raise
+        if isinstance(err, OSError) and (type(err) is not OSError or err.errno is not None):
+            raise  # a network, missing-file or disk failure: pyarrow reports a torn file as a bare OSError
         logger.warning("Rebuilding a damaged datasets cache entry for %s (%s)", kwargs.get("desc", "map"),
                        str(err).splitlines()[0])
         return dataset.map(function, load_from_cache_file=False, **kwargs)

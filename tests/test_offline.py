@@ -44,11 +44,27 @@ def test_hub_names_fail_fast_when_the_hub_is_unreachable(unreachable_hub, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
+def write_minimal_finished_run(run_dir):
+    """The files push verifies: whole weights, a loading tokenizer, a recipe, a marker for those weights."""
+    import torch
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    from hf_clm.artifacts import write_finished_marker
+
+    save_file({"weight": torch.zeros(2, 2)}, run_dir / "model.safetensors")
+    tokenizer = Tokenizer(WordLevel({"<unk>": 0, "a": 1}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = Whitespace()
+    tokenizer.save(str(run_dir / "tokenizer.json"))
+    (run_dir / "recipe.yaml").write_text("{}")
+    write_finished_marker({"perplexity": 3.0}, run_dir, step=1)
+
+
 def test_push_network_error_is_one_line(unreachable_hub, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
-    for name, text in [("perplexity.json", "{}"), ("recipe.yaml", "{}"), ("tokenizer.json", "{}"),
-                       ("model.safetensors", "")]:
-        (tmp_path / name).write_text(text)
+    write_minimal_finished_run(tmp_path)  # push checks the run before any request
     start = time.monotonic()
     assert main(["push", str(tmp_path), "--repo-id", "someone/model"]) == 2
     assert time.monotonic() - start < 15
