@@ -328,17 +328,6 @@ def load_streaming_corpus(data: DataArguments) -> tuple[IterableDataset, Dataset
     return train, materialize_head(data, "validation", data.max_eval_samples)
 
 
-def text_size(split: Dataset) -> tuple[int, int]:
-    """(UTF-8 bytes, characters) of the split's text."""
-    n_bytes = n_chars = 0
-    for batch in split.iter(batch_size=1000):
-        for text in batch[TEXT]:
-            text = text or ""
-            n_chars += len(text)
-            n_bytes += len(text.encode("utf-8"))
-    return n_bytes, n_chars
-
-
 EVAL_SET_KEYS = ("dataset_name", "dataset_config_name", "split", "text_column")
 
 

@@ -23,7 +23,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from hf_clm.artifacts import read_json, write_json
 from hf_clm.blocks import TokenCounts, build_blocks, stream_blocks
-from hf_clm.corpus import load_corpus, load_eval_sets, load_streaming_corpus, materialize_head, text_size
+from hf_clm.corpus import load_corpus, load_eval_sets, load_streaming_corpus, materialize_head
 from hf_clm.errors import HfClmError
 from hf_clm.hub import check_hub_sources
 from hf_clm.locks import folder_lock
@@ -44,8 +44,6 @@ class TrainingData:
     train: Dataset | IterableDataset
     validation: Dataset
     counts: dict[str, TokenCounts]  # no "train" entry when the training split is streamed
-    validation_bytes: int
-    validation_chars: int
     eval_sets: dict[str, Dataset] = field(default_factory=dict)  # the recipe's named evaluation sets, blocked
 
     @property
@@ -69,7 +67,7 @@ def in_memory_data(recipe: Recipe) -> TrainingData:
     raw = load_corpus(recipe.data)  # its validation split is corpus.validation_split's
     tokenizer = train_or_load_tokenizer(recipe.model, raw["train"])
     blocks, counts = build_blocks(raw, tokenizer, recipe.data)
-    return TrainingData(tokenizer, blocks["train"], blocks["validation"], counts, *text_size(raw["validation"]))
+    return TrainingData(tokenizer, blocks["train"], blocks["validation"], counts)
 
 
 def streamed_data(recipe: Recipe) -> TrainingData:
@@ -80,7 +78,7 @@ def streamed_data(recipe: Recipe) -> TrainingData:
     tokenizer = train_or_load_tokenizer(recipe.model, tokenizer_corpus)
     blocks, counts = build_blocks(DatasetDict(validation=validation), tokenizer, data)
     train_blocks = stream_blocks(train, tokenizer, data, args.seed, args.process_index, args.world_size)
-    return TrainingData(tokenizer, train_blocks, blocks["validation"], counts, *text_size(validation))
+    return TrainingData(tokenizer, train_blocks, blocks["validation"], counts)
 
 
 def save_prepared(prepared: TrainingData, recipe: Recipe, path: str | Path) -> Path:
@@ -96,8 +94,6 @@ def save_prepared(prepared: TrainingData, recipe: Recipe, path: str | Path) -> P
         "block_size": recipe.data.block_size,
         "tokenizer": tokenizer_source(recipe.model, recipe.data),
         "tokenizer_digest": tokenizer_digest(prepared.tokenizer),
-        "validation_bytes": prepared.validation_bytes,
-        "validation_chars": prepared.validation_chars,
         "counts": {name: count.as_dict() for name, count in prepared.counts.items()},
     }
     write_json(description, path / PREPARED_FILENAME)
@@ -162,8 +158,7 @@ def prepared_data(recipe: Recipe) -> TrainingData:
               for name, count in description["counts"].items()}
     logger.info("Read prepared blocks from %s: %s", path,
                 ", ".join(f"{name} {len(split):,}" for name, split in blocks.items()))
-    return TrainingData(tokenizer, blocks["train"], blocks["validation"], counts,
-                        description["validation_bytes"], description["validation_chars"])
+    return TrainingData(tokenizer, blocks["train"], blocks["validation"], counts)
 
 
 def training_data(recipe: Recipe) -> TrainingData:
