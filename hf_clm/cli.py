@@ -10,7 +10,6 @@ from pathlib import Path
 from hf_clm import __version__
 from hf_clm.artifacts import json_text
 from hf_clm.errors import HfClmError
-from hf_clm.evaluation import CONVENTIONS
 from hf_clm.verbosity import VERBOSE_FLAG, configure_logging, quiet_libraries, split_verbose
 
 logger = logging.getLogger("hf_clm")
@@ -90,7 +89,7 @@ def perplexity_parser(sub) -> None:
     p.add_argument("--dataset_config_name", default=None, help="configuration of --dataset_name")
     p.add_argument("--split", default="test", help="split of --dataset_name (default test)")
     p.add_argument("--text_column", default="text", help="column holding the text (default text)")
-    p.add_argument("--convention", choices=CONVENTIONS, default="strided",
+    p.add_argument("--convention", choices=("strided", "rolling"), default="strided",
                    help="strided: documents + EOS as one stream in windows moved by --stride (the Hugging Face "
                         "guide); rolling: each document alone, every token scored once (lm-evaluation-harness)")
     p.add_argument("--window", type=int, default=None,

@@ -44,7 +44,6 @@ IGNORE_INDEX = -100
 # Logit elements computed at once (32M = 128 MB in float32): GPT-2's 50,257-token vocabulary at
 # batch 8 x 1,024 positions would otherwise need 1.6 GB, twice over inside cross-entropy.
 LOGITS_PER_SLICE = 1 << 25
-CONVENTIONS = ("strided", "rolling")
 # Config attributes of models whose forward pass transforms the head's output (soft-capping,
 # scaling): for those the logits come from the model's own forward pass.
 HEAD_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "dim_model_base")
