@@ -209,13 +209,18 @@ def test_a_kill_while_extending_a_finished_run_leaves_no_finished_marker(finishe
 
 def test_a_second_training_into_a_busy_output_dir_is_refused_and_a_stale_lock_taken_over(corpus, tmp_path):
     run_dir = tmp_path / "run"
-    first = start_training(corpus, run_dir, "--max_steps", "400", "--save_steps", "2", "--eval_steps", "400")
-    wait_for(lambda: (run_dir / "checkpoint-2" / "trainer_state.json").is_file(), first)
-    second = train(corpus, run_dir, "--resume_from_checkpoint", "auto")
-    assert second.returncode == 2
-    assert f"output_dir {run_dir} is in use by pid {first.pid} on {socket.gethostname()}" in last_line(second)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    # long enough to be still running when killed on any machine (a short one can finish first)
+    first = start_training(corpus, run_dir, "--max_steps", "1000000", "--save_steps", "2", "--save_total_limit", "2",
+                           "--eval_steps", "1000000")
+    try:
+        wait_for(lambda: (run_dir / "checkpoint-2" / "trainer_state.json").is_file(), first)
+        second = train(corpus, run_dir, "--resume_from_checkpoint", "auto")
+        assert second.returncode == 2
+        assert f"output_dir {run_dir} is in use by pid {first.pid} on {socket.gethostname()}" in last_line(second)
+        assert first.poll() is None, "the first run ended before the kill"
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
     assert (run_dir / LOCK_FILENAME).is_file()  # a SIGKILL leaves the lock behind
     third = train(corpus, run_dir, "--max_steps", "6", "--resume_from_checkpoint", "auto")
     assert third.returncode == 0, third.stderr[-3000:]
