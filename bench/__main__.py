@@ -64,6 +64,39 @@ def data_rows(sizes: list[float], folder: Path) -> list[dict]:
     return rows
 
 
+def timed_process(command: list[str], env: dict[str, str]) -> float:
+    """Seconds from process start to exit."""
+    start = time.perf_counter()
+    subprocess.run(command, env=env, cwd=REPO, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def prepare_process_row(quick: bool, folder: Path) -> dict:
+    """``hf-clm prepare`` vs the run_clm.py way, each a whole process from start to exit with a cold
+    cache: Tiny Shakespeare x 50 (55.8 MB), one document per line, the GPT-2 tokenizer, block 512,
+    2 workers, 5% held out."""
+    corpus = folder / "shakespeare-x50.txt"
+    corpus.write_text(SHAKESPEARE.read_text(encoding="utf-8") * (2 if quick else 50), encoding="utf-8")
+    block, workers = "512", "2"
+
+    def cold_env() -> dict[str, str]:
+        return {**os.environ, "HF_DATASETS_CACHE": tempfile.mkdtemp(prefix="bench-cache-", dir=folder),
+                "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "true"}
+
+    package = timed_process(
+        [sys.executable, "-m", "hf_clm", "prepare", "--train_files", str(corpus), "--sample_by", "line",
+         "--tokenizer_name_or_path", str(TOKENIZER), "--train_tokenizer", "false", "--block_size", block,
+         "--preprocessing_num_workers", workers, "--validation_split_percentage", "5",
+         "--prepared_dataset", str(folder / "prepared-x50"), "--output_dir", str(folder / "unused-run")], cold_env())
+    conventional = timed_process([sys.executable, "-m", "bench.run_clm_way", str(corpus), str(TOKENIZER), block,
+                                  workers], cold_env())
+    mb = corpus.stat().st_size / 1e6
+    return {"stage": f"prepare {mb:.1f} MB, whole process", "what": "hf-clm prepare vs run_clm.py's data steps",
+            "ratio": conventional / package, "target": "≥ 2", "met": conventional >= 2 * package,
+            "context": f"{package:.1f} s vs {conventional:.1f} s, start to exit, cold cache, block {block}, "
+                       f"{workers} workers"}
+
+
 def training_rows(quick: bool, folder: Path) -> list[dict]:
     from bench.training import config, plain_loop, random_blocks, trainer_run
 
@@ -202,6 +235,7 @@ def main() -> int:
         folder = Path(tmp)
         if "data" in args.only:
             rows += data_rows([0.2, 1] if args.quick else [5, 50], folder)
+            rows.append(prepare_process_row(args.quick, folder))
         if "train" in args.only:
             rows += training_rows(args.quick, folder)
         if "ddp" in args.only:

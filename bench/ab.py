@@ -120,13 +120,16 @@ class Runner:
 
     def run(self, flags: list[str], steps: int) -> Outcome:
         run_dir, wall, env = self.train(flags, steps)
-        return Outcome(steps, wall, self.score(run_dir, env))
+        outcome = Outcome(steps, wall, self.score(run_dir, env))
+        print(f"A/B {self.target.name} {' '.join(flags) or 'baseline'}: {outcome.bits_per_char:.4f} bits/char, "
+              f"{steps} steps, {wall:.1f} s", file=sys.stderr, flush=True)
+        return outcome
 
     def steps_in(self, flags: list[str], budget: float) -> tuple[int, float]:
         """Steps of this variant that fit in ``budget`` seconds of wall time, and its s/step."""
         run_dir, wall, _ = self.train(flags, CALIBRATION_STEPS)
         history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
-        rate = [e["tokens_per_second"] for e in history if "tokens_per_second" in e][-1]  # warm interval
+        rate = [e["interval_tokens_per_second"] for e in history if "interval_tokens_per_second" in e][-1]  # warm
         per_step = json.loads((run_dir / "perplexity.json").read_text())["train_tokens_seen"] / CALIBRATION_STEPS
         seconds_per_step = per_step / rate
         fixed = wall - CALIBRATION_STEPS * seconds_per_step
