@@ -87,18 +87,13 @@ def text_pieces(text: str, size: int = PIECE_CHARS) -> list[str]:
     return pieces
 
 
-def groups_by_size(items: list[tuple[int, str]], limit: int):
-    """Consecutive runs of ``(doc, text)`` whose texts hold at most ``limit`` characters together
-    (a single longer item makes a group of its own)."""
-    group, size = [], 0
-    for item in items:
-        if group and size + len(item[1]) > limit:
-            yield group
-            group, size = [], 0
-        group.append(item)
-        size += len(item[1])
-    if group:
-        yield group
+def group_bounds(sizes: np.ndarray, limit: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive runs of items holding about ``limit`` characters together
+    (at most ``limit`` plus one item)."""
+    group = np.cumsum(sizes) // limit
+    cuts = np.flatnonzero(np.diff(group)) + 1
+    edges = [0, *cuts.tolist(), len(sizes)]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
 class DocumentTokenizer:
@@ -120,25 +115,41 @@ class DocumentTokenizer:
         # Long documents go in pieces, and pieces in groups of bounded size: the Rust tokenizer
         # keeps tens of bytes per token while encoding, so one 50 MB document encoded whole
         # would need gigabytes where the same text as short lines needs a fraction of that.
-        pieces = [(doc, piece) for doc, text in enumerate(texts) for piece in text_pieces(text)]
-        lengths = np.zeros(len(texts), dtype=np.int64)
-        parts = []
-        for group in groups_by_size(pieces, ENCODE_GROUP_CHARS):
-            encodings = self.backend.encode_batch_fast([piece for _, piece in group], add_special_tokens=False)
-            counts = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-            np.add.at(lengths, [doc for doc, _ in group], counts)
-            parts.append(np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int32,
-                                     count=int(counts.sum())))
+        if texts and max(map(len, texts)) > PIECE_CHARS:
+            split = [text_pieces(text) for text in texts]
+            pieces = list(chain.from_iterable(split))
+            piece_doc = np.repeat(np.arange(len(texts)), [len(p) for p in split])
+        else:  # the usual case, one piece per document, without a Python step per document
+            pieces, piece_doc = texts, None
+        counts, parts = [], []
+        sizes = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
+        for start, stop in group_bounds(sizes, ENCODE_GROUP_CHARS):
+            encodings = self.backend.encode_batch_fast(pieces[start:stop], add_special_tokens=False)
+            id_lists = [encoding.ids for encoding in encodings]  # each .ids builds a new list: once
             del encodings
+            group_counts = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
+            counts.append(group_counts)
+            parts.append(np.fromiter(chain.from_iterable(id_lists), dtype=np.int32, count=int(group_counts.sum())))
         raw = np.concatenate(parts) if parts else np.empty(0, dtype=np.int32)
-        ends = np.cumsum(lengths)
-        non_empty = np.fromiter((bool(text) for text in texts), dtype=bool, count=len(texts))
-        prefix, eos = np.asarray(self.prefix, dtype=np.int32), np.asarray([self.eos_token_id], dtype=np.int32)
-        ids = np.concatenate([part for end, length, keep in zip(ends, lengths, non_empty) if keep
-                              for part in (prefix, raw[end - length:end], eos)] or [np.empty(0, dtype=np.int32)])
-        lengths = np.where(non_empty, lengths + len(self.prefix) + 1, 0)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-        return ids, offsets
+        counts = np.concatenate(counts) if counts else np.empty(0, dtype=np.int64)
+        lengths = counts if piece_doc is None else np.bincount(piece_doc, weights=counts, minlength=len(texts)
+                                                               ).astype(np.int64)
+        return self.framed(raw, lengths, np.fromiter(map(bool, texts), dtype=bool, count=len(texts)))
+
+    def framed(self, raw: np.ndarray, lengths: np.ndarray, non_empty: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each non-empty document's ids (``lengths`` of them in turn in ``raw``) between its prefix
+        and EOS, as one flat array and its row offsets; an empty document is an empty row."""
+        k = len(self.prefix)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(np.where(non_empty, lengths + k + 1, 0), out=offsets[1:])
+        ids = np.empty(int(offsets[-1]), dtype=np.int32)
+        starts = offsets[:-1][non_empty]
+        raw_starts = np.cumsum(lengths) - lengths
+        ids[np.arange(len(raw)) + np.repeat(offsets[:-1] + k - raw_starts, lengths)] = raw
+        for j, token in enumerate(self.prefix):
+            ids[starts + j] = token
+        ids[offsets[1:][non_empty] - 1] = self.eos_token_id
+        return ids, offsets.astype(np.int32)
 
     def __call__(self, batch):
         if isinstance(batch, pa.Table):

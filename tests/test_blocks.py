@@ -7,7 +7,8 @@ from datasets import Dataset, DatasetDict
 
 from conftest import make_documents
 from hf_clm.corpus import load_corpus
-from hf_clm.blocks import build_blocks, group_into_blocks, token_stream
+import hf_clm.blocks
+from hf_clm.blocks import DocumentTokenizer, build_blocks, group_into_blocks, token_stream
 from hf_clm.recipe import DataArguments
 
 
@@ -68,6 +69,23 @@ def test_no_tokens_lost_between_map_batches_or_workers(bpe_tokenizer, workers):
         assert got.shape == (len(expected) // 37, 37)
         assert got.ravel().tolist() == expected[: got.size]  # same tokens, same order
         assert (got == eos).sum() == sum(1 for t in expected[: got.size] if t == eos)
+
+
+@pytest.mark.parametrize("prefix", [[], [3], [3, 4]])
+def test_each_document_is_its_prefix_its_ids_and_eos_also_in_pieces(bpe_tokenizer, monkeypatch, prefix):
+    monkeypatch.setattr(hf_clm.blocks, "PIECE_CHARS", 200)  # long documents are encoded in pieces
+    monkeypatch.setattr(hf_clm.blocks, "ENCODE_GROUP_CHARS", 500)  # and pieces in several encode calls
+    documents = make_documents(30, seed=5)
+    texts = [documents[0], "", None, " ", " ".join(documents[1:15]), *documents[15:], ""]
+    assert max(len(t or "") for t in texts) > 200
+    framing = DocumentTokenizer(bpe_tokenizer)
+    framing.prefix = prefix
+    ids, offsets = framing.ids_and_offsets(texts)
+    assert len(offsets) == len(texts) + 1
+    for text, start, stop in zip(texts, offsets[:-1], offsets[1:]):
+        expected = [*prefix, *bpe_tokenizer(text, add_special_tokens=False)["input_ids"],
+                    bpe_tokenizer.eos_token_id] if text else []
+        assert ids[start:stop].tolist() == expected
 
 
 def test_token_stream_keeps_every_token(bpe_tokenizer):
