@@ -19,12 +19,17 @@ REPO = Path(__file__).resolve().parent.parent
 CPU_CONFIG = REPO / "recipes" / "accelerate" / "cpu-2proc.yaml"
 
 
-def ddp_tokens_per_second(corpus: Path, folder: Path, find_unused: bool, steps: int, run: int) -> float:
+MODEL_FLAGS = ["--n_layer", "4", "--n_head", "4", "--n_embd", "256"]
+QUICK_MODEL_FLAGS = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32"]
+
+
+def ddp_tokens_per_second(corpus: Path, folder: Path, find_unused: bool, steps: int, run: int,
+                          model_flags: list[str]) -> float:
     output = folder / f"ddp-{'unused' if find_unused else 'default'}-{run}"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_CONFIG),
                "--main_process_port", "0", "-m", "hf_clm", "train", "--train_files", str(corpus),
                "--sample_by", "paragraph", "--train_tokenizer", "true", "--vocab_size", "2048", "--block_size", "128",
-               "--n_layer", "4", "--n_head", "4", "--n_embd", "256", "--per_device_train_batch_size", "8",
+               *model_flags, "--per_device_train_batch_size", "8",
                "--max_steps", str(steps), "--logging_steps", "5", "--eval_strategy", "no", "--save_strategy", "no",
                "--max_eval_samples", "50", "--ddp_find_unused_parameters", str(find_unused).lower(),
                "--output_dir", str(output), "--overwrite_output_dir", "true", "--disable_tqdm", "true"]
@@ -37,11 +42,12 @@ def ddp_tokens_per_second(corpus: Path, folder: Path, find_unused: bool, steps: 
 
 
 def ddp_rows(quick: bool, corpus: Path, folder: Path) -> list[dict]:
-    steps, repeats = (10, 1) if quick else (60, 3)
+    steps, repeats = (4, 1) if quick else (60, 3)
     rates: dict[bool, list[float]] = {True: [], False: []}
     for run in range(repeats):
         for find_unused in (True, False):
-            rates[find_unused].append(ddp_tokens_per_second(corpus, folder, find_unused, steps, run))
+            rates[find_unused].append(ddp_tokens_per_second(corpus, folder, find_unused, steps, run,
+                                                            QUICK_MODEL_FLAGS if quick else MODEL_FLAGS))
     # each pair ran back to back, so its ratio is what drift on a shared machine disturbs least
     pairs = [after / before for after, before in zip(rates[False], rates[True])]
     ratio = statistics.median(pairs)
