@@ -2,8 +2,8 @@
 
 GPT-2 124M shapes (12 layers x 768, 12 heads, vocabulary 50,257, block 1,024) train in bf16 for a
 few hundred steps once per switch: the baseline (SDPA attention, plain AdamW), then torch_compile,
-fused AdamW, Liger kernels (when ``liger-kernel`` is installed), FSDP2 on one GPU and gradient
-checkpointing, each in a fresh process. Every row gives tokens/s, MFU and peak GPU memory. A
+fused AdamW, Liger kernels (when ``liger-kernel`` is installed), FSDP2 on one GPU, DeepSpeed ZeRO-2
+on one GPU (when ``deepspeed`` is installed) and gradient checkpointing, each in a fresh process. Every row gives tokens/s, MFU and peak GPU memory. A
 correctness row trains the same few steps from the same weights on the GPU (bf16) and on the CPU
 (fp32) and compares the losses. On a machine without a CUDA GPU it says so and exits 0.
 """
@@ -35,6 +35,7 @@ SWITCHES = {
     "+ fused AdamW": {"bf16": True, "optim": "adamw_torch_fused"},
     "+ use_liger_kernel": {"bf16": True, "optim": "adamw_torch", "use_liger_kernel": True},
     "+ FSDP2 (1 GPU)": {"bf16": True, "optim": "adamw_torch", "fsdp_one_gpu": True},
+    "+ DeepSpeed ZeRO-2 (1 GPU)": {"bf16": True, "optim": "adamw_torch", "deepspeed_one_gpu": True},
     "+ gradient_checkpointing": {"bf16": True, "optim": "adamw_torch", "gradient_checkpointing": True},
 }
 
@@ -64,6 +65,23 @@ def fsdp_on_one_gpu_environment() -> dict[str, str]:
             "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
 
 
+def deepspeed_on_one_gpu_environment() -> dict[str, str]:
+    """What ``accelerate launch --config_file recipes/accelerate/deepspeed-zero2.yaml --num_processes 1``
+    gives its one process, built by accelerate's own launcher code, plus a process group of one."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env
+
+    config = REPO / "recipes" / "accelerate" / "deepspeed-zero2.yaml"
+    args = launch_command_parser().parse_args(["--config_file", str(config), "--num_processes", "1",
+                                               "-m", "hf_clm", "train"])
+    args, defaults, precision_from_config = _validate_launch_command(args)
+    fields = list(defaults.deepspeed_config) + (["mixed_precision"] if precision_from_config else [])
+    args.deepspeed_fields_from_accelerate_config = ",".join(fields)
+    launched = prepare_deepspeed_cmd_env(args)[1]
+    return {**{k: v for k, v in launched.items() if k.startswith("ACCELERATE_")}, "RANK": "0", "LOCAL_RANK": "0",
+            "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+
+
 def measure(switch: str, steps: int, warmup: int, batch: int, device: str) -> dict:
     """One row, in this process: tokens/s, MFU, peak memory and the losses of a Trainer run."""
     from transformers import GPT2Config
@@ -75,6 +93,8 @@ def measure(switch: str, steps: int, warmup: int, batch: int, device: str) -> di
     switches = dict(SWITCHES[switch]) if switch in SWITCHES else {}
     if switches.pop("fsdp_one_gpu", False):
         os.environ.update(fsdp_on_one_gpu_environment())
+    if switches.pop("deepspeed_one_gpu", False):
+        os.environ.update(deepspeed_on_one_gpu_environment())
     if device == "cpu":
         switches = {"use_cpu": True, "logging_steps": 1, "optim": "adamw_torch"}  # fp32
     else:
@@ -109,6 +129,8 @@ def run_row(switch: str, steps: int, warmup: int, batch: int, device: str = "cud
 def switch_available(switch: str) -> str | None:
     if "use_liger_kernel" in SWITCHES[switch] and importlib.util.find_spec("liger_kernel") is None:
         return "liger-kernel not installed (pip install liger-kernel)"
+    if "deepspeed_one_gpu" in SWITCHES[switch] and importlib.util.find_spec("deepspeed") is None:
+        return "deepspeed not installed (pip install -e '.[deepspeed]')"
     return None
 
 

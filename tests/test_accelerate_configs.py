@@ -76,3 +76,14 @@ def test_the_gpu_checks_fsdp_row_uses_the_shipped_fsdp_config_on_one_process():
     for key, value in fsdp_on_one_gpu_environment().items():
         if key.startswith(("ACCELERATE_", "FSDP_")):
             assert launched[key].lower() == value.lower(), key
+
+
+def test_the_gpu_checks_deepspeed_row_uses_the_shipped_zero2_config_on_one_process(monkeypatch):
+    from bench.gpu import deepspeed_on_one_gpu_environment
+
+    environment = deepspeed_on_one_gpu_environment()
+    assert environment["ACCELERATE_USE_DEEPSPEED"] == "true" and environment["WORLD_SIZE"] == "1"
+    for key, value in accelerate_variables(environment).items():
+        monkeypatch.setenv(key, value)
+    plugin = DeepSpeedPlugin()  # what Trainer builds from ACCELERATE_USE_DEEPSPEED
+    assert plugin.zero_stage == 2 and plugin.deepspeed_config["zero_optimization"]["offload_optimizer"]["device"] == "none"
