@@ -62,7 +62,13 @@ def is_local(name: str) -> bool:
 def require_hub(key: str, name: str, alternative: str) -> None:
     """Fail in seconds, not after a minute of retries, when ``name`` (not a local path) must come from a
     Hub that cannot be reached. With HF_HUB_OFFLINE=1 the libraries read their cache and nothing is probed."""
-    if is_local(name) or constants.HF_HUB_OFFLINE or hub_reachable():
+    if is_local(name):
+        return
+    try:
+        validate_repo_id(name)
+    except HFValidationError:  # e.g. a path that does not exist: name the path, not the Hub's id rules
+        raise HfClmError(f"{key} '{name}' does not exist (and is not a Hub id either); check the path") from None
+    if constants.HF_HUB_OFFLINE or hub_reachable():
         return
     raise HfClmError(f"{key} '{name}' is not a local path and the Hugging Face Hub ({constants.ENDPOINT}) is "
                      f"unreachable; set HF_HUB_OFFLINE=1 to use a copy in the local cache, or {alternative}")

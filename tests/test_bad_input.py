@@ -138,6 +138,11 @@ def bad_inputs(tmp_path):
                                   "Face cache, and HF_HUB_OFFLINE=1 is set"),
         "offline hub model": (["train", base, "--model_name_or_path", "gpt2"],
                               "model_name_or_path 'gpt2' is not a local path and not in the local Hugging Face cache"),
+        "model path that does not exist": (["train", base, "--model_name_or_path", str(tmp_path / "no-model")],
+                                           f"model_name_or_path '{tmp_path / 'no-model'}' does not exist"),
+        "tokenizer path that does not exist": (["train", base, "--tokenizer_name_or_path", str(tmp_path / "no-tok"),
+                                                "--train_tokenizer", "false"],
+                                               f"tokenizer_name_or_path '{tmp_path / 'no-tok'}' does not exist"),
         # generation beyond the context
         "prompt fills the context": (["generate", str(checkpoint), " ".join(["word"] * 40)], "leaves no room"),
     }
