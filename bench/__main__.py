@@ -165,10 +165,8 @@ def baby_row(folder: Path) -> dict:
     target = baby_target(folder, SHAKESPEARE)
     run_dir = folder / "baby-run"
     env = {**os.environ, "HF_DATASETS_CACHE": tempfile.mkdtemp(prefix="bench-cache-")}
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "hf_clm", "train", target.recipe, "--output_dir", str(run_dir),
-                    "--disable_tqdm", "true"], env=env, cwd=REPO, check=True, capture_output=True)
-    wall = time.perf_counter() - start
+    wall = timed_process([sys.executable, "-m", "hf_clm", "train", target.recipe, "--output_dir", str(run_dir),
+                          "--disable_tqdm", "true"], env)
     out = subprocess.run([sys.executable, "-m", "hf_clm", "perplexity", str(run_dir), *target.score_args, "--json"],
                          env=env, cwd=REPO, check=True, capture_output=True, text=True)
     bits = json.loads(out.stdout.strip().splitlines()[-1])["bits_per_char"]

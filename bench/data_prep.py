@@ -35,21 +35,24 @@ def limit(docs, tokenizer, block_size: int) -> int:
     return tokens // block_size
 
 
+def group_texts(examples, block_size: int):
+    """run_clm.py's ``group_texts``: concatenate a map batch, cut it into blocks (dropping the
+    batch's tail), copy ``labels``."""
+    concatenated = {k: list(chain(*examples[k])) for k in examples.keys()}
+    total_length = len(concatenated[list(examples.keys())[0]])
+    total_length = (total_length // block_size) * block_size
+    result = {k: [t[i: i + block_size] for i in range(0, total_length, block_size)]
+              for k, t in concatenated.items()}
+    result["labels"] = result["input_ids"].copy()
+    return result
+
+
 def conventional(docs, tokenizer, block_size: int) -> int:
     def tokenize_function(examples):
         return tokenizer(examples["text"])
 
-    def group_texts(examples):  # run_clm.py
-        concatenated = {k: list(chain(*examples[k])) for k in examples.keys()}
-        total_length = len(concatenated[list(examples.keys())[0]])
-        total_length = (total_length // block_size) * block_size
-        result = {k: [t[i: i + block_size] for i in range(0, total_length, block_size)]
-                  for k, t in concatenated.items()}
-        result["labels"] = result["input_ids"].copy()
-        return result
-
     tokenized = docs.map(tokenize_function, batched=True, remove_columns=["text"])
-    return len(tokenized.map(group_texts, batched=True))
+    return len(tokenized.map(group_texts, batched=True, fn_kwargs={"block_size": block_size}))
 
 
 def package(docs, tokenizer, block_size: int) -> int:

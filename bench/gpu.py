@@ -3,8 +3,8 @@
 GPT-2 124M shapes (12 layers x 768, 12 heads, vocabulary 50,257, block 1,024) train in bf16 for a
 few hundred steps once per switch: the baseline (SDPA attention, plain AdamW), then torch_compile,
 fused AdamW, Liger kernels (when ``liger-kernel`` is installed), FSDP2 on one GPU, DeepSpeed ZeRO-2
-on one GPU (when ``deepspeed`` is installed) and gradient checkpointing, each in a fresh process. Every row gives tokens/s, MFU and peak GPU memory. A
-correctness row trains the same few steps from the same weights on the GPU (bf16) and on the CPU
+on one GPU (when ``deepspeed`` is installed) and gradient checkpointing, each in a fresh process.
+Every row gives tokens/s, MFU and peak GPU memory. A correctness row trains the same few steps from the same weights on the GPU (bf16) and on the CPU
 (fp32) and compares the losses. On a machine without a CUDA GPU it says so and exits 0.
 """
 

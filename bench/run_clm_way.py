@@ -13,7 +13,6 @@ Nothing is saved beyond datasets' own cache, as in run_clm.py.
 from __future__ import annotations
 
 import sys
-from itertools import chain
 
 import datasets  # noqa: F401  (run_clm.py's imports, as they cost the user)
 import evaluate  # noqa: F401
@@ -21,6 +20,8 @@ import torch  # noqa: F401
 import transformers  # noqa: F401
 from datasets import load_dataset
 from transformers import AutoTokenizer, Trainer, TrainingArguments  # noqa: F401
+
+from bench.data_prep import group_texts
 
 
 def main(text_file: str, tokenizer_name: str, block_size: int, workers: int, validation_percent: int = 5) -> int:
@@ -39,16 +40,8 @@ def main(text_file: str, tokenizer_name: str, block_size: int, workers: int, val
     tokenized = raw.map(tokenize_function, batched=True, num_proc=workers, remove_columns=["text"],
                         desc="Running tokenizer on dataset")
 
-    def group_texts(examples):
-        concatenated = {k: list(chain(*examples[k])) for k in examples.keys()}
-        total_length = len(concatenated[list(examples.keys())[0]])
-        total_length = (total_length // block_size) * block_size
-        result = {k: [t[i: i + block_size] for i in range(0, total_length, block_size)]
-                  for k, t in concatenated.items()}
-        result["labels"] = result["input_ids"].copy()
-        return result
-
-    grouped = tokenized.map(group_texts, batched=True, num_proc=workers, desc=f"Grouping texts in chunks of {block_size}")
+    grouped = tokenized.map(group_texts, batched=True, num_proc=workers, fn_kwargs={"block_size": block_size},
+                            desc=f"Grouping texts in chunks of {block_size}")
     print({name: len(split) for name, split in grouped.items()})
     return 0
 
