@@ -73,9 +73,8 @@ def cache_bytes(cache: Path) -> int:
 
 
 def main(method: str, corpus_txt: str, tokenizer_dir: str, block_size: int) -> dict:
-    from transformers import AutoTokenizer
-
     import datasets
+    from transformers import AutoTokenizer
 
     datasets.disable_progress_bars()
     import hf_clm.blocks  # noqa: F401  (imports are not what is measured)

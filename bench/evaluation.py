@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, GPT2Config
 
-from hf_clm.evaluation import shifted_targets, score_rows, stream_scores
+from hf_clm.evaluation import score_rows, shifted_targets, stream_scores
 
 
 def plain_windows(model, ids: torch.Tensor, window: int, stride: int, batch: int) -> float:

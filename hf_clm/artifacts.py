@@ -17,10 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hf_clm.errors import HfClmError
+from hf_clm.errors import HfClmError, first_line
+from hf_clm.run_files import PERPLEXITY_FILENAME
 
-# The finished-run marker: a run directory holding it (valid, matching its weights) is a finished run.
-PERPLEXITY_FILENAME = "perplexity.json"
 # Where the marker records the non-finite numbers it stores as null, and why.
 NON_FINITE_KEY = "non_finite"
 WEIGHTS_PATTERNS = ("*.safetensors",)
@@ -104,7 +103,7 @@ def read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else first_line(err)
         raise HfClmError(f"{path} is unreadable or not valid JSON ({reason}); {what}") from None
 
 

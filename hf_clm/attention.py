@@ -14,7 +14,7 @@ next document's first token) would be made from the previous, unrelated document
 transformers builds the block-diagonal causal mask itself (GPT-2, Llama and the other models
 whose mask comes from ``masking_utils.create_causal_mask``; sdpa, eager and flex_attention
 kernels) when ``position_ids`` restart, but only when no ``attention_mask`` is passed and no KV
-cache is in use (``masking_utils._preprocess_mask_arguments``): :class:`DocumentCollator` drops
+cache is in use (``masking_utils._preprocess_mask_arguments``): ``collator.DocumentCollator`` drops
 the collator's all-ones mask, Trainer sets the model's ``use_cache`` to TrainingArguments'
 (false; the recipe refuses true with document scope), and evaluation outside Trainer
 (``evaluation.final_states``) passes these position ids and ``use_cache=False``.
@@ -23,7 +23,7 @@ the collator's all-ones mask, Trainer sets the model's ``use_cache`` to Training
 from __future__ import annotations
 
 import torch
-from transformers import DataCollatorForLanguageModeling, PreTrainedModel
+from transformers import PreTrainedModel
 
 from hf_clm.errors import HfClmError
 
@@ -43,23 +43,6 @@ def attention_scope(model: PreTrainedModel) -> str:
 
 def record_attention_scope(model: PreTrainedModel, scope: str) -> None:
     model.config.attention_scope = scope
-
-
-class DocumentCollator:
-    """The run's collator, then document scope: document position ids, and no attention mask (an
-    all-ones mask would make transformers fall back to one causal mask over the block)."""
-
-    def __init__(self, collator: DataCollatorForLanguageModeling):
-        self.collator = collator
-        self.eos_token_id = collator.tokenizer.eos_token_id
-
-    def __call__(self, examples):
-        batch = self.collator(examples)
-        mask = batch.pop("attention_mask", None)
-        if mask is not None and not bool(mask.all()):
-            raise HfClmError("attention_scope: document needs full blocks without padding")
-        batch["position_ids"] = document_position_ids(batch["input_ids"], self.eos_token_id)
-        return batch
 
 
 @torch.no_grad()

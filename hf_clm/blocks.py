@@ -29,7 +29,9 @@ from datasets.fingerprint import Hasher
 from transformers import PreTrainedTokenizerBase
 
 from hf_clm.artifacts import write_json
+from hf_clm.errors import first_line
 from hf_clm.recipe import DataArguments
+from hf_clm.run_files import TOKEN_COUNTS_FILENAME
 from hf_clm.tokenizer import document_prefix
 
 logger = logging.getLogger(__name__)
@@ -39,7 +41,6 @@ TOKENIZED_FEATURES = Features({INPUT_IDS: List(Value("int32"))})
 GROUP_FORMAT = 1  # bump when CarryOverBlocks changes, to invalidate cached blocks
 TOKENIZE_FORMAT = 3  # bump when DocumentTokenizer's output changes, to invalidate cached maps
 READ_BATCH_ROWS = 4096
-TOKEN_COUNTS_FILENAME = "token_counts.json"
 
 
 def group_into_blocks(batch: Mapping[str, Sequence[Sequence[int]]], block_size: int
@@ -168,7 +169,7 @@ def cached_map(dataset: Dataset, function, **kwargs) -> Dataset:
         if isinstance(err, OSError) and (type(err) is not OSError or err.errno is not None):
             raise  # a network, missing-file or disk failure: pyarrow reports a torn file as a bare OSError
         logger.warning("Rebuilding a damaged datasets cache entry for %s (%s)", kwargs.get("desc", "map"),
-                       str(err).splitlines()[0])
+                       first_line(err))
         return dataset.map(function, load_from_cache_file=False, **kwargs)
 
 

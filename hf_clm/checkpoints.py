@@ -10,23 +10,12 @@ from pathlib import Path
 from transformers import TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from hf_clm.artifacts import PERPLEXITY_FILENAME, safetensors_problem, zip_archive_problem
+from hf_clm.artifacts import safetensors_problem, zip_archive_problem
 from hf_clm.errors import HfClmError
+from hf_clm.run_files import MODEL_CARD, PACKAGE_OUTPUTS, PERPLEXITY_FILENAME, TRAINER_STATE
 
 logger = logging.getLogger(__name__)
 
-TRAINER_STATE = "trainer_state.json"
-# Everything the package (and Trainer under it) writes into an output_dir; overwrite_output_dir
-# removes these and nothing else. README.md only when it is the package's model card.
-PACKAGE_OUTPUTS = (
-    f"{PREFIX_CHECKPOINT_DIR}-*", "merged", "runs", PERPLEXITY_FILENAME, "report.md", "report.json",
-    "curves_by_*.png", "recipe.yaml", "token_counts.json", TRAINER_STATE, "training_args.bin",
-    "all_results.json", "train_results.json", "eval_results.json", "*.safetensors", "*.safetensors.index.json",
-    "pytorch_model*.bin", "config.json", "generation_config.json", "adapter_config.json", "adapter_model.*",
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
-    "merges.txt", "chat_template.jinja", "tokenizer.model",
-)
-MODEL_CARD = "README.md"
 CARD_TAG = "hf_clm"
 
 

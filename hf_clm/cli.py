@@ -37,7 +37,8 @@ def default_recipe_path() -> Path:
 
 def train_command(argv: list[str]) -> int:
     from hf_clm.distributed import use_cpu_collectives_without_gpu
-    from hf_clm.recipe import SOURCE_KEYS, flag_names, parse_recipe, split_recipe_argv
+    from hf_clm.recipe import SOURCE_KEYS
+    from hf_clm.recipe_parser import flag_names, parse_recipe, split_recipe_argv
     from hf_clm.train import run
 
     use_cpu_collectives_without_gpu()
@@ -54,7 +55,7 @@ def train_command(argv: list[str]) -> int:
 
 def prepare_command(argv: list[str]) -> int:
     from hf_clm.prepare import prepare
-    from hf_clm.recipe import parse_recipe
+    from hf_clm.recipe_parser import parse_recipe
 
     prepare(parse_recipe(argv, command="prepare"))
     return 0
@@ -105,7 +106,7 @@ def perplexity_parser(sub) -> None:
 
 def evaluation_texts(args: argparse.Namespace) -> list[str]:
     from hf_clm.corpus import dataset_split, evaluation_documents, validation_split
-    from hf_clm.recipe import parse_recipe
+    from hf_clm.recipe_parser import parse_recipe
 
     if args.recipe:
         split = validation_split(parse_recipe([args.recipe]).data)

@@ -11,8 +11,8 @@ import codecs
 import dataclasses
 import glob
 import json
-import re
 import logging
+import re
 import sysconfig
 import zlib
 from pathlib import Path
@@ -24,8 +24,8 @@ import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, IterableDataset
 from datasets.exceptions import DatasetGenerationError
 
-from hf_clm.errors import HfClmError
-from hf_clm.hub import DATASET_ALTERNATIVE, offline_hint, require_hub
+from hf_clm.errors import HfClmError, first_line
+from hf_clm.hub_sources import DATASET_ALTERNATIVE, offline_hint, require_hub
 from hf_clm.recipe import DataArguments
 
 logger = logging.getLogger(__name__)
@@ -104,12 +104,12 @@ def load_dataset_rebuilding_cache(*args, **kwargs):
         # a real I/O failure or an unreachable/missing source (ConnectionError is an OSError), not a torn file
         if isinstance(err, (ConnectionError, FileNotFoundError)) or (isinstance(err, OSError) and err.errno is not None):
             raise
-        logger.warning("Rebuilding a damaged datasets cache entry of %s (%s)", args[0], str(err).splitlines()[0])
+        logger.warning("Rebuilding a damaged datasets cache entry of %s (%s)", args[0], first_line(err))
     try:
         return datasets.load_dataset(*args, download_mode="force_redownload", **kwargs)
     except (pa.ArrowException, ConnectionError, OSError) as err:
         raise HfClmError(f"the datasets cache entry of {args[0]} under {datasets.config.HF_DATASETS_CACHE} is "
-                         f"damaged and could not be rebuilt ({str(err).splitlines()[0]}); delete that folder's "
+                         f"damaged and could not be rebuilt ({first_line(err)}); delete that folder's "
                          f"'{Path(str(args[0])).name}' entry and run again") from None
 
 
@@ -137,7 +137,7 @@ def load_local_files(data: DataArguments, streaming: bool = False) -> DatasetDic
         return load_dataset_rebuilding_cache(builder, data_files=data_files, streaming=streaming, **kwargs)
     except DatasetGenerationError as err:
         cause = err.__cause__ or err
-        raise HfClmError(f"cannot read the {builder} files: {str(cause).splitlines()[0]}") from None
+        raise HfClmError(f"cannot read the {builder} files: {first_line(cause)}") from None
 
 
 def stdlib_files() -> tuple[Path, list[str]]:
@@ -179,7 +179,7 @@ def load_raw(data: DataArguments, streaming: bool = False):
     try:
         return load_dataset_rebuilding_cache(data.dataset_name, data.dataset_config_name, streaming=streaming)
     except (FileNotFoundError, ConnectionError) as err:
-        raise HfClmError(f"dataset_name '{data.dataset_name}' could not be loaded: {str(err).splitlines()[0]}"
+        raise HfClmError(f"dataset_name '{data.dataset_name}' could not be loaded: {first_line(err)}"
                          f"{offline_hint(DATASET_ALTERNATIVE)}") from None
 
 
@@ -262,7 +262,7 @@ def evaluation_documents(files: list[str], key: str = "--data") -> Dataset:
     try:
         split = datasets.load_dataset(builder, data_files={"evaluation": paths}, split="evaluation", **kwargs)
     except DatasetGenerationError as err:
-        raise HfClmError(f"{key}: cannot read the {builder} files: {str(err.__cause__ or err).splitlines()[0]}") from None
+        raise HfClmError(f"{key}: cannot read the {builder} files: {first_line(err.__cause__ or err)}") from None
     return select_text(split, TEXT, "evaluation")
 
 
@@ -275,7 +275,7 @@ def dataset_split(name: str, config: str | None, split: str, column: str) -> Dat
         from huggingface_hub import constants
 
         offline = " (HF_HUB_OFFLINE=1 is set: only cached or local datasets load)" if constants.HF_HUB_OFFLINE else ""
-        raise HfClmError(f"--dataset_name {name} could not be loaded{offline}: {str(err).splitlines()[0]}") from None
+        raise HfClmError(f"--dataset_name {name} could not be loaded{offline}: {first_line(err)}") from None
     if split not in splits:
         raise HfClmError(f"--split {split} is not a split of {name}; it has: {', '.join(splits)}")
     return select_text(splits[split], column, split)

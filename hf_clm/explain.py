@@ -15,8 +15,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from hf_clm.errors import HfClmError
-from hf_clm.model import context_length
 from hf_clm.evaluation import Scores, model_device, next_token_log_probs, score_rows, shifted_targets
+from hf_clm.model import context_length
 from hf_clm.tokenizer import encode_document
 
 

@@ -7,7 +7,6 @@ training starts, and the token is only ever handed to the client: never printed 
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -15,94 +14,36 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-import httpx2
-from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, constants, get_token, try_to_load_from_cache
-from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
-from huggingface_hub.utils import filter_repo_objects, get_session, validate_repo_id
-from transformers import AutoTokenizer
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, constants, get_token
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.utils import filter_repo_objects, validate_repo_id
 
-from hf_clm.artifacts import (PERPLEXITY_FILENAME, finished_marker_problem, read_json, safetensors_problem,
-                              weights_files, write_text_atomic)
-from hf_clm.errors import HfClmError
-from hf_clm.recipe import PATH_KEYS, PATH_OR_HUB_KEYS, RECIPE_FILENAME
+from hf_clm.artifacts import finished_marker_problem, read_json, safetensors_problem, weights_files, write_text_atomic
+from hf_clm.errors import HfClmError, first_line
+from hf_clm.figures import eval_sets_table, figure_rows, markdown_table
+from hf_clm.hub_sources import NETWORK_ERRORS
+from hf_clm.recipe import PATH_KEYS, PATH_OR_HUB_KEYS
+from hf_clm.run_files import (
+    ADAPTER_CONFIG,
+    MERGED_DIRNAME,
+    MODEL_CARD,
+    PERPLEXITY_FILENAME,
+    RECIPE_FILENAME,
+    REPORT_MD,
+    TOKENIZER_FILE,
+    TRAINER_STATE,
+    TRAINING_ARGS,
+)
+from hf_clm.tokenizer import UnreadableTokenizer, read_tokenizer
 
 logger = logging.getLogger(__name__)
 
-MODEL_CARD = "README.md"
-ADAPTER_CONFIG = "adapter_config.json"
 PORTABLE_RECIPE_HEADER = ("# The recipe of this model. Local paths are given by file name only: point train_files,\n"
                           "# validation_files (and a local model_name_or_path) at your copies before running it.\n")
 # What a pushed repository holds: the model, tokenizer, recipe, figures and report; never checkpoints.
-UPLOADED = ["*.safetensors", "*.json", "*.txt", "recipe.yaml", "report.md", "*.png", MODEL_CARD]
-NOT_UPLOADED = ["checkpoint-*/**", "trainer_state.json", "training_args.bin", "merged/**", "runs/**",
+UPLOADED = ["*.safetensors", "*.json", "*.txt", RECIPE_FILENAME, REPORT_MD, "*.png", MODEL_CARD]
+NOT_UPLOADED = ["checkpoint-*/**", TRAINER_STATE, TRAINING_ARGS, f"{MERGED_DIRNAME}/**", "runs/**",
                 ".*", "**/.*"]  # hidden: the lock, temporary files of an interrupted write
-
-
-# Seconds to wait for the Hub before saying it is unreachable (its clients retry for a minute).
-HUB_PROBE_TIMEOUT = 4.0
-# What huggingface_hub's HTTP client raises when the Hub cannot be reached.
-NETWORK_ERRORS = (OSError, httpx2.TransportError, OfflineModeIsEnabled)
-OFFLINE_HINT = "HF_HUB_OFFLINE=1 is set: only the local cache is read"
-
-
-@functools.cache
-def hub_reachable() -> bool:
-    """Whether the Hub endpoint answers at all (any HTTP status), within HUB_PROBE_TIMEOUT."""
-    try:
-        get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT)
-    except NETWORK_ERRORS:
-        return False
-    return True
-
-
-def is_local(name: str) -> bool:
-    return Path(name).expanduser().exists()
-
-
-def require_hub(key: str, name: str, alternative: str) -> None:
-    """Fail in seconds, not after a minute of retries, when ``name`` (not a local path) must come from a
-    Hub that cannot be reached. With HF_HUB_OFFLINE=1 the libraries read their cache and nothing is probed."""
-    if is_local(name):
-        return
-    try:
-        validate_repo_id(name)
-    except HFValidationError:  # e.g. a path that does not exist: name the path, not the Hub's id rules
-        raise HfClmError(f"{key} '{name}' does not exist (and is not a Hub id either); check the path") from None
-    if constants.HF_HUB_OFFLINE or hub_reachable():
-        return
-    raise HfClmError(f"{key} '{name}' is not a local path and the Hugging Face Hub ({constants.ENDPOINT}) is "
-                     f"unreachable; set HF_HUB_OFFLINE=1 to use a copy in the local cache, or {alternative}")
-
-
-def offline_hint(alternative: str) -> str:
-    return f" ({OFFLINE_HINT}; {alternative})" if constants.HF_HUB_OFFLINE else ""
-
-
-def require_cached(key: str, name: str, filename: str, alternative: str) -> None:
-    """Offline (HF_HUB_OFFLINE=1): a Hub name must be in the local cache; say so before any data work."""
-    if is_local(name) or not constants.HF_HUB_OFFLINE:
-        return
-    if not isinstance(try_to_load_from_cache(name, filename), str):
-        raise HfClmError(f"{key} '{name}' is not a local path and not in the local Hugging Face cache, and "
-                         f"{OFFLINE_HINT}; unset HF_HUB_OFFLINE to download it, or {alternative}")
-
-
-DATASET_ALTERNATIVE = "give local files with train_files"
-TOKENIZER_ALTERNATIVE = "give a local tokenizer folder (tokenizer_name_or_path: PATH) or train_tokenizer: true"
-MODEL_ALTERNATIVE = "give a local checkpoint folder (model_name_or_path: PATH)"
-
-
-def check_hub_sources(model, data) -> None:
-    """Before any data work: every Hub name the recipe reads can be read."""
-    if data.dataset_name and not data.prepared_dataset:
-        require_hub("dataset_name", data.dataset_name, DATASET_ALTERNATIVE)
-    if model.model_name_or_path:
-        require_hub("model_name_or_path", model.model_name_or_path, MODEL_ALTERNATIVE)
-        require_cached("model_name_or_path", model.model_name_or_path, "config.json", MODEL_ALTERNATIVE)
-    if model.tokenizer_name_or_path:
-        require_hub("tokenizer_name_or_path", model.tokenizer_name_or_path, TOKENIZER_ALTERNATIVE)
-        require_cached("tokenizer_name_or_path", model.tokenizer_name_or_path, "tokenizer_config.json",
-                       TOKENIZER_ALTERNATIVE)
 
 
 @dataclass
@@ -119,7 +60,7 @@ def checked_repo_id(repo_id: str | None) -> str:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
-        raise HfClmError(f"invalid Hub repository id '{repo_id}': {str(err).splitlines()[0]}") from None
+        raise HfClmError(f"invalid Hub repository id '{repo_id}': {first_line(err)}") from None
     if repo_id.count("/") != 1:
         raise HfClmError(f"invalid Hub repository id '{repo_id}': use OWNER/NAME")
     return repo_id
@@ -157,7 +98,7 @@ def read_finished_run(run_dir: str | Path) -> tuple[Path, dict[str, Any], dict[s
     """A run directory checked before anything is uploaded: the finished-run marker present, valid
     and written for the weights beside it; every weights file whole; the tokenizer loading."""
     run_dir = Path(run_dir)
-    needed = [PERPLEXITY_FILENAME, RECIPE_FILENAME, "tokenizer.json"]
+    needed = [PERPLEXITY_FILENAME, RECIPE_FILENAME, TOKENIZER_FILE]
     missing = [name for name in needed if not (run_dir / name).is_file()]
     has_weights = bool(weights_files(run_dir))
     if missing or not has_weights:
@@ -175,14 +116,14 @@ def read_finished_run(run_dir: str | Path) -> tuple[Path, dict[str, Any], dict[s
         raise HfClmError(f"{run_dir / PERPLEXITY_FILENAME} holds no finite perplexity "
                          f"({summary.get('non_finite', {})}); a diverged run is not pushed")
     try:
-        AutoTokenizer.from_pretrained(run_dir)
-    except Exception as err:  # tokenizers raises a bare Exception for a damaged tokenizer.json
-        raise HfClmError(f"the tokenizer in {run_dir} (tokenizer.json) cannot be loaded "
-                         f"({str(err).splitlines()[0] if str(err) else type(err).__name__}); nothing was pushed") from None
+        read_tokenizer(run_dir)
+    except UnreadableTokenizer as err:
+        raise HfClmError(f"the tokenizer in {run_dir} ({TOKENIZER_FILE}) cannot be loaded "
+                         f"({err.reason}); nothing was pushed") from None
     try:
         recipe = yaml.safe_load((run_dir / RECIPE_FILENAME).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise HfClmError(f"{run_dir / RECIPE_FILENAME} cannot be read ({str(err).splitlines()[0]})") from None
+        raise HfClmError(f"{run_dir / RECIPE_FILENAME} cannot be read ({first_line(err)})") from None
     return run_dir, summary, recipe
 
 
@@ -220,37 +161,10 @@ def reproduce_command(repo_id: str) -> str:
     return f"hf download {repo_id} recipe.yaml --local-dir . && hf-clm train recipe.yaml"
 
 
-EVALUATION_ROWS = (("perplexity", "perplexity", ".3f"), ("eval loss (nats/token)", "eval_loss", ".4f"),
-                   ("bits per byte", "bits_per_byte", ".4f"), ("evaluated tokens", "eval_tokens", ","))
-
-
-def evaluation_table(summary: dict[str, Any]) -> str:
-    """The run's figures; for a fine-tuning run, the base model's beside them."""
-    base = summary.get("base")
-    if base:
-        rows = [f"| {name} | {base[key]:{spec}} | {summary[key]:{spec}} |" for name, key, spec in EVALUATION_ROWS]
-        header = ["| metric | base model | fine-tuned |", "|---|---|---|"]
-    else:
-        rows = [f"| {name} | {summary[key]:{spec}} |" for name, key, spec in EVALUATION_ROWS]
-        header = ["| metric | value |", "|---|---|"]
-    if summary.get("unigram_perplexity"):
-        rows.append(f"| unigram baseline perplexity |{' – |' if base else ''} {summary['unigram_perplexity']:.2f} |")
-    return "\n".join(header + rows) + eval_sets_table(summary)
-
-
-def eval_sets_table(summary: dict[str, Any]) -> str:
-    """The recipe's named evaluation sets, one row each."""
-    sets = summary.get("eval_sets") or {}
-    if not sets:
-        return ""
-    rows = [f"| {name} | {fmt_figure(f['perplexity'], '.2f')} | {fmt_figure(f.get('bits_per_byte'), '.4f')} | "
-            f"{fmt_figure(f.get('eval_tokens'), ',')} |" for name, f in sets.items()]
-    return "\n\nOther evaluation sets:\n\n" + "\n".join(
-        ["| set | perplexity | bits per byte | tokens |", "|---|---|---|---|", *rows])
-
-
-def fmt_figure(value: Any, spec: str) -> str:
-    return "–" if value is None else format(value, spec)
+def figure_rows_table(summary: dict[str, Any]) -> list[str]:
+    """The run's figures as a two-column table (a fine-tuning run's as ``base → fine-tuned``)."""
+    return markdown_table(["figure", "base model → fine-tuned" if summary.get("base") else "value"],
+                          [list(row) for row in figure_rows(summary)], numeric_from=1)
 
 
 def card_body(repo_id: str, summary: dict[str, Any], recipe: dict[str, Any], plots: list[str]) -> str:
@@ -262,7 +176,7 @@ def card_body(repo_id: str, summary: dict[str, Any], recipe: dict[str, Any], plo
     architecture = (f"LoRA adapter (r={recipe.get('lora_r')}) on {base}" if recipe.get("peft_method")
                     else f"fine-tuned from {base}" if base
                     else f"GPT-2-style, {recipe.get('n_layer')} layers x {recipe.get('n_embd')} wide, from scratch")
-    table = evaluation_table(summary)
+    table = "\n".join(figure_rows_table(summary) + eval_sets_table({"this model": summary}))
     headline = (f"\n\nPerplexity {summary['base']['perplexity']:.1f} → {summary['perplexity']:.1f} on {dataset_name} "
                 f"(the base model before fine-tuning → this model)." if summary.get("base") else "")
     figures = "\n".join(f"![{Path(p).stem}]({p})" for p in plots)
@@ -282,8 +196,6 @@ blocks of {summary['block_size']} tokens.{headline}
 
 ## Training
 
-- parameters: {summary['parameters']:,}
-- tokens seen: {summary['train_tokens_seen']:,}
 - block size: {summary['block_size']}
 - tokenizer: {tokenizer}
 

@@ -18,10 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hf_clm.errors import HfClmError
+from hf_clm.run_files import LOCK_FILENAME
 
 logger = logging.getLogger(__name__)
 
-LOCK_FILENAME = ".hf_clm.lock"
 
 
 def process_start_time(pid: int) -> float | None:

@@ -13,19 +13,16 @@ import logging
 from pathlib import Path
 
 import torch
-
-from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, PretrainedConfig, PreTrainedModel,
-                          PreTrainedTokenizerBase)
+from transformers import AutoModelForCausalLM, GPT2Config, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
 from hf_clm.artifacts import safetensors_problem
 from hf_clm.attention import check_document_isolation, record_attention_scope
-from hf_clm.errors import HfClmError
-from hf_clm.hub import MODEL_ALTERNATIVE, offline_hint, require_hub
+from hf_clm.errors import HfClmError, first_line
+from hf_clm.hub_sources import MODEL_ALTERNATIVE, offline_hint, require_hub
 from hf_clm.recipe import ModelArguments
-
-ADAPTER_CONFIG = "adapter_config.json"
-MERGED_DIRNAME = "merged"
+from hf_clm.run_files import ADAPTER_CONFIG, MERGED_DIRNAME, TOKENIZER_FILE
+from hf_clm.tokenizer import UnreadableTokenizer, read_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +89,7 @@ def load_pretrained(model: ModelArguments) -> PreTrainedModel:
                                                     attn_implementation=model.attn_implementation, **extra)
     except (OSError, ValueError) as err:
         raise HfClmError(f"cannot load a causal LM from '{model.model_name_or_path}': "
-                         f"{str(err).splitlines()[0]}{offline_hint(MODEL_ALTERNATIVE)}") from None
+                         f"{first_line(err)}{offline_hint(MODEL_ALTERNATIVE)}") from None
 
 
 def check_embeddings_fit_tokenizer(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -188,7 +185,7 @@ def load_adapter_model(path: Path, **kwargs) -> PreTrainedModel:
     except (OSError, ValueError) as err:
         base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
         raise HfClmError(f"cannot load the base model '{base}' of the adapter in {path}: "
-                         f"{str(err).splitlines()[0]}") from None
+                         f"{first_line(err)}") from None
 
 
 def merge_adapter(run_dir: str | Path, output_dir: str | Path | None = None) -> Path:
@@ -199,7 +196,7 @@ def merge_adapter(run_dir: str | Path, output_dir: str | Path | None = None) -> 
     output_dir = Path(output_dir) if output_dir else run_dir / MERGED_DIRNAME
     merged = load_adapter_model(run_dir).merge_and_unload()
     merged.save_pretrained(output_dir)
-    AutoTokenizer.from_pretrained(run_dir).save_pretrained(output_dir)
+    read_tokenizer(run_dir).save_pretrained(output_dir)
     logger.info("Merged the adapter of %s into %s", run_dir, output_dir)
     return output_dir
 
@@ -242,7 +239,7 @@ def check_dtype_runs(dtype_name: str, device: torch.device) -> None:
         probe = torch.ones(4, 4, dtype=DTYPES[dtype_name], device=device)
         torch.nn.functional.softmax(probe @ probe, dim=-1).sum().item()
     except (RuntimeError, TypeError) as err:
-        raise HfClmError(f"--dtype {dtype_name} cannot run on {device}: {str(err).splitlines()[0]}; "
+        raise HfClmError(f"--dtype {dtype_name} cannot run on {device}: {first_line(err)}; "
                          f"use --dtype float32") from None
 
 
@@ -261,17 +258,15 @@ def unreachable_hint(name_or_path: str) -> str:
 def load_tokenizer_for(name_or_path: str | Path) -> PreTrainedTokenizerBase:
     path = Path(name_or_path)
     source = name_or_path
-    if path.is_dir() and not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+    if path.is_dir() and not any((path / name).is_file() for name in (TOKENIZER_FILE, "tokenizer_config.json")):
         if not is_adapter_dir(path):
             raise HfClmError(f"{path} holds no tokenizer (tokenizer.json); pass a finished run directory")
         source = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
     try:
-        return AutoTokenizer.from_pretrained(source)
-    except Exception as err:  # tokenizers raises a bare Exception for a damaged tokenizer.json
-        damaged = Path(str(source), "tokenizer.json")
+        return read_tokenizer(source)
+    except UnreadableTokenizer as err:
         hint = unreachable_hint(str(source)) if not Path(str(source)).exists() else \
-            f"{damaged} is damaged ({str(err).splitlines()[0]})" if damaged.is_file() and not isinstance(err, OSError) \
-            else str(err).splitlines()[0]
+            f"{err.damaged} is damaged ({err.reason})" if err.damaged else err.reason
         raise HfClmError(f"cannot load a tokenizer from {source}: {hint}") from None
 
 
@@ -297,7 +292,7 @@ def load_for_inference(name_or_path: str, device: str | None = None, dtype: str 
             model = AutoModelForCausalLM.from_pretrained(str(path) if path.exists() else name_or_path,
                                                          dtype=DTYPES[dtype])
     except (OSError, ValueError) as err:
-        hint = str(err).splitlines()[0] if path.exists() else unreachable_hint(name_or_path)
+        hint = first_line(err) if path.exists() else unreachable_hint(name_or_path)
         raise HfClmError(f"cannot load a causal LM from {name_or_path}: {hint}") from None
     model.to(target).eval()
     return model, tokenizer

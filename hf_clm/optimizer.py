@@ -79,6 +79,15 @@ class MuonWithAdamW(torch.optim.Optimizer):
         self.param_groups = self.adamw.param_groups + self.muon.param_groups  # loading made new dicts
 
 
+def built_optimizer_name(optimizer: torch.optim.Optimizer) -> str:
+    """The optimizer Trainer built, by name ("Muon + AdamW" for ``optim: muon``)."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it in an AcceleratedOptimizer
+    if isinstance(inner, MuonWithAdamW):
+        return "Muon + AdamW"
+    fused = inner.defaults.get("fused") if isinstance(getattr(inner, "defaults", None), dict) else None
+    return type(inner).__name__ + (" (fused)" if fused else "")
+
+
 class MuonFactory:
     """Trainer's optimizer-factory hook (``optimizer_cls_and_kwargs``): called with the model."""
 

@@ -19,20 +19,20 @@ from typing import Any
 
 import pyarrow as pa
 from datasets import Dataset, DatasetDict, IterableDataset, load_from_disk
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from hf_clm.artifacts import read_json, write_json
 from hf_clm.blocks import TokenCounts, build_blocks, stream_blocks
 from hf_clm.corpus import load_corpus, load_eval_sets, load_streaming_corpus, materialize_head
-from hf_clm.errors import HfClmError
-from hf_clm.hub import check_hub_sources
+from hf_clm.errors import HfClmError, first_line
+from hf_clm.hub_sources import check_hub_sources
 from hf_clm.locks import folder_lock
 from hf_clm.recipe import DataArguments, ModelArguments, Recipe
-from hf_clm.tokenizer import load_pretrained_tokenizer, train_or_load_tokenizer
+from hf_clm.run_files import PREPARED_FILENAME
+from hf_clm.tokenizer import UnreadableTokenizer, load_pretrained_tokenizer, read_tokenizer, train_or_load_tokenizer
 
 logger = logging.getLogger(__name__)
 
-PREPARED_FILENAME = "prepared.json"
 TOKENIZER_DIRNAME = "tokenizer"
 # Documents from the head of a streamed corpus that a BPE tokenizer is trained on.
 STREAMING_TOKENIZER_DOCUMENTS = 10_000
@@ -64,18 +64,18 @@ def tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def in_memory_data(recipe: Recipe) -> TrainingData:
-    raw = load_corpus(recipe.data)  # its validation split is corpus.validation_split's
-    tokenizer = train_or_load_tokenizer(recipe.model, raw["train"])
-    blocks, counts = build_blocks(raw, tokenizer, recipe.data)
+    raw = load_corpus(recipe.data_args)  # its validation split is corpus.validation_split's
+    tokenizer = train_or_load_tokenizer(recipe.model_args, raw["train"])
+    blocks, counts = build_blocks(raw, tokenizer, recipe.data_args)
     return TrainingData(tokenizer, blocks["train"], blocks["validation"], counts)
 
 
 def streamed_data(recipe: Recipe) -> TrainingData:
-    args, data = recipe.training, recipe.data
+    args, data = recipe.training_args, recipe.data_args
     train, validation = load_streaming_corpus(data)
     tokenizer_corpus = materialize_head(data, "train", STREAMING_TOKENIZER_DOCUMENTS) \
-        if recipe.model.train_tokenizer else validation
-    tokenizer = train_or_load_tokenizer(recipe.model, tokenizer_corpus)
+        if recipe.model_args.train_tokenizer else validation
+    tokenizer = train_or_load_tokenizer(recipe.model_args, tokenizer_corpus)
     blocks, counts = build_blocks(DatasetDict(validation=validation), tokenizer, data)
     train_blocks = stream_blocks(train, tokenizer, data, args.seed, args.process_index, args.world_size)
     return TrainingData(tokenizer, train_blocks, blocks["validation"], counts)
@@ -91,8 +91,8 @@ def save_prepared(prepared: TrainingData, recipe: Recipe, path: str | Path) -> P
     DatasetDict(train=prepared.train, validation=prepared.validation).save_to_disk(str(path))
     prepared.tokenizer.save_pretrained(path / TOKENIZER_DIRNAME)
     description = {
-        "block_size": recipe.data.block_size,
-        "tokenizer": tokenizer_source(recipe.model, recipe.data),
+        "block_size": recipe.data_args.block_size,
+        "tokenizer": tokenizer_source(recipe.model_args, recipe.data_args),
         "tokenizer_digest": tokenizer_digest(prepared.tokenizer),
         "counts": {name: count.as_dict() for name, count in prepared.counts.items()},
     }
@@ -109,10 +109,9 @@ def read_description(path: Path) -> dict[str, Any]:
 
 def load_prepared_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     try:
-        return AutoTokenizer.from_pretrained(path / TOKENIZER_DIRNAME)
-    except Exception as err:  # tokenizers raises a bare Exception for a damaged tokenizer.json
-        raise HfClmError(f"the tokenizer in {path / TOKENIZER_DIRNAME} cannot be read "
-                         f"({str(err).splitlines()[0] if str(err) else type(err).__name__}); run "
+        return read_tokenizer(path / TOKENIZER_DIRNAME)
+    except UnreadableTokenizer as err:
+        raise HfClmError(f"the tokenizer in {path / TOKENIZER_DIRNAME} cannot be read ({err.reason}); run "
                          f"'hf-clm prepare RECIPE' again") from None
 
 
@@ -121,7 +120,7 @@ def load_prepared_blocks(path: Path) -> DatasetDict:
         blocks = load_from_disk(str(path))  # maps every arrow file: a missing or torn one fails here
     except (OSError, ValueError, pa.ArrowException) as err:
         missing = f" ({err.filename})" if isinstance(err, OSError) and err.filename else ""
-        raise HfClmError(f"prepared_dataset {path} is damaged{missing}: {str(err).splitlines()[0]}; run "
+        raise HfClmError(f"prepared_dataset {path} is damaged{missing}: {first_line(err)}; run "
                          f"'hf-clm prepare RECIPE' again") from None
     if set(blocks) != {"train", "validation"}:
         raise HfClmError(f"prepared_dataset {path} holds splits {', '.join(blocks)}, not train and validation; "
@@ -131,12 +130,12 @@ def load_prepared_blocks(path: Path) -> DatasetDict:
 
 def check_prepared_matches(description: dict[str, Any], tokenizer: PreTrainedTokenizerBase, recipe: Recipe,
                            path: Path) -> None:
-    block_size = recipe.data.block_size
+    block_size = recipe.data_args.block_size
     if description["block_size"] != block_size:
         raise HfClmError(f"prepared_dataset {path} has blocks of {description['block_size']} tokens but the "
                          f"recipe's block_size is {block_size}; prepare it again with this recipe")
-    source = tokenizer_source(recipe.model, recipe.data)
-    if recipe.model.train_tokenizer:
+    source = tokenizer_source(recipe.model_args, recipe.data_args)
+    if recipe.model_args.train_tokenizer:
         same = description["tokenizer"] == source
     else:
         same = description["tokenizer_digest"] == tokenizer_digest(tokenizer)
@@ -146,12 +145,12 @@ def check_prepared_matches(description: dict[str, Any], tokenizer: PreTrainedTok
 
 
 def prepared_data(recipe: Recipe) -> TrainingData:
-    path = Path(recipe.data.prepared_dataset)
+    path = Path(recipe.data_args.prepared_dataset)
     description = read_description(path)
     tokenizer = load_prepared_tokenizer(path)
     # A trained BPE is compared by its recipe (the saved one is the product); a pretrained one by content.
-    reference = tokenizer if recipe.model.train_tokenizer else load_pretrained_tokenizer(
-        recipe.model.tokenizer_name_or_path or recipe.model.model_name_or_path)
+    reference = tokenizer if recipe.model_args.train_tokenizer else load_pretrained_tokenizer(
+        recipe.model_args.tokenizer_name_or_path or recipe.model_args.model_name_or_path)
     check_prepared_matches(description, reference, recipe, path)
     blocks = load_prepared_blocks(path)
     counts = {name: TokenCounts(**{k: v for k, v in count.items() if k not in ("kept", "dropped")})
@@ -163,13 +162,13 @@ def prepared_data(recipe: Recipe) -> TrainingData:
 
 def training_data(recipe: Recipe) -> TrainingData:
     """The recipe's training data, from wherever the recipe says it comes."""
-    if recipe.data.prepared_dataset:
+    if recipe.data_args.prepared_dataset:
         data = prepared_data(recipe)
-    elif recipe.data.streaming:
+    elif recipe.data_args.streaming:
         data = streamed_data(recipe)
     else:
         data = in_memory_data(recipe)
-    return with_eval_sets(data, recipe.data)
+    return with_eval_sets(data, recipe.data_args)
 
 
 def with_eval_sets(data: TrainingData, data_args: DataArguments) -> TrainingData:
@@ -184,12 +183,12 @@ def with_eval_sets(data: TrainingData, data_args: DataArguments) -> TrainingData
 
 def prepare(recipe: Recipe) -> Path:
     """``hf-clm prepare``: tokenize and group once, to the recipe's ``prepared_dataset`` folder."""
-    target = recipe.data.prepared_dataset
+    target = recipe.data_args.prepared_dataset
     if not target:
         raise HfClmError("the recipe sets no prepared_dataset folder to write; add prepared_dataset: PATH")
-    if recipe.data.streaming:
+    if recipe.data_args.streaming:
         raise HfClmError("a streamed corpus is not prepared ahead; drop streaming: true to prepare it")
-    check_hub_sources(recipe.model, recipe.data)
+    check_hub_sources(recipe.model_args, recipe.data_args)
     with folder_lock(target, "prepared_dataset"):
         data = in_memory_data(recipe)
         path = save_prepared(data, recipe, target)

@@ -13,11 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hf_clm.artifacts import PERPLEXITY_FILENAME, read_json, write_atomic, write_json, write_text_atomic
+from hf_clm.artifacts import read_json, write_atomic, write_json, write_text_atomic
 from hf_clm.errors import HfClmError
+from hf_clm.figures import eval_sets_table, figures_table, fmt
+from hf_clm.run_files import PERPLEXITY_FILENAME, REPORT_JSON, REPORT_MD, TRAINER_STATE
 from hf_clm.run_record import describe
 
-REPORT_MD, REPORT_JSON = "report.md", "report.json"
 COMPARISON_KIND = "perplexity comparison"  # report.json of `hf-clm perplexity --output`
 COMPARISON_PLOT = "perplexity_by_model.png"
 CURVES = (("step", "steps"), ("num_input_tokens_seen", "tokens seen"))
@@ -46,13 +47,13 @@ def read_run(run_dir: str | Path, summary: dict[str, Any] | None = None) -> dict
     """Summary and log history of a finished run directory (or of one finishing: its ``summary``
     given, as the marker is written only after the report)."""
     run_dir = Path(run_dir)
-    needed = [run_dir / PERPLEXITY_FILENAME, run_dir / "trainer_state.json"][summary is not None:]
+    needed = [run_dir / PERPLEXITY_FILENAME, run_dir / TRAINER_STATE][summary is not None:]
     missing = [p.name for p in needed if not p.is_file()]
     if missing:
         raise HfClmError(f"{run_dir} is not a finished run: {', '.join(missing)} missing")
     if summary is None:
         summary = read_json(needed[0], "train the run to the end (or again) first")
-    history = read_json(run_dir / "trainer_state.json", "the run's Trainer state is damaged")["log_history"]
+    history = read_json(run_dir / TRAINER_STATE, "the run's Trainer state is damaged")["log_history"]
     # Throughput as the run measured it (hf_clm.throughput); Trainer's train_runtime includes evaluation.
     return {
         "name": run_dir.resolve().name, "path": str(run_dir),
@@ -149,40 +150,16 @@ def plot_curves(runs: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     return paths
 
 
-def fmt(value: Any, spec: str) -> str:
-    return "–" if value is None else format(value, spec)
-
-
-def before_after(run: dict[str, Any], key: str, spec: str) -> str:
-    """``29.41 → 21.70`` for a fine-tuning run (base model, then the trained one); else the value."""
-    base = (run.get("base") or {}).get(key)
-    return fmt(run.get(key), spec) if base is None else f"{fmt(base, spec)} → {fmt(run.get(key), spec)}"
-
-
 def markdown(runs: list[dict[str, Any]], plots: list[Path]) -> str:
-    lines = ["# Perplexity report", "",
-             "| run | perplexity | unigram baseline | bits/byte | parameters | train tokens | training time (s) | "
-             "train tokens/s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in runs:
-        lines.append(f"| {r['name']} | {before_after(r, 'perplexity', '.2f')} | "
-                     f"{fmt(r.get('unigram_perplexity'), '.2f')} | {before_after(r, 'bits_per_byte', '.4f')} | "
-                     f"{fmt(r.get('parameters'), ',')} | {fmt(r.get('train_tokens_seen'), ',')} | "
-                     f"{fmt(r.get('train_seconds'), '.1f')} | {fmt(r.get('train_tokens_per_second'), ',.0f')} |")
-    lines += ["", "Perplexity = exp(total NLL / predicted tokens) on the validation blocks; bits/byte divides "
-                  "the same total NLL, in bits, by the UTF-8 bytes those tokens stand for. Training time leaves out "
-                  "evaluation and saving; train tokens/s = train tokens / training time."]
+    summaries = {r["name"]: r for r in runs}
+    lines = ["# Perplexity report", "", *figures_table(summaries), "",
+             "Perplexity = exp(total NLL / predicted tokens) on the validation blocks; bits/byte divides "
+             "the same total NLL, in bits, by the UTF-8 bytes those tokens stand for. Training time leaves out "
+             "evaluation and saving; train tokens/s = train tokens / training time."]
     if any(r.get("base") for r in runs):
         lines += ["A → B: the pretrained base model evaluated before the first step (A), then the fine-tuned "
                   "model (B), on the same validation blocks."]
-    lines.append("")
-    with_sets = [r for r in runs if r.get("eval_sets")]
-    if with_sets:
-        lines += ["Named evaluation sets (final weights):", "", "| run | set | perplexity | bits/byte | tokens |",
-                  "|---|---|---:|---:|---:|"]
-        lines += [f"| {r['name']} | {name} | {fmt(f['perplexity'], '.2f')} | {fmt(f.get('bits_per_byte'), '.4f')} | "
-                  f"{fmt(f.get('eval_tokens'), ',')} |" for r in with_sets for name, f in r["eval_sets"].items()]
-        lines.append("")
+    lines += eval_sets_table(summaries) + [""]
     recorded = [r for r in runs if r.get("run")]
     if recorded:
         lines += ["How each run ran (as recorded by the run itself, not as configured):", ""]

@@ -1,7 +1,8 @@
 """Run record: how a run actually ran, read from the live Trainer and its accelerator (not from the
 recipe or the launch config), so a setting that did not take effect shows.
 
-It goes into the log's first lines, ``perplexity.json`` (key ``run``) and the report.
+It is taken when training begins, once Trainer has built the optimizer, and goes into the log's
+first lines, ``perplexity.json`` (key ``run``) and the report.
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ from typing import Any
 
 import torch
 from accelerate.utils import DistributedType
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
+
+from hf_clm.attention import attention_scope
+from hf_clm.optimizer import built_optimizer_name
+from hf_clm.recipe import Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +75,18 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def run_record(trainer: Trainer, block_size: int) -> dict[str, Any]:
+def optimizer_name(trainer: Trainer, recipe: Recipe) -> str:
+    """The optimizer Trainer built; before it has built one, the one the recipe asks for."""
+    if trainer.optimizer is not None:
+        return built_optimizer_name(trainer.optimizer)
+    return "Muon + AdamW" if recipe.uses_muon() else str(getattr(trainer.args.optim, "value", trainer.args.optim))
+
+
+def run_record(trainer: Trainer, recipe: Recipe) -> dict[str, Any]:
     args, accelerator = trainer.args, trainer.accelerator
     kind = parallelism(trainer)
     processes = accelerator.num_processes
-    blocks = args.per_device_train_batch_size * args.gradient_accumulation_steps * processes
+    blocks = recipe.global_batch_blocks(processes)
     return {
         "parallelism": kind,
         **parallelism_settings(trainer, kind),
@@ -85,12 +97,13 @@ def run_record(trainer: Trainer, block_size: int) -> dict[str, Any]:
         "device_name": device_name(accelerator.device),
         "mixed_precision": mixed_precision(trainer, kind),
         "attention": getattr(trainer.model.config, "_attn_implementation", None),
+        "attention_scope": attention_scope(trainer.model),
         "torch_compile": bool(args.torch_compile),
         "gradient_checkpointing": bool(args.gradient_checkpointing),
         "liger_kernel": bool(args.use_liger_kernel),
-        "optimizer": str(getattr(args.optim, "value", args.optim)),
+        "optimizer": optimizer_name(trainer, recipe),
         "global_batch_blocks": blocks,
-        "global_batch_tokens": blocks * block_size,
+        "global_batch_tokens": recipe.tokens_per_step(processes),
     }
 
 
@@ -102,15 +115,36 @@ def describe(record: dict[str, Any]) -> str:
     processes, machines_ = record["processes"], record["machines"]
     return (f"{record['parallelism']}{detail}, {processes} process{'es' if processes != 1 else ''} on "
             f"{machines_} machine{'s' if machines_ != 1 else ''}, {record['device_type']} ({record['device_name']}), "
-            f"mixed precision {record['mixed_precision']}, attention {record['attention']}, "
+            f"mixed precision {record['mixed_precision']}, attention {record['attention']} "
+            f"({record.get('attention_scope', 'block')} scope), "
             f"compile {'on' if record['torch_compile'] else 'off'}, optimizer {record['optimizer']}, "
             f"gradient checkpointing {'on' if record['gradient_checkpointing'] else 'off'}, "
             f"global batch {record['global_batch_blocks']:,} blocks = {record['global_batch_tokens']:,} tokens")
 
 
-def log_run_record(trainer: Trainer, block_size: int) -> dict[str, Any]:
-    """The record, logged once (main process) before the first training step."""
-    record = run_record(trainer, block_size)
-    if trainer.is_world_process_zero():
-        logger.info("Run: %s", describe(record))
-    return record
+class RunRecorder(TrainerCallback):
+    """Takes the record when training begins (the optimizer exists from then on) and logs it once
+    (main process); a run that trains no step is recorded when it asks for ``record``."""
+
+    def __init__(self, trainer: Trainer, recipe: Recipe):
+        self.trainer, self.recipe = trainer, recipe
+        self.taken: dict[str, Any] | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.take()
+
+    def take(self) -> dict[str, Any]:
+        self.taken = run_record(self.trainer, self.recipe)
+        if self.trainer.is_world_process_zero():
+            logger.info("Run: %s", describe(self.taken))
+        return self.taken
+
+    @property
+    def record(self) -> dict[str, Any]:
+        return self.taken if self.taken is not None else self.take()
+
+
+def record_run(trainer: Trainer, recipe: Recipe) -> RunRecorder:
+    recorder = RunRecorder(trainer, recipe)
+    trainer.add_callback(recorder)
+    return recorder

@@ -3,7 +3,7 @@
 A pretrained tokenizer leaves here exactly as it was loaded: no token is added, so a fine-tuned
 model keeps its base vocabulary and embeddings (and a LoRA adapter holds the LoRA matrices only).
 It may have no pad token, or pad = EOS (GPT-2, many Llama fine-tunes): the collator then masks
-labels by the attention mask, so EOS stays a target (see ``trainer.causal_lm_collator``). A BPE
+labels by the attention mask, so EOS stays a target (see ``collator.causal_lm_collator``). A BPE
 trained here has its own ``<|pad|>``.
 
 :func:`encode_document` is the one rule for how a document becomes ids (a Llama-style tokenizer's
@@ -24,9 +24,10 @@ from datasets.fingerprint import Hasher
 from tokenizers import ByteLevelBPETokenizer
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from hf_clm.errors import HfClmError
-from hf_clm.hub import TOKENIZER_ALTERNATIVE, offline_hint, require_hub
+from hf_clm.errors import HfClmError, first_line
+from hf_clm.hub_sources import TOKENIZER_ALTERNATIVE, offline_hint, require_hub
 from hf_clm.recipe import ModelArguments
+from hf_clm.run_files import TOKENIZER_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,25 @@ def train_bpe_tokenizer(train: Dataset, vocab_size: int) -> PreTrainedTokenizerF
                                    eos_token=EOS_TOKEN, unk_token=EOS_TOKEN, pad_token=PAD_TOKEN)
 
 
+class UnreadableTokenizer(Exception):
+    """``AutoTokenizer`` could not load a tokenizer: why, in one line, and its ``tokenizer.json`` when
+    that file is there but damaged (rather than missing or unreadable)."""
+
+    def __init__(self, source: str | Path, err: Exception):
+        self.reason = first_line(err)
+        file = Path(str(source), TOKENIZER_FILE)
+        self.damaged = file if file.is_file() and not isinstance(err, OSError) else None
+        super().__init__(self.reason)
+
+
+def read_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
+    """``AutoTokenizer.from_pretrained(source)``; any failure as :class:`UnreadableTokenizer`."""
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except Exception as err:  # tokenizers raises a bare Exception for a damaged tokenizer.json
+        raise UnreadableTokenizer(source, err) from None
+
+
 def trained_tokenizer_cache(train: Dataset, vocab_size: int) -> Path:
     key = Hasher.hash((train._fingerprint, vocab_size, TRAINED_TOKENIZER_FORMAT))
     return Path(datasets.config.HF_DATASETS_CACHE) / "hf_clm_tokenizers" / key
@@ -60,12 +80,12 @@ def trained_tokenizer_cache(train: Dataset, vocab_size: int) -> Path:
 def cached_bpe_tokenizer(train: Dataset, vocab_size: int) -> PreTrainedTokenizerFast:
     """Train once per (training split, vocab size); later runs load it like datasets' map cache."""
     cache = trained_tokenizer_cache(train, vocab_size)
-    if (cache / "tokenizer.json").is_file():
+    if (cache / TOKENIZER_FILE).is_file():
         logger.info("Loading the BPE tokenizer trained earlier on this corpus from %s", cache)
         try:
-            return AutoTokenizer.from_pretrained(cache)
-        except Exception as err:  # tokenizers raises a bare Exception for a damaged tokenizer.json
-            logger.warning("Rebuilding the damaged cached tokenizer %s (%s)", cache, str(err).splitlines()[0])
+            return read_tokenizer(cache)
+        except UnreadableTokenizer as err:
+            logger.warning("Rebuilding the damaged cached tokenizer %s (%s)", cache, err.reason)
             shutil.rmtree(cache, ignore_errors=True)
     logger.info("Training a byte-level BPE tokenizer (vocab %d) on %d training documents", vocab_size, len(train))
     tokenizer = train_bpe_tokenizer(train, vocab_size)
@@ -82,12 +102,10 @@ def cached_bpe_tokenizer(train: Dataset, vocab_size: int) -> PreTrainedTokenizer
 def load_pretrained_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     require_hub("tokenizer", name_or_path, TOKENIZER_ALTERNATIVE)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    except Exception as err:  # tokenizers raises a bare Exception for a damaged tokenizer.json
-        damaged = Path(name_or_path, "tokenizer.json")
-        where = f" ({damaged} is damaged?)" if damaged.is_file() and not isinstance(err, OSError) else ""
-        raise HfClmError(f"cannot load a tokenizer from '{name_or_path}'{where}: "
-                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        tokenizer = read_tokenizer(name_or_path)
+    except UnreadableTokenizer as err:
+        where = f" ({err.damaged} is damaged?)" if err.damaged else ""
+        raise HfClmError(f"cannot load a tokenizer from '{name_or_path}'{where}: {err.reason}"
                          f"{offline_hint(TOKENIZER_ALTERNATIVE) if not where else ''}") from None
     if not tokenizer.is_fast:
         raise HfClmError(f"the tokenizer of '{name_or_path}' has no fast (Rust) version; hf_clm needs one")

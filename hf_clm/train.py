@@ -3,28 +3,37 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, TrainingArguments, set_seed
 
-from hf_clm.artifacts import PERPLEXITY_FILENAME, finished_marker_problem, read_json, write_finished_marker
+from hf_clm.artifacts import finished_marker_problem, read_json, write_finished_marker
 from hf_clm.blocks import TokenCounts, save_token_counts
-from hf_clm.checkpoints import (check_output_dir, checkpoint_step, clear_incomplete_checkpoints, clear_previous_run,
-                                resume_checkpoint, trains_no_further)
+from hf_clm.checkpoints import (
+    check_output_dir,
+    checkpoint_step,
+    clear_incomplete_checkpoints,
+    clear_previous_run,
+    resume_checkpoint,
+    trains_no_further,
+)
 from hf_clm.distributed import check_launch
 from hf_clm.divergence import TrainingDiverged
 from hf_clm.errors import HfClmError
 from hf_clm.evaluation import perplexity_from_loss, unigram_scores
-from hf_clm.hub import PushTarget, check_hub_access, check_hub_sources, push_run
+from hf_clm.figures import console_summary, logged_figures
+from hf_clm.hub import PushTarget, check_hub_access, push_run
+from hf_clm.hub_sources import check_hub_sources
 from hf_clm.locks import folder_lock
 from hf_clm.model import build_model, check_4bit_possible, merge_adapter
 from hf_clm.prepare import TrainingData, training_data
 from hf_clm.recipe import Recipe, save_recipe
 from hf_clm.report import write_report
-from hf_clm.run_record import log_run_record
+from hf_clm.run_files import PERPLEXITY_FILENAME
+from hf_clm.run_record import record_run
 from hf_clm.throughput import training_throughput
 from hf_clm.trainer import build_trainer, eval_set_figures, final_eval_metrics, load_checkpoint_without_training
 
@@ -38,11 +47,11 @@ def check_blocks(counts: dict[str, TokenCounts], block_size: int) -> None:
                              f"{block_size}; lower block_size or add text")
 
 
-def check_fills_a_step(counts: dict[str, TokenCounts], args: TrainingArguments) -> None:
+def check_fills_a_step(counts: dict[str, TokenCounts], recipe: Recipe) -> None:
     """An optimizer step takes batch x accumulation x processes blocks; the corpus must fill one."""
     if "train" not in counts:
         return
-    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    args, per_step = recipe.training_args, recipe.global_batch_blocks()
     if counts["train"].blocks < per_step:
         raise HfClmError(
             f"the train split has {counts['train'].blocks} blocks, fewer than one optimizer step takes "
@@ -61,16 +70,6 @@ def check_final_loss(eval_loss: float | None) -> None:
             f"instead of fp16) and train again with overwrite_output_dir: true")
 
 
-def evaluation_figures(metrics: dict[str, float]) -> dict[str, float]:
-    """Perplexity, loss, bits per byte and tokens of one evaluation (Trainer's ``eval_*`` logs)."""
-    return {
-        "perplexity": perplexity_from_loss(metrics["eval_loss"]),
-        "eval_loss": metrics["eval_loss"],
-        "bits_per_byte": metrics["eval_bits_per_byte"],
-        "eval_tokens": metrics["eval_tokens"],
-    }
-
-
 def base_model_metrics(log_history: list[dict[str, float]]) -> dict[str, float] | None:
     """The evaluation logged before the first step (``eval_on_start``): the pretrained model as it was."""
     return next((entry for entry in log_history if "eval_loss" in entry and entry.get("step") == 0), None)
@@ -82,8 +81,8 @@ def perplexity_summary(metrics: dict[str, float], model: PreTrainedModel, data: 
     """The run's figures; with ``base`` (a fine-tuning run), the base model's figures on the same
     validation set under ``"base"``."""
     return {
-        **evaluation_figures(metrics),
-        **({"base": evaluation_figures(base)} if base else {}),
+        **logged_figures(metrics),
+        **({"base": logged_figures(base)} if base else {}),
         "unigram_perplexity": unigram_perplexity,
         "parameters": model.num_parameters(),
         "trainable_parameters": trainable_parameters(model),
@@ -118,20 +117,20 @@ def output_dir_lock(args: TrainingArguments):
 def run(recipe: Recipe) -> dict[str, Any]:
     """Train the recipe's model and write model, tokenizer, report and, last, ``perplexity.json``
     (the finished-run marker) to output_dir."""
-    args = recipe.training
-    check_hub_sources(recipe.model, recipe.data)
+    args = recipe.training_args
+    check_hub_sources(recipe.model_args, recipe.data_args)
     push = hub_push_target(args)
-    check_4bit_possible(recipe.model)
+    check_4bit_possible(recipe.model_args)
     with output_dir_lock(args):
         return locked_run(recipe, push)
 
 
 def locked_run(recipe: Recipe, push: tuple[PushTarget, str] | None) -> dict[str, Any]:
-    args = recipe.training
+    args = recipe.training_args
     check_launch(args)
     output_dir = Path(args.output_dir)
     resume = resume_checkpoint(args)
-    check_output_dir(output_dir, resume, recipe.run.overwrite_output_dir, auto=args.resume_from_checkpoint == "auto")
+    check_output_dir(output_dir, resume, recipe.run_args.overwrite_output_dir, auto=args.resume_from_checkpoint == "auto")
     if resume and trains_no_further(resume, args) and finished_marker_problem(output_dir) is None \
             and read_json(output_dir / PERPLEXITY_FILENAME, "").get("global_step") == checkpoint_step(resume):
         summary = read_json(output_dir / PERPLEXITY_FILENAME, "")
@@ -141,16 +140,16 @@ def locked_run(recipe: Recipe, push: tuple[PushTarget, str] | None) -> dict[str,
     # Under several processes the main one tokenizes and caches; the others then read its cache.
     with args.main_process_first(desc="corpus preparation"):
         data = training_data(recipe)
-    check_blocks(data.counts, recipe.data.block_size)
-    check_fills_a_step(data.counts, args)
-    model = build_model(recipe.model, data.tokenizer, recipe.data.block_size)
-    if recipe.model.model_name_or_path and resume is None:
+    check_blocks(data.counts, recipe.data_args.block_size)
+    check_fills_a_step(data.counts, recipe)
+    model = build_model(recipe.model_args, data.tokenizer, recipe.data_args.block_size)
+    if recipe.model_args.model_name_or_path and resume is None:
         args.eval_on_start = True  # the base model's perplexity, for the before/after comparison
 
     trainer = build_trainer(recipe, model, data)  # refuses an optimizer that cannot work before any file is written
     # Everything is ready: only now may the previous contents of output_dir go.
     if args.should_save:
-        if recipe.run.overwrite_output_dir:
+        if recipe.run_args.overwrite_output_dir:
             clear_previous_run(output_dir)
         elif resume is None:
             clear_incomplete_checkpoints(output_dir)
@@ -158,7 +157,7 @@ def locked_run(recipe: Recipe, push: tuple[PushTarget, str] | None) -> dict[str,
         (output_dir / PERPLEXITY_FILENAME).unlink(missing_ok=True)
         save_recipe(recipe, output_dir)
         save_token_counts(data.counts, output_dir)
-    record = log_run_record(trainer, recipe.data.block_size)
+    recorder = record_run(trainer, recipe)
     if resume and trains_no_further(resume, args):
         logger.info("%s holds every step the recipe asks for: finishing the run without training", resume)
         load_checkpoint_without_training(trainer, resume)
@@ -172,47 +171,15 @@ def locked_run(recipe: Recipe, push: tuple[PushTarget, str] | None) -> dict[str,
         unigram_scores(data.train, data.validation, len(data.tokenizer)).perplexity
     summary = perplexity_summary(metrics, model, data, trainer.state.num_input_tokens_seen, unigram,
                                  base_model_metrics(trainer.state.log_history))
-    summary.update(training_throughput(trainer, trainer.meter), run=record)
+    summary.update(training_throughput(trainer, trainer.meter), run=recorder.record)
     if data.eval_sets:
         summary["eval_sets"] = eval_set_figures(trainer)
     if trainer.is_world_process_zero():
-        if recipe.run.merge_adapter:
+        if recipe.run_args.merge_adapter:
             merge_adapter(output_dir)
         write_report([output_dir], output_dir, summaries=[summary])
         write_finished_marker(summary, output_dir, trainer.state.global_step)  # last: the run is finished
-        print(format_summary(summary, output_dir))
+        print(console_summary(summary, output_dir))
         if push:
             print(f"pushed to              {push_run(output_dir, *push)}")
     return summary
-
-
-def baseline_comparison(perplexity: float, unigram: float) -> str:
-    if perplexity <= unigram:
-        return f"model is {unigram / perplexity:.1f}x lower"
-    return (f"model is {perplexity / unigram:.1f}x HIGHER: worse than counting tokens; train longer or raise "
-            f"learning_rate")
-
-
-def format_summary(summary: dict[str, Any], output_dir: Path) -> str:
-    lines = [
-        f"validation perplexity  {summary['perplexity']:.2f}  (eval loss {summary['eval_loss']:.4f} nats/token,"
-        f" {summary['eval_tokens']:,} tokens)",
-        f"bits per byte          {summary['bits_per_byte']:.4f}",
-    ]
-    if "base" in summary:
-        base = summary["base"]
-        lines.append(f"base model             perplexity {base['perplexity']:.2f} -> {summary['perplexity']:.2f}, "
-                     f"bits per byte {base['bits_per_byte']:.4f} -> {summary['bits_per_byte']:.4f}")
-    if summary["unigram_perplexity"] is not None:
-        lines.append(f"unigram baseline       {summary['unigram_perplexity']:.2f}  "
-                     f"({baseline_comparison(summary['perplexity'], summary['unigram_perplexity'])})")
-    trainable = summary.get("trainable_parameters", summary["parameters"])
-    lines += [f"parameters             {summary['parameters']:,}"
-              + (f" ({trainable:,} trainable)" if trainable != summary["parameters"] else ""),
-              f"train tokens seen      {summary['train_tokens_seen']:,}"]
-    if "train_tokens_per_second" in summary:
-        mfu = f", MFU {summary['mfu']:.1%}" if "mfu" in summary else ""
-        lines.append(f"throughput             {summary['train_tokens_per_second']:,.0f} tokens/s{mfu}  "
-                     f"({summary['train_seconds']:.1f} s of training; evaluation and saving excluded)")
-    lines.append(f"saved to               {output_dir}")
-    return "\n".join(lines)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,21 +11,20 @@ import torch
 from datasets import IterableDataset
 from safetensors import SafetensorError
 from torch.utils.data import DataLoader
-from transformers import (DataCollatorForLanguageModeling, EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase,
-                          Trainer, TrainerState)
+from transformers import EvalPrediction, PreTrainedModel, Trainer, TrainerState
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hf_clm.artifacts import disk_full_message
-from hf_clm.attention import DocumentCollator
+from hf_clm.collator import run_collator
 from hf_clm.distributed import check_parallelism_took_effect, shard_on_cpu, with_tied_weights_aliased
 from hf_clm.divergence import DivergenceGuard
-from hf_clm.errors import HfClmError
-from hf_clm.evaluation import (IGNORE_INDEX, NLL, TARGETS, Scores, TokenText, perplexity_from_loss, token_text,
-                               trainer_scores)
+from hf_clm.errors import HfClmError, first_line
+from hf_clm.evaluation import NLL, TARGETS, Scores, TokenText, perplexity_from_loss, token_text, trainer_scores
+from hf_clm.figures import logged_figures
 from hf_clm.optimizer import MuonFactory, muon_parameter_groups
 from hf_clm.prepare import TrainingData
-from hf_clm.recipe import Recipe, uses_muon
+from hf_clm.recipe import Recipe
 from hf_clm.throughput import ThroughputMeter, flops_per_token, total_peak_flops
 
 
@@ -102,7 +99,7 @@ class CausalLMTrainer(Trainer):
             return super().save_model(*args, **kwargs)
         except WRITE_ERRORS as err:
             reason = disk_full_message(err) if isinstance(err, OSError) else None
-            raise ModelWriteFailed(f"saving the model to {self.args.output_dir} failed ({reason or str(err).splitlines()[0]}); "
+            raise ModelWriteFailed(f"saving the model to {self.args.output_dir} failed ({reason or first_line(err)}); "
                              f"is the disk full? The run is not marked finished; free some space and rerun with "
                              f"resume_from_checkpoint: auto") from None
 
@@ -143,7 +140,7 @@ def checkpoint_write_error(output_dir: Path, step: int, err: Exception) -> HfClm
     shutil.rmtree(folder, ignore_errors=True)
     reason = disk_full_message(err) if isinstance(err, OSError) else \
         str(err).split(" failed (", 1)[-1].rsplit("); is the disk full?", 1)[0] if isinstance(err, ModelWriteFailed) else None
-    return HfClmError(f"writing {folder} failed ({reason or str(err).splitlines()[0]}); is the disk full? Its "
+    return HfClmError(f"writing {folder} failed ({reason or first_line(err)}); is the disk full? Its "
                       f"partial folder was removed; free some space and rerun with resume_from_checkpoint: auto")
 
 
@@ -164,42 +161,14 @@ def corpus_figures(prediction: EvalPrediction) -> dict[str, float]:
             "bits_per_char": scores.bits_per_char}
 
 
-@dataclass
-class PaddingOnlyMaskCollator(DataCollatorForLanguageModeling):
-    """``DataCollatorForLanguageModeling(mlm=False)`` whose labels are -100 where the attention mask
-    says padding, and only there. The parent masks every label equal to ``pad_token_id``, which
-    with pad = EOS would hide every document end from the loss (transformers issue #23530)."""
-
-    def torch_call(self, examples):
-        batch = super().torch_call(examples)
-        if not self.mlm and "attention_mask" in batch:
-            batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
-        return batch
-
-
-def causal_lm_collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorForLanguageModeling:
-    """The run's collator. A tokenizer with a pad token of its own (a BPE trained here) goes to
-    ``DataCollatorForLanguageModeling(mlm=False)`` as it is; one whose pad is EOS or missing (GPT-2,
-    Llama) gets a padding-only label mask, and a copy padded with EOS where it has no pad, so the
-    run's tokenizer (saved with the model) stays the base one."""
-    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
-        return DataCollatorForLanguageModeling(tokenizer, mlm=False)
-    if tokenizer.pad_token_id is None:
-        tokenizer = copy.deepcopy(tokenizer)
-        tokenizer.pad_token = tokenizer.eos_token
-    return PaddingOnlyMaskCollator(tokenizer, mlm=False)
-
-
 def build_trainer(recipe: Recipe, model: PreTrainedModel, data: TrainingData) -> CausalLMTrainer:
-    collator = causal_lm_collator(data.tokenizer)
-    if recipe.model.attention_scope == "document":
-        collator = DocumentCollator(collator)
+    collator = run_collator(data.tokenizer, recipe.model_args.attention_scope)
     trainer = CausalLMTrainer(
-        model=model, args=recipe.training, train_dataset=data.train, eval_dataset=data.validation,
+        model=model, args=recipe.training_args, train_dataset=data.train, eval_dataset=data.validation,
         data_collator=collator, processing_class=data.tokenizer,
         optimizer_cls_and_kwargs=optimizer_cls_and_kwargs(recipe, model),
-        flops_per_token=flops_per_token(model, recipe.data.block_size),
-        peak_flops=total_peak_flops(recipe.run, recipe.training),
+        flops_per_token=flops_per_token(model, recipe.data_args.block_size),
+        peak_flops=total_peak_flops(recipe.run_args, recipe.training_args),
     )
     trainer.eval_sets = data.eval_sets
     return trainer
@@ -212,9 +181,7 @@ def eval_set_figures(trainer: Trainer) -> dict[str, dict[str, float]]:
         prefix = f"eval_{name}_"
         last = next((e for e in reversed(trainer.state.log_history) if prefix + "loss" in e), None)
         if last is not None:
-            figures[name] = {"perplexity": last[prefix + "perplexity"], "eval_loss": last[prefix + "loss"],
-                             "bits_per_byte": last.get(prefix + "bits_per_byte"),
-                             "eval_tokens": last.get(prefix + "tokens")}
+            figures[name] = logged_figures(last, prefix)
     return figures
 
 def load_checkpoint_without_training(trainer: Trainer, checkpoint: str) -> None:
@@ -226,11 +193,11 @@ def load_checkpoint_without_training(trainer: Trainer, checkpoint: str) -> None:
 
 def optimizer_cls_and_kwargs(recipe: Recipe, model: PreTrainedModel) -> tuple[type, dict] | None:
     """``optim: muon``: Trainer's factory hook, its parameter split checked now, before training."""
-    if not uses_muon(recipe):
+    if not recipe.uses_muon():
         return None
-    muon_parameter_groups(model, recipe.training, recipe.run.muon_learning_rate)
-    return MuonFactory, {"args": recipe.training, "muon_learning_rate": recipe.run.muon_learning_rate,
-                         "momentum": recipe.run.muon_momentum}
+    muon_parameter_groups(model, recipe.training_args, recipe.run_args.muon_learning_rate)
+    return MuonFactory, {"args": recipe.training_args, "muon_learning_rate": recipe.run_args.muon_learning_rate,
+                         "momentum": recipe.run_args.muon_momentum}
 
 
 def final_eval_metrics(trainer: Trainer) -> dict[str, float]:

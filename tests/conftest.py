@@ -22,7 +22,6 @@ def offline_hf_cache(tmp_path_factory):
     os.environ.update(HF_HOME=str(home), HF_DATASETS_CACHE=str(home / "datasets"), HF_HUB_OFFLINE="1",
                       TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error")
     import datasets.config
-
     import huggingface_hub.constants
 
     datasets.config.HF_DATASETS_CACHE = Path(home / "datasets")

@@ -6,14 +6,15 @@ import json
 
 import pytest
 import torch
+from conftest import make_documents, recipe_args, write_corpus
 from transformers import AutoModelForCausalLM, DataCollatorForLanguageModeling, GPT2Config, LlamaConfig
 
-from conftest import make_documents, recipe_args, write_corpus
-from hf_clm.attention import DocumentCollator, document_position_ids, record_attention_scope
+from hf_clm.attention import document_position_ids, record_attention_scope
+from hf_clm.collator import DocumentCollator
 from hf_clm.evaluation import IGNORE_INDEX, Scores, blocks_scores, score_rows, shifted_targets
 from hf_clm.explain import explain
 from hf_clm.model import load_for_inference
-from hf_clm.recipe import parse_recipe
+from hf_clm.recipe_parser import parse_recipe
 from hf_clm.train import run
 
 EOS = 9
@@ -121,9 +122,9 @@ def test_a_document_scope_run_records_it_and_trainer_evaluation_follows_it(docum
     from hf_clm.corpus import load_corpus
 
     model, tokenizer = load_for_inference(str(output_dir))
-    blocks, _ = build_blocks(load_corpus(recipe.data), tokenizer, recipe.data)
+    blocks, _ = build_blocks(load_corpus(recipe.data_args), tokenizer, recipe.data_args)
     nll = blocks_scores(model, blocks["validation"], batch_size=16, progress=False)
-    assert nll.tokens == summary["eval_tokens"]
+    assert nll.tokens == summary["tokens"]
     assert nll.perplexity == pytest.approx(summary["perplexity"], rel=1e-4)
     record_attention_scope(model, "block")  # the same weights scored across documents: another figure
     assert blocks_scores(model, blocks["validation"], batch_size=16, progress=False).perplexity != \

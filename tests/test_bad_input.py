@@ -6,9 +6,9 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
+from conftest import make_documents
 from transformers import AutoModelForCausalLM, GPT2Config
 
-from conftest import make_documents
 from hf_clm.cli import main
 
 RECIPE = {"sample_by": "paragraph", "train_tokenizer": True, "vocab_size": 300, "block_size": 16, "n_layer": 1,

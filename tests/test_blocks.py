@@ -3,12 +3,12 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+from conftest import make_documents
 from datasets import Dataset, DatasetDict
 
-from conftest import make_documents
-from hf_clm.corpus import load_corpus
 import hf_clm.blocks
 from hf_clm.blocks import DocumentTokenizer, build_blocks, group_into_blocks, token_stream
+from hf_clm.corpus import load_corpus
 from hf_clm.recipe import DataArguments
 
 

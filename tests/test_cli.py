@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import recipe_args, write_corpus
 from transformers import AutoModelForCausalLM, GPT2Config
 
-from conftest import recipe_args, write_corpus
 from hf_clm.cli import main
 
 

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, SHARED_DATA, requires_shared_data
 
 

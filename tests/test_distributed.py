@@ -8,7 +8,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import recipe_args, write_corpus
 
 PROBE = Path(__file__).parent / "helpers" / "training_probe.py"

@@ -4,18 +4,26 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SHARED_DATA, requires_shared_data
 from datasets import Dataset
-
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import hf_clm.evaluation as evaluation
-from hf_clm.evaluation import (Scores, blocks_scores, evaluate_rolling, perplexity_from_loss, rolling_windows,
-                               score_rows, shifted_targets, stream_scores, strided_windows, token_text,
-                               unigram_scores)
+from hf_clm.evaluation import (
+    Scores,
+    blocks_scores,
+    evaluate_rolling,
+    perplexity_from_loss,
+    rolling_windows,
+    score_rows,
+    shifted_targets,
+    stream_scores,
+    strided_windows,
+    token_text,
+    unigram_scores,
+)
 from hf_clm.model import build_model
 from hf_clm.recipe import ModelArguments
-
-from conftest import SHARED_DATA, requires_shared_data
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED_DATA, make_documents, recipe_args, requires_shared_data, write_corpus
 from safetensors import safe_open
 from tokenizers import ByteLevelBPETokenizer, processors
-from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig, PreTrainedTokenizerFast)
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
 
-from conftest import SHARED_DATA, make_documents, recipe_args, requires_shared_data, write_corpus
 from hf_clm.blocks import DocumentTokenizer
 from hf_clm.cli import main
+from hf_clm.collator import causal_lm_collator
 from hf_clm.explain import explain
-from hf_clm.tokenizer import encode_document, document_prefix
-from hf_clm.trainer import causal_lm_collator
+from hf_clm.tokenizer import document_prefix, encode_document
 
 GPT2_VOCAB = 50257
 
@@ -128,8 +128,8 @@ def test_before_after_in_summary_report_curves_and_card(gpt2_runs):
         run = root / name
         summary = json.loads((run / "perplexity.json").read_text())
         base = summary["base"]
-        assert set(base) >= {"perplexity", "bits_per_byte", "eval_loss", "eval_tokens"}
-        assert base["eval_tokens"] == summary["eval_tokens"]
+        assert set(base) >= {"perplexity", "bits_per_byte", "loss", "tokens"}
+        assert base["tokens"] == summary["tokens"]
         assert summary["perplexity"] < base["perplexity"], (name, base, summary)
         history = json.loads((run / "trainer_state.json").read_text())["log_history"]
         first_eval = next(e for e in history if "eval_loss" in e)
@@ -138,7 +138,7 @@ def test_before_after_in_summary_report_curves_and_card(gpt2_runs):
         assert f"{base['perplexity']:.2f} → {summary['perplexity']:.2f}" in report
         assert f"{base['bits_per_byte']:.4f} → {summary['bits_per_byte']:.4f}" in report
         card = str(model_card(*read_finished_run(run), "someone/" + name))
-        assert "| metric | base model | fine-tuned |" in card
+        assert "| figure | base model → fine-tuned |" in card
         assert f"Perplexity {base['perplexity']:.1f} → {summary['perplexity']:.1f}" in card
     assert (root / "full" / "curves_by_steps.png").is_file()
 

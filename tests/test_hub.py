@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import recipe_args, write_corpus
+from hub_server import start_hub
 from huggingface_hub import ModelCard
 
-from conftest import recipe_args, write_corpus
 from hf_clm.recipe import PATH_KEYS
-from hub_server import start_hub
 
 TOKEN = "hf_localTestTokenThatMustNeverLeak42"
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, recipe_args, requires_shared_data, write_corpus
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import REPO, recipe_args, requires_shared_data, write_corpus
 from hf_clm.cli import main
 
 
@@ -85,12 +85,12 @@ def test_target_modules_matching_no_layer_list_the_layers(base_and_adapter, tmp_
 
 
 def test_peft_section_in_yaml(tmp_path):
-    from hf_clm.recipe import parse_recipe
+    from hf_clm.recipe_parser import parse_recipe
 
     recipe_file = tmp_path / "r.yaml"
     recipe_file.write_text("model_name_or_path: some/model\nbuiltin_corpus: python-stdlib\n"
                            "peft: {method: lora, r: 4, lora_alpha: 8, target_modules: [c_attn, c_proj]}\n")
-    model = parse_recipe([str(recipe_file)]).model
+    model = parse_recipe([str(recipe_file)]).model_args
     assert (model.peft_method, model.lora_r, model.lora_alpha, model.lora_target_modules) == \
         ("lora", 4, 8, ["c_attn", "c_proj"])
 

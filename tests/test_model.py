@@ -1,7 +1,7 @@
 import pytest
+from conftest import SHARED_DATA, requires_shared_data
 from transformers import AutoModelForCausalLM, GPT2Config
 
-from conftest import SHARED_DATA, requires_shared_data
 from hf_clm.errors import HfClmError
 from hf_clm.model import build_model, context_length
 from hf_clm.recipe import ModelArguments

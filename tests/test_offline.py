@@ -7,7 +7,7 @@ import time
 import pytest
 from huggingface_hub import constants
 
-from hf_clm import hub
+from hf_clm import hub_sources
 from hf_clm.cli import main
 
 
@@ -19,9 +19,9 @@ def unreachable_hub(monkeypatch):
         port = probe.getsockname()[1]
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    hub.hub_reachable.cache_clear()
+    hub_sources.hub_reachable.cache_clear()
     yield constants.ENDPOINT
-    hub.hub_reachable.cache_clear()
+    hub_sources.hub_reachable.cache_clear()
 
 
 @pytest.mark.parametrize("flags, key, alternative", [

@@ -8,12 +8,13 @@ import shutil
 import pytest
 import torch
 import yaml
+from conftest import recipe_args, write_corpus
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, TrainingArguments
 
-from conftest import recipe_args, write_corpus
 from hf_clm.cli import main
 from hf_clm.optimizer import muon_parameter_groups
-from hf_clm.recipe import parse_recipe, save_recipe
+from hf_clm.recipe import save_recipe
+from hf_clm.recipe_parser import parse_recipe
 
 
 def names_of(model, groups) -> set[str]:
@@ -55,12 +56,12 @@ def test_max_tokens_gives_the_steps_of_the_global_batch_and_is_what_the_recipe_r
             "--lr_scheduler_type", "warmup_stable_decay", "--lr_scheduler_kwargs", '{"decay_ratio": 0.25}',
             "--output_dir", str(tmp_path)]
     recipe = parse_recipe(argv)
-    assert recipe.training.max_steps == 66  # ceil(100,000 / (8 x 3 x 1 process x 64))
-    assert recipe.training.lr_scheduler_kwargs == {"num_decay_steps": 16}  # round(0.25 x 66)
+    assert recipe.training_args.max_steps == 66  # ceil(100,000 / (8 x 3 x 1 process x 64))
+    assert recipe.training_args.lr_scheduler_kwargs == {"num_decay_steps": 16}  # round(0.25 x 66)
     written = yaml.safe_load(save_recipe(recipe, tmp_path).read_text())
     assert written["max_tokens"] == 100000 and "max_steps" not in written
     again = parse_recipe([str(tmp_path / "recipe.yaml")])
-    assert again.training.max_steps == 66 and again.training.lr_scheduler_kwargs == {"num_decay_steps": 16}
+    assert again.training_args.max_steps == 66 and again.training_args.lr_scheduler_kwargs == {"num_decay_steps": 16}
 
 
 SWITCHES = ("--optim", "muon", "--muon_learning_rate", "0.03", "--max_tokens", "5000",
@@ -125,6 +126,6 @@ def test_a_decay_ratio_written_in_yaml_stays_a_ratio_in_the_recorded_recipe(tmp_
     path.write_text("builtin_corpus: python-stdlib\ntrain_tokenizer: true\nmax_steps: 10\n"
                     "lr_scheduler_type: warmup_stable_decay\nlr_scheduler_kwargs: {decay_ratio: 0.5}\n")
     recipe = parse_recipe([str(path), "--output_dir", str(tmp_path / "run")])
-    assert recipe.training.lr_scheduler_kwargs == {"num_decay_steps": 5}
+    assert recipe.training_args.lr_scheduler_kwargs == {"num_decay_steps": 5}
     written = yaml.safe_load(save_recipe(recipe, tmp_path / "run").read_text())
     assert written["lr_scheduler_kwargs"] == {"decay_ratio": 0.5}

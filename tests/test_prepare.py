@@ -5,11 +5,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import recipe_args, write_corpus
 from datasets import load_from_disk
 
-from conftest import recipe_args, write_corpus
 from hf_clm.cli import main
-from hf_clm.recipe import parse_recipe
+from hf_clm.recipe_parser import parse_recipe
 from hf_clm.train import run
 
 

@@ -7,7 +7,9 @@ import torch
 import yaml
 
 from hf_clm.errors import HfClmError
-from hf_clm.recipe import RECIPE_FILENAME, parse_recipe, read_recipe_yaml, resolve_paths, save_recipe
+from hf_clm.recipe import save_recipe
+from hf_clm.recipe_parser import parse_recipe, read_recipe_yaml, resolve_paths
+from hf_clm.run_files import RECIPE_FILENAME
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -22,19 +24,19 @@ def test_yaml_overrides_defaults_and_cli_overrides_yaml(tmp_path):
     path = write_recipe(tmp_path, "builtin_corpus: python-stdlib\ntrain_tokenizer: true\n"
                                   "learning_rate: 3e-4\nblock_size: 64\nmax_steps: 7\n")
     recipe = parse_recipe([path, "--learning_rate", "1e-3"])
-    assert recipe.training.learning_rate == pytest.approx(1e-3)  # CLI beats YAML
-    assert recipe.data.block_size == 64  # YAML beats the default
-    assert recipe.training.max_steps == 7
-    assert recipe.model.n_layer == 4  # dataclass default
+    assert recipe.training_args.learning_rate == pytest.approx(1e-3)  # CLI beats YAML
+    assert recipe.data_args.block_size == 64  # YAML beats the default
+    assert recipe.training_args.max_steps == 7
+    assert recipe.model_args.n_layer == 4  # dataclass default
 
 
 def test_scientific_notation_in_yaml_is_a_number(tmp_path):
     path = write_recipe(tmp_path, "builtin_corpus: python-stdlib\ntrain_tokenizer: true\n"
                                   "learning_rate: 3e-4\nweight_decay: 1e-1\n")
     recipe = parse_recipe([path])
-    assert isinstance(recipe.training.learning_rate, float)
-    assert recipe.training.learning_rate == pytest.approx(3e-4)
-    assert recipe.training.weight_decay == pytest.approx(0.1)
+    assert isinstance(recipe.training_args.learning_rate, float)
+    assert recipe.training_args.learning_rate == pytest.approx(3e-4)
+    assert recipe.training_args.weight_decay == pytest.approx(0.1)
 
 
 def test_unknown_yaml_key_names_the_closest_valid_one(tmp_path):
@@ -55,24 +57,36 @@ def test_bad_value_is_one_line_error():
 
 def test_problems_are_collected_and_reported_together():
     with pytest.raises(HfClmError) as err:
-        parse_recipe(["--block_size", "1", "--sample_by", "sentence"])
+        parse_recipe(["--block_size", "1", "--dropout", "2"])
     message = str(err.value)
     assert "exactly one of dataset_name, train_files or builtin_corpus" in message
     assert "block_size must be an integer >= 2" in message
-    assert "sample_by must be one of" in message
+    assert "dropout must be a number in [0, 1)" in message
     assert "no tokenizer" in message
+
+
+@pytest.mark.parametrize("argv", [["--sample_by", "sentence"], ["--attention_scope", "sentence"],
+                                  ["--bnb_4bit_quant_type", "sentence"], ["--peft_method", "sentence"]])
+def test_choices_declared_on_the_fields_are_checked_for_flags_and_yaml(tmp_path, argv):
+    key = argv[0][2:]
+    with pytest.raises(HfClmError, match=f"^{key} must be one of .*, not 'sentence'$"):
+        parse_recipe(["--builtin_corpus", "python-stdlib", "--train_tokenizer", "true", *argv])
+    path = tmp_path / "r.yaml"
+    path.write_text(f"builtin_corpus: python-stdlib\ntrain_tokenizer: true\n{key}: sentence\n")
+    with pytest.raises(HfClmError, match=f"{key} must be one of .*, not 'sentence'$"):
+        parse_recipe([str(path)])
 
 
 def test_resolved_recipe_is_written_and_reruns_identically(tmp_path):
     recipe = parse_recipe(["--builtin_corpus", "python-stdlib", "--train_tokenizer", "true",
                            "--learning_rate", "2e-3", "--max_steps", "11", "--output_dir", str(tmp_path / "run")])
-    path = save_recipe(recipe, recipe.training.output_dir)
+    path = save_recipe(recipe, recipe.training_args.output_dir)
     assert path.name == RECIPE_FILENAME
     written = yaml.safe_load(path.read_text())
     assert written["learning_rate"] == pytest.approx(2e-3) and written["max_steps"] == 11
     again = parse_recipe([str(path)])
-    assert again.model == recipe.model and again.data == recipe.data
-    assert again.training.to_dict() == recipe.training.to_dict()
+    assert again.model_args == recipe.model_args and again.data_args == recipe.data_args
+    assert again.training_args.to_dict() == recipe.training_args.to_dict()
 
 
 def test_hub_token_never_written(tmp_path):
@@ -88,14 +102,15 @@ def test_every_recipe_parses_and_starts_with_its_command(path):
     values = read_recipe_yaml(path)
     recipe = parse_recipe([str(path)])  # bf16 included: without a GPU it is autocast on the CPU
     values = resolve_paths(values)  # paths are resolved once, at parse time, against the current directory
-    assert recipe.training.output_dir == values["output_dir"] == os.path.abspath(read_recipe_yaml(path)["output_dir"])
-    assert all(getattr(recipe.model, k, getattr(recipe.data, k, None)) == v for k, v in values.items()
-               if hasattr(recipe.model, k) or hasattr(recipe.data, k))
+    assert recipe.training_args.output_dir == values["output_dir"] == os.path.abspath(read_recipe_yaml(path)["output_dir"])
+    assert all(getattr(recipe.model_args, k, getattr(recipe.data_args, k, None)) == v for k, v in values.items()
+               if hasattr(recipe.model_args, k) or hasattr(recipe.data_args, k))
 
 
 def test_trained_run_recipe_reparses_to_every_same_value(text_files, tmp_path):
     """Values equal to transformers' defaults but not to the package's are recorded too."""
     from conftest import recipe_args
+
     from hf_clm.cli import main
 
     flags = recipe_args(text_files, tmp_path / "run", "--max_steps", "4", "--eval_strategy", "no",
@@ -107,10 +122,10 @@ def test_trained_run_recipe_reparses_to_every_same_value(text_files, tmp_path):
     written = yaml.safe_load(saved.read_text())
     assert written["eval_strategy"] == "no" and written["logging_steps"] == 500 and written["save_strategy"] == "no"
     again = parse_recipe([str(saved)])
-    assert dataclasses.asdict(again.model) == dataclasses.asdict(original.model)
-    assert dataclasses.asdict(again.data) == dataclasses.asdict(original.data)
-    assert dataclasses.asdict(again.run) == dataclasses.asdict(original.run)
-    before, after = original.training.to_dict(), again.training.to_dict()
+    assert dataclasses.asdict(again.model_args) == dataclasses.asdict(original.model_args)
+    assert dataclasses.asdict(again.data_args) == dataclasses.asdict(original.data_args)
+    assert dataclasses.asdict(again.run_args) == dataclasses.asdict(original.run_args)
+    before, after = original.training_args.to_dict(), again.training_args.to_dict()
     assert before.keys() == after.keys()
     assert {k: (before[k], after[k]) for k in before if before[k] != after[k]} == {}
 
@@ -123,19 +138,19 @@ def base_recipe(tmp_path, text_files, extra: str = "") -> str:
 def test_a_corpus_flag_replaces_the_recipe_corpus_source(text_files, tmp_path):
     path = base_recipe(tmp_path, text_files)
     recipe = parse_recipe([path, "--builtin_corpus", "python-stdlib"])
-    assert recipe.data.builtin_corpus == "python-stdlib"
-    assert recipe.data.train_files is None and recipe.data.validation_files is None
-    assert recipe.data.sample_by == "paragraph"  # not a source key: kept
+    assert recipe.data_args.builtin_corpus == "python-stdlib"
+    assert recipe.data_args.train_files is None and recipe.data_args.validation_files is None
+    assert recipe.data_args.sample_by == "paragraph"  # not a source key: kept
     other = tmp_path / "other.txt"
     recipe = parse_recipe([path, "--train-files", str(other)])  # the dash spelling too
-    assert recipe.data.train_files == [str(other)] and recipe.data.validation_files is None
+    assert recipe.data_args.train_files == [str(other)] and recipe.data_args.validation_files is None
     stdlib = write_recipe(tmp_path, "builtin_corpus: python-stdlib\ntrain_tokenizer: true\n")
-    assert parse_recipe([stdlib, "--dataset_name", "wikitext"]).data.builtin_corpus is None
+    assert parse_recipe([stdlib, "--dataset_name", "wikitext"]).data_args.builtin_corpus is None
 
 
 def test_a_model_flag_replaces_the_recipe_tokenizer_choice(text_files, tmp_path):
     recipe = parse_recipe([base_recipe(tmp_path, text_files), "--model_name_or_path", "some/model"])
-    assert recipe.model.train_tokenizer is False and recipe.model.tokenizer_name_or_path is None
+    assert recipe.model_args.train_tokenizer is False and recipe.model_args.tokenizer_name_or_path is None
     with pytest.raises(HfClmError, match="only works with the tokenizer it was trained with"):
         parse_recipe([base_recipe(tmp_path, text_files), "--model_name_or_path", "m", "--train_tokenizer", "true"])
 
@@ -145,24 +160,24 @@ def test_none_unsets_an_optional_key(text_files, tmp_path, spelling):
     path = base_recipe(tmp_path, text_files, "max_train_samples: 50\nresume_from_checkpoint: auto\n")
     recipe = parse_recipe([path, "--max_train_samples", spelling, "--validation_files", spelling,
                            "--resume_from_checkpoint", spelling])
-    assert recipe.data.max_train_samples is None and recipe.data.validation_files is None
-    assert recipe.training.resume_from_checkpoint is None
-    assert parse_recipe([path, "--report_to", "none"]).training.report_to == []  # report_to's own 'none'
+    assert recipe.data_args.max_train_samples is None and recipe.data_args.validation_files is None
+    assert recipe.training_args.resume_from_checkpoint is None
+    assert parse_recipe([path, "--report_to", "none"]).training_args.report_to == []  # report_to's own 'none'
     stdlib = write_recipe(tmp_path, "builtin_corpus: python-stdlib\ntrain_tokenizer: true\n")
     both = parse_recipe([stdlib, "--builtin_corpus", spelling, "--train_files", str(text_files["train"])])
-    assert both.data.builtin_corpus is None and both.data.train_files == [str(text_files["train"])]
+    assert both.data_args.builtin_corpus is None and both.data_args.train_files == [str(text_files["train"])]
 
 
 def test_recipe_after_the_flags(text_files, tmp_path):
     path = base_recipe(tmp_path, text_files, "block_size: 48\n")
     recipe = parse_recipe(["--max_steps", "5", path, "--learning_rate", "1e-3"])
-    assert recipe.data.block_size == 48 and recipe.training.max_steps == 5
-    assert recipe.training.learning_rate == pytest.approx(1e-3)
+    assert recipe.data_args.block_size == 48 and recipe.training_args.max_steps == 5
+    assert recipe.training_args.learning_rate == pytest.approx(1e-3)
 
 
 def test_unquoted_no_is_the_strategy_no(text_files, tmp_path):
     recipe = parse_recipe([base_recipe(tmp_path, text_files, "eval_strategy: no\nsave_strategy: no\n")])
-    assert recipe.training.eval_strategy == "no" and recipe.training.save_strategy == "no"
+    assert recipe.training_args.eval_strategy == "no" and recipe.training_args.save_strategy == "no"
 
 
 def test_help_shows_the_recipe_argument_and_auto(capsys):
@@ -177,14 +192,14 @@ def test_help_shows_the_recipe_argument_and_auto(capsys):
 
 def test_ddp_does_not_search_for_unused_parameters_by_default_and_a_recipe_can_turn_it_on(tmp_path):
     path = write_recipe(tmp_path, "builtin_corpus: python-stdlib\ntrain_tokenizer: true\n")
-    assert parse_recipe([path]).training.ddp_find_unused_parameters is False
-    assert parse_recipe([path, "--ddp_find_unused_parameters", "true"]).training.ddp_find_unused_parameters is True
+    assert parse_recipe([path]).training_args.ddp_find_unused_parameters is False
+    assert parse_recipe([path, "--ddp_find_unused_parameters", "true"]).training_args.ddp_find_unused_parameters is True
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the rewrite applies only without a GPU")
 def test_bf16_without_a_gpu_is_cpu_autocast_and_the_recipe_records_bf16_only(tmp_path):
     recipe = parse_recipe(["--builtin_corpus", "python-stdlib", "--train_tokenizer", "true", "--bf16", "true",
                            "--output_dir", str(tmp_path)])
-    assert recipe.training.bf16 and recipe.training.use_cpu
+    assert recipe.training_args.bf16 and recipe.training_args.use_cpu
     written = yaml.safe_load(save_recipe(recipe, tmp_path).read_text())
     assert written["bf16"] is True and "use_cpu" not in written
 
@@ -192,6 +207,6 @@ def test_bf16_without_a_gpu_is_cpu_autocast_and_the_recipe_records_bf16_only(tmp
 def test_optim_muon_is_recorded_as_given_and_trainer_holds_its_adamw_half(tmp_path):
     recipe = parse_recipe(["--builtin_corpus", "python-stdlib", "--train_tokenizer", "true", "--optim", "muon",
                            "--muon_learning_rate", "0.02", "--output_dir", str(tmp_path)])
-    assert recipe.training.optim == "adamw_torch" and recipe.run.muon_learning_rate == 0.02
+    assert recipe.training_args.optim == "adamw_torch" and recipe.run_args.muon_learning_rate == 0.02
     again = parse_recipe([str(save_recipe(recipe, tmp_path))])
-    assert again.training_values["optim"] == "muon" and again.run.muon_learning_rate == 0.02
+    assert again.training_values["optim"] == "muon" and again.run_args.muon_learning_rate == 0.02

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import recipe_args, write_corpus
+
 from hf_clm.checkpoints import is_complete_checkpoint, newest_complete_checkpoint
 
 STEPS = 300

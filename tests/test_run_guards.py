@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import recipe_args
+
 from hf_clm.cli import main
 
 

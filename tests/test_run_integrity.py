@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, SHARED_DATA, recipe_args, requires_shared_data, write_corpus
-from hf_clm.artifacts import PERPLEXITY_FILENAME, finished_marker_problem, json_text, write_json
+
+from hf_clm.artifacts import finished_marker_problem, json_text, write_json
 from hf_clm.checkpoints import checkpoint_problem, checkpoints
-from hf_clm.locks import LOCK_FILENAME
+from hf_clm.run_files import LOCK_FILENAME, PERPLEXITY_FILENAME
 
 SECRET = "hf_secretTokenThatMustNeverBeWritten77"
 

@@ -1,11 +1,11 @@
 import torch
+from conftest import SHARED_DATA, make_documents, requires_shared_data
 from datasets import Dataset
 from transformers import AutoTokenizer
 
-from conftest import SHARED_DATA, make_documents, requires_shared_data
+from hf_clm.collator import causal_lm_collator
 from hf_clm.recipe import ModelArguments
 from hf_clm.tokenizer import EOS_TOKEN, PAD_TOKEN, train_or_load_tokenizer
-from hf_clm.trainer import causal_lm_collator
 
 
 def train_split(extra: str = "") -> Dataset:

@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
+from conftest import recipe_args, write_corpus
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import recipe_args, write_corpus
 from hf_clm.evaluation import blocks_scores
-from hf_clm.recipe import parse_recipe
+from hf_clm.recipe_parser import parse_recipe
 from hf_clm.train import run
 
 
@@ -33,7 +33,7 @@ def test_run_writes_model_tokenizer_recipe_and_perplexity(finished_run):
     assert written.pop("global_step") == 30 and set(written.pop("weights_sha256")) == {"model.safetensors"}
     assert written == pytest.approx({k: v for k, v in summary.items() if k != "run"})
     assert summary["run"]["parallelism"] == "none" and summary["run"]["global_batch_tokens"] == 8 * 32
-    assert set(written) >= {"perplexity", "eval_loss", "eval_tokens", "parameters", "train_tokens_seen"}
+    assert set(written) >= {"perplexity", "loss", "tokens", "parameters", "train_tokens_seen"}
     assert written["train_tokens_seen"] == 30 * 8 * 32
 
 
@@ -62,9 +62,9 @@ def test_saved_run_reloads_and_reproduces_its_perplexity(finished_run):
     from hf_clm.corpus import load_corpus
 
     recipe = parse_recipe([str(output_dir / "recipe.yaml")])
-    blocks, _ = build_blocks(load_corpus(recipe.data), tokenizer, recipe.data)
+    blocks, _ = build_blocks(load_corpus(recipe.data_args), tokenizer, recipe.data_args)
     nll = blocks_scores(model, blocks["validation"], batch_size=16, progress=False)
-    assert nll.tokens == summary["eval_tokens"]
+    assert nll.tokens == summary["tokens"]
     assert nll.perplexity == pytest.approx(summary["perplexity"], rel=1e-4)
 
 
@@ -80,7 +80,7 @@ def test_run_writes_its_report_with_plots(finished_run):
 
 
 def test_summary_says_when_the_model_is_worse_than_the_unigram_baseline():
-    from hf_clm.train import baseline_comparison
+    from hf_clm.figures import baseline_comparison
 
     assert baseline_comparison(20.0, 600.0) == "model is 30.0x lower"
     assert baseline_comparison(50.0, 25.0).startswith("model is 2.0x HIGHER: worse than counting tokens")
