@@ -8,6 +8,7 @@ a folder whose weights changed after the marker (an interrupted extension) is no
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import json
 import math
@@ -37,11 +38,44 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
         write(Path(temporary))
         with open(temporary, "rb+") as stream:
             os.fsync(stream.fileno())
+        os.chmod(temporary, umask_file_mode())  # mkstemp's 0600 would survive the rename
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    remove_stale_temporaries(path)
     return path
+
+
+def umask_file_mode() -> int:
+    """The mode ``open()`` gives a new file under the process's umask (0644 under umask 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Temporary files of ``path`` left by an earlier writer that was killed before its rename."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def output_folder_problem(path: Path) -> str | None:
+    """Why files cannot be written into the folder ``path`` (None when they can): it is a file, a
+    broken link, below a file, or somewhere this process may not create files. Probed by creating
+    (and removing) a temporary folder, so read-only and pseudo file systems are caught as well."""
+    if path.is_symlink() and not path.exists():
+        return f"is a symbolic link to {os.readlink(path)}, which does not exist"
+    if path.exists() and not path.is_dir():
+        return "is a file, not a folder"
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return f"cannot be created: {existing} is a file"
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".hf_clm-probe-"))
+    except OSError as err:
+        return f"cannot be written to ({err.strerror or first_line(err)})"
+    return None
 
 
 def write_text_atomic(text: str, path: str | Path) -> Path:

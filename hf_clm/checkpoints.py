@@ -107,7 +107,15 @@ def holds_finished_run(output_dir: Path) -> bool:
 def check_output_dir(output_dir: Path, resume: str | None, overwrite: bool, auto: bool = False) -> None:
     """Refuse to train over a finished run or someone's checkpoints unless asked to. With
     ``resume_from_checkpoint: auto`` and no complete checkpoint, the incomplete ones are no one's
-    work worth keeping: the run starts fresh (:func:`clear_incomplete_checkpoints`)."""
+    work worth keeping: the run starts fresh (:func:`clear_incomplete_checkpoints`). Folders named
+    like checkpoints that Trainer did not write are refused whatever is asked: Trainer's checkpoint
+    rotation and overwrite_output_dir would delete them."""
+    foreign = sorted(p.name for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+                     if p.is_dir() and not p.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-").isdigit())
+    if foreign:
+        raise HfClmError(f"output_dir {output_dir} holds {', '.join(foreign)}, which hf-clm did not write; Trainer "
+                         f"deletes folders named {PREFIX_CHECKPOINT_DIR}-* when it rotates checkpoints: move or "
+                         f"rename it, or choose another output_dir")
     if overwrite:
         return
     if holds_finished_run(output_dir) and resume is None:

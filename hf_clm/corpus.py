@@ -59,7 +59,8 @@ def expand_files(patterns: list[str], key: str, any_suffix: bool = False) -> lis
             found = [str(path)] if path.is_file() else []
         if not found:
             what = "directory holds no .txt/.json/.jsonl/.csv/.parquet file" if path.is_dir() else \
-                "matches no file" if glob.has_magic(pattern) else "does not exist"
+                "matches no file" if glob.has_magic(pattern) else \
+                "is not a regular file (a pipe, socket or device); give a file" if path.exists() else "does not exist"
             raise HfClmError(f"{key}: '{pattern}' {what}")
         files.extend(found)
     return files

@@ -73,13 +73,25 @@ def describe(holder: dict) -> str:
     return f"pid {holder.get('pid')} on {holder.get('host')} since {since} ({holder.get('command', '?')})"
 
 
+def masked_secrets(argv: list[str]) -> list[str]:
+    """The command line with the value of every ``*token*`` flag (any spelling: ``--hub_token X``,
+    ``--hub-token=X``, ``--HUB_TOKEN``) replaced by ``***``: a lock file is readable by others."""
+    masked, hide_next = [], False
+    for arg in argv:
+        name, has_value, _ = arg.partition("=")
+        secret = arg.startswith("-") and "token" in name.lower().replace("-", "_")
+        masked.append("***" if hide_next else f"{name}=***" if secret and has_value else arg)
+        hide_next = secret and not has_value
+    return masked
+
+
 def try_create(path: Path) -> bool:
     try:
         handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
     record = {"pid": os.getpid(), "host": socket.gethostname(), "locked_at": time.time(),
-              "command": " ".join(["hf-clm", *sys.argv[1:3]])}
+              "command": " ".join(["hf-clm", *masked_secrets(sys.argv[1:])])}
     with os.fdopen(handle, "w", encoding="utf-8") as stream:
         json.dump(record, stream)
     return True

@@ -3,16 +3,20 @@ each other. Every problem is a message naming the key, the value and what is all
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
+import importlib.util
 import math
 import re
 import types
 import typing
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
 from hf_clm.errors import HfClmError
+from hf_clm.run_files import ADAPTER_CONFIG
 from hf_clm.recipe import DOCUMENT_SCOPE_KERNELS, MUON, RECIPE_CLASSES, WSD, Recipe, recipe_fields
 
 
@@ -149,6 +153,11 @@ def finite(value: float) -> bool:
     return not (math.isnan(value) or math.isinf(value))
 
 
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds
+# The longest block (and position table) a recipe may ask for: 1M positions, far past any model
+# trained with this package, where a larger number is a typo that would allocate gigabytes.
+MAX_CONTEXT = 1 << 20
+
 # Range of each numeric key the recipe checks: (accepts the value, what is allowed, in words).
 # Checked on the parsed values before any dataclass is built, so before any data work.
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -156,8 +165,10 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "n_layer",
         "n_head", "n_embd", "tokenize_batch_size", "shuffle_buffer_size", "max_train_samples", "max_eval_samples",
         "preprocessing_num_workers", "lora_r", "save_total_limit")},
-    "block_size": (lambda v: v >= 2, "an integer >= 2 (one input and one target)"),
-    "n_positions": (lambda v: v >= 2, "an integer >= 2"),
+    "block_size": (lambda v: 2 <= v <= MAX_CONTEXT, f"an integer from 2 (one input and one target) to {MAX_CONTEXT:,}"),
+    "n_positions": (lambda v: 2 <= v <= MAX_CONTEXT, f"an integer from 2 to {MAX_CONTEXT:,}"),
+    "seed": (lambda v: 0 <= v <= MAX_SEED, f"an integer from 0 to {MAX_SEED:,} (2**32 - 1)"),
+    "data_seed": (lambda v: 0 <= v <= MAX_SEED, f"an integer from 0 to {MAX_SEED:,} (2**32 - 1)"),
     "vocab_size": (lambda v: v >= 1, "an integer >= 1"),
     "validation_split_percentage": (lambda v: 1 <= v <= 99, "an integer from 1 to 99 (perplexity needs held-out "
                                                             "text; to train on every document give validation_files)"),
@@ -210,6 +221,10 @@ def recipe_problems(recipe: Recipe) -> list[str]:
         problems.append("streaming: true needs max_steps or max_tokens (a stream has no length to count epochs by)")
     if data.streaming and data.prepared_dataset:
         problems.append("set streaming: true or prepared_dataset, not both")
+    if model.model_name_or_path and (Path(model.model_name_or_path) / ADAPTER_CONFIG).is_file():
+        problems.append(f"model_name_or_path {model.model_name_or_path} is a LoRA adapter ({ADAPTER_CONFIG}), not a "
+                        f"model; merge it into its base model first (hf-clm merge {model.model_name_or_path}) and "
+                        f"train from the merged folder")
     if model.peft_method and not model.model_name_or_path:
         problems.append("peft fine-tunes a pretrained model: set model_name_or_path (a checkpoint or Hub id)")
     if model.load_in_4bit and model.peft_method != "lora":
@@ -218,7 +233,7 @@ def recipe_problems(recipe: Recipe) -> list[str]:
         problems.append("merge_adapter: true needs a peft adapter (peft: {method: lora})")
     if not model.model_name_or_path and model.n_head > 0 and model.n_embd % model.n_head:
         problems.append(f"n_embd ({model.n_embd}) must be divisible by n_head ({model.n_head})")
-    problems += training_switch_problems(recipe)
+    problems += training_switch_problems(recipe) + inapplicable_key_problems(recipe)
     return problems
 
 
@@ -248,3 +263,63 @@ def training_switch_problems(recipe: Recipe) -> list[str]:
     return problems
 
 
+
+
+def changed_keys(values: Any, keys: tuple[str, ...]) -> list[str]:
+    """The keys whose value differs from their field's default."""
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(values)}
+    return [key for key in keys if getattr(values, key) != defaults[key]]
+
+
+def inapplicable_key_problems(recipe: Recipe) -> list[str]:
+    """Keys set for an optimizer or method the recipe does not use: refused rather than ignored."""
+    model, run = recipe.model_args, recipe.run_args
+    problems = []
+    if not recipe.uses_muon() and (muon := changed_keys(run, MUON_KEYS)):
+        problems.append(f"{', '.join(muon)} applies to optim: muon only; set optim: muon or unset it")
+    if not model.peft_method and (lora := changed_keys(model, LORA_KEYS)):
+        problems.append(f"{', '.join(lora)} applies to peft: {{method: lora}} only; add the peft section or unset it")
+    if not model.load_in_4bit and (bnb := changed_keys(model, BNB_KEYS)):
+        problems.append(f"{', '.join(bnb)} applies to load_in_4bit: true only; set it or unset {', '.join(bnb)}")
+    return problems
+
+
+MUON_KEYS = ("muon_learning_rate", "muon_momentum")
+LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_modules_to_save")
+BNB_KEYS = ("bnb_4bit_quant_type", "bnb_4bit_compute_dtype", "bnb_4bit_use_double_quant")
+# Optional integrations: the package each needs, and how to install it.
+TRACKER_PACKAGES = {"wandb": ("wandb",), "tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",),
+                    "trackio": ("trackio",), "comet_ml": ("comet_ml",), "clearml": ("clearml",),
+                    "neptune": ("neptune",), "dvclive": ("dvclive",), "swanlab": ("swanlab",),
+                    "codecarbon": ("codecarbon",), "azure_ml": ("azureml",), "flyte": ("flytekit",),
+                    "dagshub": ("dagshub",)}
+PIP_NAMES = {"tensorboard": "tensorboard", "azureml": "azureml-core", "flytekit": "flytekit"}
+KERNEL_PACKAGES = {"flash_attention_2": ("flash_attn", "flash-attn"), "flash_attention_3": ("flash_attn_3", "flash-attn-3")}
+
+
+def installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
+def integration_problems(values: dict[str, Any]) -> list[str]:
+    """Optional packages the recipe's values need (trackers, DeepSpeed, attention kernels), checked
+    before anything is built (TrainingArguments itself imports DeepSpeed), with the line that
+    installs each."""
+    report_to = values.get("report_to") or []
+    trackers = [report_to] if isinstance(report_to, str) else list(report_to)
+    problems = []
+    for tracker in trackers:
+        packages = TRACKER_PACKAGES.get(tracker)
+        if packages and not any(installed(p) for p in packages):
+            problems.append(f"report_to: {tracker} needs the {packages[0]} package: pip install "
+                            f"{PIP_NAMES.get(packages[0], packages[0])} (or drop {tracker} from report_to)")
+    if values.get("deepspeed") and not installed("deepspeed"):
+        problems.append(f"deepspeed: {values['deepspeed']} needs the deepspeed package: pip install "
+                        f"'hf-clm[deepspeed]'")
+    kernel = values.get("attn_implementation")
+    if kernel in KERNEL_PACKAGES and not installed(KERNEL_PACKAGES[kernel][0]):
+        pip_name = KERNEL_PACKAGES[kernel][1]
+        problems.append(f"attn_implementation: {kernel} needs the {pip_name} package (CUDA only): pip install "
+                        f"{pip_name}; or use attn_implementation: sdpa")
+    return problems

@@ -20,6 +20,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.utils import is_torch_bf16_gpu_available
 
+from hf_clm.artifacts import output_folder_problem
 from hf_clm.errors import HfClmError, first_line
 from hf_clm.recipe import (
     CORPUS_KEYS,
@@ -33,7 +34,15 @@ from hf_clm.recipe import (
     TOKENIZER_KEYS,
     Recipe,
 )
-from hf_clm.recipe_checks import checked_value, field_types, is_optional, range_problems, recipe_keys, recipe_problems
+from hf_clm.recipe_checks import (
+    checked_value,
+    field_types,
+    integration_problems,
+    is_optional,
+    range_problems,
+    recipe_keys,
+    recipe_problems,
+)
 
 # `--key none` (or null, or '') unsets an optional key; report_to's 'none' is a value of its own.
 NULL_SPELLINGS = ("none", "null", "")
@@ -281,7 +290,9 @@ def parse_recipe(argv: list[str] | None = None, default_recipe: str | Path | Non
             raise HfClmError(f"unexpected argument '{remaining[0]}'; the recipe file must end in .yaml or .yml")
         raise HfClmError(unknown_key_message(flag.lstrip("-").split("=")[0], "the command line"))
     values = resolve_paths({**vars(namespace), **flag_values})
-    problems = range_problems(values)
+    problems = range_problems(values) + output_dir_problems(values, command)
+    if packages := integration_problems(values):
+        raise HfClmError("invalid recipe: " + "; ".join(problems + packages))
     given = {**values, **training_rewrites(values)}
     try:
         model_args, data_args, training_args, run_args = (
@@ -297,6 +308,16 @@ def parse_recipe(argv: list[str] | None = None, default_recipe: str | Path | Non
     apply_token_budget(recipe)
     apply_decay_ratio(recipe)
     return recipe
+
+
+def output_dir_problems(values: dict[str, Any], command: str) -> list[str]:
+    """The folder the command writes into (train: output_dir, prepare: prepared_dataset) must be one."""
+    key = "prepared_dataset" if command == "prepare" else "output_dir"
+    folder = values.get(key)
+    if folder in (None, "") and key == "output_dir":
+        return ["output_dir is empty; give the folder the run is written to"]
+    problem = output_folder_problem(Path(folder)) if folder else None
+    return [f"{key} {folder} {problem}; choose another folder"] if problem else []
 
 
 def training_rewrites(values: dict[str, Any]) -> dict[str, Any]:
