@@ -11,13 +11,13 @@ import math
 import re
 import types
 import typing
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from hf_clm.errors import HfClmError
-from hf_clm.run_files import ADAPTER_CONFIG
 from hf_clm.recipe import DOCUMENT_SCOPE_KERNELS, MUON, RECIPE_CLASSES, WSD, Recipe, recipe_fields
+from hf_clm.run_files import ADAPTER_CONFIG
 
 
 def recipe_keys() -> list[str]:
