@@ -99,6 +99,11 @@ def cached_bpe_tokenizer(train: Dataset, vocab_size: int) -> PreTrainedTokenizer
     return tokenizer
 
 
+# Fewer entries than this cannot spell text: such a "tokenizer" is a folder missing its vocabulary
+# (transformers then builds one holding only the special tokens).
+MIN_VOCABULARY = 16
+
+
 def load_pretrained_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     require_hub("tokenizer", name_or_path, TOKENIZER_ALTERNATIVE)
     try:
@@ -107,6 +112,10 @@ def load_pretrained_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
         where = f" ({err.damaged} is damaged?)" if err.damaged else ""
         raise HfClmError(f"cannot load a tokenizer from '{name_or_path}'{where}: {err.reason}"
                          f"{offline_hint(TOKENIZER_ALTERNATIVE) if not where else ''}") from None
+    if len(tokenizer) < MIN_VOCABULARY:
+        raise HfClmError(f"the tokenizer of '{name_or_path}' has {len(tokenizer)} token(s); a tokenizer needs at least "
+                         f"{MIN_VOCABULARY} to spell text (is its tokenizer.json or vocab file missing?); point "
+                         f"tokenizer_name_or_path at a folder holding a real tokenizer, or train one")
     if not tokenizer.is_fast:
         raise HfClmError(f"the tokenizer of '{name_or_path}' has no fast (Rust) version; hf_clm needs one")
     if tokenizer.eos_token is None:

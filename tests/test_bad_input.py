@@ -2,6 +2,7 @@
 naming the key, the value and what is allowed, exit 2, before any data work, nothing written."""
 
 import json
+import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -45,6 +46,21 @@ def bad_inputs(tmp_path):
     checkpoint = tmp_path / "pretrained"
     AutoModelForCausalLM.from_config(GPT2Config(vocab_size=500, n_positions=32, n_layer=1, n_head=2,
                                                 n_embd=16)).save_pretrained(checkpoint)
+    a_file = tmp_path / "a-file.txt"
+    a_file.write_text("not a folder")
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    foreign = tmp_path / "mine"
+    (foreign / "checkpoint-abc").mkdir(parents=True)
+    (foreign / "checkpoint-abc" / "mine.txt").write_text("keep me")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(checkpoint),
+                                                             "peft_type": "LORA"}))
+    config_only = tmp_path / "config-only"
+    GPT2Config(vocab_size=500, n_positions=32, n_layer=1, n_head=2, n_embd=16).save_pretrained(config_only)
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)
     flags = ["--train_files", str(corpus), "--sample_by", "paragraph", "--train_tokenizer", "true",
              "--vocab_size", "300", "--output_dir", str(tmp_path / "out")]
 
@@ -143,6 +159,42 @@ def bad_inputs(tmp_path):
         "tokenizer path that does not exist": (["train", base, "--tokenizer_name_or_path", str(tmp_path / "no-tok"),
                                                 "--train_tokenizer", "false"],
                                                f"tokenizer_name_or_path '{tmp_path / 'no-tok'}' does not exist"),
+        # out of the libraries' ranges
+        "block size past int32": (["train", recipe_with(tmp_path, corpus, "huge", block_size=2147483648)],
+                                  "block_size must be an integer from 2 (one input and one target) to 1,048,576, "
+                                  "not 2147483648"),
+        "seed -1": (["train", *flags, "--seed", "-1"], "seed must be an integer from 0 to 4,294,967,295"),
+        "seed 2**40": (["train", *flags, "--seed", "1099511627776"], "seed must be an integer from 0 to 4,294,967,295"),
+        # optional packages that are not installed
+        "flash attention not installed": (["train", *flags, "--attn_implementation", "flash_attention_2"],
+                                          "attn_implementation: flash_attention_2 needs the flash-attn package"),
+        "deepspeed not installed": (["train", recipe_with(tmp_path, corpus, "ds", deepspeed="missing.json")],
+                                    "needs the deepspeed package: pip install 'hf-clm[deepspeed]'"),
+        "tracker not installed": (["train", *flags, "--report_to", "wandb"],
+                                  "report_to: wandb needs the wandb package: pip install wandb"),
+        # folders that cannot be written into
+        "output_dir is a file": (["train", *flags, "--output_dir", str(a_file)],
+                                 f"output_dir {a_file} is a file, not a folder; choose another folder"),
+        "output_dir below a file": (["train", *flags, "--output_dir", str(a_file / "out")],
+                                    f"cannot be created: {a_file} is a file"),
+        "output_dir a broken link": (["train", *flags, "--output_dir", str(dangling)],
+                                     "which does not exist; choose another folder"),
+        "output_dir in /proc": (["train", *flags, "--output_dir", "/proc/self/hf_clm_out"], "cannot be written to"),
+        "output_dir empty": (["train", *flags, "--output_dir", ""], "output_dir is empty"),
+        "prepared_dataset is a file": (["prepare", *flags, "--prepared_dataset", str(a_file)],
+                                       f"prepared_dataset {a_file} is a file, not a folder"),
+        "foreign checkpoint folder": (["train", *flags, "--output_dir", str(foreign)],
+                                      "holds checkpoint-abc, which hf-clm did not write"),
+        # keys that do not apply, inputs that are not what they seem
+        "muon key without muon": (["train", recipe_with(tmp_path, corpus, "mu", muon_learning_rate=0.02)],
+                                  "muon_learning_rate applies to optim: muon only"),
+        "lora key without peft": (["train", *flags, "--lora_r", "16"], "lora_r applies to peft: {method: lora} only"),
+        "lora adapter as the model": (["train", base, "--model_name_or_path", str(adapter),
+                                       "--train_tokenizer", "false"], "is a LoRA adapter (adapter_config.json)"),
+        "tokenizer folder without a vocabulary": (["train", base, "--train_tokenizer", "false",
+                                                   "--tokenizer_name_or_path", str(config_only)],
+                                                  "has 1 token(s); a tokenizer needs at least 16"),
+        "a pipe as a train file": (["train", base, "--train_files", str(fifo)], "is not a regular file"),
         # generation beyond the context
         "prompt fills the context": (["generate", str(checkpoint), " ".join(["word"] * 40)], "leaves no room"),
     }
@@ -164,3 +216,4 @@ def test_each_bad_input_is_one_line_naming_key_value_and_allowed(tmp_path, capsy
             failures.append((name, "data work before the recipe error", err[-300:]))
         assert not (tmp_path / "out").exists(), name
     assert not failures, "\n".join(map(str, failures))
+    assert (tmp_path / "mine" / "checkpoint-abc" / "mine.txt").read_text() == "keep me"

@@ -1,6 +1,7 @@
 """Recipes and output folders that cannot make a sensible run: one error line, exit 2, nothing written."""
 
 import json
+import sys
 
 import pytest
 from conftest import recipe_args
@@ -135,3 +136,19 @@ def test_muon_on_a_pretrained_model_without_hidden_matrices_is_an_error(text_fil
                                                  "--model_name_or_path", str(checkpoint), "--optim", "muon"))
     assert "optim: muon trains 2-D hidden weight matrices and GPT2LMHeadModel has no trainable one" in err
     assert not (tmp_path / "run" / "recipe.yaml").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--hub_token=hf_SECRETvalue123", "recipe.yaml"],
+    ["train", "recipe.yaml", "--hub-token", "hf_SECRETvalue123", "--max_steps", "3"],
+    ["train", "--HUB_TOKEN", "hf_SECRETvalue123"],
+    ["prepare", "--my-token=hf_SECRETvalue123", "--output_dir", "x"],
+])
+def test_the_lock_records_the_command_with_secret_values_masked(tmp_path, monkeypatch, argv):
+    from hf_clm.locks import folder_lock
+
+    monkeypatch.setattr(sys, "argv", ["hf-clm", *argv])
+    with folder_lock(tmp_path / "run", "output_dir") as lock:
+        command = json.loads(lock.read_text())["command"]
+    assert "hf_SECRETvalue123" not in command and "***" in command
+    assert command.startswith(f"hf-clm {argv[0]}") and command.count(" ") == len(argv)  # every argument kept
