@@ -1,6 +1,8 @@
 """Report figures for the runs users actually have: no evaluations, high perplexities, same folder names."""
 
 import json
+import os
+import stat
 import warnings
 
 from hf_clm.report import minor_tick_text, tick_text, write_report
@@ -33,3 +35,16 @@ def test_log_axis_labels_are_plain_numbers():
     assert [tick_text(v) for v in (1000, 20000, 1.5, 50)] == ["1,000", "20,000", "1.5", "50"]
     assert [minor_tick_text(v, across_decades=True) for v in (2000, 3000, 5000)] == ["2,000", "", "5,000"]
     assert minor_tick_text(3000, across_decades=False) == "3,000"
+
+
+def test_report_files_get_the_umask_mode_and_replace_a_killed_writers_temporaries(tmp_path):
+    run = fake_run(tmp_path / "run", [40.0, 30.0])
+    (run / ".report.md.k1ll3d.tmp").write_text("# half a report")  # a writer killed before its rename
+    (run / ".curves_by_steps.png.x.tmp").write_bytes(b"\x89PNG")
+    previous = os.umask(0o022)
+    try:
+        written = write_report([run], run)
+    finally:
+        os.umask(previous)
+    assert {stat.S_IMODE(path.stat().st_mode) for path in written} == {0o644}
+    assert not list(run.glob(".*.tmp"))
