@@ -129,3 +129,11 @@ def test_a_decay_ratio_written_in_yaml_stays_a_ratio_in_the_recorded_recipe(tmp_
     assert recipe.training_args.lr_scheduler_kwargs == {"num_decay_steps": 5}
     written = yaml.safe_load(save_recipe(recipe, tmp_path / "run").read_text())
     assert written["lr_scheduler_kwargs"] == {"decay_ratio": 0.5}
+
+
+def test_the_run_record_names_the_optimizer_trainer_built_and_the_attention_scope(whole_and_resumed):
+    whole, resumed = whole_and_resumed
+    for run_dir in (whole, resumed):
+        record = json.loads((run_dir / "perplexity.json").read_text())["run"]
+        assert record["optimizer"] == "Muon + AdamW" and record["attention_scope"] == "document"
+        assert "optimizer Muon + AdamW" in (run_dir / "report.md").read_text()
