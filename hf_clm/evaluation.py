@@ -207,6 +207,12 @@ def score_rows(model, input_ids: torch.Tensor, targets: torch.Tensor, text: Toke
 
     Callers choose gradients: wrap the call in ``torch.inference_mode()`` (or ``no_grad``)."""
     hidden, head = final_states(model, input_ids, position_ids)
+    return rows_from_states(hidden, head, targets, text)
+
+
+def rows_from_states(hidden: torch.Tensor, head: torch.nn.Module | None, targets: torch.Tensor,
+                     text: TokenText | None = None) -> torch.Tensor:
+    """:func:`score_rows` of final states and their LM head, or of logits when ``head`` is None."""
     batch, length = targets.shape
     vocab = hidden.size(-1) if head is None else head.weight.shape[0]
     nll = torch.empty(batch, length, dtype=torch.float32, device=hidden.device)
