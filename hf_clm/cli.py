@@ -120,24 +120,8 @@ def evaluation_texts(args: argparse.Namespace) -> list[str]:
     return texts
 
 
-def checked_window(args: argparse.Namespace, context: int | None) -> tuple[int, int | None]:
-    window = context if args.window is None else args.window
-    if window is None:
-        raise HfClmError("the model does not state its context length; pass --window")
-    if window < 2 or (context is not None and window > context):
-        raise HfClmError(f"--window {window} must be between 2 and the model's context of {context} tokens")
-    if args.convention == "rolling":
-        if args.stride is not None:
-            raise HfClmError("--stride applies to --convention strided; rolling windows never overlap")
-        return window, None
-    stride = window if args.stride is None else args.stride
-    if not 0 < stride <= window:
-        raise HfClmError(f"--stride {stride} must be between 1 and the window of {window} tokens")
-    return window, stride
-
-
 def perplexity_command(args: argparse.Namespace) -> int:
-    from hf_clm.evaluation import evaluate_texts
+    from hf_clm.evaluation import checked_window, evaluate_texts
     from hf_clm.model import context_length, device_description, load_for_inference
     from hf_clm.report import write_comparison
 
@@ -147,7 +131,7 @@ def perplexity_command(args: argparse.Namespace) -> int:
     rows = []
     for name in args.models:
         model, tokenizer = load_for_inference(name, args.device, args.dtype)
-        window, stride = checked_window(args, context_length(model.config))
+        window, stride = checked_window(args.convention, args.window, args.stride, context_length(model.config))
         evaluation = evaluate_texts(model, tokenizer, texts, args.convention, window, stride, args.batch_size,
                                     progress=not args.json)
         row = {"model": name, **evaluation.figures(), "device": device_description(model.device),

@@ -38,6 +38,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from hf_clm.attention import attention_scope, document_position_ids
+from hf_clm.errors import HfClmError
 from hf_clm.tokenizer import document_prefix
 
 IGNORE_INDEX = -100
@@ -207,6 +208,12 @@ def score_rows(model, input_ids: torch.Tensor, targets: torch.Tensor, text: Toke
 
     Callers choose gradients: wrap the call in ``torch.inference_mode()`` (or ``no_grad``)."""
     hidden, head = final_states(model, input_ids, position_ids)
+    return rows_from_states(hidden, head, targets, text)
+
+
+def rows_from_states(hidden: torch.Tensor, head: torch.nn.Module | None, targets: torch.Tensor,
+                     text: TokenText | None = None) -> torch.Tensor:
+    """:func:`score_rows` of final states and their LM head, or of logits when ``head`` is None."""
     batch, length = targets.shape
     vocab = hidden.size(-1) if head is None else head.weight.shape[0]
     nll = torch.empty(batch, length, dtype=torch.float32, device=hidden.device)
@@ -380,6 +387,25 @@ def evaluate_rolling(model, tokenizer: PreTrainedTokenizerBase, texts: list[str]
     words = sum(len(re.split(r"\s+", t)) for t in texts)
     return Evaluation("rolling", window, None, total, len(texts), words,
                       [-per_document[i].nll for i in range(len(sequences))])
+
+
+def checked_window(convention: str, window: int | None, stride: int | None, context: int | None
+                   ) -> tuple[int, int | None]:
+    """(window, stride) of a scoring run: the window defaults to the model's context, the stride
+    to the window (strided); rolling windows take no stride. HfClmError naming the bad value."""
+    window = context if window is None else window
+    if window is None:
+        raise HfClmError("the model does not state its context length; pass --window")
+    if window < 2 or (context is not None and window > context):
+        raise HfClmError(f"--window {window} must be between 2 and the model's context of {context} tokens")
+    if convention == "rolling":
+        if stride is not None:
+            raise HfClmError("--stride applies to --convention strided; rolling windows never overlap")
+        return window, None
+    stride = window if stride is None else stride
+    if not 0 < stride <= window:
+        raise HfClmError(f"--stride {stride} must be between 1 and the window of {window} tokens")
+    return window, stride
 
 
 def evaluate_texts(model, tokenizer: PreTrainedTokenizerBase, texts: list[str], convention: str, window: int,

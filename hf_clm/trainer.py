@@ -6,7 +6,6 @@ import math
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from datasets import IterableDataset
 from safetensors import SafetensorError
@@ -20,8 +19,9 @@ from hf_clm.collator import run_collator
 from hf_clm.distributed import check_parallelism_took_effect, shard_on_cpu, with_tied_weights_aliased
 from hf_clm.divergence import DivergenceGuard
 from hf_clm.errors import HfClmError, first_line
-from hf_clm.evaluation import NLL, TARGETS, Scores, TokenText, perplexity_from_loss, token_text, trainer_scores
+from hf_clm.evaluation import NLL, TARGETS, TokenText, perplexity_from_loss, token_text, trainer_scores
 from hf_clm.figures import logged_figures
+from hf_clm.metric import compute_metrics
 from hf_clm.optimizer import MuonFactory, muon_parameter_groups
 from hf_clm.prepare import TrainingData
 from hf_clm.recipe import Recipe
@@ -155,10 +155,11 @@ TOKEN_WEIGHTED_LOSS = "token_weighted_loss"
 
 
 def corpus_figures(prediction: EvalPrediction) -> dict[str, float]:
-    """Token-weighted loss, target count and bits per byte/char of one evaluation set."""
-    scores = Scores.from_rows(np.asarray(prediction.predictions))
-    return {TOKEN_WEIGHTED_LOSS: scores.loss, "tokens": scores.tokens, "bits_per_byte": scores.bits_per_byte,
-            "bits_per_char": scores.bits_per_char}
+    """Token-weighted loss, target count and bits per byte/char of one evaluation set: the
+    ``evaluate`` metric's figures (``hf_clm.metric.compute_metrics``), the loss under its own name."""
+    figures = compute_metrics(prediction)
+    return {TOKEN_WEIGHTED_LOSS: figures["loss"], "tokens": figures["tokens"],
+            "bits_per_byte": figures["bits_per_byte"], "bits_per_char": figures["bits_per_char"]}
 
 
 def build_trainer(recipe: Recipe, model: PreTrainedModel, data: TrainingData) -> CausalLMTrainer:
