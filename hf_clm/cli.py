@@ -109,7 +109,7 @@ def evaluation_texts(args: argparse.Namespace) -> list[str]:
     from hf_clm.recipe_parser import parse_recipe
 
     if args.recipe:
-        split = validation_split(parse_recipe([args.recipe]).data)
+        split = validation_split(parse_recipe([args.recipe]).data_args)
     elif args.dataset_name:
         split = dataset_split(args.dataset_name, args.dataset_config_name, args.split, args.text_column)
     else:
