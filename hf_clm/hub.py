@@ -82,6 +82,9 @@ def check_hub_access(repo_id: str | None, token: str | None = None) -> tuple[str
     """Fail fast, before hours of training: a valid repo id and a token the Hub accepts."""
     repo_id = checked_repo_id(repo_id)
     token = resolve_token(token)
+    if constants.HF_HUB_OFFLINE:
+        raise HfClmError("HF_HUB_OFFLINE=1 is set, and pushing needs the Hugging Face Hub: unset it "
+                         "(unset HF_HUB_OFFLINE) and push again")
     try:
         user = HfApi(token=token).whoami()
     except HfHubHTTPError as err:

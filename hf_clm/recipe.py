@@ -11,6 +11,7 @@ global batch, the tokens of a step). Reading a recipe from YAML and flags, and c
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -280,8 +281,16 @@ def resolved_recipe(recipe: Recipe) -> dict[str, Any]:
     return values
 
 
+def rerun_command(output_dir: str | Path) -> str:
+    """A command that repeats the run as printed: into a new folder beside it (the run's own
+    output_dir holds a finished run, which train refuses to overwrite unasked)."""
+    output_dir = Path(output_dir)
+    return (f"hf-clm train {shlex.quote(str(output_dir / RECIPE_FILENAME))} --output_dir "
+            f"{shlex.quote(str(output_dir.with_name(output_dir.name + '-rerun')))}")
+
+
 def save_recipe(recipe: Recipe, output_dir: str | Path) -> Path:
     path = Path(output_dir) / RECIPE_FILENAME
-    header = ("# Resolved recipe of this run (paths absolute: it runs from any directory). Repeat it with: "
-              "hf-clm train " + str(path) + "\n")
+    header = ("# Resolved recipe of this run (paths absolute: it runs from any directory). Repeat it into a "
+              "new folder with:\n# " + rerun_command(output_dir) + "\n")
     return write_text_atomic(header + yaml.safe_dump(resolved_recipe(recipe), sort_keys=False), path)

@@ -60,6 +60,17 @@ def check_fills_a_step(counts: dict[str, TokenCounts], recipe: Recipe) -> None:
             f"steps; lower the batch size or accumulation, or add text")
 
 
+def warn_if_warmup_covers_the_run(recipe: Recipe, counts: dict[str, TokenCounts]) -> None:
+    """Warm-up as long as the run trains at a learning rate that never reaches ``learning_rate``."""
+    args = recipe.training_args
+    steps = args.max_steps if args.max_steps > 0 else math.ceil(
+        args.num_train_epochs * max(1, counts["train"].blocks // recipe.global_batch_blocks()))
+    if args.get_warmup_steps(steps) >= steps:
+        logger.warning("warmup_steps %g covers the whole run of %d steps: the learning rate never reaches "
+                       "learning_rate %g; lower warmup_steps (below 1 it is a fraction of the steps)",
+                       args.warmup_steps, steps, args.learning_rate)
+
+
 def check_final_loss(eval_loss: float | None) -> None:
     """A finished run has a finite perplexity: a loss past exp()'s range (over 709 nats/token, far
     worse than guessing uniformly) or not a number means the model diverged."""
@@ -142,6 +153,7 @@ def locked_run(recipe: Recipe, push: tuple[PushTarget, str] | None) -> dict[str,
         data = training_data(recipe)
     check_blocks(data.counts, recipe.data_args.block_size)
     check_fills_a_step(data.counts, recipe)
+    warn_if_warmup_covers_the_run(recipe, data.counts)
     model = build_model(recipe.model_args, data.tokenizer, recipe.data_args.block_size)
     if recipe.model_args.model_name_or_path and resume is None:
         args.eval_on_start = True  # the base model's perplexity, for the before/after comparison

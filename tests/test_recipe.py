@@ -1,5 +1,6 @@
 import dataclasses
 import os
+import shlex
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,9 @@ def test_trained_run_recipe_reparses_to_every_same_value(text_files, tmp_path):
     before, after = original.training_args.to_dict(), again.training_args.to_dict()
     assert before.keys() == after.keys()
     assert {k: (before[k], after[k]) for k in before if before[k] != after[k]} == {}
+    command = saved.read_text().splitlines()[1].removeprefix("# ")  # the header's command, run as printed
+    assert command.startswith("hf-clm train ") and main(shlex.split(command)[1:]) == 0
+    assert (tmp_path / "run-rerun" / RECIPE_FILENAME).is_file()
 
 
 def base_recipe(tmp_path, text_files, extra: str = "") -> str:

@@ -7,6 +7,7 @@ import torch
 from conftest import recipe_args, write_corpus
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from hf_clm.cli import main
 from hf_clm.evaluation import blocks_scores
 from hf_clm.recipe_parser import parse_recipe
 from hf_clm.train import run
@@ -115,3 +116,11 @@ def test_named_evaluation_sets_are_evaluated_and_reported_by_name(text_files, tm
 
     card = str(model_card(tmp_path / "run", written, {"train_files": ["train.txt"]}, "tester/sets"))
     assert "| shifted |" in card and "name: docs" in card, card
+
+
+def test_a_warm_up_longer_than_the_run_is_warned_about(tmp_path, text_files, caplog):
+    argv = recipe_args(text_files, tmp_path / "run", "--max_steps", "3", "--warmup_steps", "715", "--eval_steps", "3")
+    with caplog.at_level("WARNING", logger="hf_clm"):
+        assert main(["train", *argv]) == 0
+    assert "warmup_steps 715 covers the whole run of 3 steps: the learning rate never reaches learning_rate" \
+        in caplog.text
