@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, IterableDataset
@@ -58,7 +59,8 @@ def expand_files(patterns: list[str], key: str, any_suffix: bool = False) -> lis
         else:
             found = [str(path)] if path.is_file() else []
         if not found:
-            what = "directory holds no .txt/.json/.jsonl/.csv/.parquet file" if path.is_dir() else \
+            what = ("directory holds no visible file" if any_suffix else
+                    "directory holds no .txt/.json/.jsonl/.csv/.parquet file") if path.is_dir() else \
                 "matches no file" if glob.has_magic(pattern) else \
                 "is not a regular file (a pipe, socket or device); give a file" if path.exists() else "does not exist"
             raise HfClmError(f"{key}: '{pattern}' {what}")
@@ -115,10 +117,10 @@ def load_dataset_rebuilding_cache(*args, **kwargs):
 
 
 def load_local_files(data: DataArguments, streaming: bool = False) -> DatasetDict:
-    data_files = {"train": expand_files(data.train_files, "train_files")}
+    data_files = {"train": expand_files(data.train_files, "train_files", any_suffix=True)}
     if data.validation_files:
-        data_files["validation"] = expand_files(data.validation_files, "validation_files")
-    builders = {split: builder_for(files, f"{split}_files") for split, files in data_files.items()}
+        data_files["validation"] = expand_files(data.validation_files, "validation_files", any_suffix=True)
+    builders = {split: builder_for(files, f"{split}_files", any_suffix=True) for split, files in data_files.items()}
     if len(set(builders.values())) > 1:
         raise HfClmError(f"train_files and validation_files have different formats ({builders}); use one")
     for split, files in data_files.items():
@@ -209,16 +211,21 @@ def select_text(split, column: str, name: str):
     return split.rename_column(column, TEXT) if column != TEXT else split
 
 
-def hold_out_tail(train: Dataset, percentage: int, sample_by: str | None = None) -> tuple[Dataset, Dataset]:
-    """The last `percentage`% of documents become validation, keeping their order (no shuffle)."""
+def hold_out_by_hash(train: Dataset, percentage: int, sample_by: str | None = None) -> tuple[Dataset, Dataset]:
+    """``percentage``% of the documents become validation: those whose text has the smallest CRC-32,
+    so the choice depends on the documents, not on their order (the files sorting last do not all
+    go to validation), and repeats on every machine. Both splits keep the corpus's order."""
     n_val = len(train) * percentage // 100
     if n_val == 0:
         split_files = ("; for .txt files, sample_by: paragraph (or line) makes each file several documents"
                        if sample_by == "document" else "")
         raise HfClmError(f"the corpus has {len(train)} document{'s' if len(train) != 1 else ''}, too few to hold out "
                          f"{percentage}% for validation; give validation_files or more documents{split_files}")
-    cut = len(train) - n_val
-    return train.select(range(cut)), train.select(range(cut, len(train)))
+    hashes = np.fromiter((zlib.crc32((text or "").encode()) for batch in train.with_format("arrow").iter(10_000)
+                          for text in batch[TEXT].to_pylist()), dtype=np.int64, count=len(train))
+    held = np.zeros(len(train), dtype=bool)
+    held[np.argsort(hashes, kind="stable")[:n_val]] = True
+    return train.select(np.flatnonzero(~held)), train.select(np.flatnonzero(held))
 
 
 def has_text(split: Dataset) -> bool:
@@ -237,8 +244,8 @@ def load_corpus(data: DataArguments) -> DatasetDict:
     if "validation" in raw:
         validation = select_text(raw["validation"], data.text_column, "validation")
     else:
-        train, validation = hold_out_tail(train, data.validation_split_percentage,
-                                          data.sample_by if data.train_files else None)
+        train, validation = hold_out_by_hash(train, data.validation_split_percentage,
+                                             data.sample_by if data.train_files else None)
     if data.max_train_samples is not None:
         train = train.select(range(min(data.max_train_samples, len(train))))
     if data.max_eval_samples is not None:

@@ -112,8 +112,9 @@ class DataArguments:
     )
     train_files: list[str] | None = field(
         default=None,
-        metadata={"help": "Training files: paths, globs or directories of .txt, .json, .jsonl, "
-                          ".csv or .parquet (one format per split)."},
+        metadata={"help": "Training files: paths, globs or directories of text files of any suffix (README, "
+                          ".md, .py, no suffix: UTF-8 text) or of .json, .jsonl, .csv or .parquet tables (one "
+                          "format per split)."},
     )
     validation_files: list[str] | None = field(
         default=None, metadata={"help": "Validation files, same forms as train_files."}
@@ -127,8 +128,9 @@ class DataArguments:
     )
     validation_split_percentage: int = field(
         default=10,
-        metadata={"help": "When there is no validation split: the last N%% (1 to 99) of the training documents "
-                          "are held out, in order (python-stdlib: about N%% of the files, chosen by a "
+        metadata={"help": "When there is no validation split: N%% (1 to 99) of the training documents are "
+                          "held out, those with the smallest CRC-32 of their text, whatever their order "
+                          "(python-stdlib: about N%% of the files, chosen by a "
                           "hash of their path)."},
     )
     max_train_samples: int | None = field(

@@ -1,4 +1,5 @@
 import json
+import zlib
 
 import pandas as pd
 import pytest
@@ -30,19 +31,39 @@ def test_structured_formats_and_text_column(tmp_path, suffix):
         frame.to_parquet(path)
     corpus = load_corpus(DataArguments(train_files=[str(path)], text_column="body",
                                        validation_split_percentage=10))
-    # no validation split: the last 10% of documents, in order, are held out
-    assert corpus["train"]["text"] == [f"document number {i}" for i in range(45)]
-    assert corpus["validation"]["text"] == [f"document number {i}" for i in range(45, 50)]
+    # no validation split: the 10% of documents with the smallest CRC-32 of their text, in corpus order
+    documents = [f"document number {i}" for i in range(50)]
+    held = sorted(documents, key=lambda text: zlib.crc32(text.encode()))[:5]
+    assert corpus["validation"]["text"] == [d for d in documents if d in held]
+    assert corpus["train"]["text"] == [d for d in documents if d not in held]
 
 
 def test_globs_and_directories(tmp_path):
     for i in range(3):
         (tmp_path / f"part{i}.txt").write_text(f"file {i}\n")
-    (tmp_path / "notes.md").write_text("ignored\n")
+    (tmp_path / "notes.md").write_text("a file of any suffix is text\n")
+    (tmp_path / ".hidden").write_text("hidden files are skipped\n")
     by_glob = load_corpus(DataArguments(train_files=[str(tmp_path / "part*.txt")], validation_split_percentage=34))
-    by_dir = load_corpus(DataArguments(train_files=[str(tmp_path)], validation_split_percentage=34))
-    assert by_glob["train"]["text"] == by_dir["train"]["text"] == ["file 0\n", "file 1\n"]
-    assert by_dir["validation"]["text"] == ["file 2\n"]
+    by_dir = load_corpus(DataArguments(train_files=[str(tmp_path)], validation_split_percentage=25))
+    assert sorted([*by_glob["train"]["text"], *by_glob["validation"]["text"]]) == ["file 0\n", "file 1\n", "file 2\n"]
+    assert sorted([*by_dir["train"]["text"], *by_dir["validation"]["text"]]) == [
+        "a file of any suffix is text\n", "file 0\n", "file 1\n", "file 2\n"]
+    assert len(by_glob["validation"]) == len(by_dir["validation"]) == 1
+
+
+def test_text_files_without_suffixes_train_and_the_held_out_split_does_not_follow_file_order(tmp_path):
+    """Debian's license folder: files without suffixes; the ones sorting last must not all be held out."""
+    licenses = tmp_path / "LICENSES"
+    licenses.mkdir()
+    for name in ("Apache-2.0", "GPL-3", "MIT"):
+        (licenses / name).write_text("\n\n".join(f"{name} paragraph {i}: the software is provided as is."
+                                                 for i in range(40)))
+    for train_files in ([str(licenses)], [str(licenses / "*")]):
+        corpus = load_corpus(DataArguments(train_files=train_files, sample_by="paragraph"))
+        assert len(corpus["validation"]) == 12 and len(corpus["train"]) == 108
+        for name in ("Apache-2.0", "GPL-3", "MIT"):
+            assert any(t.startswith(name) for t in corpus["train"]["text"]), name
+        assert len({t.split()[0] for t in corpus["validation"]["text"]}) > 1
 
 
 def test_max_samples(text_files):
