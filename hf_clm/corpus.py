@@ -8,6 +8,7 @@ keeps only the text column, renamed to ``text``.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import dataclasses
 import glob
 import json
@@ -116,6 +117,21 @@ def load_dataset_rebuilding_cache(*args, **kwargs):
                          f"'{Path(str(args[0])).name}' entry and run again") from None
 
 
+@contextlib.contextmanager
+def local_reading_bars_off():
+    """datasets' "Downloading data" and "Generating train split" bars while it reads local files: it
+    copies them into its cache in a moment, and the bars measure nothing a user waits for. Shown
+    again under ``--verbose`` (datasets' verbosity below errors)."""
+    quiet = datasets.logging.get_verbosity() >= datasets.logging.ERROR and datasets.is_progress_bar_enabled()
+    if quiet:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if quiet:
+            datasets.enable_progress_bars()
+
+
 def load_local_files(data: DataArguments, streaming: bool = False) -> DatasetDict:
     data_files = {"train": expand_files(data.train_files, "train_files", any_suffix=True)}
     if data.validation_files:
@@ -137,7 +153,8 @@ def load_local_files(data: DataArguments, streaming: bool = False) -> DatasetDic
         # sample_by: line -> one document per line, EOS in place of its newline (blank lines are no document)
         kwargs.update(sample_by=data.sample_by, keep_linebreaks=data.sample_by != "line")
     try:
-        return load_dataset_rebuilding_cache(builder, data_files=data_files, streaming=streaming, **kwargs)
+        with local_reading_bars_off():
+            return load_dataset_rebuilding_cache(builder, data_files=data_files, streaming=streaming, **kwargs)
     except DatasetGenerationError as err:
         cause = err.__cause__ or err
         raise HfClmError(f"cannot read the {builder} files: {first_line(cause)}") from None

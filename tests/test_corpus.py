@@ -133,3 +133,16 @@ def test_byte_order_mark_and_blank_lines_are_not_text(tmp_path):
     # one document per line, its newline replaced by EOS; a blank line is an empty document (no EOS)
     assert [t for t in by_line["train"]["text"] if t] == ["one", "two", "three"]
     assert set(t for t in by_line["train"]["text"] if not t.strip()) <= {""}
+
+
+def test_reading_local_files_draws_no_download_or_generation_bars(text_files, capfd):
+    import datasets
+
+    datasets.logging.set_verbosity_error()  # as hf-clm sets it without --verbose
+    try:
+        load_corpus(DataArguments(train_files=[str(text_files["train"])], sample_by="paragraph"))
+    finally:
+        datasets.logging.set_verbosity_warning()
+    err = capfd.readouterr().err
+    assert "Generating train split" not in err and "Downloading data" not in err
+    assert datasets.is_progress_bar_enabled()  # the tokenizing bars that follow still show
