@@ -12,6 +12,9 @@ class HfClmError(Exception):
 
 
 def first_line(err: BaseException) -> str:
-    """An exception's message as one line (its first), or its type's name when it has none."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    """An exception's message as one line: its first, or all of them joined when the first ends in a
+    colon (a list follows that the first line alone would cut off); its type's name when it has none."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    return " ".join(lines) if lines[0].endswith(":") else lines[0]

@@ -65,11 +65,26 @@ class UnreadableTokenizer(Exception):
 
 
 def read_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
-    """``AutoTokenizer.from_pretrained(source)``; any failure as :class:`UnreadableTokenizer`."""
+    """``AutoTokenizer.from_pretrained(source)``, or a folder of a byte-level BPE's bare
+    ``vocab.json`` + ``merges.txt``; any failure as :class:`UnreadableTokenizer`."""
     try:
         return AutoTokenizer.from_pretrained(source)
     except Exception as err:  # tokenizers raises a bare Exception for a damaged tokenizer.json
+        if (tokenizer := bpe_files_tokenizer(Path(str(source)))) is not None:
+            return tokenizer
         raise UnreadableTokenizer(source, err) from None
+
+
+def bpe_files_tokenizer(folder: Path) -> PreTrainedTokenizerFast | None:
+    """A byte-level BPE from a folder that holds only its ``vocab.json`` and ``merges.txt`` (as
+    GPT-2's original release does), which AutoTokenizer cannot place without a tokenizer config;
+    EOS is ``<|endoftext|>`` when the vocabulary has it."""
+    vocab, merges = folder / "vocab.json", folder / "merges.txt"
+    if not (vocab.is_file() and merges.is_file()) or (folder / "tokenizer_config.json").is_file():
+        return None
+    bpe = ByteLevelBPETokenizer(str(vocab), str(merges))
+    eos = EOS_TOKEN if bpe.token_to_id(EOS_TOKEN) is not None else None
+    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=eos, bos_token=eos, unk_token=eos)
 
 
 def trained_tokenizer_cache(train: Dataset, vocab_size: int) -> Path:

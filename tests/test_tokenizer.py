@@ -5,7 +5,8 @@ from transformers import AutoTokenizer
 
 from hf_clm.collator import causal_lm_collator
 from hf_clm.recipe import ModelArguments
-from hf_clm.tokenizer import EOS_TOKEN, PAD_TOKEN, train_or_load_tokenizer
+from hf_clm.errors import first_line
+from hf_clm.tokenizer import EOS_TOKEN, PAD_TOKEN, load_pretrained_tokenizer, train_or_load_tokenizer
 
 
 def train_split(extra: str = "") -> Dataset:
@@ -66,3 +67,19 @@ def test_vocab_size_beyond_what_the_corpus_holds_is_said(caplog):
         tokenizer = train_or_load_tokenizer(ModelArguments(train_tokenizer=True, vocab_size=100_000), train_split())
     assert len(tokenizer) < 100_000
     assert f"The BPE learned {len(tokenizer):,} tokens, fewer than vocab_size 100,000" in caplog.text
+
+
+@requires_shared_data
+def test_a_folder_of_bare_bpe_files_loads_as_the_tokenizer_they_define():
+    """GPT-2's original release: vocab.json + merges.txt, no tokenizer config."""
+    bare = load_pretrained_tokenizer(str(SHARED_DATA / "gpt2-tokenizer"))
+    released = AutoTokenizer.from_pretrained(SHARED_DATA / "tiny-gpt2")
+    text = "The cat sat on the mat.\n  Ünïcode — ok"
+    assert bare(text).input_ids == released(text).input_ids and len(bare) == len(released)
+    assert bare.eos_token_id == released.eos_token_id == 50256
+
+
+def test_an_error_message_is_one_line_and_keeps_a_list_its_first_line_announces():
+    assert first_line(ValueError("Couldn't do it from one of: \n(1) a file, \n(2) an instance")) == \
+        "Couldn't do it from one of: (1) a file, (2) an instance"
+    assert first_line(ValueError("first\nsecond")) == "first" and first_line(KeyError()) == "KeyError"
