@@ -35,6 +35,14 @@ def default_recipe_path() -> Path:
     raise HfClmError("recipes/default.yaml is missing from this installation; pass a recipe file")
 
 
+def check_recipe_keys(argv: list[str]) -> None:
+    """Misspelt keys, before the seconds of importing torch and transformers."""
+    from hf_clm.recipe_keys import unknown_key_problems
+
+    if problems := unknown_key_problems(argv):
+        raise HfClmError("; ".join(problems))
+
+
 def train_command(argv: list[str]) -> int:
     from hf_clm.distributed import use_cpu_collectives_without_gpu
     from hf_clm.recipe import SOURCE_KEYS
@@ -264,6 +272,7 @@ def top_parser() -> argparse.ArgumentParser:
 
 def dispatch(argv: list[str], verbose: bool = False) -> int:
     if argv and argv[0] in ("train", "prepare"):
+        check_recipe_keys(argv[1:])
         quiet_libraries(verbose)
         return (train_command if argv[0] == "train" else prepare_command)(argv[1:])
     args = top_parser().parse_args(argv)

@@ -43,6 +43,7 @@ from hf_clm.recipe_checks import (
     recipe_keys,
     recipe_problems,
 )
+from hf_clm.recipe_keys import unknown_key_message
 
 # `--key none` (or null, or '') unsets an optional key; report_to's 'none' is a value of its own.
 NULL_SPELLINGS = ("none", "null", "")
@@ -123,12 +124,6 @@ COMMAND_DESCRIPTIONS = {
     "prepare": "Tokenize a recipe's corpus and cut it into blocks once, into its prepared_dataset folder. "
                "RECIPE and flags as for 'hf-clm train'.",
 }
-
-
-def unknown_key_message(key: str, where: str) -> str:
-    close = difflib.get_close_matches(key, recipe_keys(), n=1, cutoff=0.6)
-    hint = f"; did you mean '{close[0]}'?" if close else "; see 'hf-clm train --help' for the keys"
-    return f"unknown recipe key '{key}' in {where}{hint}"
 
 
 def flatten_peft_section(values: dict[str, Any], path: Path) -> dict[str, Any]:

@@ -61,7 +61,7 @@ def test_problems_are_collected_and_reported_together():
         parse_recipe(["--block_size", "1", "--dropout", "2"])
     message = str(err.value)
     assert "exactly one of dataset_name, train_files or builtin_corpus" in message
-    assert "block_size must be an integer >= 2" in message
+    assert "block_size must be an integer from 2" in message
     assert "dropout must be a number in [0, 1)" in message
     assert "no tokenizer" in message
 
@@ -214,3 +214,33 @@ def test_optim_muon_is_recorded_as_given_and_trainer_holds_its_adamw_half(tmp_pa
     assert recipe.training_args.optim == "adamw_torch" and recipe.run_args.muon_learning_rate == 0.02
     again = parse_recipe([str(save_recipe(recipe, tmp_path))])
     assert again.training_values["optim"] == "muon" and again.run_args.muon_learning_rate == 0.02
+
+
+def test_the_key_names_read_from_source_are_the_dataclasses_keys():
+    from hf_clm.recipe import recipe_fields
+    from hf_clm.recipe_keys import recipe_key_names
+
+    assert sorted(recipe_key_names()) == sorted(f.name for f in recipe_fields())
+
+
+def test_a_misspelt_key_is_reported_before_torch_or_transformers_is_imported(tmp_path):
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("block_sise: 32\npeft: {method: lora}\n")
+    code = ("import sys; from hf_clm.cli import main; code = main(['train', sys.argv[1], '--max-step', '3']); "
+            "print(code, 'torch' in sys.modules, 'transformers' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, str(recipe)], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["2", "False", "False"], result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        "hf-clm: error: unknown recipe key 'max_step' in the command line; did you mean 'max_steps'?; "
+        f"unknown recipe key 'block_sise' in {recipe}; did you mean 'block_size'?"]
+
+
+def test_the_checkpoint_prefix_is_transformers_own():
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    from hf_clm import run_files
+
+    assert run_files.PREFIX_CHECKPOINT_DIR == PREFIX_CHECKPOINT_DIR
