@@ -71,13 +71,21 @@ MODEL_ALTERNATIVE = "give a local checkpoint folder (model_name_or_path: PATH)"
 
 
 def check_hub_sources(model_args, data_args) -> None:
-    """Before any data work: every Hub name the recipe reads can be read."""
+    """Before any data work: every Hub name the recipe reads can be read; every one that cannot is
+    named in one error (not one per run)."""
+    checks = []
     if data_args.dataset_name and not data_args.prepared_dataset:
-        require_hub("dataset_name", data_args.dataset_name, DATASET_ALTERNATIVE)
-    if model_args.model_name_or_path:
-        require_hub("model_name_or_path", model_args.model_name_or_path, MODEL_ALTERNATIVE)
-        require_cached("model_name_or_path", model_args.model_name_or_path, "config.json", MODEL_ALTERNATIVE)
-    if model_args.tokenizer_name_or_path:
-        require_hub("tokenizer_name_or_path", model_args.tokenizer_name_or_path, TOKENIZER_ALTERNATIVE)
-        require_cached("tokenizer_name_or_path", model_args.tokenizer_name_or_path, "tokenizer_config.json",
-                       TOKENIZER_ALTERNATIVE)
+        checks.append(lambda: require_hub("dataset_name", data_args.dataset_name, DATASET_ALTERNATIVE))
+    for key, filename, alternative in (("model_name_or_path", "config.json", MODEL_ALTERNATIVE),
+                                       ("tokenizer_name_or_path", "tokenizer_config.json", TOKENIZER_ALTERNATIVE)):
+        if name := getattr(model_args, key):
+            checks.append(lambda key=key, name=name, filename=filename, alternative=alternative: (
+                require_hub(key, name, alternative), require_cached(key, name, filename, alternative)))
+    problems = []
+    for check in checks:
+        try:
+            check()
+        except HfClmError as err:
+            problems.append(str(err))
+    if problems:
+        raise HfClmError("; ".join(problems))

@@ -154,6 +154,13 @@ def bad_inputs(tmp_path):
                                   "Face cache, and HF_HUB_OFFLINE=1 is set"),
         "offline hub model": (["train", base, "--model_name_or_path", "gpt2"],
                               "model_name_or_path 'gpt2' is not a local path and not in the local Hugging Face cache"),
+        "every offline name at once": (["train", base, "--train_tokenizer", "false", "--model_name_or_path", "gpt2",
+                                        "--tokenizer_name_or_path", "gpt2-large"],
+                                       "model_name_or_path 'gpt2' is not a local path and not in the local Hugging "
+                                       "Face cache, and HF_HUB_OFFLINE=1 is set: only the local cache is read; unset "
+                                       "HF_HUB_OFFLINE to download it, or give a local checkpoint folder "
+                                       "(model_name_or_path: PATH); "
+                                       "tokenizer_name_or_path 'gpt2-large' is not a local path"),
         "model path that does not exist": (["train", base, "--model_name_or_path", str(tmp_path / "no-model")],
                                            f"model_name_or_path '{tmp_path / 'no-model'}' does not exist"),
         "tokenizer path that does not exist": (["train", base, "--tokenizer_name_or_path", str(tmp_path / "no-tok"),
