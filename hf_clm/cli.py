@@ -44,11 +44,12 @@ def check_recipe_keys(argv: list[str]) -> None:
 
 
 def train_command(argv: list[str]) -> int:
-    from hf_clm.distributed import use_cpu_collectives_without_gpu
+    from hf_clm.distributed import end_with_the_launcher, use_cpu_collectives_without_gpu
     from hf_clm.recipe import SOURCE_KEYS
     from hf_clm.recipe_parser import flag_names, parse_recipe, split_recipe_argv
     from hf_clm.train import run
 
+    end_with_the_launcher()
     use_cpu_collectives_without_gpu()
     wants_help = any(a in ("-h", "--help") for a in argv)
     path, flags = (None, argv) if wants_help else split_recipe_argv(argv)

@@ -12,6 +12,10 @@ is an error.
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import threading
+import time
 
 import torch
 from accelerate import Accelerator, PartialState
@@ -31,6 +35,27 @@ def fsdp_requested(args: TrainingArguments) -> bool:
 
 def deepspeed_requested(args: TrainingArguments) -> bool:
     return bool(args.deepspeed) or env_flag("ACCELERATE_USE_DEEPSPEED")
+
+
+def end_with_the_launcher() -> None:
+    """Under a launcher (torchrun, ``accelerate launch``), end this worker when the launcher dies.
+    torchrun starts its workers in sessions of their own, so a ``kill -9`` of the launcher's
+    process group leaves them training and writing checkpoints; a watchdog thread sees the
+    launcher go (this process is re-parented) and ends the worker with SIGTERM."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ and "LOCAL_RANK" not in os.environ:
+        return
+    launcher = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == launcher:
+            time.sleep(LAUNCHER_POLL_SECONDS)
+        print(f"hf-clm: error: the launcher (pid {launcher}) is gone; ending worker {os.getpid()}", file=sys.stderr)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="hf_clm-launcher-watch", daemon=True).start()
+
+
+LAUNCHER_POLL_SECONDS = 1.0
 
 
 def use_cpu_collectives_without_gpu() -> None:

@@ -133,3 +133,50 @@ def test_accelerate_launch_with_the_shipped_cpu_config_runs_two_processes(tmp_pa
     assert summary["run"]["processes"] == 2 and summary["run"]["global_batch_tokens"] == 2 * 8 * 32
     assert "find_unused_parameters=True" not in result.stderr
     assert "ddp (find_unused_parameters False), 2 processes on 1 machine" in result.stderr
+
+
+def test_workers_end_when_their_launcher_is_killed(tmp_path, text_files):
+    """torchrun starts its workers in sessions of their own: a kill -9 of the launcher's process group
+    must not leave them training."""
+    import signal
+    import time
+
+    from conftest import REPO
+
+    config = REPO / "recipes" / "accelerate" / "cpu-2proc.yaml"
+    run_dir = tmp_path / "orphans"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+               "--main_process_port", "0", "-m", "hf_clm", "train",
+               *recipe_args(text_files, run_dir, "--max_steps", "100000", "--save_steps", "2", "--eval_steps", "1000")]
+    launcher = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(run_dir.glob("checkpoint-*")):  # both workers are training
+            assert launcher.poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+        workers = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                   if pid != launcher.pid and str(run_dir).encode() in proc_cmdline(pid)]
+        assert len(workers) == 2, workers
+    finally:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not any(alive(pid) for pid in workers)
+
+
+def proc_cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has ended (its parent, gone, will not reap it)
