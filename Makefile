@@ -1,12 +1,13 @@
 # make demo   set up .venv and train the embedded default (python-stdlib, ~6 min on 2 CPU cores)
-# make test   set up .venv and run the test suite (what CI runs)
+# make test   set up .venv and run the test suite, both tiers (what CI runs)
+# make test-fast  set up .venv and run the fast tier only (pure functions and in-process tests)
 # make bench  the benchmark table (README's Performance section), written to bench/results.json
 # make gpu-check  on a new GPU machine, first: each speed switch's tokens/s, MFU and memory, GPU vs CPU loss
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-slow bench gpu-check clean
+.PHONY: demo test test-fast test-slow bench gpu-check clean
 
 $(BIN)/hf-clm: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +22,9 @@ demo: $(BIN)/hf-clm
 
 test: $(BIN)/hf-clm
 	$(BIN)/python -m pytest -q
+
+test-fast: $(BIN)/hf-clm
+	$(BIN)/python -m pytest -q -m "not slow and not full"
 
 test-slow: $(BIN)/hf-clm
 	$(BIN)/python -m pytest -q -m slow

@@ -1,9 +1,24 @@
-"""Shared fixtures: an isolated offline HF cache, small generated corpora, a trained tokenizer."""
+"""Shared fixtures: an isolated offline HF cache, small generated corpora, a trained tokenizer, the
+command line in process (``hf_clm_main``) and as a real subprocess (``run_hf_clm``), and one finished
+run (``finished_run``) shared by the tests that only read a run.
+
+Tiers: tests marked ``full`` need real processes (kills, launchers, file-size limits, the
+``python -m hf_clm`` entry point itself) or train for more than a few seconds; ``make test`` runs
+them, ``make test-fast`` (``-m "not slow and not full"``) does not.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import random
+import resource
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -82,3 +97,122 @@ def write_corpus(root: Path, step: int = 7, train_documents: int = 120) -> dict[
     files["train"].write_text("\n\n".join(make_documents(train_documents, seed=1, step=step)) + "\n", encoding="utf-8")
     files["validation"].write_text("\n\n".join(make_documents(20, seed=2, step=step)) + "\n", encoding="utf-8")
     return files
+
+
+# ---- the command line as a real process -------------------------------------------------------
+
+def hf_clm_command(*args) -> list[str]:
+    """``python -m hf_clm ARGS`` with this interpreter (for Popen, launchers' script arguments)."""
+    return [sys.executable, "-m", "hf_clm", *map(str, args)]
+
+
+# For processes that run beside others (kills, launches of several ranks): one thread each.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+def subprocess_env(env: dict[str, str | None] | None = None) -> dict[str, str]:
+    """This process's environment updated with ``env`` (a value of None removes the key)."""
+    merged = dict(os.environ)
+    for key, value in (env or {}).items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
+
+
+def file_size_limit(fsize: int):
+    """A preexec_fn for a full disk: writes past ``fsize`` bytes fail with EFBIG instead of killing."""
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+    return limit
+
+
+def run_python_module(module: str, *args, env: dict[str, str | None] | None = None, cwd=None,
+                      timeout: float = 600, fsize: int | None = None, **popen_kwargs) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS`` as a real process, its output captured as text; ``env`` updates this
+    process's environment (None removes a variable), ``fsize`` caps the size of files it writes."""
+    if fsize is not None:
+        popen_kwargs["preexec_fn"] = file_size_limit(fsize)
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=subprocess_env(env), cwd=cwd, **popen_kwargs)
+
+
+def run_hf_clm(*args, env: dict[str, str | None] | None = None, cwd=None, timeout: float = 600,
+               fsize: int | None = None, **popen_kwargs) -> subprocess.CompletedProcess:
+    """``python -m hf_clm ARGS`` as a real process. For what needs a process: kills, launchers,
+    RLIMIT_FSIZE (``fsize``), the entry point itself and its stderr as a whole."""
+    return run_python_module("hf_clm", *args, env=env, cwd=cwd, timeout=timeout, fsize=fsize, **popen_kwargs)
+
+
+# ---- the command line in process ----------------------------------------------------------------
+
+@dataclass
+class CliResult:
+    """What ``main(argv)`` returned and printed, shaped like subprocess.CompletedProcess."""
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_in_process(*args) -> CliResult:
+    """``hf_clm.cli.main(ARGS)`` in this process; stdout and stderr captured, the package's log lines
+    on stderr with the format of a real run (pytest's own log handlers keep basicConfig from adding one)."""
+    from hf_clm.cli import main
+
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(argv)
+    finally:
+        root.removeHandler(handler)
+    return CliResult(argv, code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def hf_clm_main(monkeypatch):
+    """Run the command line in process: ``hf_clm_main(*args, env=None, cwd=None)`` -> CliResult.
+    ``env`` is applied with monkeypatch (a value of None removes the variable), ``cwd`` with chdir,
+    both for that call only."""
+    def call(*args, env: dict[str, str | None] | None = None, cwd=None) -> CliResult:
+        with monkeypatch.context() as patch:
+            for key, value in (env or {}).items():
+                if value is None:
+                    patch.delenv(key, raising=False)
+                else:
+                    patch.setenv(key, value)
+            if cwd is not None:
+                patch.chdir(cwd)
+            return run_in_process(*args)
+    return call
+
+
+# ---- one finished run for the tests that only read a run ----------------------------------------
+
+@dataclass(frozen=True)
+class FinishedRun:
+    run_dir: Path  # named "run"
+    files: dict[str, Path]  # the corpus it was trained on
+    stdout: str
+    stderr: str
+
+
+FINISHED_RUN_FLAGS = ("--max_steps", "4", "--save_steps", "2", "--eval_steps", "4", "--license", "apache-2.0")
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, offline_hf_cache) -> FinishedRun:
+    """A seconds-long finished run (4 steps, checkpoints 2 and 4, license apache-2.0), trained once per
+    session in process. Read it only; a test that changes a run works on a shutil.copytree copy."""
+    root = tmp_path_factory.mktemp("finished")
+    files = write_corpus(root / "corpus")
+    result = run_in_process("train", *recipe_args(files, root / "run", *FINISHED_RUN_FLAGS))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return FinishedRun(root / "run", files, result.stdout, result.stderr)

@@ -114,6 +114,7 @@ def document_run(tmp_path_factory, offline_hf_cache):
     return recipe, output_dir, run(recipe)
 
 
+@pytest.mark.full
 def test_a_document_scope_run_records_it_and_trainer_evaluation_follows_it(document_run):
     recipe, output_dir, summary = document_run
     assert json.loads((output_dir / "config.json").read_text())["attention_scope"] == "document"

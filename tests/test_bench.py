@@ -1,18 +1,17 @@
 """The benchmark runs end to end on tiny inputs (it measures nothing meaningful at this size)."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO, requires_shared_data
+from conftest import REPO, requires_shared_data, run_python_module
 
 
+@pytest.mark.full
 @requires_shared_data
 def test_bench_quick_runs_and_writes_its_table(tmp_path):
     output = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "data", "ddp", "eval", "--output",
-                             str(output)], cwd=REPO, capture_output=True, text=True, timeout=900)
+    result = run_python_module("bench", "--quick", "--only", "data", "ddp", "eval", "--output", output, cwd=REPO,
+                               timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(output.read_text())["rows"]
     stages = {row["stage"] for row in rows}
@@ -22,13 +21,13 @@ def test_bench_quick_runs_and_writes_its_table(tmp_path):
     assert "| stage | comparison | ratio |" in result.stdout
 
 
+@pytest.mark.full
 def test_gpu_check_without_a_gpu_says_so_and_exits_0():
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: the check would run for real")
-    result = subprocess.run([sys.executable, "-m", "bench", "--gpu"], cwd=REPO, capture_output=True, text=True,
-                            timeout=300)
+    result = run_python_module("bench", "--gpu", cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("GPU check: not run:") and len(result.stdout.strip().splitlines()) == 1
     assert "CPU build" in result.stdout or "no CUDA GPU is visible" in result.stdout
@@ -51,9 +50,8 @@ def test_gpu_check_table_and_correctness_verdict():
 @pytest.mark.slow
 def test_bench_ab_runs_every_switch_alone_against_the_baseline(tmp_path):
     output = tmp_path / "ab.json"
-    result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "ab", "--ab_recipes", "default",
-                             "--ab_steps", "6", "--output", str(output)], cwd=REPO, capture_output=True, text=True,
-                            timeout=1800)
+    result = run_python_module("bench", "--quick", "--only", "ab", "--ab_recipes", "default", "--ab_steps", "6",
+                               "--output", output, cwd=REPO, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(output.read_text())["rows"]
     names = [row["what"] for row in rows]

@@ -1,32 +1,27 @@
-"""The command line, in process through main() and as a real subprocess."""
+"""The command line, in process through main() (the session's finished run, conftest's
+``finished_run``, for the commands that read a run) and as a real subprocess (the entry point)."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import recipe_args, write_corpus
+from conftest import recipe_args, run_hf_clm
 from transformers import AutoModelForCausalLM, GPT2Config
 
 from hf_clm.cli import main
 
 
-def hf_clm(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hf_clm", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=600)
+@pytest.fixture
+def hf_clm(hf_clm_main):
+    return hf_clm_main
 
 
 @pytest.fixture(scope="module")
-def trained_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    files = write_corpus(root)
-    result = hf_clm("train", *recipe_args(files, root / "run", "--max_steps", "10", "--eval_steps", "10"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "validation perplexity" in result.stdout
-    return root / "run", files
+def trained_dir(finished_run):
+    assert "validation perplexity" in finished_run.stdout
+    return finished_run.run_dir, finished_run.files
 
 
-def test_train_subprocess_then_perplexity_and_generate(trained_dir):
+def test_train_then_perplexity_and_generate(trained_dir, hf_clm):
     run_dir, files = trained_dir
     result = hf_clm("perplexity", str(run_dir), "--data", str(files["validation"]), "--json")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -143,8 +138,9 @@ def test_each_bad_input_is_one_clear_line_and_nonzero_exit(tmp_path, bpe_tokeniz
         assert not (tmp_path / "out" / "perplexity.json").exists()
 
 
+@pytest.mark.full
 def test_bad_input_as_subprocess_has_no_traceback(tmp_path):
-    result = hf_clm("train", "--train_files", str(tmp_path / "nothing-*.txt"), "--train_tokenizer", "true",
+    result = run_hf_clm("train", "--train_files", str(tmp_path / "nothing-*.txt"), "--train_tokenizer", "true",
                     cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("hf-clm: error: train_files:")
@@ -152,7 +148,7 @@ def test_bad_input_as_subprocess_has_no_traceback(tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing half-written
 
 
-def test_explain_subprocess_table_and_json(trained_dir):
+def test_explain_table_and_json(trained_dir, hf_clm):
     run_dir, _ = trained_dir
     table = hf_clm("explain", str(run_dir), "the cat sat on the mat")
     assert table.returncode == 0, table.stderr[-2000:]
@@ -163,7 +159,7 @@ def test_explain_subprocess_table_and_json(trained_dir):
     assert data["perplexity"] == pytest.approx(2.718281828 ** data["mean_loss"], rel=1e-6)
 
 
-def test_report_compares_several_runs(trained_dir, tmp_path):
+def test_report_compares_several_runs(trained_dir, tmp_path, hf_clm):
     run_dir, files = trained_dir
     second = tmp_path / "second"
     result = hf_clm("train", *recipe_args(files, second, "--max_steps", "10", "--eval_steps", "5", "--n_embd", "16"))
@@ -180,7 +176,7 @@ def test_report_compares_several_runs(trained_dir, tmp_path):
     assert bad.returncode == 2 and "is not a finished run" in bad.stderr
 
 
-def test_perplexity_reads_any_text_files_and_datasets(trained_dir, tmp_path):
+def test_perplexity_reads_any_text_files_and_datasets(trained_dir, tmp_path, hf_clm):
     run_dir, files = trained_dir
     docs = tmp_path / "docs"
     (docs / ".git").mkdir(parents=True)
@@ -207,7 +203,7 @@ def test_perplexity_reads_any_text_files_and_datasets(trained_dir, tmp_path):
     assert same["perplexity"] == pytest.approx(row["perplexity"], rel=1e-6) and same["bytes"] == row["bytes"]
 
 
-def test_several_models_make_a_comparison_report_that_report_accepts(trained_dir, tmp_path):
+def test_several_models_make_a_comparison_report_that_report_accepts(trained_dir, tmp_path, hf_clm):
     run_dir, files = trained_dir
     from transformers import AutoTokenizer
 
@@ -227,7 +223,7 @@ def test_several_models_make_a_comparison_report_that_report_accepts(trained_dir
     assert len(table) == 3
 
 
-def test_bfloat16_on_cpu_agrees_with_float32(trained_dir):
+def test_bfloat16_on_cpu_agrees_with_float32(trained_dir, hf_clm):
     run_dir, files = trained_dir
     figures = {}
     for dtype in ("float32", "bfloat16"):

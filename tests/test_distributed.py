@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import recipe_args, write_corpus
 
+pytestmark = pytest.mark.full  # torchrun and accelerate launches of two processes
+
 PROBE = Path(__file__).parent / "helpers" / "training_probe.py"
 
 

@@ -4,13 +4,11 @@ one tokenization convention end to end, other model families, and the bad inputs
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_DATA, make_documents, recipe_args, requires_shared_data, write_corpus
+from conftest import SHARED_DATA, make_documents, recipe_args, requires_shared_data, run_hf_clm, write_corpus
 from safetensors import safe_open
 from tokenizers import ByteLevelBPETokenizer, processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
@@ -83,6 +81,7 @@ def test_gpt2_tokenizer_keeps_its_vocabulary_eos_labels_supervised_padding_ignor
     assert (labels[~padding] == ids_[~padding]).all()
 
 
+@pytest.mark.full
 @requires_shared_data
 def test_full_fine_tune_keeps_the_base_vocabulary_and_tokenizer(gpt2_runs):
     root, base, _ = gpt2_runs
@@ -94,6 +93,7 @@ def test_full_fine_tune_keeps_the_base_vocabulary_and_tokenizer(gpt2_runs):
     assert AutoModelForCausalLM.from_pretrained(run).config.vocab_size == GPT2_VOCAB
 
 
+@pytest.mark.full
 @requires_shared_data
 def test_lora_adapter_holds_the_lora_matrices_only(gpt2_runs):
     root, _, _ = gpt2_runs
@@ -107,6 +107,7 @@ def test_lora_adapter_holds_the_lora_matrices_only(gpt2_runs):
     assert abs(adapter.stat().st_size - expected) <= 0.1 * expected, (adapter.stat().st_size, expected)
 
 
+@pytest.mark.full
 @requires_shared_data
 def test_merged_model_keeps_the_base_vocabulary_and_loads_without_peft(gpt2_runs, capsys):
     root, _, corpus = gpt2_runs
@@ -119,6 +120,7 @@ def test_merged_model_keeps_the_base_vocabulary_and_loads_without_peft(gpt2_runs
     assert perplexity_of(merged, corpus["validation"], capsys)["perplexity"] == pytest.approx(adapted, rel=1e-4)
 
 
+@pytest.mark.full
 @requires_shared_data
 def test_before_after_in_summary_report_curves_and_card(gpt2_runs):
     from hf_clm.hub import model_card, read_finished_run
@@ -295,12 +297,12 @@ def test_bad_fine_tuning_input_is_one_line_and_writes_nothing(llama_runs, tmp_pa
     assert not list((tmp_path / "run").glob("*.safetensors")) and not (tmp_path / "run" / "perplexity.json").exists()
 
 
+@pytest.mark.full  # a real process: the fake bitsandbytes is imported from its PYTHONPATH
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without a CUDA GPU")
 def test_load_in_4bit_on_cpu_is_a_one_line_error(llama_runs, tmp_path):
     root, base, corpus = llama_runs
-    result = subprocess.run([sys.executable, "-m", "hf_clm", *finetune_args(corpus, base, tmp_path / "run",
-                                                                           *lora_args("q_proj"), "--load_in_4bit", "true")],
-                            capture_output=True, text=True, env=fake_bitsandbytes(tmp_path), timeout=300)
+    result = run_hf_clm(*finetune_args(corpus, base, tmp_path / "run", *lora_args("q_proj"), "--load_in_4bit", "true"),
+                        env=fake_bitsandbytes(tmp_path), timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "hf-clm: error: load_in_4bit needs a CUDA GPU and this machine has none; drop load_in_4bit to train "

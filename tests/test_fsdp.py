@@ -3,7 +3,6 @@ gloo processes shards the parameters, trains like one process with the same glob
 one full model, resumes after SIGKILL, and never turns into DDP without saying so."""
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -14,9 +13,11 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from conftest import REPO, recipe_args, write_corpus
+from conftest import ONE_THREAD, REPO, hf_clm_command, recipe_args, run_hf_clm, subprocess_env, write_corpus
 
 from hf_clm.checkpoints import newest_complete_checkpoint
+
+pytestmark = pytest.mark.full  # accelerate launches of two processes
 
 PROBE = Path(__file__).parent / "helpers" / "training_probe.py"
 FSDP_CONFIG = REPO / "recipes" / "accelerate" / "fsdp.yaml"
@@ -28,7 +29,7 @@ STEPS = ["--max_steps", "12", "--eval_steps", "6", "--save_steps", "6", "--loggi
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    return subprocess_env({**ONE_THREAD, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"})
 
 
 def accelerate_fsdp(*script_and_args: str, extra_flags: tuple[str, ...] = ()) -> list[str]:
@@ -123,9 +124,8 @@ def test_fsdp_saves_one_full_model_that_from_pretrained_loads(fsdp_and_single):
 
 def test_perplexity_command_on_the_fsdp_model_matches_the_training_figure(fsdp_and_single):
     root, _, _, _ = fsdp_and_single
-    result = subprocess.run([sys.executable, "-m", "hf_clm", "perplexity", str(root / "fsdp"), "--recipe",
-                             str(root / "fsdp" / "recipe.yaml"), "--json"],
-                            env=env(), capture_output=True, text=True, timeout=600)
+    result = run_hf_clm("perplexity", root / "fsdp", "--recipe", root / "fsdp" / "recipe.yaml", "--json",
+                        env={**ONE_THREAD, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     measured = json.loads(result.stdout.strip().splitlines()[-1])
     trained = json.loads((root / "fsdp" / "perplexity.json").read_text())
@@ -179,8 +179,8 @@ def test_a_launch_that_asks_for_sharding_gets_it_or_fails_in_one_line(tmp_path, 
     cases = {
         "fsdp 1 on cpu": (accelerate_fsdp(*train, *recipe_args(text_files, tmp_path / "v1"),
                                           extra_flags=("--fsdp_version", "1")), "FSDP on CPU needs FSDP2"),
-        "recipe fsdp without a launcher": ([sys.executable, *train, *recipe_args(text_files, tmp_path / "plain"),
-                                            "--fsdp", "full_shard"], "FSDP needs a distributed launch"),
+        "recipe fsdp without a launcher": (hf_clm_command("train", *recipe_args(text_files, tmp_path / "plain"),
+                                                          "--fsdp", "full_shard"), "FSDP needs a distributed launch"),
     }
     for name, (command, message) in cases.items():
         result = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=600)

@@ -1,11 +1,9 @@
 """generate at the model's context: it stops there, says so, and never indexes past the position table."""
 
 import logging
-import os
-import subprocess
-import sys
 
 import pytest
+from conftest import run_hf_clm
 from transformers import AutoModelForCausalLM, GPT2Config
 
 from hf_clm.errors import HfClmError
@@ -58,15 +56,14 @@ def test_prompt_that_fills_the_context_is_an_error(small_context_model, bpe_toke
                     Sampling(temperature=0), stream=False)  # one token still fits
 
 
+@pytest.mark.full
 def test_default_max_new_tokens_on_a_small_model_as_a_subprocess(small_context_model, bpe_tokenizer, tmp_path):
     """Also: the libraries are quiet unless --verbose (their config warnings, "Loading weights" bars)."""
     small_context_model.config.bos_token_id = 10 ** 6  # a config transformers warns about on loading
     small_context_model.save_pretrained(tmp_path)
     bpe_tokenizer.save_pretrained(tmp_path)
-    env = {k: v for k, v in os.environ.items() if k not in ("TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY")}
-    runs = {verbose: subprocess.run([sys.executable, "-m", "hf_clm", *verbose, "generate", str(tmp_path),
-                                     prompt_of(bpe_tokenizer, 5)], capture_output=True, text=True, timeout=300,
-                                    env=env)
+    env = {"TRANSFORMERS_VERBOSITY": None, "DATASETS_VERBOSITY": None}  # unset: the package's defaults speak
+    runs = {verbose: run_hf_clm(*verbose, "generate", tmp_path, prompt_of(bpe_tokenizer, 5), timeout=300, env=env)
             for verbose in ((), ("--verbose",))}
     for result in runs.values():
         assert result.returncode == 0, result.stderr[-2000:]

@@ -1,34 +1,46 @@
-"""Pushing runs with the real huggingface_hub client against a local Hub stand-in (hub_server.py)."""
+"""Pushing runs with the real huggingface_hub client against a local Hub stand-in (hub_server.py),
+the command line in process: the Hub endpoint, offline switch and token of a real process's
+environment are set for each call (the environment variables, and huggingface_hub's constants that
+were read from them at import)."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import recipe_args, write_corpus
 from hub_server import start_hub
-from huggingface_hub import ModelCard
+from huggingface_hub import ModelCard, constants
 
+from hf_clm import hub_sources
 from hf_clm.recipe import PATH_KEYS
 
 TOKEN = "hf_localTestTokenThatMustNeverLeak42"
 
 
-def hub_env(endpoint: str, token: str | None = TOKEN) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key != "HF_TOKEN"}
-    env.update(HF_ENDPOINT=endpoint, HF_HUB_OFFLINE="0", HF_HUB_DISABLE_TELEMETRY="1")
-    if token:
-        env["HF_TOKEN"] = token
-    return env
+def hub_env(endpoint: str, token: str | None = TOKEN) -> dict[str, str | None]:
+    """The environment of a process that pushes to ``endpoint`` with ``token`` (None: HF_TOKEN unset)."""
+    return {"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_TOKEN": token}
 
 
-def hf_clm(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hf_clm", *args], env=env, capture_output=True, text=True,
-                          timeout=600)
+@pytest.fixture
+def hf_clm(hf_clm_main, monkeypatch):
+    """hf_clm(env, *args): the command line in process with ``env`` (from hub_env) in effect for that call."""
+    def call(env: dict[str, str | None], *args: str):
+        with monkeypatch.context() as patch:
+            # read from the environment when huggingface_hub was imported: set as a new process would read them
+            patch.setattr(constants, "ENDPOINT", env["HF_ENDPOINT"])
+            patch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                          env["HF_ENDPOINT"] + "/{repo_id}/resolve/{revision}/{filename}")
+            patch.setattr(constants, "HF_HUB_OFFLINE", False)
+            patch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+            hub_sources.hub_reachable.cache_clear()
+            try:
+                return hf_clm_main(*args, env=env)
+            finally:
+                hub_sources.hub_reachable.cache_clear()
+    return call
 
 
 @pytest.fixture
@@ -39,14 +51,9 @@ def hub():
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, offline_hf_cache):
-    root = tmp_path_factory.mktemp("hub")
-    files = write_corpus(root / "corpus")
-    env = {**os.environ}
-    result = hf_clm(env, "train", *recipe_args(files, root / "run", "--max_steps", "6", "--eval_steps", "6",
-                                               "--save_steps", "6", "--license", "apache-2.0"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root / "run"
+def finished_run(finished_run):
+    """The session's finished run (trained with --license apache-2.0): pushed as it is, never changed."""
+    return finished_run.run_dir
 
 
 def files_in_repo(run_dir: Path) -> set[str]:
@@ -63,7 +70,7 @@ def assert_token_absent(run_dir: Path, *outputs: str) -> None:
         assert TOKEN not in output
 
 
-def test_push_uploads_the_run_byte_for_byte_with_flags(hub, finished_run):
+def test_push_uploads_the_run_byte_for_byte_with_flags(hub, finished_run, hf_clm):
     state, endpoint = hub
     result = hf_clm(hub_env(endpoint), "push", str(finished_run), "--repo-id", "tester/tiny-clm", "--private",
                     "--revision", "experiment", "--commit-message", "First tiny model")
@@ -84,7 +91,7 @@ def test_push_uploads_the_run_byte_for_byte_with_flags(hub, finished_run):
     assert_token_absent(finished_run, result.stdout, result.stderr)
 
 
-def test_model_card_parses_back_with_the_run_figures(hub, finished_run):
+def test_model_card_parses_back_with_the_run_figures(hub, finished_run, hf_clm):
     state, endpoint = hub
     assert hf_clm(hub_env(endpoint), "push", str(finished_run), "--repo-id", "tester/card").returncode == 0
     card = ModelCard(state.commits[-1].files["README.md"].decode())
@@ -101,7 +108,7 @@ def test_model_card_parses_back_with_the_run_figures(hub, finished_run):
     assert f"{summary['train_tokens_seen']:,}" in card.text
 
 
-def test_push_to_hub_in_the_recipe_pushes_at_the_end_of_training(hub, tmp_path):
+def test_push_to_hub_in_the_recipe_pushes_at_the_end_of_training(hub, tmp_path, hf_clm):
     state, endpoint = hub
     files = write_corpus(tmp_path / "corpus")
     result = hf_clm(hub_env(endpoint), "train", *recipe_args(files, tmp_path / "run", "--max_steps", "4",
@@ -116,7 +123,7 @@ def test_push_to_hub_in_the_recipe_pushes_at_the_end_of_training(hub, tmp_path):
     assert_token_absent(tmp_path / "run", result.stdout, result.stderr)
 
 
-def test_a_token_in_the_recipe_is_not_written_either(hub, tmp_path):
+def test_a_token_in_the_recipe_is_not_written_either(hub, tmp_path, hf_clm):
     state, endpoint = hub
     files = write_corpus(tmp_path / "corpus")
     result = hf_clm(hub_env(endpoint, token=None), "train", *recipe_args(
@@ -133,7 +140,7 @@ def test_a_token_in_the_recipe_is_not_written_either(hub, tmp_path):
     (TOKEN, "not a repo id!", "invalid Hub repository id 'not a repo id!'"),
     (TOKEN, "just-a-name", "use OWNER/NAME"),
 ])
-def test_training_with_a_bad_push_setup_fails_before_training(hub, tmp_path, token, repo_id, message):
+def test_training_with_a_bad_push_setup_fails_before_training(hub, tmp_path, token, repo_id, message, hf_clm):
     state, endpoint = hub
     files = write_corpus(tmp_path / "corpus")
     result = hf_clm(hub_env(endpoint, token), "train", *recipe_args(
@@ -144,7 +151,7 @@ def test_training_with_a_bad_push_setup_fails_before_training(hub, tmp_path, tok
     assert not state.commits and not state.repos
 
 
-def test_pushing_an_unfinished_run_uploads_nothing(hub, finished_run, tmp_path):
+def test_pushing_an_unfinished_run_uploads_nothing(hub, finished_run, tmp_path, hf_clm):
     state, endpoint = hub
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
@@ -169,7 +176,7 @@ def swap_weights(run_dir: Path) -> None:  # weights of another step beside the m
     (lambda d: (d / "perplexity.json").write_text(""), "perplexity.json is unreadable or not valid JSON"),
     (lambda d: (d / "perplexity.json").write_text('{"perplexity": 3.0}'), "does not record the run's weights"),
 ])
-def test_push_verifies_the_run_before_any_request(hub, finished_run, tmp_path, damage, message):
+def test_push_verifies_the_run_before_any_request(hub, finished_run, tmp_path, damage, message, hf_clm):
     state, endpoint = hub
     run_dir = Path(shutil.copytree(finished_run, tmp_path / "run"))
     damage(run_dir)
@@ -179,7 +186,7 @@ def test_push_verifies_the_run_before_any_request(hub, finished_run, tmp_path, d
     assert state.requests == []
 
 
-def test_a_diverged_run_is_not_pushed(hub, tmp_path):
+def test_a_diverged_run_is_not_pushed(hub, tmp_path, hf_clm):
     state, endpoint = hub
     files = write_corpus(tmp_path / "corpus")
     result = hf_clm(hub_env(endpoint), "train", *recipe_args(files, tmp_path / "run", "--learning_rate", "1e6",

@@ -33,6 +33,7 @@ def base_and_adapter(tmp_path_factory, offline_hf_cache):
     return root, corpus_b
 
 
+@pytest.mark.full
 def test_lora_lowers_perplexity_on_the_new_corpus(base_and_adapter, capsys):
     root, corpus_b = base_and_adapter
     before = perplexity_of(root / "base", corpus_b["validation"], capsys)
@@ -42,6 +43,7 @@ def test_lora_lowers_perplexity_on_the_new_corpus(base_and_adapter, capsys):
     assert 0 < summary["trainable_parameters"] < summary["parameters"] / 5
 
 
+@pytest.mark.full
 def test_only_adapter_weights_change_and_are_saved_small(base_and_adapter):
     from peft import AutoPeftModelForCausalLM
 
@@ -57,6 +59,7 @@ def test_only_adapter_weights_change_and_are_saved_small(base_and_adapter):
         assert torch.equal(tuned[key], tensor), name
 
 
+@pytest.mark.full
 def test_merged_model_loads_without_peft_and_scores_like_base_plus_adapter(base_and_adapter, capsys):
     root, corpus_b = base_and_adapter
     merged = root / "adapted" / "merged"
@@ -74,6 +77,7 @@ def test_peft_without_a_pretrained_model_is_an_error(tmp_path, text_files, capsy
     assert "peft fine-tunes a pretrained model: set model_name_or_path" in capsys.readouterr().err
 
 
+@pytest.mark.full
 def test_target_modules_matching_no_layer_list_the_layers(base_and_adapter, tmp_path, capsys):
     root, corpus_b = base_and_adapter
     code = main(["train", *recipe_args(corpus_b, tmp_path / "run"), *lora_flags(root / "base"),
@@ -95,6 +99,7 @@ def test_peft_section_in_yaml(tmp_path):
         ("lora", 4, 8, ["c_attn", "c_proj"])
 
 
+@pytest.mark.full
 @requires_shared_data
 def test_ci_sized_lora_recipe_on_tiny_gpt2(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # the recipe's paths are relative to the repository root

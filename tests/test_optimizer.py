@@ -89,6 +89,7 @@ def whole_and_resumed(tmp_path_factory, offline_hf_cache):
     return root / "whole", resumed
 
 
+@pytest.mark.full
 def test_a_token_budget_sets_the_steps_and_the_schedule_decays_to_zero_at_its_end(whole_and_resumed):
     whole, _ = whole_and_resumed
     state = json.loads((whole / "trainer_state.json").read_text())
@@ -102,6 +103,7 @@ def test_a_token_budget_sets_the_steps_and_the_schedule_decays_to_zero_at_its_en
     assert losses[20] < losses[5] - 0.5
 
 
+@pytest.mark.full
 def test_the_checkpoint_holds_both_optimizers_each_group_at_its_own_learning_rate(whole_and_resumed):
     whole, _ = whole_and_resumed
     state = torch.load(whole / "checkpoint-10" / "optimizer.pt", weights_only=False)
@@ -111,6 +113,7 @@ def test_the_checkpoint_holds_both_optimizers_each_group_at_its_own_learning_rat
     assert [g["lr"] for g in state["muon"]["param_groups"]] == pytest.approx([0.03])
 
 
+@pytest.mark.full
 def test_resuming_a_muon_run_on_a_token_budget_ends_where_the_uninterrupted_run_does(whole_and_resumed):
     whole, resumed = whole_and_resumed
     assert json.loads((resumed / "trainer_state.json").read_text())["max_steps"] == 20

@@ -1,11 +1,9 @@
 """hf-clm prepare: blocks on disk ahead of a launch, and train reading them (or refusing them)."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import recipe_args, write_corpus
+from conftest import recipe_args, run_in_process, write_corpus
 from datasets import load_from_disk
 
 from hf_clm.cli import main
@@ -19,8 +17,7 @@ def prepared(tmp_path_factory, offline_hf_cache):
     files = write_corpus(root)
     target = root / "blocks"
     flags = recipe_args(files, root / "unused", "--max_steps", "10", "--eval_steps", "10")
-    result = subprocess.run([sys.executable, "-m", "hf_clm", "prepare", *flags, "--prepared_dataset", str(target)],
-                            capture_output=True, text=True, timeout=600)
+    result = run_in_process("prepare", *flags, "--prepared_dataset", str(target))
     assert result.returncode == 0, result.stderr[-3000:]
     return root, files, target, result.stdout
 
@@ -41,6 +38,7 @@ def test_prepare_writes_blocks_tokenizer_and_description(prepared):
     assert f"{description['counts']['train']['blocks']:,} blocks" in stdout
 
 
+@pytest.mark.full
 def test_train_from_prepared_blocks_equals_training_from_the_corpus(prepared):
     root, files, target, _ = prepared
     from_disk = run(parse_recipe(prepare_argv(files, root / "from-disk", target)))

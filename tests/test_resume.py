@@ -1,26 +1,26 @@
 """A run killed with SIGKILL after a checkpoint resumes to exactly the uninterrupted result."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import recipe_args, write_corpus
+from conftest import ONE_THREAD, hf_clm_command, recipe_args, run_hf_clm, subprocess_env, write_corpus
 
 from hf_clm.checkpoints import is_complete_checkpoint, newest_complete_checkpoint
+
+pytestmark = pytest.mark.full  # real processes, one of them killed
 
 STEPS = 300
 FLAGS = ("--max_steps", str(STEPS), "--save_steps", "20", "--logging_steps", "5", "--eval_steps", str(STEPS),
          "--save_total_limit", "3")
 
 
-def train_command(text_files, output_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "hf_clm", "train", *recipe_args(text_files, output_dir, *FLAGS, *extra)]
+def train_args(text_files, output_dir: Path, *extra: str) -> list[str]:
+    return ["train", *recipe_args(text_files, output_dir, *FLAGS, *extra)]
 
 
 def logged_losses(run_dir: Path) -> dict[int, float]:
@@ -29,8 +29,7 @@ def logged_losses(run_dir: Path) -> dict[int, float]:
 
 
 def kill_after_first_checkpoint(command: list[str], output_dir: Path) -> int:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, env=subprocess_env(ONE_THREAD), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         if newest_complete_checkpoint(output_dir) if output_dir.is_dir() else None:
@@ -44,13 +43,11 @@ def kill_after_first_checkpoint(command: list[str], output_dir: Path) -> int:
 def killed_and_resumed(tmp_path_factory, offline_hf_cache):
     root = tmp_path_factory.mktemp("resume")
     files = write_corpus(root)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-    whole = subprocess.run(train_command(files, root / "whole"), env=env, capture_output=True, text=True)
+    whole = run_hf_clm(*train_args(files, root / "whole"), env=ONE_THREAD)
     assert whole.returncode == 0, whole.stderr[-3000:]
 
     killed_dir = root / "killed"
-    code = kill_after_first_checkpoint(train_command(files, killed_dir), killed_dir)
+    code = kill_after_first_checkpoint(hf_clm_command(*train_args(files, killed_dir)), killed_dir)
     assert code == -signal.SIGKILL, "the run ended before it could be killed; raise STEPS"
     resumed_from = newest_complete_checkpoint(killed_dir)
     # what a kill during a save leaves: a later checkpoint folder with weights but no trainer state
@@ -61,8 +58,7 @@ def killed_and_resumed(tmp_path_factory, offline_hf_cache):
     (torn / "trainer_state.json").unlink()
     assert not is_complete_checkpoint(torn)
 
-    resumed = subprocess.run(train_command(files, killed_dir, "--resume_from_checkpoint", "auto"), env=env,
-                             capture_output=True, text=True)
+    resumed = run_hf_clm(*train_args(files, killed_dir, "--resume_from_checkpoint", "auto"), env=ONE_THREAD)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return root / "whole", killed_dir, step, resumed.stderr
 

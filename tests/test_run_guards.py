@@ -73,6 +73,7 @@ def test_throughput_is_logged_and_saved(text_files, tmp_path, capsys):
     assert f"{summary['train_tokens_per_second']:,.0f} tokens/s, MFU" in capsys.readouterr().out
 
 
+@pytest.mark.full
 def test_throughput_counts_training_time_across_a_resume(text_files, tmp_path):
     run = tmp_path / "run"
     assert main(["train", *recipe_args(text_files, run, "--max_steps", "6", "--save_steps", "6",

@@ -1,13 +1,14 @@
 """A run directory people can trust: nothing half-written, nothing secret, nothing silently wrong.
 
-Every training here is a real ``hf-clm`` subprocess (kills are real SIGKILLs; a full disk is a
-file-size limit, RLIMIT_FSIZE, under which writes fail as they do on a full disk).
+Kills are real SIGKILLs of real ``hf-clm`` processes and a full disk is a file-size limit
+(RLIMIT_FSIZE, under which writes fail as they do on a full disk), also in a real process; the
+rest calls the command line in process (``hf_clm_main``). The finished run these tests copy is the
+session's (conftest's ``finished_run``).
 """
 
 import json
 import math
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -18,7 +19,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, SHARED_DATA, recipe_args, requires_shared_data, write_corpus
+from conftest import (
+    ONE_THREAD,
+    REPO,
+    SHARED_DATA,
+    hf_clm_command,
+    recipe_args,
+    requires_shared_data,
+    run_hf_clm,
+    subprocess_env,
+)
 
 from hf_clm.artifacts import finished_marker_problem, json_text, write_json
 from hf_clm.checkpoints import checkpoint_problem, checkpoints
@@ -27,23 +37,24 @@ from hf_clm.run_files import LOCK_FILENAME, PERPLEXITY_FILENAME
 SECRET = "hf_secretTokenThatMustNeverBeWritten77"
 
 
-def hf_clm(*args: str, env: dict | None = None, cwd: Path | None = None, fsize: int | None = None
-           ) -> subprocess.CompletedProcess:
-    def limit_file_size():  # a full disk: writes past `fsize` bytes fail with EFBIG instead of killing
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-
-    return subprocess.run([sys.executable, "-m", "hf_clm", *args], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, cwd=cwd,
-                          preexec_fn=limit_file_size if fsize else None)
+def train_args(files, run_dir: Path, *extra: str) -> list[str]:
+    return ["train", *recipe_args(files, run_dir, "--max_steps", "4", "--save_steps", "2", "--eval_steps", "4",
+                                  *extra)]
 
 
-def train(files, run_dir: Path, *extra: str, **kwargs) -> subprocess.CompletedProcess:
-    return hf_clm("train", *recipe_args(files, run_dir, "--max_steps", "4", "--save_steps", "2", "--eval_steps", "4",
-                                        *extra), **kwargs)
+@pytest.fixture
+def hf_clm(hf_clm_main):
+    """The command line in process: hf_clm(*args, env=None, cwd=None) -> returncode, stdout, stderr."""
+    return hf_clm_main
 
 
-def last_line(result: subprocess.CompletedProcess) -> str:
+@pytest.fixture
+def train(hf_clm_main):
+    """A 4-step training (checkpoints at 2 and 4) in process: train(files, run_dir, *extra)."""
+    return lambda files, run_dir, *extra, **kwargs: hf_clm_main(*train_args(files, run_dir, *extra), **kwargs)
+
+
+def last_line(result) -> str:
     return result.stderr.strip().splitlines()[-1]
 
 
@@ -54,16 +65,14 @@ def strict_json(path: Path):
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, offline_hf_cache):
-    return write_corpus(tmp_path_factory.mktemp("integrity") / "corpus")
+def corpus(finished_run):
+    return finished_run.files
 
 
 @pytest.fixture(scope="module")
-def finished(corpus, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("finished") / "run"
-    result = train(corpus, run_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
+def finished(finished_run):
+    """A finished 4-step run (checkpoints 2 and 4) trained on ``corpus``; tests change only copies of it."""
+    return finished_run.run_dir
 
 
 def copy_of(run_dir: Path, tmp_path: Path) -> Path:
@@ -73,7 +82,7 @@ def copy_of(run_dir: Path, tmp_path: Path) -> Path:
 # ---- 1. secrets -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("how", ["flag", "yaml"])
-def test_a_hub_token_is_in_no_file_the_run_writes(corpus, tmp_path, how):
+def test_a_hub_token_is_in_no_file_the_run_writes(corpus, tmp_path, how, hf_clm, train):
     run_dir = tmp_path / "run"
     if how == "yaml":
         recipe = tmp_path / "recipe.yaml"
@@ -93,7 +102,7 @@ def test_a_hub_token_is_in_no_file_the_run_writes(corpus, tmp_path, how):
 # ---- 2. divergence ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("learning_rate", ["1e3", "1e6"])
-def test_divergence_stops_with_one_line_and_no_finished_run(corpus, tmp_path, learning_rate):
+def test_divergence_stops_with_one_line_and_no_finished_run(corpus, tmp_path, learning_rate, train):
     run_dir = tmp_path / "run"
     result = train(corpus, run_dir, "--learning_rate", learning_rate, "--max_steps", "30", "--save_steps", "1")
     assert result.returncode == 3, result.stderr[-3000:]
@@ -139,6 +148,7 @@ def test_the_marker_records_step_and_weights_and_is_written_after_the_report(fin
     assert not [p for p in finished.iterdir() if p.name.startswith(".")]  # no temporary or lock file left
 
 
+@pytest.mark.full
 def test_a_write_that_fails_on_a_full_disk_leaves_the_old_file_whole(tmp_path):
     path = tmp_path / "perplexity.json"
     path.write_text('{"perplexity": 3.0}\n')
@@ -151,9 +161,10 @@ def test_a_write_that_fails_on_a_full_disk_leaves_the_old_file_whole(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["perplexity.json"]
 
 
-def test_a_full_disk_during_training_is_one_line_and_a_rerun_finishes(corpus, tmp_path):
+@pytest.mark.full
+def test_a_full_disk_during_training_is_one_line_and_a_rerun_finishes(corpus, tmp_path, train):
     run_dir = tmp_path / "run"
-    result = train(corpus, run_dir, fsize=200_000)  # the model fits, the first checkpoint's optimizer does not
+    result = run_hf_clm(*train_args(corpus, run_dir), env=ONE_THREAD, fsize=200_000)  # the model fits, the first checkpoint's optimizer does not
     assert result.returncode == 2, result.stderr[-3000:]
     assert last_line(result).startswith("hf-clm: error: writing ") and "is the disk full?" in last_line(result)
     assert not (run_dir / PERPLEXITY_FILENAME).exists()
@@ -164,7 +175,7 @@ def test_a_full_disk_during_training_is_one_line_and_a_rerun_finishes(corpus, tm
 
 @pytest.mark.parametrize("damage", ["torn first checkpoint", "optimizer.pt", "model.safetensors", "scheduler.pt",
                                     "rng_state.pth"])
-def test_auto_skips_damaged_checkpoints_and_starts_fresh_without_one(finished, tmp_path, corpus, damage):
+def test_auto_skips_damaged_checkpoints_and_starts_fresh_without_one(finished, tmp_path, corpus, damage, train):
     run_dir = copy_of(finished, tmp_path)
     (run_dir / PERPLEXITY_FILENAME).unlink()
     shutil.rmtree(run_dir / "checkpoint-4")
@@ -190,11 +201,11 @@ def wait_for(condition, process: subprocess.Popen, timeout: float = 300) -> None
 
 
 def start_training(files, run_dir: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "hf_clm", "train", *recipe_args(files, run_dir, *extra)],
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return subprocess.Popen(hf_clm_command("train", *recipe_args(files, run_dir, *extra)), env=subprocess_env(ONE_THREAD),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+@pytest.mark.full
 def test_a_kill_while_extending_a_finished_run_leaves_no_finished_marker(finished, tmp_path, corpus):
     run_dir = copy_of(finished, tmp_path)
     process = start_training(corpus, run_dir, "--max_steps", "400", "--save_steps", "2", "--eval_steps", "400",
@@ -207,7 +218,8 @@ def test_a_kill_while_extending_a_finished_run_leaves_no_finished_marker(finishe
 
 # ---- 4. one writer per folder -------------------------------------------------------------------
 
-def test_a_second_training_into_a_busy_output_dir_is_refused_and_a_stale_lock_taken_over(corpus, tmp_path):
+@pytest.mark.full
+def test_a_second_training_into_a_busy_output_dir_is_refused_and_a_stale_lock_taken_over(corpus, tmp_path, train):
     run_dir = tmp_path / "run"
     # long enough to be still running when killed on any machine (a short one can finish first)
     first = start_training(corpus, run_dir, "--max_steps", "1000000", "--save_steps", "2", "--save_total_limit", "2",
@@ -228,7 +240,7 @@ def test_a_second_training_into_a_busy_output_dir_is_refused_and_a_stale_lock_ta
     assert not (run_dir / LOCK_FILENAME).exists()
 
 
-def test_prepare_into_a_locked_folder_names_the_holder(corpus, tmp_path):
+def test_prepare_into_a_locked_folder_names_the_holder(corpus, tmp_path, hf_clm):
     target = tmp_path / "blocks"
     target.mkdir()
     (target / LOCK_FILENAME).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
@@ -247,7 +259,7 @@ def test_prepare_into_a_locked_folder_names_the_holder(corpus, tmp_path):
 
 # ---- 5. validate before destroying --------------------------------------------------------------
 
-def test_overwrite_validates_first_and_removes_only_what_the_package_wrote(finished, tmp_path, corpus):
+def test_overwrite_validates_first_and_removes_only_what_the_package_wrote(finished, tmp_path, corpus, train):
     run_dir = copy_of(finished, tmp_path)
     (run_dir / "notes.txt").write_text("mine")
     (run_dir / "adapter_config.json").write_text("{}")  # left by an earlier LoRA run
@@ -269,7 +281,7 @@ def test_overwrite_validates_first_and_removes_only_what_the_package_wrote(finis
 
 # ---- 7. resume accounting -----------------------------------------------------------------------
 
-def test_resuming_from_the_final_checkpoint_trains_nothing(finished, tmp_path, corpus):
+def test_resuming_from_the_final_checkpoint_trains_nothing(finished, tmp_path, corpus, train):
     run_dir = copy_of(finished, tmp_path)
     # finished: nothing changes at all
     stamps = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.rglob("*") if p.is_file()}
@@ -288,7 +300,7 @@ def test_resuming_from_the_final_checkpoint_trains_nothing(finished, tmp_path, c
     assert (run_dir / "model.safetensors").read_bytes() == (finished / "model.safetensors").read_bytes()
 
 
-def test_resuming_from_the_final_checkpoint_mid_epoch_adds_no_phantom_step(corpus, tmp_path):
+def test_resuming_from_the_final_checkpoint_mid_epoch_adds_no_phantom_step(corpus, tmp_path, train):
     run_dir = tmp_path / "run"
     assert train(corpus, run_dir, "--max_steps", "5", "--save_steps", "5", "--eval_steps", "5").returncode == 0
     (run_dir / PERPLEXITY_FILENAME).unlink()
@@ -301,7 +313,7 @@ def test_resuming_from_the_final_checkpoint_mid_epoch_adds_no_phantom_step(corpu
 
 # ---- 8. paths -----------------------------------------------------------------------------------
 
-def test_paths_resolve_once_the_same_way_and_the_saved_recipe_runs_from_anywhere(corpus, tmp_path):
+def test_paths_resolve_once_the_same_way_and_the_saved_recipe_runs_from_anywhere(corpus, tmp_path, hf_clm):
     home, work = tmp_path / "home", tmp_path / "work"
     shutil.copytree(corpus["train"].parent, work / "data")
     home.mkdir()
@@ -322,8 +334,9 @@ def test_paths_resolve_once_the_same_way_and_the_saved_recipe_runs_from_anywhere
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.full
 @requires_shared_data
-def test_a_lora_adapter_records_its_base_model_and_loads_from_anywhere(tmp_path):
+def test_a_lora_adapter_records_its_base_model_and_loads_from_anywhere(tmp_path, hf_clm):
     run_dir = tmp_path / "lora"
     result = hf_clm("train", "recipes/lora-tiny-gpt2.yaml", "--output_dir", str(run_dir), "--max_steps", "2",
                     "--save_steps", "2", "--eval_steps", "2", "--max_train_samples", "200", "--merge_adapter", "false",
@@ -356,7 +369,7 @@ def damaged_run(run_dir: Path, what: str) -> Path:
     ("generate", "truncated weights"), ("generate", "bad tokenizer.json"),
     ("perplexity", "truncated weights"), ("explain", "bad tokenizer.json"),
 ])
-def test_a_damaged_run_directory_is_one_line_naming_the_file(finished, tmp_path, corpus, command, what):
+def test_a_damaged_run_directory_is_one_line_naming_the_file(finished, tmp_path, corpus, command, what, hf_clm):
     run_dir = copy_of(finished, tmp_path)
     damaged = damaged_run(run_dir, what)
     extra = {"generate": ["hello"], "explain": ["the cat sat"], "perplexity": ["--data", str(corpus["validation"])]}
@@ -367,7 +380,7 @@ def test_a_damaged_run_directory_is_one_line_naming_the_file(finished, tmp_path,
 
 
 @pytest.mark.parametrize("damage", ["missing arrow file", "bad prepared.json", "bad tokenizer"])
-def test_a_damaged_prepared_dataset_is_one_line(corpus, tmp_path, damage):
+def test_a_damaged_prepared_dataset_is_one_line(corpus, tmp_path, damage, hf_clm):
     target = tmp_path / "blocks"
     args = recipe_args(corpus, tmp_path / "run", "--prepared_dataset", str(target), "--max_steps", "2")
     assert hf_clm("prepare", *args).returncode == 0
@@ -383,18 +396,21 @@ def test_a_damaged_prepared_dataset_is_one_line(corpus, tmp_path, damage):
     assert line.startswith("hf-clm: error: ") and str(target) in line and "hf-clm prepare" in line
 
 
+@pytest.mark.full
 def test_damaged_caches_are_rebuilt(corpus, tmp_path):
+    """Real processes: the cache files are cut short under this session's datasets cache, which no
+    object of this process may still map."""
     import datasets.config
 
     args = recipe_args(corpus, tmp_path / "run", "--prepared_dataset", str(tmp_path / "blocks"))
-    assert hf_clm("prepare", *args).returncode == 0
+    assert run_hf_clm("prepare", *args, env=ONE_THREAD).returncode == 0
     cache = Path(datasets.config.HF_DATASETS_CACHE)
     arrows = [p for p in cache.rglob("*.arrow") if "text" in p.parts]
     tokenizers = list((cache / "hf_clm_tokenizers").rglob("tokenizer.json"))
     assert arrows and tokenizers
     for path in arrows + tokenizers:
         truncate(path)
-    result = hf_clm("prepare", *args)
+    result = run_hf_clm("prepare", *args, env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Rebuilding" in result.stderr
 
@@ -417,6 +433,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
+@pytest.mark.full
 @requires_shared_data
 def test_one_long_line_needs_no_more_memory_than_the_same_text_in_lines(tmp_path):
     source = (SHARED_DATA / "tinyshakespeare" / "input.txt").read_text().replace("\n", " ")

@@ -87,6 +87,7 @@ def test_summary_says_when_the_model_is_worse_than_the_unigram_baseline():
     assert baseline_comparison(50.0, 25.0).startswith("model is 2.0x HIGHER: worse than counting tokens")
 
 
+@pytest.mark.full
 def test_named_evaluation_sets_are_evaluated_and_reported_by_name(text_files, tmp_path):
     """The validation split keeps its eval_* figures; each named set gets eval_<name>_* everywhere."""
     from conftest import recipe_args, write_corpus

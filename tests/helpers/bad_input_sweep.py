@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from conftest import recipe_args, write_corpus  # noqa: E402
+from conftest import recipe_args, run_hf_clm, write_corpus  # noqa: E402
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
 def hf_clm(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hf_clm", *map(str, args)], env=ENV, capture_output=True, text=True)
+    return run_hf_clm(*args, env=ENV, timeout=None)
 
 
 def truncate(path: Path) -> Path:

@@ -8,8 +8,6 @@ that marker is valid for the weights beside it, and (b) the rerun exits 0 with a
 weights byte-identical to an uninterrupted run. Prints one line per point and the counts.
 """
 
-import os
-import resource
 import signal
 import subprocess
 import sys
@@ -17,16 +15,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from conftest import recipe_args, write_corpus  # noqa: E402
+from conftest import file_size_limit, hf_clm_command, recipe_args, subprocess_env, write_corpus  # noqa: E402
 
 from hf_clm.artifacts import PERPLEXITY_FILENAME, finished_marker_problem  # noqa: E402
 
 FLAGS = ("--max_steps", "40", "--save_steps", "10", "--eval_steps", "20")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+ENV = subprocess_env({"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
 
 
 def command(files, run_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "hf_clm", "train", *recipe_args(files, run_dir, *FLAGS, *extra)]
+    return hf_clm_command("train", *recipe_args(files, run_dir, *FLAGS, *extra))
 
 
 def kill_when(files, run_dir: Path, condition) -> str:
@@ -41,11 +39,8 @@ def kill_when(files, run_dir: Path, condition) -> str:
 
 
 def full_disk(files, run_dir: Path, limit: int) -> str:
-    def limit_size():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    result = subprocess.run(command(files, run_dir), env=ENV, capture_output=True, text=True, preexec_fn=limit_size)
+    result = subprocess.run(command(files, run_dir), env=ENV, capture_output=True, text=True,
+                            preexec_fn=file_size_limit(limit))
     line = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
     return f"exit {result.returncode}: {line[:100]}"
 
