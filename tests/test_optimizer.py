@@ -134,6 +134,7 @@ def test_a_decay_ratio_written_in_yaml_stays_a_ratio_in_the_recorded_recipe(tmp_
     assert written["lr_scheduler_kwargs"] == {"decay_ratio": 0.5}
 
 
+@pytest.mark.full
 def test_the_run_record_names_the_optimizer_trainer_built_and_the_attention_scope(whole_and_resumed):
     whole, resumed = whole_and_resumed
     for run_dir in (whole, resumed):
