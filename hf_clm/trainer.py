@@ -26,6 +26,7 @@ from hf_clm.optimizer import MuonFactory, muon_parameter_groups
 from hf_clm.prepare import TrainingData
 from hf_clm.recipe import Recipe
 from hf_clm.throughput import ThroughputMeter, flops_per_token, total_peak_flops
+from hf_clm.trackers import TrackerLocations
 
 
 class CausalLMTrainer(Trainer):
@@ -172,6 +173,7 @@ def build_trainer(recipe: Recipe, model: PreTrainedModel, data: TrainingData) ->
         peak_flops=total_peak_flops(recipe.run_args, recipe.training_args),
     )
     trainer.eval_sets = data.eval_sets
+    trainer.add_callback(TrackerLocations(trainer))
     return trainer
 
 

@@ -1,6 +1,7 @@
 """A real Trainer run, end to end, on a model and corpus small enough for seconds on a CPU."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -125,3 +126,14 @@ def test_a_warm_up_longer_than_the_run_is_warned_about(tmp_path, text_files, cap
         assert main(["train", *argv]) == 0
     assert "warmup_steps 715 covers the whole run of 3 steps: the learning rate never reaches learning_rate" \
         in caplog.text
+
+
+def test_report_to_tensorboard_writes_event_files_where_the_run_says(tmp_path, text_files, caplog, monkeypatch):
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    argv = recipe_args(text_files, tmp_path / "run", "--max_steps", "4", "--eval_steps", "4", "--logging_steps", "2",
+                       "--report_to", "tensorboard")
+    with caplog.at_level("INFO", logger="hf_clm"):
+        assert main(["train", *argv]) == 0
+    said = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Logging to tensorboard"))
+    folder = Path(said.split("event files in ", 1)[1].split(" (", 1)[0])
+    assert folder.is_relative_to(tmp_path / "run") and list(folder.glob("events.out.tfevents.*"))
