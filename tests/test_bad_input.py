@@ -59,6 +59,9 @@ def bad_inputs(tmp_path):
                                                              "peft_type": "LORA"}))
     config_only = tmp_path / "config-only"
     GPT2Config(vocab_size=500, n_positions=32, n_layer=1, n_head=2, n_embd=16).save_pretrained(config_only)
+    hidden_only = tmp_path / "hidden-only"
+    hidden_only.mkdir()
+    (hidden_only / ".notes").write_text("a hidden file is not a document")
     fifo = tmp_path / "pipe.txt"
     os.mkfifo(fifo)
     flags = ["--train_files", str(corpus), "--sample_by", "paragraph", "--train_tokenizer", "true",
@@ -201,6 +204,10 @@ def bad_inputs(tmp_path):
         "tokenizer folder without a vocabulary": (["train", base, "--train_tokenizer", "false",
                                                    "--tokenizer_name_or_path", str(config_only)],
                                                   "has 1 token(s); a tokenizer needs at least 16"),
+        "a folder of hidden files only": (["train", base, "--train_files", str(hidden_only)],
+                                          "directory holds no visible file"),
+        "a misspelt flag": (["train", base, "--blok_size", "32"],
+                            "unknown recipe key 'blok_size' in the command line; did you mean 'block_size'?"),
         "a pipe as a train file": (["train", base, "--train_files", str(fifo)], "is not a regular file"),
         # generation beyond the context
         "prompt fills the context": (["generate", str(checkpoint), " ".join(["word"] * 40)], "leaves no room"),
