@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -28,6 +30,8 @@ from hf_clm.recipe import Recipe
 from hf_clm.throughput import ThroughputMeter, flops_per_token, total_peak_flops
 from hf_clm.trackers import TrackerLocations
 
+logger = logging.getLogger(__name__)
+
 
 class CausalLMTrainer(Trainer):
     """``Trainer`` whose evaluations report the exact token-weighted loss and ``eval_perplexity``,
@@ -47,6 +51,7 @@ class CausalLMTrainer(Trainer):
         self.eval_sets: dict = {}
         self.meter = ThroughputMeter(flops_per_token, peak_flops)
         self.divergence = DivergenceGuard()
+        self.eval_seconds, self.eval_warned, self.max_eval_samples = 0.0, False, None
         self.add_callback(self.meter)
         self.add_callback(self.divergence)
 
@@ -81,12 +86,27 @@ class CausalLMTrainer(Trainer):
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """The validation split as ``eval_*`` (as with one set), then each named set as ``eval_<name>_*``."""
+        started = time.perf_counter()
         with self.meter.paused():
             metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
             if eval_dataset is None:
                 for name, dataset in self.eval_sets.items():
                     metrics.update(super().evaluate(dataset, ignore_keys, f"{metric_key_prefix}_{name}"))
-            return metrics
+        self.eval_seconds += time.perf_counter() - started
+        self.warn_if_evaluation_dominates()
+        return metrics
+
+    def warn_if_evaluation_dominates(self) -> None:
+        """Once, at an evaluation during training: evaluation has taken more than EVAL_SHARE of the time."""
+        share = self.eval_seconds / max(self.eval_seconds + self.meter.train_seconds(), 1e-9)
+        if self.eval_warned or not 0 < self.state.global_step < self.state.max_steps or share <= EVAL_SHARE:
+            return
+        self.eval_warned = True
+        if self.is_world_process_zero():
+            logger.warning("evaluation has taken %.0f%% of the time so far (%.0f s against %.0f s of training); "
+                           "evaluate fewer documents (max_eval_samples, now %s) or less often (eval_steps, now %s)",
+                           100 * share, self.eval_seconds, self.meter.train_seconds(),
+                           self.max_eval_samples, self.args.eval_steps)
 
     def _save_checkpoint(self, *args, **kwargs):
         with self.meter.paused():
@@ -125,6 +145,10 @@ class CausalLMTrainer(Trainer):
         return EpochDataLoader(self.train_dataset, batch_size=self._train_batch_size,
                                collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers,
                                pin_memory=self.args.dataloader_pin_memory)
+
+# The share of the time (training + evaluation) above which evaluation is worth a warning.
+EVAL_SHARE = 0.25
+
 
 class ModelWriteFailed(HfClmError):
     """The weights could not be written (a full disk)."""
@@ -173,6 +197,7 @@ def build_trainer(recipe: Recipe, model: PreTrainedModel, data: TrainingData) ->
         peak_flops=total_peak_flops(recipe.run_args, recipe.training_args),
     )
     trainer.eval_sets = data.eval_sets
+    trainer.max_eval_samples = recipe.data_args.max_eval_samples or "all"
     trainer.add_callback(TrackerLocations(trainer))
     return trainer
 

@@ -137,3 +137,12 @@ def test_report_to_tensorboard_writes_event_files_where_the_run_says(tmp_path, t
     said = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Logging to tensorboard"))
     folder = Path(said.split("event files in ", 1)[1].split(" (", 1)[0])
     assert folder.is_relative_to(tmp_path / "run") and list(folder.glob("events.out.tfevents.*"))
+
+
+def test_an_evaluation_that_dominates_the_time_is_warned_about_once(tmp_path, text_files, caplog):
+    argv = recipe_args(text_files, tmp_path / "run", "--max_steps", "6", "--eval_steps", "2",
+                       "--per_device_eval_batch_size", "1", "--validation_files", str(text_files["train"]))
+    with caplog.at_level("WARNING", logger="hf_clm"):
+        assert main(["train", *argv]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("evaluation has taken")]
+    assert len(warnings) == 1 and "max_eval_samples, now all" in warnings[0] and "eval_steps, now 2" in warnings[0]
