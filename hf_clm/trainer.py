@@ -72,6 +72,12 @@ class CausalLMTrainer(Trainer):
             self.is_fsdp_enabled = True
         check_parallelism_took_effect(self.accelerator, self.args)
 
+    def _issue_warnings_after_load(self, load_result) -> None:
+        # a tied output head is not saved apart from the embeddings it shares: not a missing key
+        tied = tied_parameter_names(self.accelerator.unwrap_model(self.model))
+        super()._issue_warnings_after_load(load_result._replace(
+            missing_keys=[key for key in load_result.missing_keys if key not in tied]))
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
@@ -145,6 +151,14 @@ class CausalLMTrainer(Trainer):
         return EpochDataLoader(self.train_dataset, batch_size=self._train_batch_size,
                                collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers,
                                pin_memory=self.args.dataloader_pin_memory)
+
+def tied_parameter_names(model: torch.nn.Module) -> set[str]:
+    """Names of the parameters that share their tensor with another (a head tied to the embeddings)."""
+    names: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(parameter), []).append(name)
+    return {name for group in names.values() if len(group) > 1 for name in group}
+
 
 # The share of the time (training + evaluation) above which evaluation is worth a warning.
 EVAL_SHARE = 0.25

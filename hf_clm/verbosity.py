@@ -29,7 +29,8 @@ VERBOSITY_VARIABLES = ("TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY")
 def configure_logging(verbose: bool) -> None:
     """The package's INFO lines; the libraries' warnings filtered unless ``verbose``."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("hf_clm").setLevel(logging.INFO)
+    # under a launcher, the other ranks' INFO lines would repeat the main one's
+    logging.getLogger("hf_clm").setLevel(logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING)
     if verbose:
         return
     for category in (FutureWarning, DeprecationWarning):

@@ -155,3 +155,22 @@ def test_the_lock_records_the_command_with_secret_values_masked(tmp_path, monkey
         command = json.loads(lock.read_text())["command"]
     assert "hf_SECRETvalue123" not in command and "***" in command
     assert command.startswith(f"hf-clm {argv[0]}") and command.count(" ") == len(argv)  # every argument kept
+
+
+def test_a_tied_head_is_no_missing_key_when_a_checkpoint_loads(tmp_path, monkeypatch, bpe_tokenizer):
+    """Resumes under a launcher reported GPT-2's tied lm_head.weight as a missing key (alarming, harmless)."""
+    from torch.nn.modules.module import _IncompatibleKeys
+    from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
+
+    from hf_clm.trainer import CausalLMTrainer, tied_parameter_names
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    assert tied_parameter_names(model) == {"transformer.wte.weight", "lm_head.weight"}
+    trainer = CausalLMTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to=[]),
+                              processing_class=bpe_tokenizer, flops_per_token=1.0, peak_flops=None)
+    warned = []
+    monkeypatch.setattr("transformers.trainer.logger.warning", lambda message, *args: warned.append(message))
+    trainer._issue_warnings_after_load(_IncompatibleKeys(["lm_head.weight"], []))
+    assert warned == []
+    trainer._issue_warnings_after_load(_IncompatibleKeys(["transformer.h.0.attn.c_attn.weight"], []))
+    assert len(warned) == 1 and "c_attn" in warned[0]  # a real missing key is still reported
