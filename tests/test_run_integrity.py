@@ -153,7 +153,8 @@ def test_a_write_that_fails_on_a_full_disk_leaves_the_old_file_whole(tmp_path):
 
 def test_a_full_disk_during_training_is_one_line_and_a_rerun_finishes(corpus, tmp_path):
     run_dir = tmp_path / "run"
-    result = train(corpus, run_dir, fsize=200_000)  # the model fits, the first checkpoint's optimizer does not
+    # the model fits, the first checkpoint's optimizer does not; the progress bar is on, and is open then
+    result = train(corpus, run_dir, "--disable_tqdm", "false", fsize=200_000)
     assert result.returncode == 2, result.stderr[-3000:]
     assert last_line(result).startswith("hf-clm: error: writing ") and "is the disk full?" in last_line(result)
     assert not (run_dir / PERPLEXITY_FILENAME).exists()
