@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import sys
 from pathlib import Path
 
 from hf_clm import __version__
-from hf_clm.artifacts import json_text
+from hf_clm.artifacts import json_text, output_folder_problem
 from hf_clm.errors import HfClmError
+from hf_clm.run_files import PERPLEXITY_FILENAME
 from hf_clm.verbosity import VERBOSE_FLAG, configure_logging, quiet_libraries, split_verbose
 
 logger = logging.getLogger("hf_clm")
+
+DEFAULT_SPLIT = "test"  # of perplexity --dataset_name
 
 COMMANDS = {
     "train": "train a causal LM from a recipe (default: the embedded python-stdlib demo)",
@@ -97,8 +102,9 @@ def perplexity_parser(sub) -> None:
     source.add_argument("--dataset_name", help="a Hub dataset id or local datasets folder (load_dataset)")
     source.add_argument("--recipe", help="the documents this recipe's training validates on")
     p.add_argument("--dataset_config_name", default=None, help="configuration of --dataset_name")
-    p.add_argument("--split", default="test", help="split of --dataset_name (default test)")
-    p.add_argument("--text_column", default="text", help="column holding the text (default text)")
+    p.add_argument("--split", default=None, help=f"split of --dataset_name (default {DEFAULT_SPLIT})")
+    p.add_argument("--text_column", default=None,
+                   help="column holding the text, of --dataset_name or of --data tables (default text)")
     p.add_argument("--convention", choices=("strided", "rolling"), default="strided",
                    help="strided: documents + EOS as one stream in windows moved by --stride (the Hugging Face "
                         "guide); rolling: each document alone, every token scored once (lm-evaluation-harness)")
@@ -113,16 +119,32 @@ def perplexity_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the figures as JSON (one object per model)")
 
 
+def source_flag_problem(args: argparse.Namespace) -> str | None:
+    """A flag that does not apply to the chosen text source, which would be ignored."""
+    if args.dataset_name:
+        return None
+    given = [flag for flag, value in (("--split", args.split), ("--dataset_config_name", args.dataset_config_name))
+             if value is not None]
+    if given:
+        return (f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to --dataset_name only, not to "
+                f"{'--recipe' if args.recipe else '--data'}; drop {'them' if len(given) > 1 else 'it'}")
+    if args.recipe and args.text_column is not None:
+        return ("--text_column applies to --dataset_name and --data tables, not to --recipe (the recipe names its "
+                "own text_column); drop it")
+    return None
+
+
 def evaluation_texts(args: argparse.Namespace) -> list[str]:
-    from hf_clm.corpus import dataset_split, evaluation_documents, validation_split
+    from hf_clm.corpus import TEXT, dataset_split, evaluation_documents, validation_split
     from hf_clm.recipe_parser import parse_recipe
 
     if args.recipe:
         split = validation_split(parse_recipe([args.recipe]).data_args)
     elif args.dataset_name:
-        split = dataset_split(args.dataset_name, args.dataset_config_name, args.split, args.text_column)
+        split = dataset_split(args.dataset_name, args.dataset_config_name, args.split or DEFAULT_SPLIT,
+                              args.text_column or TEXT)
     else:
-        split = evaluation_documents(args.data)
+        split = evaluation_documents(args.data, column=args.text_column)
     texts = [t for t in split["text"] if t]
     if not texts:
         raise HfClmError("the evaluation text is empty: no document holds any text")
@@ -134,8 +156,10 @@ def perplexity_command(args: argparse.Namespace) -> int:
     from hf_clm.model import context_length, device_description, load_for_inference
     from hf_clm.report import write_comparison
 
-    if args.batch_size < 1:
-        raise HfClmError(f"--batch_size must be at least 1, not {args.batch_size}")
+    if problem := source_flag_problem(args):
+        raise HfClmError(problem)
+    if args.output:
+        check_output_folder(args.output, refuse_run=True)
     texts = evaluation_texts(args)
     rows = []
     for name in args.models:
@@ -143,8 +167,8 @@ def perplexity_command(args: argparse.Namespace) -> int:
         window, stride = checked_window(args.convention, args.window, args.stride, context_length(model.config))
         evaluation = evaluate_texts(model, tokenizer, texts, args.convention, window, stride, args.batch_size,
                                     progress=not args.json)
-        row = {"model": name, **evaluation.figures(), "device": device_description(model.device),
-               "dtype": str(model.dtype).removeprefix("torch.")}
+        row = {"model": name, **scored_figures(evaluation, tokenizer, texts),
+               "device": device_description(model.device), "dtype": str(model.dtype).removeprefix("torch.")}
         rows.append(row)
         print(json_text(row, indent=None) if args.json else format_perplexity(row))
         del model
@@ -154,21 +178,42 @@ def perplexity_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def scored_figures(evaluation, tokenizer, texts: list[str]) -> dict:
+    """The evaluation's figures; an error when not one token was scored."""
+    from hf_clm.evaluation import document_ids
+
+    if evaluation.scores.tokens == 0:
+        tokens = sum(len(ids) for ids in document_ids(tokenizer, texts))
+        raise HfClmError(f"the text is too short to score: {tokens} tokens; a model scores a token after at least "
+                         f"one token of context, so give a longer text")
+    return evaluation.figures()
+
+
 def format_perplexity(row: dict) -> str:
-    extra = f"stride {row['stride']}" if row["convention"] == "strided" else f"word perplexity {row['word_perplexity']:.3f}"
-    return (f"{row['model']}: perplexity {row['perplexity']:.3f} | {row['bits_per_byte']:.4f} bits/byte | "
-            f"{row['bits_per_char']:.4f} bits/char | {row['tokens']:,} tokens | {row['convention']}, "
-            f"window {row['window']}, {extra} | {row['device']}, {row['dtype']}")
+    from hf_clm.figures import fmt
+
+    extra = (f"stride {row['stride']}" if row["convention"] == "strided" else
+             f"word perplexity {fmt(row.get('word_perplexity'), '.3f')}")
+    line = (f"{row['model']}: perplexity {fmt(row['perplexity'], '.3f')} | {fmt(row['bits_per_byte'], '.4f')} "
+            f"bits/byte | {fmt(row['bits_per_char'], '.4f')} bits/char | {row['tokens']:,} tokens | "
+            f"{row['convention']}, window {row['window']}, {extra} | {row['device']}, {row['dtype']}")
+    if row["bits_per_byte"] is None:
+        line += " (no bits/byte or bits/char: every scored token is a special token such as EOS, which stands " \
+                "for no text)"
+    return line
 
 
 def generate_parser(sub) -> None:
     p = model_dir_parser(sub, "generate")
     p.add_argument("prompt", help="text to continue")
-    p.add_argument("--max_new_tokens", type=int, default=100, help="tokens to generate")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy")
-    p.add_argument("--top_k", type=int, default=50, help="sample among the k likeliest tokens (0 = off)")
-    p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed repeats the same text")
+    p.add_argument("--max_new_tokens", type=int, default=100, help="tokens to generate (default %(default)s)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="softmax temperature; 0 = greedy (default %(default)s)")
+    p.add_argument("--top_k", type=int, default=50,
+                   help="sample among the k likeliest tokens; 0 = off (default %(default)s)")
+    p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass; 1 = off (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed; the same seed repeats the same text (default %(default)s)")
 
 
 def generate_command(args: argparse.Namespace) -> int:
@@ -190,11 +235,7 @@ def explain_parser(sub) -> None:
 
 def explain_command(args: argparse.Namespace) -> int:
     from hf_clm.explain import explain, format_explanation
-    from hf_clm.model import load_for_inference
-
-    if args.top_k < 1:
-        raise HfClmError(f"--top_k must be at least 1, not {args.top_k}")
-    from hf_clm.model import device_description
+    from hf_clm.model import device_description, load_for_inference
 
     model, tokenizer = load_for_inference(args.model_dir, args.device, args.dtype)
     explanation = explain(model, tokenizer, args.text, args.top_k)
@@ -231,7 +272,7 @@ def merge_parser(sub) -> None:
 def merge_command(args: argparse.Namespace) -> int:
     from hf_clm.model import merge_adapter
 
-    print(merge_adapter(args.run_dir, args.output))
+    print(merge_adapter(args.run_dir, args.output, flag="--output" if args.output else None))
     return 0
 
 
@@ -246,10 +287,63 @@ def report_parser(sub) -> None:
 def report_command(args: argparse.Namespace) -> int:
     from hf_clm.report import write_report
 
+    if args.output:
+        check_output_folder(args.output)
     output = args.output or (args.run_dirs[0] if len(args.run_dirs) == 1 else "report")
     for path in write_report(args.run_dirs, output):
         print(path)
     return 0
+
+
+def check_output_folder(folder: str, refuse_run: bool = False) -> None:
+    """Refuse an --output folder files cannot be written into (or, with ``refuse_run``, a run
+    directory, whose own report.md and report.json would be replaced), before any work."""
+    problem = output_folder_problem(Path(folder))
+    if problem is None and refuse_run and (Path(folder) / PERPLEXITY_FILENAME).is_file():
+        problem = "is a run directory (its report.md and report.json would be replaced)"
+    if problem:
+        raise HfClmError(f"--output {folder} {problem}; choose another folder")
+
+
+# transformers.set_seed seeds numpy, which takes 32-bit seeds only
+SEED_RANGE = (0, 2**32 - 1)
+# Below this, logits / temperature overflow float32 and sampling fails; 0 means greedy.
+SMALLEST_TEMPERATURE = 1e-6
+# (flag, lowest, highest or None) of the integer flags of each command
+INTEGER_FLAGS = {
+    "generate": (("seed", *SEED_RANGE), ("max_new_tokens", 1, None), ("top_k", 0, None)),
+    "perplexity": (("window", 2, None), ("stride", 1, None), ("batch_size", 1, None)),
+    "explain": (("top_k", 1, None),),
+}
+
+
+def integer_problem(flag: str, value: int | None, lowest: int, highest: int | None) -> str | None:
+    if value is None or (lowest <= value and (highest is None or value <= highest)):
+        return None
+    if highest is None:
+        return f"{flag} must be at least {lowest:,}, not {value}"
+    return f"{flag} must be an integer from {lowest:,} to {highest:,}, not {value}"
+
+
+def sampling_problems(args: argparse.Namespace) -> list[str]:
+    problems = []
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        problems.append(f"--temperature must be a finite number >= 0 (0 = greedy), not {args.temperature}")
+    elif 0 < args.temperature < SMALLEST_TEMPERATURE:
+        problems.append(f"--temperature must be 0 (greedy) or at least {SMALLEST_TEMPERATURE:g}, not "
+                        f"{args.temperature:g}: smaller ones overflow the scores")
+    if not 0 < args.top_p <= 1:
+        problems.append(f"--top_p must be a number in (0, 1] (1 = off), not {args.top_p}")
+    return problems
+
+
+def flag_problems(args: argparse.Namespace) -> list[str]:
+    """Numeric flags outside what the command (and the libraries under it) accept."""
+    problems = [integer_problem(f"--{name}", getattr(args, name), lowest, highest)
+                for name, lowest, highest in INTEGER_FLAGS.get(args.command, ())]
+    if args.command == "generate":
+        problems += sampling_problems(args)
+    return [p for p in problems if p]
 
 
 def top_parser() -> argparse.ArgumentParser:
@@ -277,6 +371,8 @@ def dispatch(argv: list[str], verbose: bool = False) -> int:
         quiet_libraries(verbose)
         return (train_command if argv[0] == "train" else prepare_command)(argv[1:])
     args = top_parser().parse_args(argv)
+    if problems := flag_problems(args):
+        raise HfClmError("; ".join(problems))
     quiet_libraries(verbose)
     commands = {"perplexity": perplexity_command, "generate": generate_command, "explain": explain_command,
                 "report": report_command,
@@ -293,13 +389,36 @@ def unreadable_message(err: OSError) -> str | None:
     return f"{err.filename}: {err.strerror}; check its permissions (or the folder's) and run the command again"
 
 
+def live_progress_bars() -> list:
+    """The tqdm bars not yet closed, of tqdm and of its subclasses (tqdm.auto, the Hub's)."""
+    if "tqdm" not in sys.modules:
+        return []
+    from tqdm import tqdm
+
+    classes, bars = [tqdm], set()
+    while classes:
+        cls = classes.pop()
+        classes += cls.__subclasses__()
+        bars.update(cls.__dict__.get("_instances", ()))
+    return list(bars)
+
+
+def print_error(message: str) -> None:
+    """The error line, as the last line on stderr: an open progress bar would redraw itself after
+    it (when it is collected, or at exit), so every bar is closed first."""
+    for bar in live_progress_bars():
+        bar.close()
+    if os.environ.get("LOCAL_RANK", "0") == "0":  # under a launcher, once per machine, not once per process
+        print(f"hf-clm: error: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv, verbose = split_verbose(sys.argv[1:] if argv is None else list(argv))
     configure_logging(verbose)
     try:
         return dispatch(argv, verbose)
     except HfClmError as err:
-        print(f"hf-clm: error: {err}", file=sys.stderr)
+        print_error(str(err))
         return getattr(err, "exit_status", 2)
     except OSError as err:
         from hf_clm.artifacts import disk_full_message
@@ -307,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         message = disk_full_message(err) or unreadable_message(err)
         if message is None:
             raise
-        print(f"hf-clm: error: {message}", file=sys.stderr)
+        print_error(message)
         return 2
     except SystemExit as exit_:  # argparse's --help and usage errors
         return exit_.code if isinstance(exit_.code, int) else 1

@@ -273,11 +273,15 @@ def load_corpus(data: DataArguments) -> DatasetDict:
     return DatasetDict(train=train, validation=validation)
 
 
-def evaluation_documents(files: list[str], key: str = "--data") -> Dataset:
+def evaluation_documents(files: list[str], key: str = "--data", column: str | None = None) -> Dataset:
     """Any text files (``.py``, ``.md``, no suffix: one UTF-8 document per file) or json/jsonl/csv/
-    parquet tables, as one split; errors name ``key``, the flag the user gave."""
+    parquet tables (their ``column``, default ``text``), as one split; errors name ``key``, the flag
+    the user gave."""
     paths = expand_files(files, key, any_suffix=True)
     builder = builder_for(paths, key, any_suffix=True)
+    if builder == "text" and column is not None:
+        raise HfClmError(f"--text_column {column}: {key} gives text files, one document per file, which have no "
+                         f"columns; it applies to json/jsonl/csv/parquet tables")
     if all(Path(f).stat().st_size == 0 for f in paths):
         raise HfClmError(f"{key}: the evaluation text is empty ({', '.join(paths)} hold no text)")
     kwargs = {"sample_by": "document", "keep_linebreaks": True} if builder == "text" else {}
@@ -288,11 +292,28 @@ def evaluation_documents(files: list[str], key: str = "--data") -> Dataset:
         split = datasets.load_dataset(builder, data_files={"evaluation": paths}, split="evaluation", **kwargs)
     except DatasetGenerationError as err:
         raise HfClmError(f"{key}: cannot read the {builder} files: {first_line(err.__cause__ or err)}") from None
-    return select_text(split, TEXT, "evaluation")
+    return select_text(split, column or TEXT, "evaluation")
+
+
+def mixed_formats_problem(folder: Path) -> str | None:
+    """Why a local dataset folder is ambiguous (None when it is not): data files of several formats,
+    of which ``load_dataset`` would read one format and silently skip the others."""
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and is_visible(p, folder)
+             and p.suffix.lower() in BUILDER_BY_SUFFIX]
+    by_format: dict[str, list[str]] = {}
+    for path in files:
+        by_format.setdefault(BUILDER_BY_SUFFIX[path.suffix.lower()], []).append(str(path.relative_to(folder)))
+    if len(by_format) < 2:
+        return None
+    listed = "; ".join(f"{builder}: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+                       for builder, names in sorted(by_format.items()))
+    return f"its data files mix formats ({listed}) and only one format would be read; keep one format per folder"
 
 
 def dataset_split(name: str, config: str | None, split: str, column: str) -> Dataset:
     """One split of a Hub (or local ``datasets``) dataset, for evaluation."""
+    if Path(name).is_dir() and (problem := mixed_formats_problem(Path(name))):
+        raise HfClmError(f"--dataset_name {name}: {problem}")
     require_hub("--dataset_name", name, "give local files with --data")
     try:
         splits = datasets.load_dataset(name, config)

@@ -348,9 +348,10 @@ class Evaluation:
         figures = {"convention": self.convention, "window": self.window, "stride": self.stride,
                    **self.scores.figures(), "documents": self.documents}
         if self.words:
-            total_bits = self.scores.text_nll
-            figures.update(words=self.words, word_perplexity=perplexity_from_loss(total_bits / self.words),
-                           byte_perplexity=perplexity_from_loss(total_bits / self.scores.bytes))
+            total_nll, text = self.scores.text_nll, bool(self.scores.bytes)  # no text: only special tokens scored
+            figures.update(words=self.words,
+                           word_perplexity=perplexity_from_loss(total_nll / self.words) if text else None,
+                           byte_perplexity=perplexity_from_loss(total_nll / self.scores.bytes) if text else None)
         return figures
 
 

@@ -7,16 +7,21 @@ model's tokenizer."""
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import importlib.util
 import json
 import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
-from hf_clm.artifacts import safetensors_problem
+from hf_clm.artifacts import output_folder_problem, safetensors_problem
 from hf_clm.attention import check_document_isolation, record_attention_scope
 from hf_clm.errors import HfClmError, first_line
 from hf_clm.hub_sources import MODEL_ALTERNATIVE, offline_hint, require_hub
@@ -188,15 +193,73 @@ def load_adapter_model(path: Path, **kwargs) -> PreTrainedModel:
                          f"{first_line(err)}") from None
 
 
-def merge_adapter(run_dir: str | Path, output_dir: str | Path | None = None) -> Path:
-    """Write base + LoRA merged into one plain model (with the tokenizer); returns its folder."""
+# What a merge writes: the model (config, weights, possibly sharded) and the tokenizer's files.
+MERGED_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
+                TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                "vocab.json", "merges.txt", "chat_template.jinja", "tokenizer.model")
+
+
+def merge_output_problem(run_dir: Path, output_dir: Path) -> str | None:
+    """Why the merged model cannot be written to ``output_dir`` (None when it can). The merge
+    replaces the folder: the run's own ``merged`` folder when it holds only what a merge writes,
+    any other folder only when it is empty (a model folder, the base model's say, is never replaced)."""
+    run, target = run_dir.resolve(), output_dir.resolve()
+    if target == run:
+        return "is the run directory itself, whose weights must stay those it was trained to; choose another folder"
+    if target in run.parents:
+        return f"holds the run directory {run_dir}, which replacing it would delete; choose another folder"
+    if problem := output_folder_problem(output_dir):
+        return f"{problem}; choose another folder"
+    names = sorted(p.name for p in output_dir.iterdir()) if output_dir.is_dir() else []
+    if target == (run / MERGED_DIRNAME).resolve():
+        names = [name for name in names if not any(fnmatch.fnmatch(name, pattern) for pattern in MERGED_FILES)]
+    if names:
+        return (f"already holds files ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}), which replacing "
+                f"it would delete; merge into a new or empty folder (--output DIR), or remove it first")
+    return None
+
+
+def replace_folder(staging: Path, target: Path) -> None:
+    """Put the complete folder ``staging`` at ``target``; an existing ``target`` is removed only then."""
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
+    os.replace(target, old / target.name)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_stale_folders(target: Path) -> None:
+    """Temporary folders beside ``target`` left by an earlier merge that was killed."""
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*"):
+        if stale.is_dir() and stale.suffix in (".tmp", ".old"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def merge_adapter(run_dir: str | Path, output_dir: str | Path | None = None, flag: str | None = None) -> Path:
+    """Write base + LoRA merged into one plain model (with the tokenizer); returns its folder.
+
+    It is written into a temporary folder beside ``output_dir`` and renamed into place once whole,
+    so an interrupted merge leaves no loadable half-model. ``flag``: the option that gave
+    ``output_dir``, for errors."""
     run_dir = Path(run_dir)
     if not is_adapter_dir(run_dir):
         raise HfClmError(f"{run_dir} holds no LoRA adapter ({ADAPTER_CONFIG}); nothing to merge")
     output_dir = Path(output_dir) if output_dir else run_dir / MERGED_DIRNAME
+    if problem := merge_output_problem(run_dir, output_dir):
+        raise HfClmError(f"{flag + ' ' if flag else ''}{output_dir} {problem}")
     merged = load_adapter_model(run_dir).merge_and_unload()
-    merged.save_pretrained(output_dir)
-    read_tokenizer(run_dir).save_pretrained(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_folders(output_dir)
+    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.", suffix=".tmp"))
+    try:
+        merged.save_pretrained(staging)
+        read_tokenizer(run_dir).save_pretrained(staging)
+        replace_folder(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     logger.info("Merged the adapter of %s into %s", run_dir, output_dir)
     return output_dir
 
@@ -255,10 +318,25 @@ def unreachable_hint(name_or_path: str) -> str:
             f"('hf download {name_or_path} --local-dir DIR')")
 
 
+def has_tokenizer(path: Path) -> bool:
+    return any((path / name).is_file() for name in (TOKENIZER_FILE, "tokenizer_config.json"))
+
+
+def missing_model_files(path: Path) -> list[str]:
+    """What a local model folder lacks to be loaded (nothing for a complete one): a folder an
+    interrupted training or merge left holds some of the files only."""
+    if is_adapter_dir(path):
+        return [] if any(path.glob("adapter_model.*")) else ["adapter weights (adapter_model.safetensors)"]
+    missing = [] if (path / "config.json").is_file() else ["config.json"]
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        missing.append("model weights (*.safetensors)")
+    return missing + ([] if has_tokenizer(path) else ["tokenizer (tokenizer.json)"])
+
+
 def load_tokenizer_for(name_or_path: str | Path) -> PreTrainedTokenizerBase:
     path = Path(name_or_path)
     source = name_or_path
-    if path.is_dir() and not any((path / name).is_file() for name in (TOKENIZER_FILE, "tokenizer_config.json")):
+    if path.is_dir() and not has_tokenizer(path):
         if not is_adapter_dir(path):
             raise HfClmError(f"{path} holds no tokenizer (tokenizer.json); pass a finished run directory")
         source = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
@@ -281,9 +359,10 @@ def load_for_inference(name_or_path: str, device: str | None = None, dtype: str 
     if path.exists() and not path.is_dir():
         raise HfClmError(f"{name_or_path} is not a directory; pass a run directory or a model id")
     require_hub("MODEL", name_or_path, "pass a local run or model directory")
+    if path.is_dir() and (missing := missing_model_files(path)):
+        raise HfClmError(f"{name_or_path} is not a complete model: no {', no '.join(missing)}; pass a finished run "
+                         f"directory (a folder left by an interrupted training or merge is not one: run it again)")
     tokenizer = load_tokenizer_for(path if path.exists() else name_or_path)
-    if path.exists() and not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-        raise HfClmError(f"{name_or_path} holds no model weights (*.safetensors); pass a finished run directory")
     check_weights_files(path)
     try:
         if path.exists() and is_adapter_dir(path):

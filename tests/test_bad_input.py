@@ -48,7 +48,7 @@ def bad_inputs(tmp_path):
                                                 n_embd=16)).save_pretrained(checkpoint)
     a_file = tmp_path / "a-file.txt"
     a_file.write_text("not a folder")
-    dangling = tmp_path / "dangling"
+    dangling = tmp_path / "dangling-output"
     dangling.symlink_to(tmp_path / "nowhere")
     foreign = tmp_path / "mine"
     (foreign / "checkpoint-abc").mkdir(parents=True)
@@ -215,8 +215,121 @@ def bad_inputs(tmp_path):
     return cases
 
 
+def lora_adapter(base, folder) -> str:
+    """A LoRA adapter (untrained) on the checkpoint ``base``, saved as a LoRA run saves it."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(task_type="CAUSAL_LM", r=2, target_modules=["c_attn"], fan_in_fan_out=True))
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+def word_level_model(folder) -> str:
+    """A model whose tokenizer reads whitespace as nothing: a blank text has no token at all."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({"<unk>": 0, "<eos>": 1, "cat": 2}, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=words, eos_token="<eos>", unk_token="<unk>").save_pretrained(folder)
+    AutoModelForCausalLM.from_config(GPT2Config(vocab_size=3, n_positions=16, n_layer=1, n_head=1, n_embd=8,
+                                                bos_token_id=1, eos_token_id=1)).save_pretrained(folder)
+    return str(folder)
+
+
+def command_bad_inputs(tmp_path):
+    """The commands' flags and folders: name -> (argv, expected fragment of the error line). Uses the
+    checkpoint and corpus bad_inputs writes (the checkpoint gets its tokenizer before the cases run)."""
+    checkpoint, corpus = str(tmp_path / "pretrained"), str(tmp_path / "ok.txt")
+    a_file = tmp_path / "a-file.txt"
+    a_file.write_text("not a folder\n")
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    finished_run = tmp_path / "finished-run"
+    finished_run.mkdir()
+    (finished_run / "perplexity.json").write_text("{}\n")
+    lora = lora_adapter(checkpoint, tmp_path / "lora-run")
+    interrupted_merge = tmp_path / "lora-run" / "merged"  # a merge killed after its tokenizer_config.json
+    interrupted_merge.mkdir()
+    (interrupted_merge / "tokenizer_config.json").write_text('{"tokenizer_class": "PreTrainedTokenizerFast"}\n')
+    no_weights = tmp_path / "no-weights"
+    AutoModelForCausalLM.from_config(GPT2Config(n_layer=1, n_head=2, n_embd=16)).config.save_pretrained(no_weights)
+    (no_weights / "tokenizer_config.json").write_text("{}\n")
+    one_byte = tmp_path / "one-byte.txt"
+    one_byte.write_text("a")
+    blank = tmp_path / "blank.txt"
+    blank.write_text("   \n  ")
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps([{"text": "zz", "body": "the cat sat on the mat"}]))
+    mixed = tmp_path / "mixed-dataset"
+    mixed.mkdir()
+    (mixed / "a.txt").write_text("the cat sat\n")
+    (mixed / "b.jsonl").write_text('{"text": "a dog ran"}\n')
+    perplexity = ["perplexity", checkpoint, "--data", corpus]
+    generate = ["generate", checkpoint, "hello"]
+
+    def output_cases(command, argv):
+        return {
+            f"{command} --output a file": ([*argv, "--output", str(a_file)],
+                                           f"--output {a_file} is a file, not a folder; choose another folder"),
+            f"{command} --output below a file": ([*argv, "--output", str(a_file / "sub")],
+                                                 f"cannot be created: {a_file} is a file; choose another folder"),
+            f"{command} --output a broken link": ([*argv, "--output", str(dangling)],
+                                                  "is a symbolic link to"),
+            f"{command} --output under /proc": ([*argv, "--output", "/proc/hf-clm-output"],
+                                                "--output /proc/hf-clm-output cannot be written to"),
+        }
+
+    return {
+        # output folders: refused before any model is loaded
+        **output_cases("perplexity", perplexity),
+        **output_cases("report", ["report", str(finished_run)]),
+        **output_cases("merge", ["merge", lora]),
+        "perplexity --output a run directory": ([*perplexity, "--output", str(finished_run)], "is a run directory"),
+        "merge into the run itself": (["merge", lora, "--output", lora], "is the run directory itself"),
+        "merge into a folder above the run": (["merge", lora, "--output", str(tmp_path)],
+                                              "holds the run directory"),
+        "merge over another model": (["merge", lora, "--output", checkpoint],
+                                     "already holds files (config.json"),
+        # numeric flags, in the libraries' ranges
+        "seed -1": ([*generate, "--seed", "-1"], "--seed must be an integer from 0 to 4,294,967,295, not -1"),
+        "seed 2**40": ([*generate, "--seed", str(2 ** 40)],
+                       f"--seed must be an integer from 0 to 4,294,967,295, not {2 ** 40}"),
+        "temperature nan": ([*generate, "--temperature", "nan"], "--temperature must be a finite number >= 0"),
+        "temperature inf": ([*generate, "--temperature", "inf"], "--temperature must be a finite number >= 0"),
+        "temperature -1": ([*generate, "--temperature", "-1"], "--temperature must be a finite number >= 0"),
+        "temperature 1e-300": ([*generate, "--temperature", "1e-300"], "--temperature must be 0 (greedy) or at least"),
+        "top_p 0": ([*generate, "--top_p", "0"], "--top_p must be a number in (0, 1]"),
+        "top_p nan": ([*generate, "--top_p", "nan"], "--top_p must be a number in (0, 1]"),
+        "top_k -1": ([*generate, "--top_k", "-1"], "--top_k must be at least 0, not -1"),
+        "max_new_tokens 0": ([*generate, "--max_new_tokens", "0"], "--max_new_tokens must be at least 1, not 0"),
+        "window 1": ([*perplexity, "--window", "1"], "--window must be at least 2, not 1"),
+        "explain top_k 0": (["explain", checkpoint, "the cat", "--top_k", "0"], "--top_k must be at least 1, not 0"),
+        # nothing to score
+        "a text of no tokens": (["perplexity", word_level_model(tmp_path / "words"), "--data", str(blank)],
+                                "the text is too short to score: 0 tokens"),
+        # a folder an interrupted merge left
+        "an interrupted merge": (["perplexity", str(interrupted_merge), "--data", corpus],
+                                 "is not a complete model: no config.json, no model weights (*.safetensors)"),
+        "config without weights": (["generate", str(no_weights), "hello"], "no model weights (*.safetensors)"),
+        # text sources: every flag given is used, or refused
+        "text_column of a table": ([*perplexity[:2], "--data", str(table), "--text_column", "title"],
+                                   "text_column 'title' is not a column of the evaluation split; its columns are: "
+                                   + "text, body"),
+        "text_column of text files": ([*perplexity, "--text_column", "body"],
+                                      "--text_column body: --data gives text files"),
+        "split and config without a dataset": ([*perplexity, "--split", "nosuchsplit", "--dataset_config_name", "zzz"],
+                                               "--split and --dataset_config_name apply to --dataset_name only"),
+        "text_column with a recipe": ([*perplexity[:2], "--recipe", str(tmp_path / "base.yaml"), "--text_column",
+                                       "body"], "--text_column applies to --dataset_name and --data tables, not to --recipe"),
+        "a dataset folder of mixed formats": ([*perplexity[:2], "--dataset_name", str(mixed), "--split", "train"],
+                                              "its data files mix formats (json: b.jsonl; text: a.txt)"),
+    }
+
+
 def test_each_bad_input_is_one_line_naming_key_value_and_allowed(tmp_path, capsys, bpe_tokenizer):
-    cases = bad_inputs(tmp_path)
+    cases = {**bad_inputs(tmp_path), **command_bad_inputs(tmp_path)}
     bpe_tokenizer.save_pretrained(tmp_path / "pretrained")
     failures = []
     for name, (argv, expected) in cases.items():

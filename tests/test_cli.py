@@ -2,12 +2,16 @@
 ``finished_run``, for the commands that read a run) and as a real subprocess (the entry point)."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-from conftest import recipe_args, run_hf_clm
+from conftest import recipe_args, run_hf_clm, write_corpus
 from transformers import AutoModelForCausalLM, GPT2Config
 
 from hf_clm.cli import main
+from hf_clm.errors import HfClmError
 
 
 @pytest.fixture
@@ -52,6 +56,8 @@ def test_help_lists_options(command, capsys):
         assert "--block_size" in out and "Tokens per training block" in out and "--learning_rate" in out
     if command == ["generate"]:
         assert "--temperature" in out and "--top_p" in out
+        for default in ("(default 100)", "(default 1.0)", "(default 50)", "(default 0)"):
+            assert default in " ".join(out.split()), default
 
 
 def tiny_checkpoint(path, vocab_size, n_positions, tokenizer=None):
@@ -104,7 +110,8 @@ def bad_inputs(tmp_path, bpe_tokenizer):
                                   f"tokenizer has {len(bpe_tokenizer)} tokens but the model's embeddings only 100"),
         "model dir without tokenizer": (["perplexity", str(tmp_path), "--data", str(text)], "no tokenizer"),
         "stride over window": (["perplexity", small_ctx, "--data", str(text), "--stride", "99"], "--stride 99"),
-        "stride zero": (["perplexity", small_ctx, "--data", str(text), "--stride", "0"], "--stride 0"),
+        "stride zero": (["perplexity", small_ctx, "--data", str(text), "--stride", "0"],
+                        "--stride must be at least 1, not 0"),
         "window over context": (["perplexity", small_ctx, "--data", str(text), "--window", "64"],
                                 "--window 64 must be between 2 and the model's context of 16"),
         # every document ends with EOS, so any text is >= 2 tokens; the short case is an empty file
@@ -237,3 +244,67 @@ def test_bfloat16_on_cpu_agrees_with_float32(trained_dir, hf_clm):
     assert figures["bfloat16"]["bits_per_byte"] == pytest.approx(figures["float32"]["bits_per_byte"], rel=2e-2)
     explained = hf_clm("explain", str(run_dir), "the cat sat on a mat", "--dtype", "bfloat16", "--json")
     assert explained.returncode == 0 and json.loads(explained.stdout)["dtype"] == "bfloat16"
+
+
+def station_failing_mid_bar(args):
+    """A command that fails with a progress bar open, as training does on a full disk."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=10, desc="Training")
+    bar.update(3)
+    raise HfClmError("writing checkpoint-2/optimizer.pt failed; is the disk full?")
+
+
+def test_the_error_is_the_last_line_with_a_progress_bar_open(monkeypatch, capsys):
+    import hf_clm.cli
+
+    monkeypatch.setattr(hf_clm.cli, "report_command", station_failing_mid_bar)
+    assert main(["report", "run"]) == 2
+    err = capsys.readouterr().err
+    assert "Training:  30%" in err
+    assert err.strip().splitlines()[-1] == "hf-clm: error: writing checkpoint-2/optimizer.pt failed; is the disk full?"
+
+
+def test_the_error_is_the_last_line_of_a_process_that_exits_with_a_bar_open(tmp_path):
+    code = ("import sys, hf_clm.cli, test_cli; hf_clm.cli.report_command = test_cli.station_failing_mid_bar; "
+            "sys.exit(hf_clm.cli.main(['report', 'run']))")
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=600,
+                            cwd=Path(__file__).parent)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("hf-clm: error: writing checkpoint-2/optimizer.pt")
+
+
+def test_perplexity_of_a_one_byte_text_prints_a_dash_for_the_figures_it_has_no_text_for(tmp_path, bpe_tokenizer,
+                                                                                         capsys):
+    model = tiny_checkpoint(tmp_path / "model", len(bpe_tokenizer), 32, bpe_tokenizer)
+    one_byte = tmp_path / "one-byte.txt"
+    one_byte.write_text("a")
+    for convention in ("strided", "rolling"):
+        assert main(["perplexity", model, "--data", str(one_byte), "--convention", convention]) == 0, convention
+        line = capsys.readouterr().out.strip().splitlines()[-1]
+        if convention == "strided":  # the one target is the EOS after the byte, which stands for no text
+            assert "| – bits/byte | – bits/char | 1 tokens |" in line and "special token" in line
+    eos_only = tmp_path / "eos.txt"
+    eos_only.write_text(bpe_tokenizer.eos_token)
+    assert main(["perplexity", model, "--data", str(eos_only), "--convention", "rolling"]) == 0
+    assert "word perplexity –" in capsys.readouterr().out
+
+
+def test_perplexity_scores_the_text_column_and_the_recipe_it_is_given(tmp_path, bpe_tokenizer, capsys):
+    model = tiny_checkpoint(tmp_path / "model", len(bpe_tokenizer), 32, bpe_tokenizer)
+    texts = ["the cat sat on a mat", "dogs ran past quick brown foxes"]
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps([{"text": "zz", "body": t} for t in texts]))
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+
+    def figures(*argv):
+        assert main(["perplexity", model, *argv, "--json"]) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    assert figures("--data", str(table), "--text_column", "body")["bytes"] == figures("--data", str(plain))["bytes"]
+    files = write_corpus(tmp_path / "corpus")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"train_files: {files['train']}\nvalidation_files: {files['validation']}\n"
+                      f"sample_by: paragraph\nmodel_name_or_path: {model}\n")
+    assert figures("--recipe", str(recipe))["documents"] == 20

@@ -182,3 +182,20 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"  # a zombie has ended (its parent, gone, will not reap it)
+
+
+def test_a_user_error_under_a_launcher_is_printed_once_and_the_other_rank_logs_no_info(tmp_path, text_files):
+    from conftest import REPO
+
+    config = REPO / "recipes" / "accelerate" / "cpu-2proc.yaml"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+               "--main_process_port", "0", "-m", "hf_clm", "train",
+               *recipe_args(text_files, tmp_path / "run", "--block_size", "100000")]
+    result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode != 0
+    lines = result.stderr.splitlines()
+    assert [line for line in lines if line.startswith("hf-clm: error: ")] == [
+        "hf-clm: error: the train split has 9535 tokens, fewer than one block of 100000; lower block_size or add text"]
+    counts = [line for line in lines if " INFO hf_clm.blocks: train: " in line]
+    assert len(counts) == 1, counts  # rank 1 does not repeat rank 0's lines

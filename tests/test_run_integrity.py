@@ -164,7 +164,8 @@ def test_a_write_that_fails_on_a_full_disk_leaves_the_old_file_whole(tmp_path):
 @pytest.mark.full
 def test_a_full_disk_during_training_is_one_line_and_a_rerun_finishes(corpus, tmp_path, train):
     run_dir = tmp_path / "run"
-    result = run_hf_clm(*train_args(corpus, run_dir), env=ONE_THREAD, fsize=200_000)  # the model fits, the first checkpoint's optimizer does not
+    # the model fits, the first checkpoint's optimizer does not; the progress bar is on, and is open then
+    result = run_hf_clm(*train_args(corpus, run_dir, "--disable_tqdm", "false"), env=ONE_THREAD, fsize=200_000)
     assert result.returncode == 2, result.stderr[-3000:]
     assert last_line(result).startswith("hf-clm: error: writing ") and "is the disk full?" in last_line(result)
     assert not (run_dir / PERPLEXITY_FILENAME).exists()

@@ -4,8 +4,8 @@ from datasets import Dataset
 from transformers import AutoTokenizer
 
 from hf_clm.collator import causal_lm_collator
-from hf_clm.recipe import ModelArguments
 from hf_clm.errors import first_line
+from hf_clm.recipe import ModelArguments
 from hf_clm.tokenizer import EOS_TOKEN, PAD_TOKEN, load_pretrained_tokenizer, train_or_load_tokenizer
 
 
