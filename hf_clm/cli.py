@@ -214,6 +214,9 @@ def generate_parser(sub) -> None:
     p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass; 1 = off (default %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed; the same seed repeats the same text (default %(default)s)")
+    p.add_argument("--ignore_eos", action="store_true",
+                   help="do not stop at end-of-text: the model's EOS is never sampled, so the text runs to "
+                        "--max_new_tokens (default: stop where the model ends the text, and say so)")
 
 
 def generate_command(args: argparse.Namespace) -> int:
@@ -221,7 +224,7 @@ def generate_command(args: argparse.Namespace) -> int:
     from hf_clm.model import load_for_inference
 
     model, tokenizer = load_for_inference(args.model_dir, args.device, args.dtype)
-    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, args.ignore_eos)
     generate(model, tokenizer, args.prompt, sampling, stream=True)
     return 0
 

@@ -24,6 +24,7 @@ class Sampling:
     top_k: int = 50
     top_p: float = 1.0
     seed: int = 0
+    ignore_eos: bool = False  # never stop at end-of-text: EOS cannot be sampled (llama.cpp's --ignore-eos)
 
 
 def new_token_budget(prompt_tokens: int, wanted: int, context: int | None) -> int:
@@ -57,8 +58,14 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt:
     output = model.generate(
         **inputs, max_new_tokens=budget, do_sample=not greedy,
         temperature=None if greedy else sampling.temperature, top_k=None if greedy else sampling.top_k,
-        top_p=None if greedy else sampling.top_p,
+        top_p=None if greedy else sampling.top_p, min_new_tokens=budget if sampling.ignore_eos else None,
+        eos_token_id=tokenizer.eos_token_id,  # where documents end in training, whatever the config says
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         streamer=TextStreamer(tokenizer, skip_prompt=False, skip_special_tokens=True) if stream else None,
     )
-    return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    new_ids = output[0, prompt_tokens:]
+    if len(new_ids) < budget and len(new_ids) and new_ids[-1].item() == tokenizer.eos_token_id:
+        logger.warning("Generation stopped at end-of-text (the model's EOS) after %d new token%s of %d: the model "
+                       "ended the text there; --ignore_eos continues past it (or try another --seed)",
+                       len(new_ids) - 1, "" if len(new_ids) == 2 else "s", budget)
+    return tokenizer.decode(new_ids, skip_special_tokens=True)

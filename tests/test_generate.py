@@ -72,3 +72,40 @@ def test_default_max_new_tokens_on_a_small_model_as_a_subprocess(small_context_m
     quiet, verbose = runs[()].stderr, runs[("--verbose",)].stderr
     assert "Loading weights" not in quiet and "bos_token_id" not in quiet
     assert "Loading weights" in verbose and "bos_token_id" in verbose
+
+
+@pytest.fixture
+def eos_first_model(bpe_tokenizer):
+    """A model whose likeliest next token is always EOS (its final states are constant ones, and EOS's
+    embedding, tied to the head, is the largest along them)."""
+    import torch
+
+    model = AutoModelForCausalLM.from_config(GPT2Config(vocab_size=len(bpe_tokenizer), n_positions=64,
+                                                        n_layer=1, n_head=2, n_embd=16))
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.fill_(1.0)
+        model.transformer.wte.weight[bpe_tokenizer.eos_token_id] = 10.0
+    return model.eval()
+
+
+def test_generation_that_stops_at_end_of_text_says_so_and_ignore_eos_goes_on(eos_first_model, bpe_tokenizer, caplog):
+    with caplog.at_level(logging.WARNING, logger="hf_clm.generate"):
+        text = generate(eos_first_model, bpe_tokenizer, "ROMEO:", Sampling(max_new_tokens=8, temperature=0),
+                        stream=False)
+    assert text == ""
+    assert "stopped at end-of-text (the model's EOS) after 0 new tokens of 8" in caplog.text
+    assert "--ignore_eos continues past it" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_clm.generate"):
+        generate(eos_first_model, bpe_tokenizer, "ROMEO:", Sampling(max_new_tokens=8, temperature=0, ignore_eos=True),
+                 stream=False)
+    assert "end-of-text" not in caplog.text
+
+
+def test_generate_help_shows_the_defaults(capsys):
+    from hf_clm.cli import main
+
+    assert main(["generate", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "(default 100)" in help_text and "(default 1.0)" in help_text and "--ignore_eos" in help_text
