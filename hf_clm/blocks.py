@@ -55,7 +55,8 @@ def group_into_blocks(batch: Mapping[str, Sequence[Sequence[int]]], block_size: 
         raise ValueError(f"block_size must be positive, got {block_size}")
     blocks, tail = {}, {}
     for column, sequences in batch.items():
-        parts = [np.asarray(s) for s in sequences]
+        # token ids stay integers: an empty document's [] would make numpy concatenate as float64
+        parts = [np.asarray(s, dtype=np.int64) for s in sequences]
         stream = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
         cut = len(stream) - len(stream) % block_size
         blocks[column] = stream[:cut].reshape(-1, block_size)

@@ -371,7 +371,14 @@ def load_streaming_corpus(data: DataArguments) -> tuple[IterableDataset, Dataset
     read once into a ``Dataset``; without a validation split, it is the stream's first documents
     (``max_eval_samples``, default 1,000) and training skips them."""
     train = load_streaming_corpus_splits(data)["train"]
-    return train, materialize_head(data, "validation", data.max_eval_samples)
+    validation = materialize_head(data, "validation", data.max_eval_samples)
+    if next(iter(train.take(1)), None) is None:
+        head = data.max_eval_samples or f"by default {STREAMING_EVAL_DOCUMENTS:,}"
+        raise HfClmError(f"the streamed corpus has no training documents: without a validation split a stream "
+                         f"validates on its first documents (max_eval_samples, {head}), and these were all "
+                         f"{len(validation):,} of them; lower max_eval_samples, give validation_files, or split the "
+                         f"text into more documents (sample_by: paragraph or line)")
+    return train, validation
 
 
 EVAL_SET_KEYS = ("dataset_name", "dataset_config_name", "split", "text_column")

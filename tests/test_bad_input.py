@@ -208,6 +208,11 @@ def bad_inputs(tmp_path):
                                           "directory holds no visible file"),
         "a misspelt flag": (["train", base, "--blok_size", "32"],
                             "unknown recipe key 'blok_size' in the command line; did you mean 'block_size'?"),
+        "a stream with nothing left to train on": (["train", base, "--train_files", str(one_file), "--sample_by",
+                                                    "document", "--streaming", "true", "--max_steps", "3"],
+                                                   "the streamed corpus has no training documents: without a "
+                                                   "validation split a stream validates on its first documents "
+                                                   "(max_eval_samples, by default 1,000), and these were all 1 of them"),
         "a pipe as a train file": (["train", base, "--train_files", str(fifo)], "is not a regular file"),
         # generation beyond the context
         "prompt fills the context": (["generate", str(checkpoint), " ".join(["word"] * 40)], "leaves no room"),
