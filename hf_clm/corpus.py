@@ -229,19 +229,23 @@ def select_text(split, column: str, name: str):
 
 
 def hold_out_by_hash(train: Dataset, percentage: int, sample_by: str | None = None) -> tuple[Dataset, Dataset]:
-    """``percentage``% of the documents become validation: those whose text has the smallest CRC-32,
-    so the choice depends on the documents, not on their order (the files sorting last do not all
-    go to validation), and repeats on every machine. Both splits keep the corpus's order."""
-    n_val = len(train) * percentage // 100
+    """``percentage``% of the non-empty documents become validation: those whose text has the
+    smallest CRC-32, so the choice depends on the documents, not on their order (the files sorting
+    last do not all go to validation), and repeats on every machine. Both splits keep the corpus's
+    order; empty documents (blank lines under ``sample_by: line``) stay in training, where they add
+    no token."""
+    texts = (text for batch in train.with_format("arrow").iter(10_000) for text in batch[TEXT].to_pylist())
+    hashes = np.fromiter((zlib.crc32(text.encode()) if text else -1 for text in texts), dtype=np.int64,
+                         count=len(train))
+    documents = int((hashes >= 0).sum())
+    n_val = documents * percentage // 100
     if n_val == 0:
         split_files = ("; for .txt files, sample_by: paragraph (or line) makes each file several documents"
                        if sample_by == "document" else "")
-        raise HfClmError(f"the corpus has {len(train)} document{'s' if len(train) != 1 else ''}, too few to hold out "
+        raise HfClmError(f"the corpus has {documents} document{'s' if documents != 1 else ''}, too few to hold out "
                          f"{percentage}% for validation; give validation_files or more documents{split_files}")
-    hashes = np.fromiter((zlib.crc32((text or "").encode()) for batch in train.with_format("arrow").iter(10_000)
-                          for text in batch[TEXT].to_pylist()), dtype=np.int64, count=len(train))
     held = np.zeros(len(train), dtype=bool)
-    held[np.argsort(hashes, kind="stable")[:n_val]] = True
+    held[np.argsort(np.where(hashes >= 0, hashes, np.iinfo(np.int64).max), kind="stable")[:n_val]] = True
     return train.select(np.flatnonzero(~held)), train.select(np.flatnonzero(held))
 
 
