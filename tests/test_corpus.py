@@ -146,3 +146,10 @@ def test_reading_local_files_draws_no_download_or_generation_bars(text_files, ca
     err = capfd.readouterr().err
     assert "Generating train split" not in err and "Downloading data" not in err
     assert datasets.is_progress_bar_enabled()  # the tokenizing bars that follow still show
+
+
+def test_blank_lines_never_take_the_held_out_places(tmp_path):
+    text = tmp_path / "play.txt"
+    text.write_text("\n\n".join(f"line {i} of the play" for i in range(100)) + "\n")  # as many blank lines as lines
+    corpus = load_corpus(DataArguments(train_files=[str(text)], sample_by="line", validation_split_percentage=5))
+    assert len(corpus["validation"]) == 5 and all(corpus["validation"]["text"])
