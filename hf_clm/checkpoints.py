@@ -10,7 +10,7 @@ from pathlib import Path
 from transformers import TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from hf_clm.artifacts import safetensors_problem, zip_archive_problem
+from hf_clm.artifacts import finished_marker_problem, read_json, safetensors_problem, zip_archive_problem
 from hf_clm.errors import HfClmError
 from hf_clm.run_files import MODEL_CARD, PACKAGE_OUTPUTS, PERPLEXITY_FILENAME, TRAINER_STATE
 
@@ -176,3 +176,12 @@ def trains_no_further(checkpoint: str | Path, args: TrainingArguments) -> bool:
     else:
         return False
     return int(state["global_step"]) >= target > 0
+
+
+def finished_summary(output_dir: Path, resume: str | None, args: TrainingArguments) -> dict | None:
+    """The figures of a run that is already finished at the checkpoint it would resume from (nothing
+    to train: the run is left untouched); None when there is training or finishing to do."""
+    if not resume or not trains_no_further(resume, args) or finished_marker_problem(output_dir) is not None:
+        return None
+    summary = read_json(output_dir / PERPLEXITY_FILENAME, "")
+    return summary if summary.get("global_step") == checkpoint_step(resume) else None

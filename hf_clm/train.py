@@ -10,15 +10,14 @@ from typing import Any
 
 from transformers import PreTrainedModel, TrainingArguments, set_seed
 
-from hf_clm.artifacts import finished_marker_problem, read_json, write_finished_marker
+from hf_clm.artifacts import write_finished_marker
 from hf_clm.blocks import TokenCounts, save_token_counts
 from hf_clm.checkpoints import (
     check_output_dir,
-    checkpoint_step,
     clear_incomplete_checkpoints,
     clear_previous_run,
+    finished_summary,
     resume_checkpoint,
-    trains_no_further,
 )
 from hf_clm.distributed import check_launch
 from hf_clm.divergence import TrainingDiverged
@@ -35,7 +34,7 @@ from hf_clm.report import write_report
 from hf_clm.run_files import PERPLEXITY_FILENAME
 from hf_clm.run_record import record_run
 from hf_clm.throughput import training_throughput
-from hf_clm.trainer import build_trainer, eval_set_figures, final_eval_metrics, load_checkpoint_without_training
+from hf_clm.trainer import build_trainer, eval_set_figures, final_eval_metrics, train_to_the_end
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +95,7 @@ def perplexity_summary(metrics: dict[str, float], model: PreTrainedModel, data: 
         **({"base": logged_figures(base)} if base else {}),
         "unigram_perplexity": unigram_perplexity,
         "parameters": model.num_parameters(),
-        "trainable_parameters": trainable_parameters(model),
+        "trainable_parameters": model.num_parameters(only_trainable=True),
         "train_tokens_seen": tokens_seen,
         "block_size": data.counts["validation"].block_size,
         "vocab_size": len(data.tokenizer),
@@ -114,10 +113,6 @@ def hub_push_target(args: TrainingArguments) -> tuple[PushTarget, str] | None:
     repo_id, token = check_hub_access(args.hub_model_id, token)
     args.push_to_hub = False
     return PushTarget(repo_id, private=bool(args.hub_private_repo), revision=args.hub_revision), token
-
-
-def trainable_parameters(model: PreTrainedModel) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def output_dir_lock(args: TrainingArguments):
@@ -142,56 +137,67 @@ def locked_run(recipe: Recipe, push: tuple[PushTarget, str] | None) -> dict[str,
     output_dir = Path(args.output_dir)
     resume = resume_checkpoint(args)
     check_output_dir(output_dir, resume, recipe.run_args.overwrite_output_dir, auto=args.resume_from_checkpoint == "auto")
-    if resume and trains_no_further(resume, args) and finished_marker_problem(output_dir) is None \
-            and read_json(output_dir / PERPLEXITY_FILENAME, "").get("global_step") == checkpoint_step(resume):
-        summary = read_json(output_dir / PERPLEXITY_FILENAME, "")
+    if (summary := finished_summary(output_dir, resume, args)) is not None:
         print(f"{output_dir} already finished at step {summary['global_step']}: nothing to train")
         return summary
     set_seed(args.seed)
-    # Under several processes the main one tokenizes and caches; the others then read its cache.
-    with args.main_process_first(desc="corpus preparation"):
+    with args.main_process_first(desc="corpus preparation"):  # the others then read the main process's cache
         data = training_data(recipe)
-    check_blocks(data.counts, recipe.data_args.block_size)
-    check_fills_a_step(data.counts, recipe)
-    warn_if_warmup_covers_the_run(recipe, data.counts)
+    check_training_data(data.counts, recipe)
     model = build_model(recipe.model_args, data.tokenizer, recipe.data_args.block_size)
     if recipe.model_args.model_name_or_path and resume is None:
         args.eval_on_start = True  # the base model's perplexity, for the before/after comparison
-
     trainer = build_trainer(recipe, model, data)  # refuses an optimizer that cannot work before any file is written
-    # Everything is ready: only now may the previous contents of output_dir go.
-    if args.should_save:
-        if recipe.run_args.overwrite_output_dir:
-            clear_previous_run(output_dir)
-        elif resume is None:
-            clear_incomplete_checkpoints(output_dir)
-        # a run being extended is no longer finished until its new marker is written
-        (output_dir / PERPLEXITY_FILENAME).unlink(missing_ok=True)
-        save_recipe(recipe, output_dir)
-        save_token_counts(data.counts, output_dir)
+    start_output_dir(recipe, data, resume)  # everything is ready: only now may the previous contents go
     recorder = record_run(trainer, recipe)
-    if resume and trains_no_further(resume, args):
-        logger.info("%s holds every step the recipe asks for: finishing the run without training", resume)
-        load_checkpoint_without_training(trainer, resume)
-    else:
-        trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model()
-    trainer.save_state()
+    train_to_the_end(trainer, resume)
+    summary = run_summary(trainer, model, data, recorder.record)
+    if trainer.is_world_process_zero():
+        finish_run(recipe, summary, trainer.state.global_step, push)
+    return summary
+
+
+def check_training_data(counts: dict[str, TokenCounts], recipe: Recipe) -> None:
+    check_blocks(counts, recipe.data_args.block_size)
+    check_fills_a_step(counts, recipe)
+    warn_if_warmup_covers_the_run(recipe, counts)
+
+
+def start_output_dir(recipe: Recipe, data: TrainingData, resume: str | None) -> None:
+    """The previous run's files removed as the recipe asks (main process), then the new recipe and
+    token counts written; a run being extended is no longer finished until its new marker is."""
+    args, output_dir = recipe.training_args, Path(recipe.training_args.output_dir)
+    if not args.should_save:
+        return
+    if recipe.run_args.overwrite_output_dir:
+        clear_previous_run(output_dir)
+    elif resume is None:
+        clear_incomplete_checkpoints(output_dir)
+    (output_dir / PERPLEXITY_FILENAME).unlink(missing_ok=True)
+    save_recipe(recipe, output_dir)
+    save_token_counts(data.counts, output_dir)
+
+
+def run_summary(trainer, model: PreTrainedModel, data: TrainingData, record: dict[str, Any]) -> dict[str, Any]:
+    """The finished run's figures: the final evaluation, baselines, throughput and how it ran."""
     metrics = final_eval_metrics(trainer)
     check_final_loss(metrics["eval_loss"])
-    unigram = None if data.streamed else \
-        unigram_scores(data.train, data.validation, len(data.tokenizer)).perplexity
+    unigram = None if data.streamed else unigram_scores(data.train, data.validation, len(data.tokenizer)).perplexity
     summary = perplexity_summary(metrics, model, data, trainer.state.num_input_tokens_seen, unigram,
                                  base_model_metrics(trainer.state.log_history))
-    summary.update(training_throughput(trainer, trainer.meter), run=recorder.record)
+    summary.update(training_throughput(trainer, trainer.meter), run=record)
     if data.eval_sets:
         summary["eval_sets"] = eval_set_figures(trainer)
-    if trainer.is_world_process_zero():
-        if recipe.run_args.merge_adapter:
-            merge_adapter(output_dir)
-        write_report([output_dir], output_dir, summaries=[summary])
-        write_finished_marker(summary, output_dir, trainer.state.global_step)  # last: the run is finished
-        print(console_summary(summary, output_dir))
-        if push:
-            print(f"pushed to              {push_run(output_dir, *push)}")
     return summary
+
+
+def finish_run(recipe: Recipe, summary: dict[str, Any], step: int, push: tuple[PushTarget, str] | None) -> None:
+    """Main process: merged adapter, report, then the finished-run marker; the summary; the push."""
+    output_dir = Path(recipe.training_args.output_dir)
+    if recipe.run_args.merge_adapter:
+        merge_adapter(output_dir)
+    write_report([output_dir], output_dir, summaries=[summary])
+    write_finished_marker(summary, output_dir, step)  # last: the run is finished
+    print(console_summary(summary, output_dir))
+    if push:
+        print(f"pushed to              {push_run(output_dir, *push)}")

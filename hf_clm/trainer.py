@@ -17,6 +17,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hf_clm.artifacts import disk_full_message
+from hf_clm.checkpoints import trains_no_further
 from hf_clm.collator import run_collator
 from hf_clm.distributed import check_parallelism_took_effect, shard_on_cpu, with_tied_weights_aliased
 from hf_clm.divergence import DivergenceGuard
@@ -248,3 +249,15 @@ def final_eval_metrics(trainer: Trainer) -> dict[str, float]:
     if last is not None and last.get("step") == trainer.state.global_step:
         return last
     return trainer.evaluate()
+
+
+def train_to_the_end(trainer: Trainer, resume: str | None) -> None:
+    """Train (from ``resume`` when given), or only load a checkpoint that already holds every step;
+    then save the final model and Trainer's state."""
+    if resume and trains_no_further(resume, trainer.args):
+        logger.info("%s holds every step the recipe asks for: finishing the run without training", resume)
+        load_checkpoint_without_training(trainer, resume)
+    else:
+        trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model()
+    trainer.save_state()
