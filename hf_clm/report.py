@@ -15,8 +15,8 @@ from typing import Any
 
 from hf_clm.artifacts import read_json, write_atomic, write_json, write_text_atomic
 from hf_clm.errors import HfClmError
-from hf_clm.figures import eval_sets_table, figures_table, fmt
-from hf_clm.run_files import PERPLEXITY_FILENAME, REPORT_JSON, REPORT_MD, TRAINER_STATE
+from hf_clm.figures import eval_sets_table, figures_table, fmt, markdown_table
+from hf_clm.run_files import PERPLEXITY_FILENAME, RECIPE_FILENAME, REPORT_JSON, REPORT_MD, TRAINER_STATE
 from hf_clm.run_record import describe
 
 COMPARISON_KIND = "perplexity comparison"  # report.json of `hf-clm perplexity --output`
@@ -58,11 +58,25 @@ def read_run(run_dir: str | Path, summary: dict[str, Any] | None = None) -> dict
     return {
         "name": run_dir.resolve().name, "path": str(run_dir),
         "train_seconds": None, "train_tokens_per_second": None, **summary,
+        "evaluated_on": summary.get("evaluated_on") or recipe_validation_text(run_dir),
         "train_curve": [e for e in history if "loss" in e and "eval_loss" not in e],
         "eval_curve": [e for e in history if "eval_loss" in e],
         "set_curve": [e for e in history if any(k.startswith("eval_") and k.endswith("_perplexity") and
                                                 k != "eval_perplexity" for k in e)],
     }
+
+
+def recipe_validation_text(run_dir: Path) -> str | None:
+    """What a run validated on, from its recipe.yaml: for runs whose perplexity.json predates ``evaluated_on``."""
+    import yaml
+
+    from hf_clm.corpus import validation_text
+
+    try:
+        recipe = yaml.safe_load((run_dir / RECIPE_FILENAME).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    return validation_text(recipe) if isinstance(recipe, dict) else None
 
 
 def legend_names(runs: list[dict[str, Any]]) -> list[str]:
@@ -153,9 +167,10 @@ def plot_curves(runs: list[dict[str, Any]], out_dir: Path) -> list[Path]:
 def markdown(runs: list[dict[str, Any]], plots: list[Path]) -> str:
     summaries = {r["name"]: r for r in runs}
     lines = ["# Perplexity report", "", *figures_table(summaries), "",
-             "Perplexity = exp(total NLL / predicted tokens) on the validation blocks; bits/byte divides "
-             "the same total NLL, in bits, by the UTF-8 bytes those tokens stand for. Training time leaves out "
-             "evaluation and saving; train tokens/s = train tokens / training time."]
+             "Perplexity = exp(total NLL / predicted tokens) on the text a row was evaluated on, cut into the "
+             "windows its scoring column gives (figures measured on different texts or windows do not compare); "
+             "bits/byte divides the same total NLL, in bits, by the UTF-8 bytes those tokens stand for. Training "
+             "time leaves out evaluation and saving; train tokens/s = train tokens / training time."]
     if any(r.get("base") for r in runs):
         lines += ["A → B: the pretrained base model evaluated before the first step (A), then the fine-tuned "
                   "model (B), on the same validation blocks."]
@@ -187,19 +202,22 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path,
 
 
 def comparison_markdown(rows: list[dict[str, Any]], plot: Path) -> str:
+    """The models' table: each row with its own convention, window and stride (each model's default
+    window is its own context length)."""
     first = rows[0]
-    how = (f"{first['convention']} convention, window {first['window']}"
-           + (f", stride {first['stride']}" if first.get("stride") else ""))
-    lines = ["# Perplexity comparison", "", f"Every model scored on the same {first['documents']:,} documents "
-             f"({first['bytes']:,} UTF-8 bytes), {how}. Bits per byte do not depend on the tokenizer: "
-             "compare models by that column when their tokenizers differ.", "",
-             "| model | perplexity | bits/byte | bits/char | tokens | device | dtype | convention |",
-             "|---|---:|---:|---:|---:|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {fmt(r['perplexity'], '.3f')} | {fmt(r['bits_per_byte'], '.4f')} | "
-                     f"{fmt(r['bits_per_char'], '.4f')} | {r['tokens']:,} | {r['device']} | {r['dtype']} | "
-                     f"{r['convention']} |")
-    return "\n".join(lines + ["", f"![{plot.stem}]({plot.name})"]) + "\n"
+    lines = ["# Perplexity comparison", "",
+             f"Every model scored on the same text: {first['evaluated_on']} ({first['documents']:,} documents). "
+             "Bits per byte do not depend on the tokenizer: compare models by that column when their tokenizers "
+             "differ."]
+    if len({(r["convention"], r["window"], r["stride"]) for r in rows}) > 1:
+        lines.append("The models were scored with different windows (by default each model's own context "
+                     "length): a longer window gives every token more context, which lowers its figures too.")
+    header = ["model", "perplexity", "bits/byte", "bits/char", "tokens", "bytes", "convention", "window", "stride",
+              "device", "dtype"]
+    table = [[r["model"], fmt(r["perplexity"], ".3f"), fmt(r["bits_per_byte"], ".4f"), fmt(r["bits_per_char"], ".4f"),
+              f"{r['tokens']:,}", f"{r['bytes']:,}", r["convention"], f"{r['window']:,}", fmt(r["stride"], ","),
+              r["device"], r["dtype"]] for r in rows]
+    return "\n".join([*lines, "", *markdown_table(header, table), "", f"![{plot.stem}]({plot.name})"]) + "\n"
 
 
 def plot_comparison(rows: list[dict[str, Any]], out_dir: Path) -> Path:

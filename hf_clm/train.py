@@ -20,6 +20,7 @@ from hf_clm.checkpoints import (
     resume_checkpoint,
     trains_no_further,
 )
+from hf_clm.corpus import validation_text
 from hf_clm.distributed import check_launch
 from hf_clm.divergence import TrainingDiverged
 from hf_clm.errors import HfClmError
@@ -88,12 +89,13 @@ def base_model_metrics(log_history: list[dict[str, float]]) -> dict[str, float] 
 
 def perplexity_summary(metrics: dict[str, float], model: PreTrainedModel, data: TrainingData,
                        tokens_seen: int, unigram_perplexity: float | None,
-                       base: dict[str, float] | None = None) -> dict[str, Any]:
+                       base: dict[str, float] | None = None, evaluated_on: str | None = None) -> dict[str, Any]:
     """The run's figures; with ``base`` (a fine-tuning run), the base model's figures on the same
-    validation set under ``"base"``."""
+    validation set under ``"base"``; ``evaluated_on`` names that set in words."""
     return {
         **logged_figures(metrics),
         **({"base": logged_figures(base)} if base else {}),
+        "evaluated_on": evaluated_on,
         "unigram_perplexity": unigram_perplexity,
         "parameters": model.num_parameters(),
         "trainable_parameters": trainable_parameters(model),
@@ -182,7 +184,7 @@ def locked_run(recipe: Recipe, push: tuple[PushTarget, str] | None) -> dict[str,
     unigram = None if data.streamed else \
         unigram_scores(data.train, data.validation, len(data.tokenizer)).perplexity
     summary = perplexity_summary(metrics, model, data, trainer.state.num_input_tokens_seen, unigram,
-                                 base_model_metrics(trainer.state.log_history))
+                                 base_model_metrics(trainer.state.log_history), validation_text(vars(recipe.data_args)))
     summary.update(training_throughput(trainer, trainer.meter), run=recorder.record)
     if data.eval_sets:
         summary["eval_sets"] = eval_set_figures(trainer)

@@ -1,22 +1,27 @@
-"""Report figures for the runs users actually have: no evaluations, high perplexities, same folder names."""
+"""Report figures for the runs users actually have: no evaluations, high perplexities, same folder names;
+the text and windows each row was measured on."""
 
 import json
+import math
 import os
 import stat
 import warnings
 
-from hf_clm.report import minor_tick_text, tick_text, write_report
+import yaml
+
+from hf_clm.report import comparison_markdown, minor_tick_text, tick_text, write_report
 
 
-def fake_run(path, perplexities, step=10):
+def fake_run(path, perplexities, step=10, history=(), **summary):
     path.mkdir(parents=True)
-    history = [{"loss": 5.0 - i, "step": (i + 1) * step, "num_input_tokens_seen": (i + 1) * 1000} for i in range(3)]
-    history += [{"eval_loss": 1.0, "eval_perplexity": p, "step": (i + 1) * step, "num_input_tokens_seen": 1000 * i}
-                for i, p in enumerate(perplexities)]
+    history = [*history, *({"loss": 5.0 - i, "step": (i + 1) * step, "num_input_tokens_seen": (i + 1) * 1000}
+                           for i in range(3))]
+    history += [{"eval_loss": math.log(p), "eval_perplexity": p, "step": (i + 1) * step,
+                 "num_input_tokens_seen": 1000 * i} for i, p in enumerate(perplexities)]
     (path / "trainer_state.json").write_text(json.dumps({"log_history": history}))
     (path / "perplexity.json").write_text(json.dumps({
         "perplexity": perplexities[-1] if perplexities else 50.0, "parameters": 10, "train_tokens_seen": 3000,
-        "train_seconds": 2.0, "train_tokens_per_second": 1500.0}))
+        "train_seconds": 2.0, "train_tokens_per_second": 1500.0, **summary}))
     return path
 
 
@@ -35,6 +40,35 @@ def test_log_axis_labels_are_plain_numbers():
     assert [tick_text(v) for v in (1000, 20000, 1.5, 50)] == ["1,000", "20,000", "1.5", "50"]
     assert [minor_tick_text(v, across_decades=True) for v in (2000, 3000, 5000)] == ["2,000", "", "5,000"]
     assert minor_tick_text(3000, across_decades=False) == "3,000"
+
+
+def test_each_row_names_its_text_and_its_windows(tmp_path):
+    run = fake_run(tmp_path / "old-run", [30.0], block_size=32)  # perplexity.json without evaluated_on
+    (run / "recipe.yaml").write_text(yaml.safe_dump({"train_files": ["/data/notes/train.txt"], "sample_by": "paragraph",
+                                                     "validation_split_percentage": 10}))
+    new = fake_run(tmp_path / "new-run", [25.0], block_size=64, evaluated_on="wikitext wikitext-2-raw-v1, "
+                                                                             "validation split")
+    comparison = tmp_path / "cmp"
+    comparison.mkdir()
+    rows = [{"model": model, "perplexity": 9.0, "bits_per_byte": 1.0, "bits_per_char": 1.0, "tokens": 90,
+             "bytes": 400, "documents": 3, "convention": "strided", "window": window, "stride": window,
+             "device": "cpu", "dtype": "float32", "evaluated_on": "test.txt, one document per paragraph",
+             "sample_by": "paragraph", "limit": None} for model, window in (("small", 128), ("tiny-gpt2", 1024))]
+    (comparison / "report.json").write_text(json.dumps({"kind": "perplexity comparison", "models": rows}))
+    markdown = comparison_markdown(rows, tmp_path / "perplexity_by_model.png")
+    assert "| small | 9.000 |" in markdown and "| strided | 128 | 128 |" in markdown
+    assert "| strided | 1,024 | 1,024 |" in markdown and "different windows" in markdown
+    assert "test.txt, one document per paragraph (3 documents)" in markdown
+    write_report([run, new, comparison], tmp_path / "report")
+    table = (tmp_path / "report" / "report.md").read_text()
+    assert "evaluated on" in table.splitlines()[2] and "scoring" in table.splitlines()[2]
+    assert "| 10% of the paragraphs of train.txt, held out | strided, window 32, stride 32 (validation blocks) |" \
+        in table
+    assert "| wikitext wikitext-2-raw-v1, validation split | strided, window 64, stride 64 (validation blocks) |" \
+        in table
+    assert "| test.txt, one document per paragraph | strided, window 1,024, stride 1,024 |" in table
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())["runs"]
+    assert saved[0]["evaluated_on"] == "10% of the paragraphs of train.txt, held out"
 
 
 def test_report_files_get_the_umask_mode_and_replace_a_killed_writers_temporaries(tmp_path):
