@@ -1,5 +1,5 @@
 """Report figures for the runs users actually have: no evaluations, high perplexities, same folder names;
-the text and windows each row was measured on."""
+the learning curves' data; the text and windows each row was measured on."""
 
 import json
 import math
@@ -7,9 +7,10 @@ import os
 import stat
 import warnings
 
+import pytest
 import yaml
 
-from hf_clm.report import comparison_markdown, minor_tick_text, tick_text, write_report
+from hf_clm.report import comparison_markdown, curve_series, curves_figure, read_run, write_report
 
 
 def fake_run(path, perplexities, step=10, history=(), **summary):
@@ -36,10 +37,44 @@ def test_same_folder_names_no_evaluations_and_high_perplexity(tmp_path):
     assert "| a/run |" in (tmp_path / "cmp" / "report.md").read_text()
 
 
-def test_log_axis_labels_are_plain_numbers():
-    assert [tick_text(v) for v in (1000, 20000, 1.5, 50)] == ["1,000", "20,000", "1.5", "50"]
-    assert [minor_tick_text(v, across_decades=True) for v in (2000, 3000, 5000)] == ["2,000", "", "5,000"]
-    assert minor_tick_text(3000, across_decades=False) == "3,000"
+def plotted(figure) -> dict[str, tuple[list, list]]:
+    """label -> (x, y) of each line drawn on the figure's one axis."""
+    (ax,) = figure.axes
+    return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.lines}
+
+
+def test_training_and_validation_are_one_unit_on_one_axis_with_the_unigram_baseline(tmp_path):
+    import matplotlib.pyplot as plt
+
+    docs = {"eval_docs_loss": 3.5, "eval_docs_perplexity": math.exp(3.5), "step": 30, "num_input_tokens_seen": 3000}
+    run = read_run(fake_run(tmp_path / "run", [300.0, 40.0, 20.0], history=[docs], unigram_perplexity=500.0,
+                            eval_sets={"docs": {"perplexity": 30.0}}))
+    by_steps = curves_figure([run], "step", "steps")
+    lines = plotted(by_steps)
+    assert lines["training"] == ([10, 20, 30], [5.0, 4.0, 3.0])
+    assert lines["validation"][0] == [10, 20, 30]
+    assert lines["validation"][1] == pytest.approx([math.log(300), math.log(40), math.log(20)])  # eval_loss, nats
+    assert lines["docs"] == ([30], [3.5])
+    assert lines["unigram baseline"][1] == pytest.approx([math.log(500.0)] * 2)  # a horizontal line at ln(500)
+    labels = [text.get_text() for text in by_steps.axes[0].texts]
+    assert {"train 3.000", f"val {math.log(20):.3f}", "docs 3.500", f"unigram {math.log(500):.3f}"} <= set(labels)
+    assert by_steps.axes[0].get_yscale() == "linear" and "nats/token" in by_steps.axes[0].get_ylabel()
+    by_tokens = plotted(curves_figure([run], "num_input_tokens_seen", "tokens seen"))
+    assert by_tokens["training"][0] == [1000, 2000, 3000] and by_tokens["validation"][0] == [0, 1000, 2000]
+    plt.close("all")
+    assert [name for name, *_ in curve_series(run, "step")] == ["training", "validation", "docs"]
+
+
+def test_several_runs_name_their_curves_and_a_null_loss_is_no_point(tmp_path):
+    import matplotlib.pyplot as plt
+
+    runs = [read_run(fake_run(tmp_path / name, [30.0, 20.0], unigram_perplexity=100.0)) for name in ("a", "b")]
+    runs[1]["eval_curve"][0]["eval_loss"] = None  # a non-finite loss is logged as null
+    runs[0]["name"], runs[1]["name"] = "a", "b"
+    lines = plotted(curves_figure(runs, "step", "steps"))
+    assert {"a · training", "a · validation", "a · unigram baseline", "b · validation"} <= set(lines)
+    assert lines["b · validation"] == ([20], [pytest.approx(math.log(20.0))])
+    plt.close("all")
 
 
 def test_each_row_names_its_text_and_its_windows(tmp_path):
