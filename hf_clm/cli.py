@@ -105,6 +105,11 @@ def perplexity_parser(sub) -> None:
     p.add_argument("--split", default=None, help=f"split of --dataset_name (default {DEFAULT_SPLIT})")
     p.add_argument("--text_column", default=None,
                    help="column holding the text, of --dataset_name or of --data tables (default text)")
+    p.add_argument("--sample_by", choices=("document", "paragraph", "line"), default=None,
+                   help="--data text files: one document per file (default), per paragraph (text between blank "
+                        "lines) or per line")
+    p.add_argument("--limit", type=int, default=None,
+                   help="score only the first N documents (as lm-evaluation-harness's --limit)")
     p.add_argument("--convention", choices=("strided", "rolling"), default="strided",
                    help="strided: documents + EOS as one stream in windows moved by --stride (the Hugging Face "
                         "guide); rolling: each document alone, every token scored once (lm-evaluation-harness)")
@@ -121,6 +126,10 @@ def perplexity_parser(sub) -> None:
 
 def source_flag_problem(args: argparse.Namespace) -> str | None:
     """A flag that does not apply to the chosen text source, which would be ignored."""
+    if args.sample_by is not None and not args.data:
+        own = "the recipe names its own sample_by" if args.recipe else "each row of a dataset is one document"
+        return (f"--sample_by applies to --data text files, not to {'--recipe' if args.recipe else '--dataset_name'} "
+                f"({own}); drop it")
     if args.dataset_name:
         return None
     given = [flag for flag, value in (("--split", args.split), ("--dataset_config_name", args.dataset_config_name))
@@ -134,21 +143,44 @@ def source_flag_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
-def evaluation_texts(args: argparse.Namespace) -> list[str]:
-    from hf_clm.corpus import TEXT, dataset_split, evaluation_documents, validation_split
+def evaluation_text(args: argparse.Namespace) -> tuple[list[str], dict]:
+    """The documents to score (the first ``--limit`` of them) and the row's account of them:
+    ``evaluated_on`` in words, ``sample_by`` (of --data text files) and ``limit``."""
+    from hf_clm.corpus import (
+        TEXT,
+        builder_for,
+        dataset_split,
+        evaluation_documents,
+        expand_files,
+        file_names,
+        validation_split,
+        validation_text,
+    )
     from hf_clm.recipe_parser import parse_recipe
 
+    sample_by = None
     if args.recipe:
-        split = validation_split(parse_recipe([args.recipe]).data_args)
+        data = parse_recipe([args.recipe]).data_args
+        split, source = validation_split(data), validation_text(vars(data))
     elif args.dataset_name:
         split = dataset_split(args.dataset_name, args.dataset_config_name, args.split or DEFAULT_SPLIT,
                               args.text_column or TEXT)
+        name = Path(args.dataset_name).name if Path(args.dataset_name).is_dir() else args.dataset_name
+        source = f"{' '.join(filter(None, (name, args.dataset_config_name)))}, {args.split or DEFAULT_SPLIT} split"
     else:
-        split = evaluation_documents(args.data, column=args.text_column)
-    texts = [t for t in split["text"] if t]
+        split = evaluation_documents(args.data, column=args.text_column, sample_by=args.sample_by)
+        files = expand_files(args.data, "--data", any_suffix=True)
+        text_files = builder_for(files, "--data", any_suffix=True) == "text"
+        sample_by = (args.sample_by or "document") if text_files else None
+        source = file_names(args.data) + (f", one document per {sample_by}" if sample_by not in (None, "document")
+                                          else "")
+    if args.text_column:
+        source += f", column {args.text_column}"
+    texts = [t for t in split["text"] if t][:args.limit]
     if not texts:
         raise HfClmError("the evaluation text is empty: no document holds any text")
-    return texts
+    first = f", the first {args.limit:,} documents" if args.limit else ""
+    return texts, {"evaluated_on": source + first, "sample_by": sample_by, "limit": args.limit}
 
 
 def perplexity_command(args: argparse.Namespace) -> int:
@@ -160,14 +192,14 @@ def perplexity_command(args: argparse.Namespace) -> int:
         raise HfClmError(problem)
     if args.output:
         check_output_folder(args.output, refuse_run=True)
-    texts = evaluation_texts(args)
+    texts, text_fields = evaluation_text(args)
     rows = []
     for name in args.models:
         model, tokenizer = load_for_inference(name, args.device, args.dtype)
         window, stride = checked_window(args.convention, args.window, args.stride, context_length(model.config))
         evaluation = evaluate_texts(model, tokenizer, texts, args.convention, window, stride, args.batch_size,
                                     progress=not args.json)
-        row = {"model": name, **scored_figures(evaluation, tokenizer, texts),
+        row = {"model": name, **scored_figures(evaluation, tokenizer, texts), **text_fields,
                "device": device_description(model.device), "dtype": str(model.dtype).removeprefix("torch.")}
         rows.append(row)
         print(json_text(row, indent=None) if args.json else format_perplexity(row))
@@ -315,7 +347,7 @@ SMALLEST_TEMPERATURE = 1e-6
 # (flag, lowest, highest or None) of the integer flags of each command
 INTEGER_FLAGS = {
     "generate": (("seed", *SEED_RANGE), ("max_new_tokens", 1, None), ("top_k", 0, None)),
-    "perplexity": (("window", 2, None), ("stride", 1, None), ("batch_size", 1, None)),
+    "perplexity": (("window", 2, None), ("stride", 1, None), ("batch_size", 1, None), ("limit", 1, None)),
     "explain": (("top_k", 1, None),),
 }
 

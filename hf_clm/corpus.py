@@ -277,18 +277,23 @@ def load_corpus(data: DataArguments) -> DatasetDict:
     return DatasetDict(train=train, validation=validation)
 
 
-def evaluation_documents(files: list[str], key: str = "--data", column: str | None = None) -> Dataset:
-    """Any text files (``.py``, ``.md``, no suffix: one UTF-8 document per file) or json/jsonl/csv/
-    parquet tables (their ``column``, default ``text``), as one split; errors name ``key``, the flag
-    the user gave."""
+def evaluation_documents(files: list[str], key: str = "--data", column: str | None = None,
+                         sample_by: str | None = None) -> Dataset:
+    """Any text files (``.py``, ``.md``, no suffix: one UTF-8 document per file, or per paragraph or
+    line with ``sample_by``) or json/jsonl/csv/parquet tables (their ``column``, default ``text``), as
+    one split; errors name ``key``, the flag the user gave."""
     paths = expand_files(files, key, any_suffix=True)
     builder = builder_for(paths, key, any_suffix=True)
     if builder == "text" and column is not None:
         raise HfClmError(f"--text_column {column}: {key} gives text files, one document per file, which have no "
                          f"columns; it applies to json/jsonl/csv/parquet tables")
+    if builder != "text" and sample_by is not None:
+        raise HfClmError(f"--sample_by {sample_by}: {key} gives {builder} tables, one document per row; it applies "
+                         f"to text files")
     if all(Path(f).stat().st_size == 0 for f in paths):
         raise HfClmError(f"{key}: the evaluation text is empty ({', '.join(paths)} hold no text)")
-    kwargs = {"sample_by": "document", "keep_linebreaks": True} if builder == "text" else {}
+    by = sample_by or "document"
+    kwargs = {"sample_by": by, "keep_linebreaks": by != "line"} if builder == "text" else {}
     if builder == "text":
         for path in paths:
             check_utf8(path)
@@ -341,6 +346,38 @@ def validation_split(data: DataArguments) -> Dataset:
 
 # Documents held out for validation from the head of a streamed corpus that has no validation split.
 STREAMING_EVAL_DOCUMENTS = 1000
+
+
+def file_names(paths: list[str], shown: int = 3) -> str:
+    """Files by name only (a report or a pushed file names no folder of this machine), the first few."""
+    names = [Path(p).name + ("/" if Path(p).is_dir() else "") for p in paths]
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def validation_text(data: dict[str, Any]) -> str:
+    """The documents :func:`validation_split` gives for these data keys (a recipe's), in words."""
+    percentage, first = data.get("validation_split_percentage"), data.get("max_eval_samples")
+    head = f"the first {first or STREAMING_EVAL_DOCUMENTS:,} documents of the stream"
+    if data.get("builtin_corpus"):
+        text = f"{data['builtin_corpus']}, {percentage}% of its files held out"
+    elif data.get("train_files"):
+        files = data.get("validation_files") or data["train_files"]
+        is_text = BUILDER_BY_SUFFIX.get(Path(files[0]).suffix.lower(), "text") == "text"
+        unit = {"paragraph": "paragraphs", "line": "lines"}.get(data.get("sample_by"), "documents") \
+            if is_text else "rows"
+        if data.get("validation_files"):
+            text = f"the {unit} of {file_names(files)}"
+        elif data.get("streaming"):
+            return f"{head} ({unit} of {file_names(files)})"
+        else:
+            text = f"{percentage}% of the {unit} of {file_names(files)}, held out"
+    else:
+        name = data.get("dataset_name") or ""
+        name = " ".join(filter(None, (Path(name).name if Path(name).is_absolute() else name,
+                                      data.get("dataset_config_name"))))
+        missing = head.replace("the stream", "train") if data.get("streaming") else f"{percentage}% of train held out"
+        text = f"{name}, validation split (or, where it has none, {missing})"
+    return text + (f"; the first {first:,}" if first else "")
 
 
 def head_documents(data_values: dict, split: str, n: int):

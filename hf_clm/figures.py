@@ -45,9 +45,22 @@ def baseline_comparison(perplexity: float, unigram: float) -> str:
             f"learning_rate")
 
 
+def scoring_text(summary: dict[str, Any]) -> str | None:
+    """How the text was cut into windows: a ``hf-clm perplexity`` row's own convention, window and
+    stride, or a run's validation blocks (strided, window = stride = block_size)."""
+    if summary.get("convention"):
+        stride = f", stride {summary['stride']:,}" if summary.get("stride") else ""
+        return f"{summary['convention']}, window {summary['window']:,}{stride}"
+    if summary.get("block_size"):
+        return f"strided, window {summary['block_size']:,}, stride {summary['block_size']:,} (validation blocks)"
+    return None
+
+
 def figure_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, value) of each of the run's figures, in the order every rendering shows them."""
     rows = [(label, before_after(summary, key, spec)) for label, key, spec in EVALUATION_ROWS]
+    rows += [(label, value) for label, value in (("evaluated on", summary.get("evaluated_on")),
+                                                 ("scoring", scoring_text(summary))) if value]
     unigram = summary.get("unigram_perplexity")
     if unigram is not None and summary.get("perplexity") is not None:
         rows.append(("unigram baseline", f"{unigram:.2f} ({baseline_comparison(summary['perplexity'], unigram)})"))

@@ -15,8 +15,8 @@ from typing import Any
 
 from hf_clm.artifacts import read_json, write_atomic, write_json, write_text_atomic
 from hf_clm.errors import HfClmError
-from hf_clm.figures import eval_sets_table, figures_table, fmt
-from hf_clm.run_files import PERPLEXITY_FILENAME, REPORT_JSON, REPORT_MD, TRAINER_STATE
+from hf_clm.figures import eval_sets_table, figures_table, fmt, markdown_table
+from hf_clm.run_files import PERPLEXITY_FILENAME, RECIPE_FILENAME, REPORT_JSON, REPORT_MD, TRAINER_STATE
 from hf_clm.run_record import describe
 
 COMPARISON_KIND = "perplexity comparison"  # report.json of `hf-clm perplexity --output`
@@ -58,11 +58,25 @@ def read_run(run_dir: str | Path, summary: dict[str, Any] | None = None) -> dict
     return {
         "name": run_dir.resolve().name, "path": str(run_dir),
         "train_seconds": None, "train_tokens_per_second": None, **summary,
+        "evaluated_on": summary.get("evaluated_on") or recipe_validation_text(run_dir),
         "train_curve": [e for e in history if "loss" in e and "eval_loss" not in e],
         "eval_curve": [e for e in history if "eval_loss" in e],
         "set_curve": [e for e in history if any(k.startswith("eval_") and k.endswith("_perplexity") and
                                                 k != "eval_perplexity" for k in e)],
     }
+
+
+def recipe_validation_text(run_dir: Path) -> str | None:
+    """What a run validated on, from its recipe.yaml: for runs whose perplexity.json predates ``evaluated_on``."""
+    import yaml
+
+    from hf_clm.corpus import validation_text
+
+    try:
+        recipe = yaml.safe_load((run_dir / RECIPE_FILENAME).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    return validation_text(recipe) if isinstance(recipe, dict) else None
 
 
 def legend_names(runs: list[dict[str, Any]]) -> list[str]:
@@ -75,24 +89,46 @@ def legend_names(runs: list[dict[str, Any]]) -> list[str]:
     return [os.path.relpath(path, os.path.dirname(common) if path == common else common) for path in paths]
 
 
-def tick_text(value: float, _position=None) -> str:
-    return f"{value:,.0f}" if value >= 100 else f"{value:g}"
+def finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def minor_tick_text(value: float, across_decades: bool) -> str:
-    """A minor log tick's label: every one within a decade; across decades only 2s and 5s (else they crowd)."""
-    lead = round(value / 10 ** math.floor(math.log10(value))) if value > 0 else 0
-    return tick_text(value) if not across_decades or lead in (2, 5) else ""
+def curve_series(run: dict[str, Any], x_key: str) -> list[tuple[str, list[float], list[float]]]:
+    """(name, x, loss in nats/token) of each of a run's curves: ``training``, ``validation`` (Trainer's
+    ``eval_loss``), then each named evaluation set; a curve with no point is left out."""
+    keys = [("training", "train_curve", "loss"), ("validation", "eval_curve", "eval_loss")]
+    keys += [(name, "set_curve", f"eval_{name}_loss") for name in run.get("eval_sets") or {}]
+    series = []
+    for name, curve, key in keys:
+        # a non-finite figure is logged as null: no point to draw
+        points = [(entry[x_key], entry[key]) for entry in run.get(curve, [])
+                  if x_key in entry and finite(entry.get(key))]
+        if points:
+            series.append((name, [x for x, _ in points], [y for _, y in points]))
+    return series
 
 
-def label_log_axis(ax) -> None:
-    """Plain numbers (1,000 not 1e3) on a log axis, minor ticks included."""
-    import matplotlib.ticker
+def unigram_loss(run: dict[str, Any]) -> float | None:
+    """The unigram baseline as a loss, ln(unigram perplexity), in the unit of the curves."""
+    unigram = run.get("unigram_perplexity")
+    return math.log(unigram) if finite(unigram) and unigram > 0 else None
 
+
+CURVE_STYLES = {"training": {"linewidth": 1.2, "alpha": 0.85},
+                "validation": {"linewidth": 2.0, "marker": "o", "markersize": 4}}
+SET_STYLE = {"linewidth": 1.5, "linestyle": "--", "marker": "s", "markersize": 3}
+SHORT_NAMES = {"training": "train", "validation": "val"}
+
+
+def label_final_values(ax, finals: list[tuple[float, str, str]]) -> None:
+    """Each curve's final value in the right margin, at its height, moved apart where they would overlap."""
     low, high = ax.get_ylim()
-    across_decades = high / low > 10
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(tick_text))
-    ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: minor_tick_text(v, across_decades)))
+    gap, previous = (high - low) * 0.055, -math.inf
+    for y, text, color in sorted(finals):
+        previous = max(y, previous + gap)
+        ax.annotate(text, xy=(1, y), xycoords=ax.get_yaxis_transform(), xytext=(1.015, previous),
+                    textcoords=ax.get_yaxis_transform(), color=color, va="center", fontsize=8.5,
+                    annotation_clip=False, arrowprops={"arrowstyle": "-", "color": color, "alpha": 0.4, "lw": 0.8})
 
 
 def say_empty(ax, what: str) -> None:
@@ -100,49 +136,55 @@ def say_empty(ax, what: str) -> None:
     ax.set(xticks=[], yticks=[])
 
 
-def plot_curves(runs: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """Training loss and eval perplexity against steps and against tokens seen; one line per run."""
+def curves_figure(runs: list[dict[str, Any]], x_key: str, x_label: str):
+    """Training and validation loss (nats/token) against ``x_key`` on one axis, each run's unigram
+    baseline a dotted line, each curve's final value labelled."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    figure, ax = plt.subplots(figsize=(10, 5))
+    ax.set(title="Loss on training and validation text (perplexity = e^loss)", xlabel=x_label,
+           ylabel="loss (nats/token)")
+    curves = [curve_series(run, x_key) for run in runs]
+    if not any(curves):
+        say_empty(ax, "no training loss or evaluation logged\n(fewer steps than logging_steps, eval_strategy: no); "
+                      "see perplexity.json")
+        return figure
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    several, finals = len(runs) > 1, []
+    for index, (run, series) in enumerate(zip(runs, curves)):
+        prefix = f"{run['name']} · " if several else ""
+        for number, (name, xs, ys) in enumerate(series):
+            color = colors[(index if several else number) % len(colors)]
+            ax.plot(xs, ys, color=color, label=prefix + name, **CURVE_STYLES.get(name, SET_STYLE))
+            finals.append((ys[-1], f"{SHORT_NAMES.get(name, name)} {ys[-1]:.3f}", color))
+            if name == "validation" and run.get("base") and run["eval_curve"][0].get("step") == 0:
+                ax.annotate("base model", (xs[0], ys[0]), textcoords="offset points", xytext=(8, 2), color=color)
+        if (baseline := unigram_loss(run)) is not None:
+            color = colors[index % len(colors)] if several else "0.35"
+            ax.axhline(baseline, color=color, linestyle=":", linewidth=1.3, label=prefix + "unigram baseline")
+            finals.append((baseline, f"unigram {baseline:.3f}", color))
+    if all(name == "training" for series in curves for name, *_ in series):
+        ax.text(0.01, 0.02, "no evaluation during training (eval_strategy: no); see perplexity.json",
+                transform=ax.transAxes, color="0.4", fontsize=8.5)
+    label_final_values(ax, finals)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:,.0f}"))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8.5)
+    figure.tight_layout()
+    return figure
+
+
+def plot_curves(runs: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """The curves against steps and against tokens seen; one PNG each."""
+    import matplotlib.pyplot as plt
 
     paths = []
     for x_key, x_label in CURVES:
-        figure, (loss_ax, ppl_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
-        for run in runs:
-            name = run["name"]
-            # a non-finite figure is logged as null: no point to draw
-            train = [e for e in run["train_curve"] if x_key in e and e["loss"] is not None]
-            evals = [e for e in run["eval_curve"] if x_key in e and e.get("eval_perplexity") is not None]
-            if train:
-                loss_ax.plot([e[x_key] for e in train], [e["loss"] for e in train], label=name)
-            for set_name in run.get("eval_sets") or {}:
-                key = f"eval_{set_name}_perplexity"
-                points = [e for e in run["set_curve"] if e.get(key) is not None and x_key in e]
-                ppl_ax.plot([e[x_key] for e in points], [e[key] for e in points], marker="s", linestyle="--",
-                            label=f"{name} · {set_name}")
-            if evals:
-                line, = ppl_ax.plot([e[x_key] for e in evals], [e["eval_perplexity"] for e in evals], marker="o",
-                                    label=name)
-                if run.get("base") and evals[0].get("step") == 0:
-                    ppl_ax.annotate(f"base {run['base']['perplexity']:.1f}",
-                                    (evals[0][x_key], evals[0]["eval_perplexity"]), textcoords="offset points",
-                                    xytext=(6, 4), color=line.get_color())
-        loss_ax.set(title="Training loss", xlabel=x_label, ylabel="loss (nats/token)")
-        ppl_ax.set(title="Validation perplexity", xlabel=x_label, ylabel="perplexity (log scale)")
-        if ppl_ax.lines:
-            ppl_ax.set_yscale("log")
-            label_log_axis(ppl_ax)
-        else:
-            say_empty(ppl_ax, "no evaluation during training\n(eval_strategy: no); see perplexity.json")
-        if not loss_ax.lines:
-            say_empty(loss_ax, "no training loss logged\n(fewer steps than logging_steps)")
-        for ax in (loss_ax, ppl_ax):
-            ax.grid(alpha=0.3)
-            if ax.lines:
-                ax.legend()
-        figure.tight_layout()
+        figure = curves_figure(runs, x_key, x_label)
         path = out_dir / f"curves_by_{x_label.replace(' ', '_')}.png"
         write_atomic(path, lambda temporary: figure.savefig(temporary, dpi=110, format="png"))
         plt.close(figure)
@@ -153,9 +195,10 @@ def plot_curves(runs: list[dict[str, Any]], out_dir: Path) -> list[Path]:
 def markdown(runs: list[dict[str, Any]], plots: list[Path]) -> str:
     summaries = {r["name"]: r for r in runs}
     lines = ["# Perplexity report", "", *figures_table(summaries), "",
-             "Perplexity = exp(total NLL / predicted tokens) on the validation blocks; bits/byte divides "
-             "the same total NLL, in bits, by the UTF-8 bytes those tokens stand for. Training time leaves out "
-             "evaluation and saving; train tokens/s = train tokens / training time."]
+             "Perplexity = exp(total NLL / predicted tokens) on the text a row was evaluated on, cut into the "
+             "windows its scoring column gives (figures measured on different texts or windows do not compare); "
+             "bits/byte divides the same total NLL, in bits, by the UTF-8 bytes those tokens stand for. Training "
+             "time leaves out evaluation and saving; train tokens/s = train tokens / training time."]
     if any(r.get("base") for r in runs):
         lines += ["A → B: the pretrained base model evaluated before the first step (A), then the fine-tuned "
                   "model (B), on the same validation blocks."]
@@ -187,19 +230,22 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path,
 
 
 def comparison_markdown(rows: list[dict[str, Any]], plot: Path) -> str:
+    """The models' table: each row with its own convention, window and stride (each model's default
+    window is its own context length)."""
     first = rows[0]
-    how = (f"{first['convention']} convention, window {first['window']}"
-           + (f", stride {first['stride']}" if first.get("stride") else ""))
-    lines = ["# Perplexity comparison", "", f"Every model scored on the same {first['documents']:,} documents "
-             f"({first['bytes']:,} UTF-8 bytes), {how}. Bits per byte do not depend on the tokenizer: "
-             "compare models by that column when their tokenizers differ.", "",
-             "| model | perplexity | bits/byte | bits/char | tokens | device | dtype | convention |",
-             "|---|---:|---:|---:|---:|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {fmt(r['perplexity'], '.3f')} | {fmt(r['bits_per_byte'], '.4f')} | "
-                     f"{fmt(r['bits_per_char'], '.4f')} | {r['tokens']:,} | {r['device']} | {r['dtype']} | "
-                     f"{r['convention']} |")
-    return "\n".join(lines + ["", f"![{plot.stem}]({plot.name})"]) + "\n"
+    lines = ["# Perplexity comparison", "",
+             f"Every model scored on the same text: {first['evaluated_on']} ({first['documents']:,} documents). "
+             "Bits per byte do not depend on the tokenizer: compare models by that column when their tokenizers "
+             "differ."]
+    if len({(r["convention"], r["window"], r["stride"]) for r in rows}) > 1:
+        lines.append("The models were scored with different windows (by default each model's own context "
+                     "length): a longer window gives every token more context, which lowers its figures too.")
+    header = ["model", "perplexity", "bits/byte", "bits/char", "tokens", "bytes", "convention", "window", "stride",
+              "device", "dtype"]
+    table = [[r["model"], fmt(r["perplexity"], ".3f"), fmt(r["bits_per_byte"], ".4f"), fmt(r["bits_per_char"], ".4f"),
+              f"{r['tokens']:,}", f"{r['bytes']:,}", r["convention"], f"{r['window']:,}", fmt(r["stride"], ","),
+              r["device"], r["dtype"]] for r in rows]
+    return "\n".join([*lines, "", *markdown_table(header, table), "", f"![{plot.stem}]({plot.name})"]) + "\n"
 
 
 def plot_comparison(rows: list[dict[str, Any]], out_dir: Path) -> Path:

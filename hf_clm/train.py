@@ -19,6 +19,7 @@ from hf_clm.checkpoints import (
     finished_summary,
     resume_checkpoint,
 )
+from hf_clm.corpus import validation_text
 from hf_clm.distributed import check_launch
 from hf_clm.divergence import TrainingDiverged
 from hf_clm.errors import HfClmError
@@ -87,12 +88,13 @@ def base_model_metrics(log_history: list[dict[str, float]]) -> dict[str, float] 
 
 def perplexity_summary(metrics: dict[str, float], model: PreTrainedModel, data: TrainingData,
                        tokens_seen: int, unigram_perplexity: float | None,
-                       base: dict[str, float] | None = None) -> dict[str, Any]:
+                       base: dict[str, float] | None = None, evaluated_on: str | None = None) -> dict[str, Any]:
     """The run's figures; with ``base`` (a fine-tuning run), the base model's figures on the same
-    validation set under ``"base"``."""
+    validation set under ``"base"``; ``evaluated_on`` names that set in words."""
     return {
         **logged_figures(metrics),
         **({"base": logged_figures(base)} if base else {}),
+        "evaluated_on": evaluated_on,
         "unigram_perplexity": unigram_perplexity,
         "parameters": model.num_parameters(),
         "trainable_parameters": model.num_parameters(only_trainable=True),
@@ -151,7 +153,7 @@ def locked_run(recipe: Recipe, push: tuple[PushTarget, str] | None) -> dict[str,
     start_output_dir(recipe, data, resume)  # everything is ready: only now may the previous contents go
     recorder = record_run(trainer, recipe)
     train_to_the_end(trainer, resume)
-    summary = run_summary(trainer, model, data, recorder.record)
+    summary = run_summary(recipe, trainer, model, data, recorder.record)
     if trainer.is_world_process_zero():
         finish_run(recipe, summary, trainer.state.global_step, push)
     return summary
@@ -178,13 +180,14 @@ def start_output_dir(recipe: Recipe, data: TrainingData, resume: str | None) -> 
     save_token_counts(data.counts, output_dir)
 
 
-def run_summary(trainer, model: PreTrainedModel, data: TrainingData, record: dict[str, Any]) -> dict[str, Any]:
+def run_summary(recipe: Recipe, trainer, model: PreTrainedModel, data: TrainingData, record: dict[str, Any]
+                ) -> dict[str, Any]:
     """The finished run's figures: the final evaluation, baselines, throughput and how it ran."""
     metrics = final_eval_metrics(trainer)
     check_final_loss(metrics["eval_loss"])
     unigram = None if data.streamed else unigram_scores(data.train, data.validation, len(data.tokenizer)).perplexity
     summary = perplexity_summary(metrics, model, data, trainer.state.num_input_tokens_seen, unigram,
-                                 base_model_metrics(trainer.state.log_history))
+                                 base_model_metrics(trainer.state.log_history), validation_text(vars(recipe.data_args)))
     summary.update(training_throughput(trainer, trainer.meter), run=record)
     if data.eval_sets:
         summary["eval_sets"] = eval_set_figures(trainer)

@@ -333,8 +333,27 @@ def command_bad_inputs(tmp_path):
     }
 
 
+def report_bad_inputs(tmp_path):
+    """perplexity's --limit and --sample_by: refused where they do not apply. Uses the checkpoint,
+    corpus, table and recipe the cases above write."""
+    perplexity = ["perplexity", str(tmp_path / "pretrained")]
+    dataset = tmp_path / "a-dataset"
+    dataset.mkdir()
+    (dataset / "test.jsonl").write_text('{"text": "the cat sat"}\n')
+    return {
+        "limit 0": ([*perplexity, "--data", str(tmp_path / "ok.txt"), "--limit", "0"],
+                    "--limit must be at least 1, not 0"),
+        "sample_by of a table": ([*perplexity, "--data", str(tmp_path / "table.json"), "--sample_by", "line"],
+                                 "--sample_by line: --data gives json tables, one document per row"),
+        "sample_by with a dataset": ([*perplexity, "--dataset_name", str(dataset), "--sample_by", "paragraph"],
+                                     "--sample_by applies to --data text files, not to --dataset_name"),
+        "sample_by with a recipe": ([*perplexity, "--recipe", str(tmp_path / "base.yaml"), "--sample_by", "line"],
+                                    "--sample_by applies to --data text files, not to --recipe (the recipe"),
+    }
+
+
 def test_each_bad_input_is_one_line_naming_key_value_and_allowed(tmp_path, capsys, bpe_tokenizer):
-    cases = {**bad_inputs(tmp_path), **command_bad_inputs(tmp_path)}
+    cases = {**bad_inputs(tmp_path), **command_bad_inputs(tmp_path), **report_bad_inputs(tmp_path)}
     bpe_tokenizer.save_pretrained(tmp_path / "pretrained")
     failures = []
     for name, (argv, expected) in cases.items():

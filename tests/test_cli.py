@@ -222,12 +222,55 @@ def test_several_models_make_a_comparison_report_that_report_accepts(trained_dir
     assert [r["model"] for r in content["models"]] == [str(run_dir), other]
     assert all({"perplexity", "bits_per_byte", "tokens", "device", "dtype", "convention"} <= set(r)
                for r in content["models"])
+    assert all(r["evaluated_on"] == "valid.txt" and r["sample_by"] == "document" and r["limit"] is None
+               for r in content["models"])
     assert (tmp_path / "compare" / "perplexity_by_model.png").stat().st_size > 1000
-    assert "| model | perplexity | bits/byte |" in (tmp_path / "compare" / "report.md").read_text()
+    markdown = (tmp_path / "compare" / "report.md").read_text()
+    assert "| model | perplexity | bits/byte |" in markdown
+    # each model at its own default window, its context length: the run's 32, the other's 64
+    rows = {line.split(" | ")[0].removeprefix("| "): line for line in markdown.splitlines() if line.startswith("| ")}
+    assert "| strided | 32 | 32 |" in rows[str(run_dir)] and "| strided | 64 | 64 |" in rows[other]
     combined = hf_clm("report", str(run_dir), str(tmp_path / "compare"), "--output", str(tmp_path / "both"))
     assert combined.returncode == 0, combined.stderr[-2000:]
     table = json.loads((tmp_path / "both" / "report.json").read_text())["runs"]
     assert len(table) == 3
+    assert [r["evaluated_on"] for r in table] == ["the paragraphs of valid.txt", "valid.txt", "valid.txt"]
+    both = (tmp_path / "both" / "report.md").read_text()
+    assert "| the paragraphs of valid.txt | strided, window 32, stride 32 (validation blocks) |" in both
+    assert "| valid.txt | strided, window 64, stride 64 |" in both
+
+
+def test_a_run_records_and_prints_the_text_it_was_validated_on(trained_dir, finished_run):
+    run_dir, _ = trained_dir
+    assert json.loads((run_dir / "perplexity.json").read_text())["evaluated_on"] == "the paragraphs of valid.txt"
+    assert "evaluated on           the paragraphs of valid.txt" in finished_run.stdout
+
+
+def test_perplexity_scores_paragraphs_or_lines_of_text_files_and_the_first_n(tmp_path, bpe_tokenizer, capsys):
+    model = tiny_checkpoint(tmp_path / "model", len(bpe_tokenizer), 32, bpe_tokenizer)
+    text = tmp_path / "wiki.txt"
+    text.write_text("the cat sat\non a mat\n\ndogs ran past\n\n\nquick brown foxes\n")
+
+    def row(*argv):
+        assert main(["perplexity", model, "--data", str(text), "--json", "--convention", "rolling", *argv]) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    whole = row()
+    assert (whole["documents"], whole["sample_by"], whole["limit"], whole["evaluated_on"]) == (1, "document", None,
+                                                                                             "wiki.txt")
+    assert row("--sample_by", "paragraph")["documents"] == 3  # as training splits .txt files
+    assert row("--sample_by", "line")["documents"] == 4  # a blank line is no document
+    first = row("--sample_by", "paragraph", "--limit", "2")
+    assert (first["documents"], first["limit"], first["sample_by"]) == (2, 2, "paragraph")
+    assert first["bytes"] == len("the cat sat\non a mat" + "dogs ran past")  # rolling scores every byte
+    assert first["evaluated_on"] == "wiki.txt, one document per paragraph, the first 2 documents"
+    assert row("--limit", "5")["documents"] == 1
+    assert main(["perplexity", model, "--data", str(text), "--sample_by", "line", "--limit", "3",
+                 "--output", str(tmp_path / "cmp")]) == 0
+    markdown = (tmp_path / "cmp" / "report.md").read_text()
+    assert "wiki.txt, one document per line, the first 3 documents (3 documents)" in markdown
+    saved = json.loads((tmp_path / "cmp" / "report.json").read_text())["models"][0]
+    assert (saved["sample_by"], saved["limit"], saved["documents"]) == ("line", 3, 3)
 
 
 def test_bfloat16_on_cpu_agrees_with_float32(trained_dir, hf_clm):
