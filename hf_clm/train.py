@@ -17,6 +17,7 @@ from hf_clm.checkpoints import (
     checkpoint_step,
     clear_incomplete_checkpoints,
     clear_previous_run,
+    remove_template_card,
     resume_checkpoint,
     trains_no_further,
 )
@@ -25,11 +26,12 @@ from hf_clm.divergence import TrainingDiverged
 from hf_clm.errors import HfClmError
 from hf_clm.evaluation import perplexity_from_loss, unigram_scores
 from hf_clm.figures import console_summary, logged_figures
-from hf_clm.hub import PushTarget, check_hub_access, push_run
+from hf_clm.hub import PushTarget, check_hub_access, checked_publish_recipe, push_run, recipe_push_options
 from hf_clm.hub_sources import check_hub_sources
 from hf_clm.locks import folder_lock
 from hf_clm.model import build_model, check_4bit_possible, merge_adapter
 from hf_clm.prepare import TrainingData, training_data
+from hf_clm.publish import PublishOptions
 from hf_clm.recipe import Recipe, save_recipe
 from hf_clm.report import write_report
 from hf_clm.run_files import PERPLEXITY_FILENAME
@@ -103,17 +105,20 @@ def perplexity_summary(metrics: dict[str, float], model: PreTrainedModel, data: 
     }
 
 
-def hub_push_target(args: TrainingArguments) -> tuple[PushTarget, str] | None:
-    """With push_to_hub: the repo and token, checked now rather than after training. The push
-    itself happens once, at the end, with the package's model card, so Trainer does not push.
-    The token lives in this frame only: it is taken out of the arguments Trainer saves
-    (``training_args.bin`` in the run and every checkpoint) whether or not the run pushes."""
+def hub_push_target(recipe: Recipe) -> tuple[PushTarget, str, PublishOptions] | None:
+    """With push_to_hub: what is published, the repo and the token, checked now rather than after
+    training. The push itself happens once, at the end, with the package's model card, so Trainer
+    does not push. The token lives in this frame only: it is taken out of the arguments Trainer
+    saves (``training_args.bin`` in the run and every checkpoint) whether or not the run pushes."""
+    args = recipe.training_args
     token, args.hub_token = args.hub_token, None
     if not args.push_to_hub:
         return None
+    checked_publish_recipe(recipe)
     repo_id, token = check_hub_access(args.hub_model_id, token)
     args.push_to_hub = False
-    return PushTarget(repo_id, private=bool(args.hub_private_repo), revision=args.hub_revision), token
+    return (PushTarget(repo_id, private=bool(args.hub_private_repo), revision=args.hub_revision), token,
+            recipe_push_options(recipe))
 
 
 def trainable_parameters(model: PreTrainedModel) -> int:
@@ -130,13 +135,13 @@ def run(recipe: Recipe) -> dict[str, Any]:
     (the finished-run marker) to output_dir."""
     args = recipe.training_args
     check_hub_sources(recipe.model_args, recipe.data_args)
-    push = hub_push_target(args)
+    push = hub_push_target(recipe)
     check_4bit_possible(recipe.model_args)
     with output_dir_lock(args):
         return locked_run(recipe, push)
 
 
-def locked_run(recipe: Recipe, push: tuple[PushTarget, str] | None) -> dict[str, Any]:
+def locked_run(recipe: Recipe, push: tuple[PushTarget, str, PublishOptions] | None) -> dict[str, Any]:
     args = recipe.training_args
     check_launch(args)
     output_dir = Path(args.output_dir)
@@ -177,6 +182,7 @@ def locked_run(recipe: Recipe, push: tuple[PushTarget, str] | None) -> dict[str,
         trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     trainer.save_state()
+    remove_template_card(output_dir)
     metrics = final_eval_metrics(trainer)
     check_final_loss(metrics["eval_loss"])
     unigram = None if data.streamed else \
@@ -193,5 +199,6 @@ def locked_run(recipe: Recipe, push: tuple[PushTarget, str] | None) -> dict[str,
         write_finished_marker(summary, output_dir, trainer.state.global_step)  # last: the run is finished
         print(console_summary(summary, output_dir))
         if push:
-            print(f"pushed to              {push_run(output_dir, *push)}")
+            target, token, options = push
+            print(f"pushed to              {push_run(output_dir, target, token, options)}")
     return summary
