@@ -17,6 +17,7 @@ from hf_clm.run_files import MODEL_CARD, PACKAGE_OUTPUTS, PERPLEXITY_FILENAME, T
 logger = logging.getLogger(__name__)
 
 CARD_TAG = "hf_clm"
+TEMPLATE_CARD_HEADING = "# Model Card for Model ID"  # huggingface_hub's template, which peft fills in
 
 
 def checkpoint_problem(path: Path) -> str | None:
@@ -139,6 +140,14 @@ def is_package_card(path: Path) -> bool:
         return f"- {CARD_TAG}\n" in path.read_text(encoding="utf-8", errors="replace")[:4096]
     except OSError:
         return False
+
+
+def remove_template_card(folder: Path) -> None:
+    """peft's ``save_pretrained`` writes its template model card (a local base, no figures) as
+    README.md; the run keeps none until a push writes the package's card."""
+    card = folder / MODEL_CARD
+    if card.is_file() and not is_package_card(card) and TEMPLATE_CARD_HEADING in card.read_text(errors="replace"):
+        card.unlink(missing_ok=True)  # every rank saves, and removes
 
 
 def previous_run_files(output_dir: Path) -> list[Path]:

@@ -21,12 +21,12 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
-from hf_clm.artifacts import output_folder_problem, safetensors_problem
+from hf_clm.artifacts import json_text, output_folder_problem, safetensors_problem, weights_digests
 from hf_clm.attention import check_document_isolation, record_attention_scope
 from hf_clm.errors import HfClmError, first_line
 from hf_clm.hub_sources import MODEL_ALTERNATIVE, offline_hint, require_hub
 from hf_clm.recipe import ModelArguments
-from hf_clm.run_files import ADAPTER_CONFIG, MERGED_DIRNAME, TOKENIZER_FILE
+from hf_clm.run_files import ADAPTER_CONFIG, MERGED_DIRNAME, MERGED_FROM, MODEL_CARD, TOKENIZER_FILE
 from hf_clm.tokenizer import UnreadableTokenizer, read_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -193,10 +193,11 @@ def load_adapter_model(path: Path, **kwargs) -> PreTrainedModel:
                          f"{first_line(err)}") from None
 
 
-# What a merge writes: the model (config, weights, possibly sharded) and the tokenizer's files.
+# What a merge writes: the model (config, weights, possibly sharded), the tokenizer's files and the
+# adapter it was merged from; and the model card a push writes there.
 MERGED_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
                 TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                "vocab.json", "merges.txt", "chat_template.jinja", "tokenizer.model")
+                "vocab.json", "merges.txt", "chat_template.jinja", "tokenizer.model", MERGED_FROM, MODEL_CARD)
 
 
 def merge_output_problem(run_dir: Path, output_dir: Path) -> str | None:
@@ -256,6 +257,7 @@ def merge_adapter(run_dir: str | Path, output_dir: str | Path | None = None, fla
     try:
         merged.save_pretrained(staging)
         read_tokenizer(run_dir).save_pretrained(staging)
+        (staging / MERGED_FROM).write_text(json_text({"adapter_sha256": weights_digests(run_dir)}), encoding="utf-8")
         replace_folder(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -193,7 +193,8 @@ class RunArguments:
                           "output_dir/merged (loads with AutoModelForCausalLM, without peft)."},
     )
     license: str | None = field(
-        default=None, metadata={"help": "License of the trained model, for its Hub model card (e.g. apache-2.0)."}
+        default=None, metadata={"help": "License of the trained model, for its Hub model card (e.g. apache-2.0); "
+                                           "push_to_hub requires it."}
     )
     peak_tflops: float | None = field(
         default=None,

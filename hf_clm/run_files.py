@@ -16,6 +16,8 @@ CURVES_GLOB = "curves_by_*.png"
 MODEL_CARD = "README.md"
 ADAPTER_CONFIG = "adapter_config.json"
 MERGED_DIRNAME = "merged"
+# In the merged folder: the digests of the adapter it was merged from (a push checks them against the run's).
+MERGED_FROM = "merged_from.json"
 TOKENIZER_FILE = "tokenizer.json"
 CHECKPOINT_GLOB = f"{PREFIX_CHECKPOINT_DIR}-*"
 # A prepared_dataset folder's description, written last.

@@ -17,6 +17,7 @@ from hf_clm.checkpoints import (
     clear_incomplete_checkpoints,
     clear_previous_run,
     finished_summary,
+    remove_template_card,
     resume_checkpoint,
 )
 from hf_clm.corpus import validation_text
@@ -25,11 +26,12 @@ from hf_clm.divergence import TrainingDiverged
 from hf_clm.errors import HfClmError
 from hf_clm.evaluation import perplexity_from_loss, unigram_scores
 from hf_clm.figures import console_summary, logged_figures
-from hf_clm.hub import PushTarget, check_hub_access, push_run
+from hf_clm.hub import PushTarget, check_hub_access, checked_publish_recipe, push_run, recipe_push_options
 from hf_clm.hub_sources import check_hub_sources
 from hf_clm.locks import folder_lock
 from hf_clm.model import build_model, check_4bit_possible, merge_adapter
 from hf_clm.prepare import TrainingData, training_data
+from hf_clm.publish import PublishOptions
 from hf_clm.recipe import Recipe, save_recipe
 from hf_clm.report import write_report
 from hf_clm.run_files import PERPLEXITY_FILENAME
@@ -104,17 +106,20 @@ def perplexity_summary(metrics: dict[str, float], model: PreTrainedModel, data: 
     }
 
 
-def hub_push_target(args: TrainingArguments) -> tuple[PushTarget, str] | None:
-    """With push_to_hub: the repo and token, checked now rather than after training. The push
-    itself happens once, at the end, with the package's model card, so Trainer does not push.
-    The token lives in this frame only: it is taken out of the arguments Trainer saves
-    (``training_args.bin`` in the run and every checkpoint) whether or not the run pushes."""
+def hub_push_target(recipe: Recipe) -> tuple[PushTarget, str, PublishOptions] | None:
+    """With push_to_hub: what is published, the repo and the token, checked now rather than after
+    training. The push itself happens once, at the end, with the package's model card, so Trainer
+    does not push. The token lives in this frame only: it is taken out of the arguments Trainer
+    saves (``training_args.bin`` in the run and every checkpoint) whether or not the run pushes."""
+    args = recipe.training_args
     token, args.hub_token = args.hub_token, None
     if not args.push_to_hub:
         return None
+    checked_publish_recipe(recipe)
     repo_id, token = check_hub_access(args.hub_model_id, token)
     args.push_to_hub = False
-    return PushTarget(repo_id, private=bool(args.hub_private_repo), revision=args.hub_revision), token
+    return (PushTarget(repo_id, private=bool(args.hub_private_repo), revision=args.hub_revision), token,
+            recipe_push_options(recipe))
 
 
 def output_dir_lock(args: TrainingArguments):
@@ -127,13 +132,13 @@ def run(recipe: Recipe) -> dict[str, Any]:
     (the finished-run marker) to output_dir."""
     args = recipe.training_args
     check_hub_sources(recipe.model_args, recipe.data_args)
-    push = hub_push_target(args)
+    push = hub_push_target(recipe)
     check_4bit_possible(recipe.model_args)
     with output_dir_lock(args):
         return locked_run(recipe, push)
 
 
-def locked_run(recipe: Recipe, push: tuple[PushTarget, str] | None) -> dict[str, Any]:
+def locked_run(recipe: Recipe, push: tuple[PushTarget, str, PublishOptions] | None) -> dict[str, Any]:
     args = recipe.training_args
     check_launch(args)
     output_dir = Path(args.output_dir)
@@ -153,6 +158,7 @@ def locked_run(recipe: Recipe, push: tuple[PushTarget, str] | None) -> dict[str,
     start_output_dir(recipe, data, resume)  # everything is ready: only now may the previous contents go
     recorder = record_run(trainer, recipe)
     train_to_the_end(trainer, resume)
+    remove_template_card(output_dir)
     summary = run_summary(recipe, trainer, model, data, recorder.record)
     if trainer.is_world_process_zero():
         finish_run(recipe, summary, trainer.state.global_step, push)
@@ -194,7 +200,7 @@ def run_summary(recipe: Recipe, trainer, model: PreTrainedModel, data: TrainingD
     return summary
 
 
-def finish_run(recipe: Recipe, summary: dict[str, Any], step: int, push: tuple[PushTarget, str] | None) -> None:
+def finish_run(recipe: Recipe, summary: dict[str, Any], step: int, push: tuple[PushTarget, str, PublishOptions] | None) -> None:
     """Main process: merged adapter, report, then the finished-run marker; the summary; the push."""
     output_dir = Path(recipe.training_args.output_dir)
     if recipe.run_args.merge_adapter:

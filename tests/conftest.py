@@ -216,3 +216,59 @@ def finished_run(tmp_path_factory, offline_hf_cache) -> FinishedRun:
     result = run_in_process("train", *recipe_args(files, root / "run", *FINISHED_RUN_FLAGS))
     assert result.returncode == 0, result.stderr[-3000:]
     return FinishedRun(root / "run", files, result.stdout, result.stderr)
+
+
+@pytest.fixture(scope="session")
+def finished_lora_run(finished_run, tmp_path_factory) -> FinishedRun:
+    """A seconds-long finished LoRA run (4 steps, warmup_steps 2, merged at the end, no license) on the
+    session's finished run as a local base model, trained once per session in process. Read it only."""
+    root = tmp_path_factory.mktemp("finished-lora")
+    result = run_in_process("train", *recipe_args(
+        finished_run.files, root / "run", "--max_steps", "4", "--eval_steps", "4", "--save_steps", "4",
+        "--warmup_steps", "2", "--model_name_or_path", str(finished_run.run_dir), "--train_tokenizer", "false",
+        "--peft_method", "lora", "--lora_r", "4", "--merge_adapter", "true"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return FinishedRun(root / "run", finished_run.files, result.stdout, result.stderr)
+
+
+# ---- the Hub stand-in (hub_server.py) and the command line pointed at it -------------------------
+
+TOKEN = "hf_localTestTokenThatMustNeverLeak42"
+
+
+def hub_env(endpoint: str, token: str | None = TOKEN) -> dict[str, str | None]:
+    """The environment of a process that pushes to ``endpoint`` with ``token`` (None: HF_TOKEN unset)."""
+    return {"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_TOKEN": token}
+
+
+@pytest.fixture
+def hf_clm(hf_clm_main, monkeypatch):
+    """hf_clm(env, *args): the command line in process with ``env`` (from hub_env) in effect for that call."""
+    from huggingface_hub import constants
+
+    from hf_clm import hub_sources
+
+    def call(env: dict[str, str | None], *args: str):
+        with monkeypatch.context() as patch:
+            # read from the environment when huggingface_hub was imported: set as a new process would read them
+            patch.setattr(constants, "ENDPOINT", env["HF_ENDPOINT"])
+            patch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                          env["HF_ENDPOINT"] + "/{repo_id}/resolve/{revision}/{filename}")
+            patch.setattr(constants, "HF_HUB_OFFLINE", False)
+            patch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+            hub_sources.hub_reachable.cache_clear()
+            try:
+                return hf_clm_main(*args, env=env)
+            finally:
+                hub_sources.hub_reachable.cache_clear()
+    return call
+
+
+@pytest.fixture
+def hub():
+    """(state, endpoint) of a Hub stand-in started for the test: what it received is in ``state``."""
+    from hub_server import start_hub
+
+    server, state, endpoint = start_hub(TOKEN)
+    yield state, endpoint
+    server.shutdown()

@@ -3,6 +3,8 @@ naming the key, the value and what is allowed, exit 2, before any data work, not
 
 import json
 import os
+import shutil
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -352,8 +354,58 @@ def report_bad_inputs(tmp_path):
     }
 
 
+def finished_fake_run(folder, recipe: dict) -> str:
+    """``folder`` (a model or adapter already there) made a finished run: a tokenizer, the recipe and the
+    finished-run marker, as training writes them."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from hf_clm.artifacts import write_finished_marker
+
+    words = Tokenizer(models.WordLevel({"<unk>": 0, "<eos>": 1, "cat": 2}, unk_token="<unk>"))
+    PreTrainedTokenizerFast(tokenizer_object=words, eos_token="<eos>", unk_token="<unk>").save_pretrained(folder)
+    (folder / "recipe.yaml").write_text(yaml.safe_dump({**recipe, "output_dir": str(folder)}))
+    write_finished_marker({"perplexity": 3.0, "bits_per_byte": 1.0, "block_size": 16}, folder, step=2)
+    return str(folder)
+
+
+def publish_bad_inputs(tmp_path):
+    """push and push_to_hub: what cannot be published, refused before any request. Uses the checkpoint
+    and corpus bad_inputs writes."""
+    checkpoint, corpus = tmp_path / "pretrained", str(tmp_path / "ok.txt")
+    lora = finished_fake_run(Path(lora_adapter(checkpoint, tmp_path / "published-lora")),
+                             {"model_name_or_path": str(checkpoint), "peft_method": "lora", "train_files": [corpus]})
+    half_merged = shutil.copytree(lora, tmp_path / "half-merged")
+    (half_merged / "merged").mkdir()
+    GPT2Config(vocab_size=500, n_positions=32, n_layer=1, n_head=2, n_embd=16).save_pretrained(half_merged / "merged")
+    AutoModelForCausalLM.from_pretrained(checkpoint).save_pretrained(tmp_path / "published-scratch")
+    scratch = finished_fake_run(tmp_path / "published-scratch", {"train_files": [corpus]})
+    push = ["--repo-id", "tester/x", "--license", "mit"]
+    train = ["train", str(tmp_path / "base.yaml"), "--push_to_hub", "true", "--hub_model_id", "tester/x"]
+    return {
+        "push an adapter on a local base": (["push", lora, *push],
+                                            "which nobody else can load: push its merged model (hf-clm merge"),
+        "push without a license": (["push", lora, "--repo-id", "tester/x", "--base_model", "tester/base"],
+                                   "no license for the model card: pass --license SPDX-ID"),
+        "push --merged without a merged model": (["push", lora, "--merged", *push], "has no merged model"),
+        "push a half-written merged model": (["push", str(half_merged / "merged"), *push],
+                                             "merged is not a complete model (tokenizer.json, *.safetensors missing)"),
+        "push --merged of a whole model": (["push", scratch, "--merged", *push], "--merged applies to a LoRA run"),
+        "push --base_model of a run from scratch": (["push", scratch, "--base_model", "tester/base", *push],
+                                                    "the run was trained from scratch and has no base model"),
+        "push --base_model that is no Hub id": (["push", lora, "--base_model", "not/a/hub id", *push],
+                                                "--base_model not/a/hub id is not a Hub model id"),
+        "push_to_hub without a license": (train, "push_to_hub publishes the model: set its license in the recipe"),
+        "push_to_hub of an adapter on a local base": ([*train, "--license", "mit", "--model_name_or_path",
+                                                       str(checkpoint), "--train_tokenizer", "false",
+                                                       "--peft_method", "lora"],
+                                                      "push_to_hub: a LoRA adapter on the local model"),
+    }
+
+
 def test_each_bad_input_is_one_line_naming_key_value_and_allowed(tmp_path, capsys, bpe_tokenizer):
-    cases = {**bad_inputs(tmp_path), **command_bad_inputs(tmp_path), **report_bad_inputs(tmp_path)}
+    cases = {**bad_inputs(tmp_path), **command_bad_inputs(tmp_path), **report_bad_inputs(tmp_path),
+             **publish_bad_inputs(tmp_path)}
     bpe_tokenizer.save_pretrained(tmp_path / "pretrained")
     failures = []
     for name, (argv, expected) in cases.items():

@@ -123,7 +123,8 @@ def test_merged_model_keeps_the_base_vocabulary_and_loads_without_peft(gpt2_runs
 @pytest.mark.full
 @requires_shared_data
 def test_before_after_in_summary_report_curves_and_card(gpt2_runs):
-    from hf_clm.hub import model_card, read_finished_run
+    from hf_clm.card import model_card
+    from hf_clm.publish import PublishOptions, publication
 
     root, _, _ = gpt2_runs
     for name in ("full", "lora"):
@@ -139,7 +140,8 @@ def test_before_after_in_summary_report_curves_and_card(gpt2_runs):
         report = (run / "report.md").read_text()
         assert f"{base['perplexity']:.2f} → {summary['perplexity']:.2f}" in report
         assert f"{base['bits_per_byte']:.4f} → {summary['bits_per_byte']:.4f}" in report
-        card = str(model_card(*read_finished_run(run), "someone/" + name))
+        card = str(model_card(publication(run, PublishOptions(base_model="someone/base", license="mit")),
+                              "someone/" + name))
         assert "| figure | base model → fine-tuned |" in card
         assert f"Perplexity {base['perplexity']:.1f} → {summary['perplexity']:.1f}" in card
     assert (root / "full" / "curves_by_steps.png").is_file()

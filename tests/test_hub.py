@@ -9,45 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import recipe_args, write_corpus
-from hub_server import start_hub
-from huggingface_hub import ModelCard, constants
+from conftest import TOKEN, hub_env, recipe_args, write_corpus
+from huggingface_hub import ModelCard
 
-from hf_clm import hub_sources
 from hf_clm.recipe import PATH_KEYS
-
-TOKEN = "hf_localTestTokenThatMustNeverLeak42"
-
-
-def hub_env(endpoint: str, token: str | None = TOKEN) -> dict[str, str | None]:
-    """The environment of a process that pushes to ``endpoint`` with ``token`` (None: HF_TOKEN unset)."""
-    return {"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_TOKEN": token}
-
-
-@pytest.fixture
-def hf_clm(hf_clm_main, monkeypatch):
-    """hf_clm(env, *args): the command line in process with ``env`` (from hub_env) in effect for that call."""
-    def call(env: dict[str, str | None], *args: str):
-        with monkeypatch.context() as patch:
-            # read from the environment when huggingface_hub was imported: set as a new process would read them
-            patch.setattr(constants, "ENDPOINT", env["HF_ENDPOINT"])
-            patch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                          env["HF_ENDPOINT"] + "/{repo_id}/resolve/{revision}/{filename}")
-            patch.setattr(constants, "HF_HUB_OFFLINE", False)
-            patch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
-            hub_sources.hub_reachable.cache_clear()
-            try:
-                return hf_clm_main(*args, env=env)
-            finally:
-                hub_sources.hub_reachable.cache_clear()
-    return call
-
-
-@pytest.fixture
-def hub():
-    server, state, endpoint = start_hub(TOKEN)
-    yield state, endpoint
-    server.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +68,8 @@ def test_model_card_parses_back_with_the_run_figures(hub, finished_run, hf_clm):
     assert figures["bits_per_byte"].metric_value == pytest.approx(summary["bits_per_byte"], rel=1e-6)
     assert figures["perplexity"].dataset_split == "validation"
     assert figures["perplexity"].task_type == "text-generation"
-    assert "hf download tester/card recipe.yaml --local-dir . && hf-clm train recipe.yaml" in card.text
+    assert "hf-clm train recipe.yaml" not in card.text  # trained on local files, which are not in the repository
+    assert "the training files (train_files: train.txt)" in card.text
     assert "![curves_by_steps](curves_by_steps.png)" in card.text
     assert f"{summary['train_tokens_seen']:,}" in card.text
 
@@ -113,7 +79,7 @@ def test_push_to_hub_in_the_recipe_pushes_at_the_end_of_training(hub, tmp_path, 
     files = write_corpus(tmp_path / "corpus")
     result = hf_clm(hub_env(endpoint), "train", *recipe_args(files, tmp_path / "run", "--max_steps", "4",
                                                              "--eval_steps", "4", "--push_to_hub", "true",
-                                                             "--hub_model_id", "tester/trained"))
+                                                             "--hub_model_id", "tester/trained", "--license", "mit"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert state.requests[0] == "GET /api/whoami-v2"  # checked before training
     (commit,) = state.commits
@@ -128,7 +94,7 @@ def test_a_token_in_the_recipe_is_not_written_either(hub, tmp_path, hf_clm):
     files = write_corpus(tmp_path / "corpus")
     result = hf_clm(hub_env(endpoint, token=None), "train", *recipe_args(
         files, tmp_path / "run", "--max_steps", "2", "--eval_steps", "2", "--push_to_hub", "true",
-        "--hub_model_id", "tester/with-token", "--hub_token", TOKEN))
+        "--hub_model_id", "tester/with-token", "--hub_token", TOKEN, "--license", "mit"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(state.commits) == 1
     assert_token_absent(tmp_path / "run", result.stdout, result.stderr)
@@ -144,7 +110,7 @@ def test_training_with_a_bad_push_setup_fails_before_training(hub, tmp_path, tok
     state, endpoint = hub
     files = write_corpus(tmp_path / "corpus")
     result = hf_clm(hub_env(endpoint, token), "train", *recipe_args(
-        files, tmp_path / "run", "--push_to_hub", "true", "--hub_model_id", repo_id))
+        files, tmp_path / "run", "--push_to_hub", "true", "--hub_model_id", repo_id, "--license", "mit"))
     assert result.returncode == 2
     assert message in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "run").exists()  # nothing trained, nothing written
@@ -190,6 +156,7 @@ def test_a_diverged_run_is_not_pushed(hub, tmp_path, hf_clm):
     state, endpoint = hub
     files = write_corpus(tmp_path / "corpus")
     result = hf_clm(hub_env(endpoint), "train", *recipe_args(files, tmp_path / "run", "--learning_rate", "1e6",
-                                                             "--push_to_hub", "true", "--hub_model_id", "tester/nan"))
+                                                             "--push_to_hub", "true", "--hub_model_id", "tester/nan",
+                                                             "--license", "mit"))
     assert result.returncode == 3 and "training diverged" in result.stderr.strip().splitlines()[-1]
     assert not state.commits and not (tmp_path / "run" / "perplexity.json").exists()

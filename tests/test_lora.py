@@ -164,8 +164,8 @@ def test_a_killed_merge_leaves_no_model_or_the_previous_one_and_the_next_merge_t
     assert main(["merge", str(tiny_lora_run)]) == 0
     assert not list(tiny_lora_run.glob(".merged.*"))
     killed_merge(tiny_lora_run)
-    assert sorted(p.name for p in merged.iterdir()) == ["config.json", "generation_config.json", "model.safetensors",
-                                                        "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(p.name for p in merged.iterdir()) == ["config.json", "generation_config.json", "merged_from.json",
+                                                        "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
     text = tiny_lora_run.parent / "text.txt"
     text.write_text("the cat sat on the mat\n")
     assert main(["perplexity", str(merged), "--data", str(text), "--json"]) == 0

@@ -66,7 +66,7 @@ def test_push_network_error_is_one_line(unreachable_hub, tmp_path, capsys, monke
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
     write_minimal_finished_run(tmp_path)  # push checks the run before any request
     start = time.monotonic()
-    assert main(["push", str(tmp_path), "--repo-id", "someone/model"]) == 2
+    assert main(["push", str(tmp_path), "--repo-id", "someone/model", "--license", "mit"]) == 2
     assert time.monotonic() - start < 15
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"hf-clm: error: cannot reach the Hugging Face Hub ({unreachable_hub}) to check the token: "
@@ -77,7 +77,7 @@ def test_push_with_hf_hub_offline_says_to_unset_it(tmp_path, capsys, monkeypatch
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     write_minimal_finished_run(tmp_path)
-    assert main(["push", str(tmp_path), "--repo-id", "someone/model"]) == 2
+    assert main(["push", str(tmp_path), "--repo-id", "someone/model", "--license", "mit"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "hf-clm: error: HF_HUB_OFFLINE=1 is set, and pushing needs the Hugging Face Hub: unset it "
         "(unset HF_HUB_OFFLINE) and push again"]

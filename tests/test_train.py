@@ -114,9 +114,10 @@ def test_named_evaluation_sets_are_evaluated_and_reported_by_name(text_files, tm
     assert set(written["eval_sets"]) == {"shifted", "docs"}
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| run | set | perplexity |" in report and "| shifted |" in report and "| docs |" in report
-    from hf_clm.hub import model_card
+    from hf_clm.card import model_card
+    from hf_clm.publish import PublishOptions, publication
 
-    card = str(model_card(tmp_path / "run", written, {"train_files": ["train.txt"]}, "tester/sets"))
+    card = str(model_card(publication(tmp_path / "run", PublishOptions(license="none")), "tester/sets"))
     assert "| shifted |" in card and "name: docs" in card, card
 
 
