@@ -71,7 +71,8 @@ def figure_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     if summary.get("train_tokens_seen") is not None:
         rows.append(("train tokens seen", f"{summary['train_tokens_seen']:,}"))
     if summary.get("train_seconds") is not None:
-        rows.append(("training time", f"{summary['train_seconds']:.1f} s (evaluation and saving excluded)"))
+        budget = f" of a {summary['max_train_seconds']:g} s budget" if summary.get("max_train_seconds") else ""
+        rows.append(("training time", f"{summary['train_seconds']:.1f} s{budget} (evaluation and saving excluded)"))
     if summary.get("train_tokens_per_second") is not None:
         mfu = f", MFU {summary['mfu']:.1%}" if summary.get("mfu") is not None else ""
         rows.append(("throughput", f"{summary['train_tokens_per_second']:,.0f} tokens/s{mfu}"))

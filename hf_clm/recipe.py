@@ -176,6 +176,13 @@ class RunArguments:
         metadata={"help": "Training budget in tokens instead of max_steps: max_steps becomes max_tokens / "
                           "(global batch x block_size), rounded up."},
     )
+    max_train_seconds: float | None = field(
+        default=None,
+        metadata={"help": "Training budget in seconds instead of max_steps/max_tokens (evaluation and saving "
+                          "excluded, continued on resume): training ends when another step would pass it, and "
+                          "the learning-rate schedule (warm-up, decay) follows the fraction of the budget used, "
+                          "so a run ends its decay on any machine. warmup_steps is then a fraction (< 1)."},
+    )
     muon_learning_rate: float | None = field(
         default=None,
         metadata={"help": "optim: muon: learning rate of the Muon group (the 2-D hidden weight matrices), "

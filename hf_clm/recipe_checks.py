@@ -190,6 +190,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "dataloader_num_workers": (lambda v: v >= 0, "an integer >= 0"),
     "peak_tflops": (lambda v: finite(v) and v > 0, "a number > 0"),
     "max_tokens": (lambda v: v >= 1, "an integer >= 1"),
+    "max_train_seconds": (lambda v: finite(v) and v > 0, "a number of seconds > 0"),
     "muon_learning_rate": (lambda v: finite(v) and v > 0, "a number > 0"),
     "muon_momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
 }
@@ -217,8 +218,10 @@ def recipe_problems(recipe: Recipe) -> list[str]:
         problems.append("no tokenizer: set train_tokenizer: true, tokenizer_name_or_path or model_name_or_path")
     if model.train_tokenizer and model.vocab_size < 260:
         problems.append(f"vocab_size must be at least 260 (256 bytes + special tokens), not {model.vocab_size}")
-    if data.streaming and recipe.training_args.max_steps <= 0 and recipe.run_args.max_tokens is None:
-        problems.append("streaming: true needs max_steps or max_tokens (a stream has no length to count epochs by)")
+    if data.streaming and recipe.training_args.max_steps <= 0 and recipe.run_args.max_tokens is None \
+            and recipe.run_args.max_train_seconds is None:
+        problems.append("streaming: true needs max_steps, max_tokens or max_train_seconds (a stream has no length to "
+                        "count epochs by)")
     if data.streaming and data.prepared_dataset:
         problems.append("set streaming: true or prepared_dataset, not both")
     if model.model_name_or_path and (Path(model.model_name_or_path) / ADAPTER_CONFIG).is_file():
@@ -258,8 +261,10 @@ def training_switch_problems(recipe: Recipe) -> list[str]:
         if not {"num_decay_steps", "decay_ratio"} & set(kwargs):
             problems.append("lr_scheduler_type: warmup_stable_decay needs lr_scheduler_kwargs with decay_ratio "
                             "(fraction of the steps spent decaying, e.g. {decay_ratio: 0.2}) or num_decay_steps")
-        elif "decay_ratio" in kwargs and training.max_steps <= 0 and run.max_tokens is None:
-            problems.append("lr_scheduler_kwargs decay_ratio needs max_steps or max_tokens")
+        elif "decay_ratio" in kwargs and training.max_steps <= 0 and run.max_tokens is None \
+                and run.max_train_seconds is None:
+            problems.append("lr_scheduler_kwargs decay_ratio needs max_steps, max_tokens or max_train_seconds")
+    problems += time_budget_problems(recipe)
     return problems
 
 
@@ -322,4 +327,24 @@ def integration_problems(values: dict[str, Any]) -> list[str]:
         pip_name = KERNEL_PACKAGES[kernel][1]
         problems.append(f"attn_implementation: {kernel} needs the {pip_name} package (CUDA only): pip install "
                         f"{pip_name}; or use attn_implementation: sdpa")
+    return problems
+
+
+def time_budget_problems(recipe: Recipe) -> list[str]:
+    """``max_train_seconds`` is the run's length: not with another length, and the schedule's phases
+    as fractions of it."""
+    training, run = recipe.training_args, recipe.run_args
+    if run.max_train_seconds is None:
+        return []
+    problems = []
+    if training.max_steps > 0 or run.max_tokens is not None:
+        given = "max_steps" if training.max_steps > 0 else "max_tokens"
+        problems.append(f"set max_train_seconds or {given}, not both (the budget decides when training ends)")
+    if training.warmup_steps >= 1:
+        problems.append(f"with max_train_seconds, warmup_steps is a fraction of the budget (below 1, e.g. 0.05), "
+                        f"not {training.warmup_steps:g} steps")
+    kwargs = training.lr_scheduler_kwargs if isinstance(training.lr_scheduler_kwargs, dict) else {}
+    if "num_decay_steps" in kwargs:
+        problems.append("with max_train_seconds, give lr_scheduler_kwargs decay_ratio (a fraction of the budget), "
+                        "not num_decay_steps")
     return problems

@@ -44,6 +44,7 @@ from hf_clm.recipe_checks import (
     recipe_problems,
 )
 from hf_clm.recipe_keys import unknown_key_message
+from hf_clm.time_budget import UNBOUNDED_STEPS
 
 # `--key none` (or null, or '') unsets an optional key; report_to's 'none' is a value of its own.
 NULL_SPELLINGS = ("none", "null", "")
@@ -301,7 +302,10 @@ def parse_recipe(argv: list[str] | None = None, default_recipe: str | Path | Non
     if problems:
         raise HfClmError("invalid recipe: " + "; ".join(problems))
     apply_token_budget(recipe)
-    apply_decay_ratio(recipe)
+    if recipe.run_args.max_train_seconds is None:
+        apply_decay_ratio(recipe)
+    else:  # the clock ends training; Trainer loops on a step count it never reaches
+        recipe.training_args.max_steps = UNBOUNDED_STEPS
     return recipe
 
 

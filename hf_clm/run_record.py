@@ -102,6 +102,7 @@ def run_record(trainer: Trainer, recipe: Recipe) -> dict[str, Any]:
         "gradient_checkpointing": bool(args.gradient_checkpointing),
         "liger_kernel": bool(args.use_liger_kernel),
         "optimizer": optimizer_name(trainer, recipe),
+        "max_train_seconds": recipe.run_args.max_train_seconds,
         "global_batch_blocks": blocks,
         "global_batch_tokens": recipe.tokens_per_step(processes),
     }
@@ -119,7 +120,8 @@ def describe(record: dict[str, Any]) -> str:
             f"({record.get('attention_scope', 'block')} scope), "
             f"compile {'on' if record['torch_compile'] else 'off'}, optimizer {record['optimizer']}, "
             f"gradient checkpointing {'on' if record['gradient_checkpointing'] else 'off'}, "
-            f"global batch {record['global_batch_blocks']:,} blocks = {record['global_batch_tokens']:,} tokens")
+            f"global batch {record['global_batch_blocks']:,} blocks = {record['global_batch_tokens']:,} tokens"
+            + (f", time budget {record['max_train_seconds']:g} s" if record.get("max_train_seconds") else ""))
 
 
 class RunRecorder(TrainerCallback):

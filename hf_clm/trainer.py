@@ -29,6 +29,7 @@ from hf_clm.optimizer import MuonFactory, muon_parameter_groups
 from hf_clm.prepare import TrainingData
 from hf_clm.recipe import Recipe
 from hf_clm.throughput import ThroughputMeter, flops_per_token, total_peak_flops
+from hf_clm.time_budget import BudgetClock, BudgetStop, budget_schedule
 from hf_clm.trackers import TrackerLocations
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class CausalLMTrainer(Trainer):
         self.meter = ThroughputMeter(flops_per_token, peak_flops)
         self.divergence = DivergenceGuard()
         self.eval_seconds, self.eval_warned, self.max_eval_samples = 0.0, False, None
+        self.budget_clock: BudgetClock | None = None
         self.add_callback(self.meter)
         self.add_callback(self.divergence)
 
@@ -72,6 +74,13 @@ class CausalLMTrainer(Trainer):
         if shard_on_cpu(self.accelerator, self.args):
             self.is_fsdp_enabled = True
         check_parallelism_took_effect(self.accelerator, self.args)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.budget_clock is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        self.lr_scheduler = budget_schedule(self.args, optimizer or self.optimizer, self.budget_clock)
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
 
     def _issue_warnings_after_load(self, load_result) -> None:
         # a tied output head is not saved apart from the embeddings it shares: not a missing key
@@ -214,6 +223,9 @@ def build_trainer(recipe: Recipe, model: PreTrainedModel, data: TrainingData) ->
     trainer.eval_sets = data.eval_sets
     trainer.max_eval_samples = recipe.data_args.max_eval_samples or "all"
     trainer.add_callback(TrackerLocations(trainer))
+    if recipe.run_args.max_train_seconds is not None:
+        trainer.budget_clock = BudgetClock(trainer.meter.train_seconds, recipe.run_args.max_train_seconds)
+        trainer.add_callback(BudgetStop(trainer.budget_clock, trainer.callback_handler))
     return trainer
 
 

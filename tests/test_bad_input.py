@@ -197,6 +197,15 @@ def bad_inputs(tmp_path):
                                        f"prepared_dataset {a_file} is a file, not a folder"),
         "foreign checkpoint folder": (["train", *flags, "--output_dir", str(foreign)],
                                       "holds checkpoint-abc, which hf-clm did not write"),
+        # a training-time budget
+        "time budget 0": (["train", *flags, "--max_steps", "-1", "--max_train_seconds", "0"],
+                          "max_train_seconds must be a number of seconds > 0, not 0.0"),
+        "time budget nan": (["train", *flags, "--max_steps", "-1", "--max_train_seconds", "nan"],
+                            "max_train_seconds must be a number of seconds > 0, not nan"),
+        "time budget and max_steps": (["train", *flags, "--max_steps", "50", "--max_train_seconds", "60"],
+                                      "set max_train_seconds or max_steps, not both"),
+        "time budget and warm-up steps": (["train", *flags, "--max_steps", "-1", "--max_train_seconds", "60",
+                                           "--warmup_steps", "50"], "warmup_steps is a fraction of the budget"),
         # keys that do not apply, inputs that are not what they seem
         "muon key without muon": (["train", recipe_with(tmp_path, corpus, "mu", muon_learning_rate=0.02)],
                                   "muon_learning_rate applies to optim: muon only"),

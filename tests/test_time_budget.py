@@ -1,0 +1,99 @@
+"""max_train_seconds: training ends by the clock and the schedule follows the clock."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import recipe_args
+from transformers import TrainingArguments
+
+from hf_clm.cli import main
+from hf_clm.errors import HfClmError
+from hf_clm.time_budget import BudgetClock, BudgetStop, budget_schedule
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def schedule_at(fractions, budget=100.0, **args):
+    """The learning rate a budget schedule gives when the clock reads each fraction of the budget."""
+    clock_time = FakeClock()
+    clock = BudgetClock(clock_time, budget)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = budget_schedule(TrainingArguments(output_dir="unused", report_to=[], **args), optimizer, clock)
+    rates = []
+    for fraction in fractions:
+        clock_time.now = fraction * budget
+        scheduler.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    return rates
+
+
+def test_a_cosine_schedule_warms_up_and_ends_its_decay_with_the_budget():
+    start, warm, middle, end = schedule_at([0.0, 0.1, 0.55, 1.0], lr_scheduler_type="cosine", warmup_steps=0.1)
+    assert start == pytest.approx(0.0) and warm == pytest.approx(1.0)
+    assert middle == pytest.approx(0.5, abs=1e-3) and end == pytest.approx(0.0, abs=1e-9)
+
+
+def test_warmup_stable_decay_decays_over_the_last_fraction_of_the_budget():
+    stable, decaying, end = schedule_at([0.5, 0.9, 1.0], lr_scheduler_type="warmup_stable_decay",
+                                        lr_scheduler_kwargs={"decay_ratio": 0.2})
+    assert stable == pytest.approx(1.0) and 0.0 < decaying < 1.0 and end == pytest.approx(0.0, abs=1e-9)
+
+
+def test_training_stops_when_another_step_would_pass_the_budget():
+    clock_time = FakeClock()
+    stop = BudgetStop(BudgetClock(clock_time, budget=5.5))
+    control, steps = type("Control", (), {"should_training_stop": False})(), 0
+    while not control.should_training_stop:
+        clock_time.now += 1.0  # each step takes a second
+        steps += 1
+        stop.on_step_end(None, type("State", (), {"global_step": steps})(), control)
+    assert steps == 5  # 5 s used: a sixth step would end at 6 s, past the 5.5 s budget
+
+
+def test_a_budget_shorter_than_the_first_step_is_one_line():
+    clock_time = FakeClock()
+    stop = BudgetStop(BudgetClock(clock_time, budget=0.5))
+    clock_time.now = 2.0
+    with pytest.raises(HfClmError, match="the budget ends before the first step does: max_train_seconds 0.5 s, "
+                                         "and one step took 2.0 s; raise it"):
+        stop.on_step_end(None, type("State", (), {"global_step": 1})(), type("Control", (), {})())
+
+
+def budget_run(text_files, run_dir, seconds: str, *extra: str) -> dict:
+    argv = recipe_args(text_files, run_dir, "--max_steps", "-1", "--max_train_seconds", seconds,
+                       "--lr_scheduler_type", "cosine", "--warmup_steps", "0.1", "--logging_steps", "1",
+                       "--eval_steps", "100000", *extra)
+    assert main(["train", *argv]) == 0
+    return json.loads((run_dir / "perplexity.json").read_text())
+
+
+def test_a_run_by_the_clock_ends_at_the_end_of_its_decay_and_records_its_budget(tmp_path, text_files):
+    summary = budget_run(text_files, tmp_path / "run", "3")
+    assert summary["max_train_seconds"] == 3.0 and summary["run"]["max_train_seconds"] == 3.0
+    assert 1.5 < summary["train_seconds"] <= 3.5
+    rates = [e["learning_rate"] for e in json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+             ["log_history"] if "learning_rate" in e]
+    assert len(rates) > 10 and rates[-1] < 0.05 * max(rates)  # the last step runs at the decay's end
+    assert "max_train_seconds: 3.0" in (tmp_path / "run" / "recipe.yaml").read_text()
+    assert "of a 3 s budget" in (tmp_path / "run" / "report.md").read_text()
+
+
+@pytest.mark.full
+def test_a_resumed_run_continues_the_same_budget(tmp_path, text_files):
+    whole = budget_run(text_files, tmp_path / "whole", "4", "--save_steps", "5")
+    checkpoint = sorted((tmp_path / "whole").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[0]
+    spent = json.loads((checkpoint / "trainer_state.json").read_text())["stateful_callbacks"]["ThroughputMeter"]
+    spent = (spent[-1] if isinstance(spent, list) else spent)["attributes"]["train_seconds"]
+    shutil.copytree(checkpoint, tmp_path / "resumed" / checkpoint.name)
+    resumed = budget_run(text_files, tmp_path / "resumed", "4", "--save_steps", "5",
+                         "--resume_from_checkpoint", "auto")
+    assert spent < resumed["train_seconds"] <= 4.5  # the time before the resume counts
+    assert whole["train_seconds"] <= 4.5
