@@ -114,7 +114,7 @@ BAD_SWITCHES = [
     (["--max_steps", "-1", "--max_tokens", "0"], "max_tokens must be an integer >= 1"),
     (["--lr_scheduler_type", "warmup_stable_decay"], "warmup_stable_decay needs lr_scheduler_kwargs with decay_ratio"),
     (["--max_steps", "-1", "--lr_scheduler_type", "warmup_stable_decay", "--lr_scheduler_kwargs",
-      '{"decay_ratio": 0.2}'], "decay_ratio needs max_steps or max_tokens"),
+      '{"decay_ratio": 0.2}'], "decay_ratio needs max_steps, max_tokens or max_train_seconds"),
 ]
 
 

@@ -78,7 +78,7 @@ def budget_run(text_files, run_dir, seconds: str, *extra: str) -> dict:
 def test_a_run_by_the_clock_ends_at_the_end_of_its_decay_and_records_its_budget(tmp_path, text_files):
     summary = budget_run(text_files, tmp_path / "run", "3")
     assert summary["max_train_seconds"] == 3.0 and summary["run"]["max_train_seconds"] == 3.0
-    assert 1.5 < summary["train_seconds"] <= 3.5
+    assert 1.5 < summary["train_seconds"] <= 3 * 1.25  # a step's noise past the mean; never a whole budget
     rates = [e["learning_rate"] for e in json.loads((tmp_path / "run" / "trainer_state.json").read_text())
              ["log_history"] if "learning_rate" in e]
     assert len(rates) > 10 and rates[-1] < 0.05 * max(rates)  # the last step runs at the decay's end
@@ -95,5 +95,5 @@ def test_a_resumed_run_continues_the_same_budget(tmp_path, text_files):
     shutil.copytree(checkpoint, tmp_path / "resumed" / checkpoint.name)
     resumed = budget_run(text_files, tmp_path / "resumed", "4", "--save_steps", "5",
                          "--resume_from_checkpoint", "auto")
-    assert spent < resumed["train_seconds"] <= 4.5  # the time before the resume counts
-    assert whole["train_seconds"] <= 4.5
+    # the time before the resume counts: the two halves together keep one budget (a step's noise aside)
+    assert spent < resumed["train_seconds"] <= 4 * 1.25 and whole["train_seconds"] <= 4 * 1.25
