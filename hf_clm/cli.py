@@ -28,6 +28,7 @@ COMMANDS = {
     "push": "upload a finished run (model, tokenizer, recipe, report, model card) to a Hugging Face Hub repository",
     "merge": "merge a LoRA run's adapter into its base model: one plain model AutoModelForCausalLM loads",
     "explain": "show, position by position, how a model scores a text: targets, probabilities, top-k, loss",
+    "plan": "size a recipe's run without running it: parameters, memory per device, fit, checkpoint, time",
 }
 
 
@@ -405,6 +406,7 @@ def top_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("prepare", help=COMMANDS["prepare"] + "; takes the same RECIPE and flags as train",
                    add_help=False)
+    sub.add_parser("plan", help=COMMANDS["plan"], add_help=False)
     perplexity_parser(sub)
     generate_parser(sub)
     explain_parser(sub)
@@ -419,6 +421,11 @@ def dispatch(argv: list[str], verbose: bool = False) -> int:
         check_recipe_keys(argv[1:])
         quiet_libraries(verbose)
         return (train_command if argv[0] == "train" else prepare_command)(argv[1:])
+    if argv and argv[0] == "plan":
+        from hf_clm.plan_command import plan_command
+
+        quiet_libraries(verbose)
+        return plan_command(argv[1:])
     args = top_parser().parse_args(argv)
     if problems := flag_problems(args):
         raise HfClmError("; ".join(problems))

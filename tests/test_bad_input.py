@@ -412,9 +412,27 @@ def publish_bad_inputs(tmp_path):
     }
 
 
+def plan_bad_inputs(tmp_path):
+    """plan: a run that does not fit the named device (by how much, and the changes that make it fit),
+    an unknown device, no processes. Uses the recipe bad_inputs writes."""
+    flagship = str(Path(__file__).resolve().parent.parent / "recipes" / "gpt2-124m-fineweb.yaml")
+    base = str(tmp_path / "base.yaml")
+    return {
+        "plan that does not fit": (["plan", flagship, "--vocab_size", "50257", "--processes", "8", "--gpu",
+                                    "A100-40GB"],
+                                   "the run does not fit A100 40GB: 52.3 GiB per device, 16.3 GiB over the 36.0 GiB "
+                                   "usable (90% of 40.0 GiB); it fits with: --gradient_checkpointing true"),
+        "plan on an unknown gpu": (["plan", base, "--gpu", "B300"],
+                                   "unknown --gpu 'B300'; known: H200, H100 SXM"),
+        "plan on an A100 of no size": (["plan", base, "--gpu", "A100"],
+                                       "A100 comes in several sizes: name one of A100 40GB, A100 80GB"),
+        "plan over 0 processes": (["plan", base, "--processes", "0"], "--processes must be at least 1, not 0"),
+    }
+
+
 def test_each_bad_input_is_one_line_naming_key_value_and_allowed(tmp_path, capsys, bpe_tokenizer):
     cases = {**bad_inputs(tmp_path), **command_bad_inputs(tmp_path), **report_bad_inputs(tmp_path),
-             **publish_bad_inputs(tmp_path)}
+             **publish_bad_inputs(tmp_path), **plan_bad_inputs(tmp_path)}
     bpe_tokenizer.save_pretrained(tmp_path / "pretrained")
     failures = []
     for name, (argv, expected) in cases.items():
