@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from bench import run_checked
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
 SHAKESPEARE = SHARED / "tinyshakespeare" / "input.txt"
@@ -67,7 +69,7 @@ def data_rows(sizes: list[float], folder: Path) -> list[dict]:
 def timed_process(command: list[str], env: dict[str, str]) -> float:
     """Seconds from process start to exit."""
     start = time.perf_counter()
-    subprocess.run(command, env=env, cwd=REPO, check=True, capture_output=True)
+    run_checked(command, env=env, cwd=REPO)
     return time.perf_counter() - start
 
 
@@ -167,8 +169,8 @@ def baby_row(folder: Path) -> dict:
     env = {**os.environ, "HF_DATASETS_CACHE": tempfile.mkdtemp(prefix="bench-cache-")}
     wall = timed_process([sys.executable, "-m", "hf_clm", "train", target.recipe, "--output_dir", str(run_dir),
                           "--disable_tqdm", "true"], env)
-    out = subprocess.run([sys.executable, "-m", "hf_clm", "perplexity", str(run_dir), *target.score_args, "--json"],
-                         env=env, cwd=REPO, check=True, capture_output=True, text=True)
+    out = run_checked([sys.executable, "-m", "hf_clm", "perplexity", str(run_dir), *target.score_args, "--json"],
+                         env=env, cwd=REPO)
     bits = json.loads(out.stdout.strip().splitlines()[-1])["bits_per_char"]
     return {"stage": "quality/time", "what": "shakespeare-baby bits/char vs nanoGPT baby (2.72 in 104 s)",
             "ratio": 2.72 / bits, "target": "≤ 2.20 bits/char in ≤ 104 s", "met": bits <= 2.20 and wall <= 104,

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import run_checked
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Each switch as recipe flags; the baseline turns every one off, whatever the recipe says.
@@ -114,8 +116,8 @@ class Runner:
         return run_dir, wall, env
 
     def score(self, run_dir: Path, env: dict[str, str]) -> float:
-        out = subprocess.run([sys.executable, "-m", "hf_clm", "perplexity", str(run_dir), *self.target.score_args,
-                              "--json"], env=env, cwd=REPO, check=True, capture_output=True, text=True)
+        out = run_checked([sys.executable, "-m", "hf_clm", "perplexity", str(run_dir), *self.target.score_args,
+                              "--json"], env=env, cwd=REPO)
         return json.loads(out.stdout.strip().splitlines()[-1])["bits_per_char"]
 
     def run(self, flags: list[str], steps: int) -> Outcome:

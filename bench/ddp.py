@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+from bench import run_checked
 
 REPO = Path(__file__).resolve().parent.parent
 CPU_CONFIG = REPO / "recipes" / "accelerate" / "cpu-2proc.yaml"
@@ -35,7 +36,7 @@ def ddp_tokens_per_second(corpus: Path, folder: Path, find_unused: bool, steps: 
                "--output_dir", str(output), "--overwrite_output_dir", "true", "--disable_tqdm", "true"]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // 2)), "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_CACHE": str(folder / "ddp-cache")}  # the tokenizer is trained once, for all runs
-    subprocess.run(command, env=env, cwd=REPO, check=True, capture_output=True)
+    run_checked(command, env=env, cwd=REPO)
     summary = json.loads((output / "perplexity.json").read_text())
     assert summary["run"]["find_unused_parameters"] is find_unused  # the setting took effect
     return summary["train_tokens_per_second"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import resource
-import subprocess
 import sys
 import time
 
@@ -14,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, GPT2Config
 
+from bench import run_checked
 from hf_clm.evaluation import score_rows, shifted_targets, stream_scores
 
 
@@ -85,8 +85,7 @@ def measure_memory(how: str, window: int, batch: int, layers: int) -> dict:
 
 
 def memory(how: str, window: int = 1024, batch: int = 8, layers: int = 12) -> dict:
-    out = subprocess.run([sys.executable, "-m", "bench.evaluation", how, str(window), str(batch), str(layers)],
-                         check=True, capture_output=True, text=True)
+    out = run_checked([sys.executable, "-m", "bench.evaluation", how, str(window), str(batch), str(layers)])
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
