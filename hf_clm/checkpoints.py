@@ -146,8 +146,11 @@ def remove_template_card(folder: Path) -> None:
     """peft's ``save_pretrained`` writes its template model card (a local base, no figures) as
     README.md; the run keeps none until a push writes the package's card."""
     card = folder / MODEL_CARD
-    if card.is_file() and not is_package_card(card) and TEMPLATE_CARD_HEADING in card.read_text(errors="replace"):
-        card.unlink(missing_ok=True)  # every rank saves, and removes
+    try:  # every rank saves, and removes: another rank may remove it between the check and the read
+        if not is_package_card(card) and TEMPLATE_CARD_HEADING in card.read_text(errors="replace"):
+            card.unlink(missing_ok=True)
+    except FileNotFoundError:
+        pass
 
 
 def previous_run_files(output_dir: Path) -> list[Path]:
