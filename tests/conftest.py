@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -272,3 +273,21 @@ def hub():
     server, state, endpoint = start_hub(TOKEN)
     yield state, endpoint
     server.shutdown()
+
+
+# Now and then a torch gloo worker on a loaded CPU aborts in C++ as a launch starts ("terminate called
+# without an active exception"): torch's, not the package's. Such a launch is started once more, from
+# clean output folders; any other failure is reported as it is.
+GLOO_ABORT = "terminate called without an active exception"
+
+
+def run_launch(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """A torchrun / accelerate launch (``subprocess.run``, output captured as text)."""
+    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    if result.returncode == 0 or GLOO_ABORT not in result.stderr:
+        return result
+    for flag in ("--output_dir", "training_probe.py"):  # the run's folder; the probe's record folder
+        place = next((i for i, arg in enumerate(command) if arg == flag or arg.endswith(flag)), None)
+        if place is not None and place + 1 < len(command):
+            shutil.rmtree(command[place + 1], ignore_errors=True)
+    return subprocess.run(command, capture_output=True, text=True, **kwargs)

@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import recipe_args, write_corpus
+from conftest import recipe_args, run_launch, write_corpus
 
 pytestmark = pytest.mark.full  # torchrun and accelerate launches of two processes
 
@@ -19,7 +19,7 @@ def launch(processes: int, record_dir: Path, flags: list[str]) -> subprocess.Com
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                str(PROBE), str(record_dir), *flags]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    result = run_launch(command, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from conftest import ONE_THREAD, REPO, hf_clm_command, recipe_args, run_hf_clm, subprocess_env, write_corpus
+from conftest import ONE_THREAD, REPO, hf_clm_command, recipe_args, run_hf_clm, run_launch, subprocess_env, write_corpus
 
 from hf_clm.checkpoints import newest_complete_checkpoint
 
@@ -38,7 +38,7 @@ def accelerate_fsdp(*script_and_args: str, extra_flags: tuple[str, ...] = ()) ->
 
 
 def run(command: list[str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=600)
+    result = run_launch(command, env=env(), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
