@@ -170,8 +170,8 @@ def evaluation_text(args: argparse.Namespace) -> tuple[list[str], dict]:
         source = f"{' '.join(filter(None, (name, args.dataset_config_name)))}, {args.split or DEFAULT_SPLIT} split"
     else:
         split = evaluation_documents(args.data, column=args.text_column, sample_by=args.sample_by)
-        files = expand_files(args.data, "--data", any_suffix=True)
-        text_files = builder_for(files, "--data", any_suffix=True) == "text"
+        files = expand_files(args.data, "--data")
+        text_files = builder_for(files, "--data") == "text"
         sample_by = (args.sample_by or "document") if text_files else None
         source = file_names(args.data) + (f", one document per {sample_by}" if sample_by not in (None, "document")
                                           else "")

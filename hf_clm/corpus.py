@@ -46,22 +46,20 @@ def is_visible(path: Path, root: Path) -> bool:
     return not any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def expand_files(patterns: list[str], key: str, any_suffix: bool = False) -> list[str]:
-    """Paths, globs and directories -> sorted list of data files; an error for anything matching nothing.
-    With ``any_suffix`` a directory gives every visible file (read as text unless json/csv/parquet)."""
+def expand_files(patterns: list[str], key: str) -> list[str]:
+    """Paths, globs and directories -> sorted list of data files (a directory gives every visible
+    file); an error for anything matching nothing."""
     files: list[str] = []
     for pattern in patterns:
         path = Path(pattern).expanduser()
         if path.is_dir():
-            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and is_visible(p, path)
-                           and (any_suffix or p.suffix in BUILDER_BY_SUFFIX))
+            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and is_visible(p, path))
         elif glob.has_magic(pattern):
             found = sorted(p for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
         else:
             found = [str(path)] if path.is_file() else []
         if not found:
-            what = ("directory holds no visible file" if any_suffix else
-                    "directory holds no .txt/.json/.jsonl/.csv/.parquet file") if path.is_dir() else \
+            what = "directory holds no visible file" if path.is_dir() else \
                 "matches no file" if glob.has_magic(pattern) else \
                 "is not a regular file (a pipe, socket or device); give a file" if path.exists() else "does not exist"
             raise HfClmError(f"{key}: '{pattern}' {what}")
@@ -69,13 +67,9 @@ def expand_files(patterns: list[str], key: str, any_suffix: bool = False) -> lis
     return files
 
 
-def builder_for(files: list[str], key: str, any_suffix: bool = False) -> str:
-    """The ``datasets`` builder of the files' format; with ``any_suffix`` an unknown suffix is text."""
-    default = "text" if any_suffix else None
-    builders = {BUILDER_BY_SUFFIX.get(Path(f).suffix.lower(), default) for f in files}
-    if None in builders:
-        bad = next(f for f in files if Path(f).suffix.lower() not in BUILDER_BY_SUFFIX)
-        raise HfClmError(f"{key}: '{bad}' is not .txt, .json, .jsonl, .csv or .parquet")
+def builder_for(files: list[str], key: str) -> str:
+    """The ``datasets`` builder of the files' format: json/csv/parquet by suffix, any other file text."""
+    builders = {BUILDER_BY_SUFFIX.get(Path(f).suffix.lower(), "text") for f in files}
     if len(builders) > 1:
         raise HfClmError(f"{key}: files mix formats ({', '.join(sorted(builders))}); use one format per split")
     return builders.pop()
@@ -133,10 +127,10 @@ def local_reading_bars_off():
 
 
 def load_local_files(data: DataArguments, streaming: bool = False) -> DatasetDict:
-    data_files = {"train": expand_files(data.train_files, "train_files", any_suffix=True)}
+    data_files = {"train": expand_files(data.train_files, "train_files")}
     if data.validation_files:
-        data_files["validation"] = expand_files(data.validation_files, "validation_files", any_suffix=True)
-    builders = {split: builder_for(files, f"{split}_files", any_suffix=True) for split, files in data_files.items()}
+        data_files["validation"] = expand_files(data.validation_files, "validation_files")
+    builders = {split: builder_for(files, f"{split}_files") for split, files in data_files.items()}
     if len(set(builders.values())) > 1:
         raise HfClmError(f"train_files and validation_files have different formats ({builders}); use one")
     for split, files in data_files.items():
@@ -282,8 +276,8 @@ def evaluation_documents(files: list[str], key: str = "--data", column: str | No
     """Any text files (``.py``, ``.md``, no suffix: one UTF-8 document per file, or per paragraph or
     line with ``sample_by``) or json/jsonl/csv/parquet tables (their ``column``, default ``text``), as
     one split; errors name ``key``, the flag the user gave."""
-    paths = expand_files(files, key, any_suffix=True)
-    builder = builder_for(paths, key, any_suffix=True)
+    paths = expand_files(files, key)
+    builder = builder_for(paths, key)
     if builder == "text" and column is not None:
         raise HfClmError(f"--text_column {column}: {key} gives text files, one document per file, which have no "
                          f"columns; it applies to json/jsonl/csv/parquet tables")

@@ -24,6 +24,14 @@ def fmt(value: Any, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
+def byte_size(value: int) -> str:
+    """Bytes in the largest binary unit that leaves at least 1 of it."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= scale:
+            return f"{value / scale:,.1f} {unit}"
+    return f"{value} bytes"
+
+
 def logged_figures(entry: dict[str, Any], prefix: str = "eval_") -> dict[str, Any]:
     """One evaluation's figures from a Trainer log entry (``eval_loss`` -> ``loss``)."""
     figures = {name: entry.get(prefix + name) for name in EVALUATION_FIGURES}

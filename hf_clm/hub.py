@@ -19,6 +19,7 @@ from huggingface_hub.utils import validate_repo_id
 from hf_clm.artifacts import write_text_atomic
 from hf_clm.card import model_card
 from hf_clm.errors import HfClmError, first_line
+from hf_clm.figures import byte_size
 from hf_clm.hub_sources import NETWORK_ERRORS
 from hf_clm.publish import PublishOptions, hub_model_id, publication, upload_operations
 from hf_clm.recipe import Recipe
@@ -98,21 +99,13 @@ def recipe_push_options(recipe: Recipe) -> PublishOptions:
     return PublishOptions(merged=bool(model.peft_method) and not hub_model_id(model.model_name_or_path))
 
 
-def size_text(size: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
-        size /= 1000
-    return ""
-
-
 def upload_listing(repo_id: str, target: PushTarget, operations: list[CommitOperationAdd]) -> str:
     """What a push would upload, file by file with sizes (``--dry_run``)."""
     width = max(len(op.path_in_repo) for op in operations)
-    lines = [f"  {op.path_in_repo:<{width}}  {size_text(op.upload_info.size):>10}" for op in operations]
+    lines = [f"  {op.path_in_repo:<{width}}  {byte_size(op.upload_info.size):>10}" for op in operations]
     total = sum(op.upload_info.size for op in operations)
     where = f"branch {target.revision or 'main'}{', private' if target.private else ''}"
-    header = f"would upload {len(operations)} files ({size_text(total)}) to {repo_id} ({where}); dry run: nothing was sent"
+    header = f"would upload {len(operations)} files ({byte_size(total)}) to {repo_id} ({where}); dry run: nothing was sent"
     return "\n".join([header, *lines])
 
 

@@ -9,6 +9,7 @@ import argparse
 from typing import Any
 
 from hf_clm.errors import HfClmError
+from hf_clm.figures import byte_size
 from hf_clm.plan import (
     DEFAULT_MFU,
     GIB,
@@ -197,14 +198,6 @@ def gib(value: int) -> str:
     return f"{value / GIB:,.1f} GiB"
 
 
-def size(value: int) -> str:
-    """Bytes in the largest binary unit that leaves at least 1 of it."""
-    for unit, scale in (("GiB", GIB), ("MiB", 2**20), ("KiB", 2**10)):
-        if value >= scale:
-            return f"{value / scale:,.1f} {unit}"
-    return f"{value} bytes"
-
-
 def not_fitting_message(plan: dict, shape: Shape, device: Device, recipe: Recipe) -> str:
     total, usable = plan["memory_per_device"]["total"], device.usable_bytes()
     changes = fitting_changes(shape, recipe.training_args.gradient_accumulation_steps, usable)
@@ -238,14 +231,14 @@ def plan_table(plan: dict) -> str:
                   f"accumulation x {plan['processes']} of {plan['block_size']:,} tokens")),
         ("tokens", f"{plan['tokens_per_step']:,} per step x {steps}"),
         ("FLOPs per token", f"{plan['flops_per_token']:,.4g}"),
-        *((f"  {key.replace('_', ' ')}", size(value)) for key, value in memory.items() if key != "total"),
-        ("memory per device", size(memory["total"])),
+        *((f"  {key.replace('_', ' ')}", byte_size(value)) for key, value in memory.items() if key != "total"),
+        ("memory per device", byte_size(memory["total"])),
     ]
     if plan["device"]:
         device = plan["device"]
         rows.append(("device", (f"{device['name']}: {gib(device['memory_bytes'])}, {gib(device['usable_bytes'])} "
                                f"usable -> {'fits' if plan['fits'] else 'does NOT fit'}")))
-    rows.append(("checkpoint", f"{size(plan['checkpoint_bytes'])} per checkpoint folder"))
+    rows.append(("checkpoint", f"{byte_size(plan['checkpoint_bytes'])} per checkpoint folder"))
     if plan["peak_flops_per_device"]:
         rows.append(("time to finish", (f"{duration(plan['seconds_to_finish'])} at {plan['mfu']:.0%} MFU of "
                                        f"{plan['peak_flops_per_device'] / 1e12:,.0f} TFLOP/s x {plan['processes']}")))

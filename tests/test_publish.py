@@ -12,7 +12,7 @@ from conftest import hub_env
 from huggingface_hub import ModelCard
 
 from hf_clm.card import model_card, shown_recipe
-from hf_clm.hub import size_text
+from hf_clm.figures import byte_size
 from hf_clm.publish import Publication, PublishOptions, local_inputs, publication
 
 
@@ -140,5 +140,5 @@ def test_a_dry_run_writes_the_card_lists_the_files_and_sends_nothing(hub, lora_r
     listed = {line.split()[0]: line for line in lines[1:]}
     assert {"README.md", "model.safetensors", "config.json", "recipe.yaml"} <= set(listed)
     assert "adapter_model.safetensors" not in listed
-    assert size_text((run / "merged" / "model.safetensors").stat().st_size) in listed["model.safetensors"]
+    assert byte_size((run / "merged" / "model.safetensors").stat().st_size) in listed["model.safetensors"]
     assert ModelCard.load(run / "merged" / "README.md").data.license == "mit"
