@@ -20,17 +20,13 @@ from hf_clm.recipe import DOCUMENT_SCOPE_KERNELS, MUON, RECIPE_CLASSES, WSD, Rec
 from hf_clm.run_files import ADAPTER_CONFIG
 
 
-def recipe_keys() -> list[str]:
-    return [f.name for f in recipe_fields()]
-
-
 @functools.cache
 def field_types() -> dict[str, Any]:
     """Each recipe key's declared type (from the annotations: HfArgumentParser narrows ``Field.type``)."""
     hints: dict[str, Any] = {}
     for cls in RECIPE_CLASSES:
         hints.update(typing.get_type_hints(cls))
-    return {key: hints[key] for key in recipe_keys()}
+    return {f.name: hints[f.name] for f in recipe_fields()}
 
 
 def type_members(kind) -> tuple:

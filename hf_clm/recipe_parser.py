@@ -40,10 +40,9 @@ from hf_clm.recipe_checks import (
     integration_problems,
     is_optional,
     range_problems,
-    recipe_keys,
     recipe_problems,
 )
-from hf_clm.recipe_keys import unknown_key_message
+from hf_clm.recipe_keys import recipe_key_names, unknown_key_message
 from hf_clm.time_budget import UNBOUNDED_STEPS
 
 # `--key none` (or null, or '') unsets an optional key; report_to's 'none' is a value of its own.
@@ -181,7 +180,7 @@ def read_recipe_yaml(path: str | Path) -> dict[str, Any]:
         raise HfClmError(f"recipe {path} must be a mapping of key: value, not {type(values).__name__}")
     raw_keys = set(values)
     values = flatten_peft_section(values, path)
-    known = set(recipe_keys())
+    known = set(recipe_key_names())
     problems = [unknown_key_message(str(key), str(path)) for key in values if key not in known]
     if problems:
         raise HfClmError("; ".join(problems))
