@@ -13,7 +13,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from hf_clm.checkpoints import CARD_TAG
 from hf_clm.figures import eval_sets_table, figure_rows, markdown_table
 from hf_clm.publish import Publication
-from hf_clm.recipe import PACKAGE_DEFAULTS, DataArguments, ModelArguments, RunArguments
+from hf_clm.recipe import DataArguments, ModelArguments, RunArguments
 from hf_clm.run_files import CURVES_GLOB
 
 CARD_TAGS = [CARD_TAG, "causal-lm"]
@@ -41,8 +41,7 @@ def evaluation_dataset(recipe: dict[str, Any]) -> tuple[str, str]:
 def recipe_defaults() -> dict[str, Any]:
     """The value of each model, data and run key when a recipe does not set it."""
     fields = [f for cls in (ModelArguments, DataArguments, RunArguments) for f in dataclasses.fields(cls)]
-    return {f.name: PACKAGE_DEFAULTS.get(f.name, f.default if f.default_factory is dataclasses.MISSING
-                                         else f.default_factory()) for f in fields}
+    return {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory() for f in fields}
 
 
 def as_written(key: str, value: Any, defaults: dict[str, Any]) -> Any:
