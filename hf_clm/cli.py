@@ -161,7 +161,7 @@ def evaluation_text(args: argparse.Namespace) -> tuple[list[str], dict]:
 
     sample_by = None
     if args.recipe:
-        data = parse_recipe([args.recipe]).data_args
+        data = parse_recipe([args.recipe], command="perplexity").data_args
         split, source = validation_split(data), validation_text(vars(data))
     elif args.dataset_name:
         split = dataset_split(args.dataset_name, args.dataset_config_name, args.split or DEFAULT_SPLIT,

@@ -124,7 +124,11 @@ COMMAND_DESCRIPTIONS = {
     "prepare": "Tokenize a recipe's corpus and cut it into blocks once, into its prepared_dataset folder. "
                "RECIPE and flags as for 'hf-clm train'.",
     "plan": "Size a recipe's run without running it. RECIPE and flags as for 'hf-clm train'.",
+    "perplexity": "The documents a recipe's training validates on.",
 }
+# The commands that run a recipe: they write into its folder and need its optional packages. plan sizes
+# a run for another machine and perplexity --recipe reads the recipe's validation documents: neither.
+RUNNING_COMMANDS = ("train", "prepare")
 
 
 def flatten_peft_section(values: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -286,8 +290,7 @@ def parse_recipe(argv: list[str] | None = None, default_recipe: str | Path | Non
             raise HfClmError(f"unexpected argument '{remaining[0]}'; the recipe file must end in .yaml or .yml")
         raise HfClmError(unknown_key_message(flag.lstrip("-").split("=")[0], "the command line"))
     values = resolve_paths({**vars(namespace), **flag_values})
-    # plan writes nothing and imports no integration: it sizes a run for another machine.
-    writes = command != "plan"
+    writes = command in RUNNING_COMMANDS
     problems = range_problems(values) + (output_dir_problems(values, command) if writes else [])
     if packages := integration_problems(values) if writes else []:
         raise HfClmError("invalid recipe: " + "; ".join(problems + packages))

@@ -351,3 +351,6 @@ def test_perplexity_scores_the_text_column_and_the_recipe_it_is_given(tmp_path, 
     recipe.write_text(f"train_files: {files['train']}\nvalidation_files: {files['validation']}\n"
                       f"sample_by: paragraph\nmodel_name_or_path: {model}\n")
     assert figures("--recipe", str(recipe))["documents"] == 20
+    # reading a recipe's validation documents runs nothing: its output_dir and trackers do not matter
+    recipe.write_text(recipe.read_text() + f"output_dir: {table}\nreport_to: wandb\n")
+    assert figures("--recipe", str(recipe))["documents"] == 20
