@@ -222,32 +222,96 @@ def select_text(split, column: str, name: str):
     return split.rename_column(column, TEXT) if column != TEXT else split
 
 
-def hold_out_by_hash(train: Dataset, percentage: int, sample_by: str | None = None) -> tuple[Dataset, Dataset]:
+HASH = "hash"
+EMPTY_HASH = -1  # an empty document: never held out
+HASH_BUCKET_BITS = 16  # the held-out threshold is found in a histogram of the hashes' top 16 bits
+HASH_BATCH_ROWS = 1 << 16
+
+
+def document_hashes(batch: pa.Table) -> pa.Table:
+    """``map`` function: each document's CRC-32 (``EMPTY_HASH`` for an empty one)."""
+    texts = batch.column(TEXT).to_pylist()
+    hashes = np.fromiter((zlib.crc32(text.encode()) if text else EMPTY_HASH for text in texts), dtype=np.int64,
+                         count=len(texts))
+    return pa.table({HASH: hashes})
+
+
+def hash_batches(hashes: Dataset):
+    for batch in hashes.with_format("arrow").iter(HASH_BATCH_ROWS):
+        yield batch.column(HASH).to_numpy()
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldOut:
+    """Which documents are held out: a hash below ``threshold``, or equal to it at a row up to
+    ``last_tied_row`` — the ``n`` non-empty documents with the smallest hashes, ties in corpus order."""
+
+    threshold: int
+    last_tied_row: int
+
+    def mask(self, hashes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return (hashes >= 0) & ((hashes < self.threshold) | ((hashes == self.threshold) & (rows <= self.last_tied_row)))
+
+
+def held_out_rule(hashes: Dataset, n: int) -> HeldOut:
+    """The rule that holds out the ``n`` smallest hashes, found in two passes of constant memory:
+    a histogram of the top bits finds the bucket the n-th smallest falls in; that bucket's hashes
+    (about 1/65,536 of the corpus) are then sorted."""
+    shift = 32 - HASH_BUCKET_BITS
+    counts = np.zeros(1 << HASH_BUCKET_BITS, dtype=np.int64)
+    for batch in hash_batches(hashes):
+        counts += np.bincount(batch[batch >= 0] >> shift, minlength=len(counts))
+    bucket = int(np.searchsorted(np.cumsum(counts), n))  # the first bucket whose running count reaches n
+    below = int(counts[:bucket].sum())
+    members, rows, offset = [], [], 0
+    for batch in hash_batches(hashes):
+        found = np.flatnonzero((batch >= 0) & ((batch >> shift) == bucket))
+        members.append(batch[found])
+        rows.append(found + offset)
+        offset += len(batch)
+    members, rows = np.concatenate(members), np.concatenate(rows)
+    order = np.lexsort((rows, members))[: n - below]
+    return HeldOut(int(members[order[-1]]), int(rows[order[-1]]))
+
+
+def select_held(hashes: pa.ChunkedArray, rows: list[int], rule: HeldOut, held: bool) -> np.ndarray:
+    """``filter`` function: the rows that are (``held``) or are not held out."""
+    mask = rule.mask(hashes.to_numpy(), np.asarray(rows))
+    return mask if held else ~mask
+
+
+def hold_out_by_hash(train: Dataset, percentage: int, sample_by: str | None = None,
+                     num_proc: int | None = None) -> tuple[Dataset, Dataset]:
     """``percentage``% of the non-empty documents become validation: those whose text has the
     smallest CRC-32, so the choice depends on the documents, not on their order (the files sorting
     last do not all go to validation), and repeats on every machine. Both splits keep the corpus's
     order; empty documents (blank lines under ``sample_by: line``) stay in training, where they add
-    no token."""
-    texts = (text for batch in train.with_format("arrow").iter(10_000) for text in batch[TEXT].to_pylist())
-    hashes = np.fromiter((zlib.crc32(text.encode()) if text else -1 for text in texts), dtype=np.int64,
-                         count=len(train))
-    documents = int((hashes >= 0).sum())
+    no token. Memory stays flat in the corpus size: hashes and both splits' row lists are Arrow
+    files in datasets' cache, read in batches."""
+    hashes = train.with_format("arrow").map(document_hashes, batched=True, batch_size=HASH_BATCH_ROWS,
+                                            remove_columns=train.column_names, num_proc=num_proc,
+                                            desc="Hashing documents for the held-out split")
+    documents = sum(int((batch >= 0).sum()) for batch in hash_batches(hashes))
     n_val = documents * percentage // 100
     if n_val == 0:
         split_files = ("; for .txt files, sample_by: paragraph (or line) makes each file several documents"
                        if sample_by == "document" else "")
         raise HfClmError(f"the corpus has {documents} document{'s' if documents != 1 else ''}, too few to hold out "
                          f"{percentage}% for validation; give validation_files or more documents{split_files}")
-    held = np.zeros(len(train), dtype=bool)
-    held[np.argsort(np.where(hashes >= 0, hashes, np.iinfo(np.int64).max), kind="stable")[:n_val]] = True
-    return train.select(np.flatnonzero(~held)), train.select(np.flatnonzero(held))
+    rule = held_out_rule(hashes, n_val)
+    with_hashes = datasets.concatenate_datasets([train, hashes.with_format(None)], axis=1).with_format("arrow")
+    splits = [with_hashes.filter(select_held, batched=True, batch_size=HASH_BATCH_ROWS, with_indices=True,
+                                 input_columns=[HASH], fn_kwargs={"rule": rule, "held": held}, num_proc=num_proc,
+                                 desc="Holding out validation documents" if held else "Keeping training documents"
+                                 ).with_format(None).remove_columns(HASH)
+              for held in (False, True)]
+    return splits[0], splits[1]
 
 
 def has_text(split: Dataset) -> bool:
-    if len(split) == 0:
-        return False
-    lengths = pc.utf8_length(split.with_format("arrow")[:][TEXT])
-    return bool(pc.max(lengths).as_py() or 0)
+    """Whether any document has a character: batch by batch, up to the first that does."""
+    return any(pc.max(pc.utf8_length(batch[TEXT])).as_py()
+               for batch in split.with_format("arrow").iter(HASH_BATCH_ROWS))
 
 
 def load_corpus(data: DataArguments) -> DatasetDict:
@@ -260,7 +324,8 @@ def load_corpus(data: DataArguments) -> DatasetDict:
         validation = select_text(raw["validation"], data.text_column, "validation")
     else:
         train, validation = hold_out_by_hash(train, data.validation_split_percentage,
-                                             data.sample_by if data.train_files else None)
+                                             data.sample_by if data.train_files else None,
+                                             data.preprocessing_num_workers)
     if data.max_train_samples is not None:
         train = train.select(range(min(data.max_train_samples, len(train))))
     if data.max_eval_samples is not None:

@@ -1,10 +1,13 @@
 import json
+import random
 import zlib
 
+import numpy as np
 import pandas as pd
 import pytest
+from datasets import Dataset
 
-from hf_clm.corpus import is_stdlib_validation_file, load_corpus, stdlib_files
+from hf_clm.corpus import hold_out_by_hash, is_stdlib_validation_file, load_corpus, stdlib_files
 from hf_clm.errors import HfClmError
 from hf_clm.recipe import DataArguments
 
@@ -153,3 +156,18 @@ def test_blank_lines_never_take_the_held_out_places(tmp_path):
     text.write_text("\n\n".join(f"line {i} of the play" for i in range(100)) + "\n")  # as many blank lines as lines
     corpus = load_corpus(DataArguments(train_files=[str(text)], sample_by="line", validation_split_percentage=5))
     assert len(corpus["validation"]) == 5 and all(corpus["validation"]["text"])
+
+
+@pytest.mark.parametrize("num_proc", [None, 2])
+def test_the_held_out_split_is_the_smallest_hashes_with_ties_in_corpus_order(num_proc):
+    """Found in constant memory (a histogram, then one bucket sorted); the same documents as
+    sorting every hash, also when many documents repeat (ties) and under several workers."""
+    rng = random.Random(0)
+    words = [f"line {i}" for i in range(300)] + [""]
+    texts = [rng.choice(words) for _ in range(20_000)]
+    train, validation = hold_out_by_hash(Dataset.from_dict({"text": texts}), 7, num_proc=num_proc)
+    hashes = np.array([zlib.crc32(t.encode()) if t else np.iinfo(np.int64).max for t in texts])
+    n = sum(map(bool, texts)) * 7 // 100
+    held = set(np.argsort(hashes, kind="stable")[:n].tolist())
+    assert validation["text"] == [t for i, t in enumerate(texts) if i in held]
+    assert train["text"] == [t for i, t in enumerate(texts) if i not in held]
