@@ -68,11 +68,38 @@ def train_command(argv: list[str]) -> int:
     return 0
 
 
-def prepare_command(argv: list[str]) -> int:
-    from hf_clm.prepare import prepare
+def prepare_parser() -> argparse.ArgumentParser:
+    """prepare's own flags; the rest of its command line is the recipe and its keys."""
+    parser = argparse.ArgumentParser(prog="hf-clm prepare", add_help=False)
+    parser.add_argument("--shard", type=int, default=None)
+    parser.add_argument("--num_shards", type=int, default=None)
+    parser.add_argument("--tokenizer_only", action="store_true")
+    return parser
+
+
+def shard_problem(shard: int | None, num_shards: int | None, tokenizer_only: bool) -> str | None:
+    if (shard is None) != (num_shards is None):
+        return "--shard and --num_shards go together: --shard I --num_shards N prepares the I-th of N parts"
+    if shard is not None and tokenizer_only:
+        return "--tokenizer_only prepares no blocks, so it takes no --shard; run it once, then the shards"
+    if num_shards is not None and num_shards < 1:
+        return f"--num_shards must be at least 1, not {num_shards}"
+    if shard is not None and not 0 <= shard < num_shards:
+        return f"--shard must be from 0 to {num_shards - 1} (--num_shards {num_shards}), not {shard}"
+    return None
+
+
+def prepare_command(argv: list[str], verbose: bool = False) -> int:
+    args, recipe_argv = prepare_parser().parse_known_args(argv)
+    if problem := shard_problem(args.shard, args.num_shards, args.tokenizer_only):
+        raise HfClmError(problem)
+    check_recipe_keys(recipe_argv)
+    quiet_libraries(verbose)
+    from hf_clm.prepare import Shard, prepare
     from hf_clm.recipe_parser import parse_recipe
 
-    prepare(parse_recipe(argv, command="prepare"))
+    shard = Shard(args.shard, args.num_shards) if args.shard is not None else None
+    prepare(parse_recipe(recipe_argv, command="prepare"), shard, args.tokenizer_only)
     return 0
 
 
@@ -417,10 +444,12 @@ def top_parser() -> argparse.ArgumentParser:
 
 
 def dispatch(argv: list[str], verbose: bool = False) -> int:
-    if argv and argv[0] in ("train", "prepare"):
+    if argv and argv[0] == "prepare":
+        return prepare_command(argv[1:], verbose)
+    if argv and argv[0] == "train":
         check_recipe_keys(argv[1:])
         quiet_libraries(verbose)
-        return (train_command if argv[0] == "train" else prepare_command)(argv[1:])
+        return train_command(argv[1:])
     if argv and argv[0] == "plan":
         from hf_clm.plan_command import plan_command
 

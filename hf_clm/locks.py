@@ -98,13 +98,14 @@ def try_create(path: Path) -> bool:
 
 
 @contextmanager
-def folder_lock(folder: str | Path, what: str):
+def folder_lock(folder: str | Path, what: str, part: str | None = None):
     """Hold the lock of ``folder`` (created when missing; removed again on the way out when this
-    job created it and left nothing in it)."""
+    job created it and left nothing in it), or of one ``part`` of it (a shard of a prepared
+    folder: writers of different parts run side by side)."""
     folder = Path(folder)
     created = [p for p in (folder, *folder.parents) if not p.exists()]  # innermost first
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_FILENAME
+    path = folder / (LOCK_FILENAME if part is None else f"{LOCK_FILENAME}-{part}")
     while not try_create(path):
         holder = read_holder(path)
         if holder is None:

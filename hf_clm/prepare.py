@@ -5,6 +5,8 @@ Three ways, one result (:class:`TrainingData`):
 * in memory: tokenized and grouped with ``datasets`` (cached by fingerprint, reused by later runs);
 * from disk: a folder written ahead of a launch by ``hf-clm prepare RECIPE`` (``save_to_disk``),
   named by the recipe's ``prepared_dataset``, refused when its tokenizer or block size differ;
+  or written in N shards (``--shard I --num_shards N``, one machine or process each), read only
+  when every shard is there;
 * streamed: ``streaming: true`` keeps training data an ``IterableDataset``, tokenized on the fly.
 """
 
@@ -12,13 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from datasets import Dataset, DatasetDict, IterableDataset, load_from_disk
+from datasets import Dataset, DatasetDict, IterableDataset, concatenate_datasets, load_from_disk
 from transformers import PreTrainedTokenizerBase
 
 from hf_clm.artifacts import read_json, write_json
@@ -34,6 +38,10 @@ from hf_clm.tokenizer import UnreadableTokenizer, load_pretrained_tokenizer, rea
 logger = logging.getLogger(__name__)
 
 TOKENIZER_DIRNAME = "tokenizer"
+# Beside the tokenizer folder of a sharded preparation, written when the folder is whole: what it is.
+TOKENIZER_SOURCE = "tokenizer-source.json"
+VALIDATION_DIRNAME = "validation"
+SHARD_DESCRIPTION = re.compile(r"shard-(\d{5})-of-(\d{5})\.json")
 # Documents from the head of a streamed corpus that a BPE tokenizer is trained on.
 STREAMING_TOKENIZER_DOCUMENTS = 10_000
 
@@ -88,20 +96,26 @@ def save_prepared(prepared: TrainingData, recipe: Recipe, path: str | Path) -> P
     (path / PREPARED_FILENAME).unlink(missing_ok=True)
     for split in ("train", "validation"):  # blocks of an earlier preparation
         shutil.rmtree(path / split, ignore_errors=True)
+    remove_shards(path)
     DatasetDict(train=prepared.train, validation=prepared.validation).save_to_disk(str(path))
     prepared.tokenizer.save_pretrained(path / TOKENIZER_DIRNAME)
-    description = {
-        "block_size": recipe.data_args.block_size,
-        "tokenizer": tokenizer_source(recipe.model_args, recipe.data_args),
-        "tokenizer_digest": tokenizer_digest(prepared.tokenizer),
-        "counts": {name: count.as_dict() for name, count in prepared.counts.items()},
-    }
-    write_json(description, path / PREPARED_FILENAME)
+    write_json(blocks_description(prepared.tokenizer, prepared.counts, recipe), path / PREPARED_FILENAME)
     return path
 
 
+def blocks_description(tokenizer: PreTrainedTokenizerBase, counts: dict[str, TokenCounts], recipe: Recipe,
+                       **extra: Any) -> dict[str, Any]:
+    return {"block_size": recipe.data_args.block_size,
+            "tokenizer": tokenizer_source(recipe.model_args, recipe.data_args),
+            "tokenizer_digest": tokenizer_digest(tokenizer),
+            "counts": {name: count.as_dict() for name, count in counts.items()}, **extra}
+
+
 def read_description(path: Path) -> dict[str, Any]:
+    """``prepared.json``, or the sum of every shard's description when the folder was prepared in shards."""
     if not (path / PREPARED_FILENAME).is_file():
+        if shard_descriptions(path):
+            return sharded_description(path)
         what = "does not exist" if not path.exists() else f"holds no {PREPARED_FILENAME} (an unfinished preparation?)"
         raise HfClmError(f"prepared_dataset {path} {what}; run 'hf-clm prepare RECIPE' first")
     return read_json(path / PREPARED_FILENAME, "run 'hf-clm prepare RECIPE' again")
@@ -115,8 +129,12 @@ def load_prepared_tokenizer(path: Path) -> PreTrainedTokenizerBase:
                          f"'hf-clm prepare RECIPE' again") from None
 
 
-def load_prepared_blocks(path: Path) -> DatasetDict:
+def load_prepared_blocks(path: Path, shards: int | None = None) -> DatasetDict:
     try:
+        if shards is not None:
+            return DatasetDict(train=concatenate_datasets([load_from_disk(str(Shard(i, shards).blocks_dir(path)))
+                                                           for i in range(shards)]),
+                               validation=load_from_disk(str(path / VALIDATION_DIRNAME)))
         blocks = load_from_disk(str(path))  # maps every arrow file: a missing or torn one fails here
     except (OSError, ValueError, pa.ArrowException) as err:
         missing = f" ({err.filename})" if isinstance(err, OSError) and err.filename else ""
@@ -152,7 +170,7 @@ def prepared_data(recipe: Recipe) -> TrainingData:
     reference = tokenizer if recipe.model_args.train_tokenizer else load_pretrained_tokenizer(
         recipe.model_args.tokenizer_name_or_path or recipe.model_args.model_name_or_path)
     check_prepared_matches(description, reference, recipe, path)
-    blocks = load_prepared_blocks(path)
+    blocks = load_prepared_blocks(path, description.get("num_shards"))
     counts = {name: TokenCounts(**{k: v for k, v in count.items() if k not in ("kept", "dropped")})
               for name, count in description["counts"].items()}
     logger.info("Read prepared blocks from %s: %s", path,
@@ -181,18 +199,200 @@ def with_eval_sets(data: TrainingData, data_args: DataArguments) -> TrainingData
     return data
 
 
-def prepare(recipe: Recipe) -> Path:
-    """``hf-clm prepare``: tokenize and group once, to the recipe's ``prepared_dataset`` folder."""
+def prepare(recipe: Recipe, shard: Shard | None = None, tokenizer_only: bool = False) -> Path:
+    """``hf-clm prepare``: tokenize and group once, to the recipe's ``prepared_dataset`` folder
+    (or one shard of it, or only its tokenizer)."""
     target = recipe.data_args.prepared_dataset
     if not target:
         raise HfClmError("the recipe sets no prepared_dataset folder to write; add prepared_dataset: PATH")
     if recipe.data_args.streaming:
         raise HfClmError("a streamed corpus is not prepared ahead; drop streaming: true to prepare it")
     check_hub_sources(recipe.model_args, recipe.data_args)
-    with folder_lock(target, "prepared_dataset"):
-        data = in_memory_data(recipe)
-        path = save_prepared(data, recipe, target)
+    if tokenizer_only:
+        with folder_lock(target, "prepared_dataset", part="tokenizer"):
+            raw = load_corpus(recipe.data_args)
+            save_shared_tokenizer(train_or_load_tokenizer(recipe.model_args, raw["train"]), recipe, Path(target))
+        print(f"tokenizer saved to {Path(target) / TOKENIZER_DIRNAME}")
+        return Path(target)
+    if shard is not None:
+        with folder_lock(target, f"shard {shard.index} of prepared_dataset", part=shard.name):
+            data = prepared_shard(recipe, shard, Path(target))
+            path = save_shard(data, recipe, shard, Path(target))
+    else:
+        with folder_lock(target, "prepared_dataset"):
+            data = in_memory_data(recipe)
+            path = save_prepared(data, recipe, target)
     for name, count in data.counts.items():
         print(f"{name:<10} {count.documents:>9,} documents {count.tokens:>13,} tokens {count.blocks:>10,} blocks")
-    print(f"saved to {path}")
+    print(f"saved to {path}" + (f" (shard {shard.index} of {shard.count})" if shard else ""))
     return path
+
+
+# Sharded preparation. Shard I of N holds the blocks of the I-th of N consecutive runs of the
+# training documents (after the held-out split, which every shard computes alike). Shard 0 also
+# writes the validation blocks and the tokenizer; a BPE trained on the corpus is trained once,
+# by shard 0 or by ``prepare --tokenizer_only`` beforehand, and the other shards refuse to start
+# until it is there. Each shard writes its description last; ``train`` reads the folder only when
+# all N are there and agree.
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    count: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.index:05d}-of-{self.count:05d}"
+
+    def blocks_dir(self, root: Path) -> Path:
+        return root / f"train-{self.name}"
+
+    def description_path(self, root: Path) -> Path:
+        return root / f"shard-{self.name}.json"
+
+    def documents(self, total: int) -> range:
+        return range(self.index * total // self.count, (self.index + 1) * total // self.count)
+
+    def command(self) -> str:
+        return f"hf-clm prepare RECIPE --shard {self.index} --num_shards {self.count}"
+
+
+def shard_descriptions(path: Path) -> dict[Shard, Path]:
+    found = {}
+    for file in sorted(path.glob("shard-*-of-*.json")) if path.is_dir() else []:
+        if match := SHARD_DESCRIPTION.fullmatch(file.name):
+            found[Shard(int(match[1]), int(match[2]))] = file
+    return found
+
+
+def remove_shards(path: Path) -> None:
+    """The shards of an earlier sharded preparation of ``path``, descriptions first."""
+    for shard, file in shard_descriptions(path).items():
+        file.unlink(missing_ok=True)
+        shutil.rmtree(shard.blocks_dir(path), ignore_errors=True)
+    for stale in path.glob("train-*-of-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    (path / TOKENIZER_SOURCE).unlink(missing_ok=True)
+
+
+def sharded_description(path: Path) -> dict[str, Any]:
+    """One description for a complete, consistent set of shards: their train counts summed."""
+    found = shard_descriptions(path)
+    counts = {shard.count for shard in found}
+    if len(counts) > 1:
+        raise HfClmError(f"prepared_dataset {path} mixes shards of {' and '.join(map(str, sorted(counts)))} parts; "
+                         f"prepare every shard with one --num_shards, into a fresh folder")
+    (n,) = counts
+    missing = [i for i in range(n) if Shard(i, n) not in found]
+    if missing:
+        listed = ", ".join(map(str, missing[:8])) + (", ..." if len(missing) > 8 else "")
+        raise HfClmError(f"prepared_dataset {path} holds {n - len(missing)} of its {n} shards; missing shard "
+                         f"{listed}: run '{Shard(missing[0], n).command()}' for each (a shard still being "
+                         f"written has no shard-*.json yet)")
+    descriptions = [read_json(found[Shard(i, n)], f"run '{Shard(i, n).command()}' again") for i in range(n)]
+    first = descriptions[0]
+    for i, description in enumerate(descriptions[1:], start=1):
+        for key in ("block_size", "tokenizer_digest"):
+            if description[key] != first[key]:
+                raise HfClmError(f"prepared_dataset {path}: shard {i} has another {key.split('_')[0]} than shard 0 "
+                                 f"({description[key]} vs {first[key]}); run '{Shard(i, n).command()}' again "
+                                 f"with shard 0's recipe")
+    train = [TokenCounts(**{k: v for k, v in d["counts"]["train"].items() if k in TOKEN_COUNT_FIELDS})
+             for d in descriptions]
+    total = TokenCounts(sum(c.documents for c in train), sum(c.tokens for c in train), sum(c.blocks for c in train),
+                        first["block_size"])
+    return {**first, "num_shards": n, "counts": {"train": total.as_dict(), "validation": first["counts"]["validation"]}}
+
+
+TOKEN_COUNT_FIELDS = ("documents", "tokens", "blocks", "block_size")
+
+
+def shared_tokenizer(recipe: Recipe, root: Path) -> PreTrainedTokenizerBase | None:
+    """The tokenizer a sharded preparation of ``root`` already saved for this recipe (None when
+    there is none); an error when it was made for another tokenizer."""
+    source_file = root / TOKENIZER_SOURCE
+    if not source_file.is_file():
+        return None
+    saved = read_json(source_file, f"delete {root / TOKENIZER_DIRNAME} and prepare again")
+    wanted = tokenizer_source(recipe.model_args, recipe.data_args)
+    if saved["tokenizer"] != wanted:
+        raise HfClmError(f"prepared_dataset {root} holds shards made with '{saved['tokenizer']}' but the recipe's "
+                         f"tokenizer is '{wanted}'; prepare every shard with one recipe, or use a fresh folder")
+    return load_prepared_tokenizer(root)
+
+
+def save_shared_tokenizer(tokenizer: PreTrainedTokenizerBase, recipe: Recipe, root: Path) -> None:
+    """Save into a temporary folder, rename it into place, then describe it: a reader sees the
+    tokenizer whole or not at all."""
+    temporary = root / f".{TOKENIZER_DIRNAME}.{os.getpid()}.tmp"
+    shutil.rmtree(temporary, ignore_errors=True)
+    tokenizer.save_pretrained(temporary)
+    (root / TOKENIZER_SOURCE).unlink(missing_ok=True)
+    shutil.rmtree(root / TOKENIZER_DIRNAME, ignore_errors=True)
+    temporary.rename(root / TOKENIZER_DIRNAME)
+    write_json({"tokenizer": tokenizer_source(recipe.model_args, recipe.data_args),
+                "tokenizer_digest": tokenizer_digest(tokenizer)}, root / TOKENIZER_SOURCE)
+
+
+def shard_tokenizer(recipe: Recipe, shard: Shard, root: Path, train: Dataset) -> PreTrainedTokenizerBase:
+    """Shard 0 decides the tokenizer (trains a BPE once, or loads the pretrained one) and saves it;
+    the others use the saved one when the recipe trains a BPE, and refuse to start before it exists."""
+    saved = shared_tokenizer(recipe, root)
+    if saved is not None and recipe.model_args.train_tokenizer:
+        return saved
+    if recipe.model_args.train_tokenizer and shard.index > 0:
+        raise HfClmError(f"shard {shard.index} needs the tokenizer this recipe trains, and {root} has none yet: run "
+                         f"'hf-clm prepare RECIPE --tokenizer_only' once first (or wait for shard 0), then the shards")
+    tokenizer = train_or_load_tokenizer(recipe.model_args, train)
+    if saved is not None and tokenizer_digest(saved) != tokenizer_digest(tokenizer):
+        raise HfClmError(f"prepared_dataset {root} holds a tokenizer other than the recipe's "
+                         f"'{tokenizer_source(recipe.model_args, recipe.data_args)}'; prepare every shard with one "
+                         f"recipe, or use a fresh folder")
+    if shard.index == 0 and saved is None:
+        save_shared_tokenizer(tokenizer, recipe, root)
+    return tokenizer
+
+
+def check_shard_fits(root: Path, shard: Shard, block_size: int) -> None:
+    """The other shards already in ``root`` split the documents the same way and cut the same blocks."""
+    for other, file in shard_descriptions(root).items():
+        if other == shard:
+            continue
+        if other.count != shard.count:
+            raise HfClmError(f"prepared_dataset {root} holds shard {other.index} of {other.count} parts; prepare "
+                             f"every shard with --num_shards {other.count}, or use a fresh folder")
+        description = read_json(file, f"run '{other.command()}' again")
+        if description["block_size"] != block_size:
+            raise HfClmError(f"prepared_dataset {root} holds shard {other.index} with blocks of "
+                             f"{description['block_size']} tokens, not {block_size}; prepare every shard with one "
+                             f"recipe, or use a fresh folder")
+
+
+def prepared_shard(recipe: Recipe, shard: Shard, root: Path) -> TrainingData:
+    """This shard's training blocks (and the validation blocks, for shard 0)."""
+    check_shard_fits(root, shard, recipe.data_args.block_size)
+    raw = load_corpus(recipe.data_args)
+    tokenizer = shard_tokenizer(recipe, shard, root, raw["train"])
+    documents = raw["train"].select(shard.documents(len(raw["train"])))
+    if len(documents) == 0:
+        raise HfClmError(f"the corpus has {len(raw['train'])} training documents, fewer than --num_shards "
+                         f"{shard.count}; use fewer shards")
+    splits = DatasetDict(train=documents, validation=raw["validation"]) if shard.index == 0 else \
+        DatasetDict(train=documents)
+    blocks, counts = build_blocks(splits, tokenizer, recipe.data_args)
+    return TrainingData(tokenizer, blocks["train"], blocks.get("validation"), counts)
+
+
+def save_shard(data: TrainingData, recipe: Recipe, shard: Shard, root: Path) -> Path:
+    """Blocks first, the description last: a shard without its description is unfinished."""
+    shard.description_path(root).unlink(missing_ok=True)
+    (root / PREPARED_FILENAME).unlink(missing_ok=True)  # the folder no longer holds one whole preparation
+    shutil.rmtree(shard.blocks_dir(root), ignore_errors=True)
+    data.train.save_to_disk(str(shard.blocks_dir(root)))
+    if shard.index == 0:
+        shutil.rmtree(root / VALIDATION_DIRNAME, ignore_errors=True)
+        data.validation.save_to_disk(str(root / VALIDATION_DIRNAME))
+    write_json(blocks_description(data.tokenizer, data.counts, recipe, shard=shard.index, num_shards=shard.count),
+               shard.description_path(root))
+    return root

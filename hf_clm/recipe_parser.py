@@ -122,7 +122,9 @@ COMMAND_DESCRIPTIONS = {
              "them; a corpus flag (--dataset_name, --train_files, --builtin_corpus) replaces the recipe's whole "
              "corpus source; '--key none' unsets an optional key.",
     "prepare": "Tokenize a recipe's corpus and cut it into blocks once, into its prepared_dataset folder. "
-               "RECIPE and flags as for 'hf-clm train'.",
+               "RECIPE and flags as for 'hf-clm train'. Its own flags: --shard I --num_shards N prepares the I-th "
+               "of N parts of the training documents (one machine or process each, side by side); "
+               "--tokenizer_only trains (or copies) the tokenizer into the folder, once, before the shards.",
     "plan": "Size a recipe's run without running it. RECIPE and flags as for 'hf-clm train'.",
     "perplexity": "The documents a recipe's training validates on.",
 }

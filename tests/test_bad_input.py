@@ -195,6 +195,17 @@ def bad_inputs(tmp_path):
         "output_dir empty": (["train", *flags, "--output_dir", ""], "output_dir is empty"),
         "prepared_dataset is a file": (["prepare", *flags, "--prepared_dataset", str(a_file)],
                                        f"prepared_dataset {a_file} is a file, not a folder"),
+        # sharded preparation
+        "shard past the last": (["prepare", *flags, "--prepared_dataset", str(tmp_path / "sh"), "--shard", "2",
+                                 "--num_shards", "2"], "--shard must be from 0 to 1 (--num_shards 2), not 2"),
+        "shard negative": (["prepare", *flags, "--prepared_dataset", str(tmp_path / "sh"), "--shard", "-1",
+                            "--num_shards", "2"], "--shard must be from 0 to 1 (--num_shards 2), not -1"),
+        "shard without a count": (["prepare", *flags, "--prepared_dataset", str(tmp_path / "sh"), "--shard", "0"],
+                                  "--shard and --num_shards go together"),
+        "no shards": (["prepare", *flags, "--prepared_dataset", str(tmp_path / "sh"), "--shard", "0",
+                       "--num_shards", "0"], "--num_shards must be at least 1, not 0"),
+        "tokenizer only of a shard": (["prepare", *flags, "--prepared_dataset", str(tmp_path / "sh"), "--shard", "0",
+                                       "--num_shards", "2", "--tokenizer_only"], "--tokenizer_only prepares no blocks"),
         "foreign checkpoint folder": (["train", *flags, "--output_dir", str(foreign)],
                                       "holds checkpoint-abc, which hf-clm did not write"),
         # a training-time budget

@@ -66,3 +66,93 @@ def test_train_refuses_a_missing_or_unfinished_prepared_dataset(prepared, capsys
     (tmp_path / "half").mkdir()
     assert main(["train", *prepare_argv(files, tmp_path / "run", tmp_path / "half")]) == 2
     assert "holds no prepared.json" in capsys.readouterr().err
+
+
+# ---- sharded preparation ----------------------------------------------------------------------
+
+def flat(blocks) -> list[int]:
+    return [token for row in blocks["input_ids"] for token in row]
+
+
+@pytest.fixture(scope="module")
+def sharded(prepared, tmp_path_factory):
+    """The fixture's corpus prepared again in two shards, shard 1 first: it refuses to start
+    before the trained tokenizer exists, which --tokenizer_only makes."""
+    root, files, one_machine, _ = prepared
+    target = tmp_path_factory.mktemp("sharded") / "blocks"
+    argv = prepare_argv(files, root / "unused", target)
+    early = run_in_process("prepare", *argv, "--shard", "1", "--num_shards", "2")
+    assert early.returncode == 2 and "run 'hf-clm prepare RECIPE --tokenizer_only' once first" in early.stderr
+    assert run_in_process("prepare", *argv, "--tokenizer_only").returncode == 0
+    for shard in ("1", "0"):
+        result = run_in_process("prepare", *argv, "--shard", shard, "--num_shards", "2")
+        assert result.returncode == 0, result.stderr[-3000:]
+    return root, files, one_machine, target
+
+
+def test_two_shards_are_the_one_machine_blocks_but_for_the_first_shards_tail(sharded):
+    """Shard 0's blocks are the one-machine blocks up to shard 0's last partial block; shard 1's
+    start where shard 1's documents start, so what differs is shard 0's tail (fewer than
+    block_size tokens), dropped instead of carried into shard 1."""
+    _, _, one_machine, target = sharded
+    one = load_from_disk(str(one_machine))
+    shards = [load_from_disk(str(target / f"train-0000{i}-of-00002")) for i in range(2)]
+    tokens = [json.loads((target / f"shard-0000{i}-of-00002.json").read_text())["counts"]["train"]["tokens"]
+              for i in range(2)]
+    block = 32
+    kept0 = tokens[0] - tokens[0] % block
+    whole, first, second = flat(one["train"]), flat(shards[0]), flat(shards[1])
+    assert tokens[0] % block > 0  # the case worth testing: shard 0 ends in a partial block
+    assert first == whole[:kept0]
+    overlap = whole[tokens[0]:]  # the one-machine stream from shard 1's first token to its own cut
+    assert second[:len(overlap)] == overlap[:len(second)] and len(second) == tokens[1] - tokens[1] % block
+    assert flat(load_from_disk(str(target / "validation"))) == flat(one["validation"])
+
+
+def test_train_reads_every_shard_in_order(sharded):
+    _, files, _, target = sharded
+    recipe = parse_recipe(prepare_argv(files, target.parent / "run", target))
+    from hf_clm.prepare import prepared_data
+
+    data = prepared_data(recipe)
+    shards = [load_from_disk(str(target / f"train-0000{i}-of-00002")) for i in range(2)]
+    assert flat(data.train) == flat(shards[0]) + flat(shards[1])
+    assert data.counts["train"].blocks == len(data.train) and data.counts["train"].documents == 120
+
+
+def test_sharded_sets_that_train_refuses(sharded, tmp_path, capsys):
+    """An incomplete set names the missing shards; a shard of another split or block size is refused
+    when it is written; a second writer of one shard meets the shard's lock."""
+    import os
+    import shutil
+    import socket
+    import time
+
+    root, files, _, target = sharded
+    partial = tmp_path / "partial"
+    shutil.copytree(target, partial)
+    (partial / "shard-00001-of-00002.json").unlink()
+    assert main(["train", *prepare_argv(files, tmp_path / "run", partial)]) == 2
+    err = capsys.readouterr().err
+    assert "holds 1 of its 2 shards; missing shard 1: run 'hf-clm prepare RECIPE --shard 1 --num_shards 2'" in err
+    assert not (tmp_path / "run").exists()
+    argv = prepare_argv(files, root / "unused", partial)
+    other_split = run_in_process("prepare", *argv, "--shard", "2", "--num_shards", "3")
+    assert other_split.returncode == 2 and "prepare every shard with --num_shards 2" in other_split.stderr
+    other_block = run_in_process("prepare", *argv, "--block_size", "16", "--shard", "1", "--num_shards", "2")
+    assert other_block.returncode == 2 and "with blocks of 32 tokens, not 16" in other_block.stderr
+    other_tokenizer = run_in_process("prepare", *argv, "--vocab_size", "300", "--shard", "1", "--num_shards", "2")
+    assert other_tokenizer.returncode == 2 and "made with 'byte-level BPE, vocab 400" in other_tokenizer.stderr
+    lock = partial / ".hf_clm.lock-00001-of-00002"
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "locked_at": time.time(),
+                                "command": "hf-clm prepare"}))
+    busy = run_in_process("prepare", *argv, "--shard", "1", "--num_shards", "2")
+    assert busy.returncode == 2 and f"shard 1 of prepared_dataset {partial} is in use by pid {os.getpid()}" in busy.stderr
+    assert not (partial / "shard-00001-of-00002.json").exists()
+
+
+@pytest.mark.full
+def test_train_from_shards_runs(sharded):
+    _, files, _, target = sharded
+    summary = run(parse_recipe(prepare_argv(files, target.parent / "trained", target)))
+    assert summary["perplexity"] > 1
