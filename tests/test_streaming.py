@@ -47,3 +47,29 @@ def test_a_stream_of_every_file_type_and_sample_by_trains(tmp_path, kind):
     assert main(["train", *argv]) == 0
     summary = json.loads((tmp_path / "run" / "perplexity.json").read_text())
     assert summary["train_tokens_seen"] == 3 * BLOCKS_PER_STEP * 32 and summary["tokens"] > 0
+
+
+def test_a_resumed_stream_continues_where_the_checkpoint_left_it(tmp_path):
+    """Resume skips the blocks the checkpoint consumed (Trainer's skip of the first batches) and trains
+    on the rest: the same weights and losses as the run that was not interrupted. A resume that read
+    the stream from its start again (training twice on the first blocks) ends elsewhere."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    train = write_documents(tmp_path / "train", "txt-paragraph", make_documents(60, seed=1))
+    validation = write_documents(tmp_path / "validation", "txt-paragraph", make_documents(10, seed=2))
+    files = {"train": train[0], "validation": validation[0]}
+    flags = ["--sample_by", "paragraph", "--streaming", "true", "--max_steps", "8", "--save_steps", "4",
+             "--eval_steps", "8", "--logging_steps", "1", "--shuffle_buffer_size", "16"]
+    assert main(["train", *recipe_args(files, tmp_path / "whole", *flags)]) == 0
+    shutil.copytree(tmp_path / "whole" / "checkpoint-4", tmp_path / "resumed" / "checkpoint-4")
+    assert main(["train", *recipe_args(files, tmp_path / "resumed", *flags, "--resume_from_checkpoint", "auto")]) == 0
+    whole, resumed = (load_file(tmp_path / name / "model.safetensors") for name in ("whole", "resumed"))
+    assert all(whole[k].equal(resumed[k]) for k in whole)
+
+    def losses(name):
+        history = json.loads((tmp_path / name / "trainer_state.json").read_text())["log_history"]
+        return {e["step"]: e["loss"] for e in history if "loss" in e and e["step"] > 4}
+
+    assert losses("resumed") == losses("whole") and len(losses("whole")) == 4
