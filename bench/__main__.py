@@ -210,9 +210,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs, measures nothing")
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help="where to write the table as JSON")
-    parser.add_argument("--only", nargs="+", choices=("data", "train", "ddp", "eval", "baby", "ab"),
+    parser.add_argument("--only", nargs="+", choices=("data", "train", "ddp", "eval", "baby", "nanogpt", "ab"),
                         default=["data", "train", "ddp", "eval", "baby"],
                         help="stages to run; 'ab' (the training switches' A/B, about an hour) only when named")
+    parser.add_argument("--nanogpt", type=Path, default=None, metavar="CHECKOUT",
+                        help="a checkout of github.com/karpathy/nanoGPT: --only nanogpt runs its CPU baby GPT beside "
+                             "shakespeare-baby with the same wall time")
     parser.add_argument("--ab_recipes", nargs="+", choices=("baby", "default"), default=["baby", "default"],
                         help="recipes of the A/B: shakespeare-baby (nanoGPT's split) and the default demo")
     parser.add_argument("--ab_steps", type=int, default=None,
@@ -250,6 +253,12 @@ def main() -> int:
             rows += evaluation_rows(args.quick)
         if "baby" in args.only and not args.quick:
             rows.append(baby_row(folder))
+        if "nanogpt" in args.only:
+            if args.nanogpt is None:
+                parser.error("--only nanogpt needs --nanogpt CHECKOUT (git clone https://github.com/karpathy/nanoGPT)")
+            from bench.nanogpt import nanogpt_row
+
+            rows.append(nanogpt_row(args.nanogpt, SHAKESPEARE, folder))
         if "ab" in args.only:
             rows += ab_section(args, folder)
     machine = {"cpu_cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
