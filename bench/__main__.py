@@ -146,17 +146,20 @@ def evaluation_rows(quick: bool) -> list[dict]:
 
 
 def evaluation_memory_row(quick: bool) -> dict:
-    """Peak memory added on top of the weights by scoring one batch of GPT-2-124M shapes."""
+    """Peak resident memory of scoring one batch of GPT-2-124M shapes (window 1,024, batch 8), against
+    the same process scoring a tiny model of the same vocabulary plus 2.5x the weights."""
     from bench.evaluation import memory
 
     sizes = {"window": 128, "batch": 2, "layers": 1} if quick else {"window": 1024, "batch": 8, "layers": 12}
     sliced, full = memory("sliced", **sizes), memory("full", **sizes)
-    limit = 1.5 * sliced["weights_mb"]
-    return {"stage": "evaluate memory", "what": "head sliced over positions vs full float32 logits (added peak RSS)",
-            "ratio": max(full["added_mb"], 1.0) / max(sliced["added_mb"], 1.0), "target": "added ≤ 1.5× weights",
-            "met": sliced["added_mb"] <= limit,
-            "context": f"{sliced['added_mb']:,.0f} MB vs {full['added_mb']:,.0f} MB added to "
-                       f"{sliced['weights_mb']:,.0f} MB of weights (window {sizes['window']}, batch {sizes['batch']})"}
+    tiny = memory("sliced", **{**sizes, "layers": 0})
+    bound = tiny["peak_mb"] + 2.5 * sliced["weights_mb"]
+    return {"stage": "evaluate memory", "what": "peak RSS scoring GPT-2-124M shapes vs tiny-model process + 2.5× weights",
+            "ratio": sliced["peak_mb"] / bound, "target": "≤ 1", "met": sliced["peak_mb"] <= bound,
+            "context": f"{sliced['peak_mb']:,.0f} MB vs {bound:,.0f} MB ({tiny['peak_mb']:,.0f} + 2.5 × "
+                       f"{sliced['weights_mb']:,.0f} MB of weights), window {sizes['window']}, batch {sizes['batch']}; "
+                       f"added by one batch: head sliced {sliced['added_mb']:,.0f} MB, full float32 logits "
+                       f"{full['added_mb']:,.0f} MB"}
 
 
 def baby_row(folder: Path) -> dict:

@@ -69,9 +69,11 @@ def peak_rss_mb() -> float:
 
 
 def measure_memory(how: str, window: int, batch: int, layers: int) -> dict:
-    """In a fresh process: resident memory of the weights, then the peak added by one scored batch."""
+    """In a fresh process: resident memory of the weights, then the peak added by one scored batch;
+    ``layers`` 0 is the tiny model (one layer, 32 wide, the same vocabulary): the process's baseline."""
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(GPT2Config(n_layer=layers)).eval()  # GPT-2 124M shapes
+    config = GPT2Config(n_layer=1, n_embd=32, n_head=2) if layers == 0 else GPT2Config(n_layer=layers)
+    model = AutoModelForCausalLM.from_config(config).eval()  # GPT-2 124M shapes at 12 layers
     ids = torch.randint(0, model.config.vocab_size, (batch, window))
     weights_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     with torch.inference_mode():
@@ -81,7 +83,7 @@ def measure_memory(how: str, window: int, batch: int, layers: int) -> dict:
             score_rows(model, ids, shifted_targets(ids))
         else:
             full_logits_nll(model, ids)
-    return {"weights_mb": weights_mb, "added_mb": peak_rss_mb() - before}
+    return {"weights_mb": weights_mb, "added_mb": peak_rss_mb() - before, "peak_mb": peak_rss_mb()}
 
 
 def memory(how: str, window: int = 1024, batch: int = 8, layers: int = 12) -> dict:
