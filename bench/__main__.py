@@ -162,24 +162,6 @@ def evaluation_memory_row(quick: bool) -> dict:
                        f"{full['added_mb']:,.0f} MB"}
 
 
-def baby_row(folder: Path) -> dict:
-    """recipes/shakespeare-baby.yaml as it is, on nanoGPT's split (speeches as documents, as in the
-    A/B), cold cache, wall time from process start to saved run."""
-    from bench.ab import baby_target
-
-    target = baby_target(folder, SHAKESPEARE)
-    run_dir = folder / "baby-run"
-    env = {**os.environ, "HF_DATASETS_CACHE": tempfile.mkdtemp(prefix="bench-cache-")}
-    wall = timed_process([sys.executable, "-m", "hf_clm", "train", target.recipe, "--output_dir", str(run_dir),
-                          "--disable_tqdm", "true"], env)
-    out = run_checked([sys.executable, "-m", "hf_clm", "perplexity", str(run_dir), *target.score_args, "--json"],
-                         env=env, cwd=REPO)
-    bits = json.loads(out.stdout.strip().splitlines()[-1])["bits_per_char"]
-    return {"stage": "quality/time", "what": "shakespeare-baby bits/char vs nanoGPT baby (2.72 in 104 s)",
-            "ratio": 2.72 / bits, "target": "≤ 2.20 bits/char in ≤ 104 s", "met": bits <= 2.20 and wall <= 104,
-            "context": f"{bits:.3f} bits/char in {wall:.0f} s wall"}
-
-
 def ab_section(args: argparse.Namespace, folder: Path) -> list[dict]:
     from bench.ab import ab_rows, baby_target, default_target
 
@@ -213,8 +195,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs, measures nothing")
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help="where to write the table as JSON")
-    parser.add_argument("--only", nargs="+", choices=("data", "train", "ddp", "eval", "baby", "nanogpt", "ab"),
-                        default=["data", "train", "ddp", "eval", "baby"],
+    parser.add_argument("--only", nargs="+", choices=("data", "train", "ddp", "eval", "nanogpt", "ab"),
+                        default=["data", "train", "ddp", "eval"],
                         help="stages to run; 'ab' (the training switches' A/B, about an hour) only when named")
     parser.add_argument("--nanogpt", type=Path, default=None, metavar="CHECKOUT",
                         help="a checkout of github.com/karpathy/nanoGPT: --only nanogpt runs its CPU baby GPT beside "
@@ -254,8 +236,6 @@ def main() -> int:
             rows += ddp_rows(args.quick, repeated_corpus(0.2 if args.quick else 1, folder), folder)
         if "eval" in args.only:
             rows += evaluation_rows(args.quick)
-        if "baby" in args.only and not args.quick:
-            rows.append(baby_row(folder))
         if "nanogpt" in args.only:
             if args.nanogpt is None:
                 parser.error("--only nanogpt needs --nanogpt CHECKOUT (git clone https://github.com/karpathy/nanoGPT)")
