@@ -11,17 +11,21 @@ is an error.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, str_to_bool
 from transformers import PreTrainedModel, TrainingArguments
 
+from hf_clm.checkpoints import sharded_weights
 from hf_clm.errors import HfClmError
 
 
@@ -134,3 +138,30 @@ def check_parallelism_took_effect(accelerator: Accelerator, args: TrainingArgume
         raise HfClmError(f"the launch asked for DeepSpeed but accelerate set up {got.value} "
                          f"({accelerator.num_processes} process(es), device {accelerator.device.type}); "
                          f"check the accelerate config and the launch command")
+
+
+def saves_sharded_checkpoints(accelerator: Accelerator) -> bool:
+    """FSDP with ``fsdp_state_dict_type: SHARDED_STATE_DICT``: each rank writes its part of a checkpoint."""
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    return plugin is not None and str(plugin.state_dict_type).endswith("SHARDED_STATE_DICT")
+
+
+@contextlib.contextmanager
+def loading_in_saved_form(accelerator: Accelerator, checkpoint: str | None) -> Iterator[None]:
+    """Under FSDP, load a checkpoint in the form it was saved in (sharded folders or one full file),
+    whichever form this launch saves: a run started with the other ``fsdp_state_dict_type`` resumes."""
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if plugin is None or checkpoint is None:
+        yield
+        return
+    saved_as = "SHARDED_STATE_DICT" if sharded_weights(Path(checkpoint)) else "FULL_STATE_DICT"
+    own = plugin.state_dict_type, plugin.state_dict_config, plugin.optim_state_dict_config
+    if str(own[0]).endswith(saved_as):
+        yield
+        return
+    plugin.state_dict_config = plugin.optim_state_dict_config = None
+    plugin.set_state_dict_type(saved_as)
+    try:
+        yield
+    finally:
+        plugin.state_dict_type, plugin.state_dict_config, plugin.optim_state_dict_config = own
