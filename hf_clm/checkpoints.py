@@ -80,6 +80,11 @@ def sharded_weights(path: Path) -> bool:
     return (path / SHARDED_WEIGHTS).is_dir()
 
 
+def saved_by_fsdp(path: Path) -> bool:
+    """Weights sharded, or gathered by FSDP into ``pytorch_model_fsdp.bin`` (its optimizer state keyed for FSDP)."""
+    return sharded_weights(path) or (path / "pytorch_model_fsdp.bin").is_file()
+
+
 def sharded_folders(path: Path) -> list[Path]:
     return [path / name for name in (SHARDED_WEIGHTS, SHARDED_OPTIMIZER) if (path / name).is_dir()]
 

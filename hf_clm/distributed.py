@@ -25,7 +25,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, str_to_bool
 from transformers import PreTrainedModel, TrainingArguments
 
-from hf_clm.checkpoints import sharded_weights
+from hf_clm.checkpoints import saved_by_fsdp, sharded_weights
 from hf_clm.errors import HfClmError
 
 
@@ -93,6 +93,14 @@ def check_launch(args: TrainingArguments) -> None:
     if deepspeed_requested(args):
         raise HfClmError("DeepSpeed needs CUDA GPUs and none is visible; on CPU launch with "
                          "recipes/accelerate/fsdp.yaml (--mixed_precision no) or cpu-2proc.yaml instead")
+
+
+def check_resume_launch(checkpoint: str | None, args: TrainingArguments) -> None:
+    """A checkpoint FSDP saved resumes under FSDP only (with any number of processes)."""
+    if checkpoint and saved_by_fsdp(Path(checkpoint)) and not fsdp_requested(args):
+        raise HfClmError(f"{checkpoint} was saved by FSDP and resumes under FSDP only: launch with 'accelerate launch "
+                         f"--config_file recipes/accelerate/fsdp.yaml' (on CPU add --mixed_precision no), with any "
+                         f"number of processes")
 
 
 def with_tied_weights_aliased(model: PreTrainedModel, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
