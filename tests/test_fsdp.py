@@ -214,6 +214,7 @@ def test_fsdp_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(
 
 
 def test_sharded_checkpoints_end_in_one_full_model_that_from_pretrained_loads(tmp_path):
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     files = write_corpus(tmp_path)
@@ -229,6 +230,25 @@ def test_sharded_checkpoints_end_in_one_full_model_that_from_pretrained_loads(tm
         assert saved_in_form(run_dir / checkpoint, "SHARDED_STATE_DICT")
         for name in ("config.json", "tokenizer.json", "training_args.bin"):
             assert (run_dir / checkpoint / name).is_file(), (checkpoint, name)
+    exported = export_sharded_checkpoint(run_dir / "checkpoint-12", tmp_path / "exported")
+    final = load_file(run_dir / "model.safetensors")  # the last checkpoint holds the final weights
+    assert exported.keys() == final.keys() and all(torch.equal(exported[k], final[k]) for k in final)
+
+
+def export_sharded_checkpoint(checkpoint: Path, out: Path) -> dict[str, torch.Tensor]:
+    """README's way to one model.safetensors from a sharded checkpoint, in one plain process."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    out.mkdir()
+    dcp_to_torch_save(checkpoint / "pytorch_model_fsdp_0", out / "full.pt")
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(checkpoint))
+    model.load_state_dict(torch.load(out / "full.pt")["model"])
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(checkpoint).save_pretrained(out)
+    assert AutoModelForCausalLM.from_pretrained(out).num_parameters() == model.num_parameters()
+    return load_file(out / "model.safetensors")
 
 
 def test_a_sharded_checkpoint_resumes_under_another_number_of_processes(tmp_path):
