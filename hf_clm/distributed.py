@@ -85,6 +85,10 @@ def check_launch(args: TrainingArguments) -> None:
     if fsdp_requested(args) and "LOCAL_RANK" not in os.environ:
         raise HfClmError("FSDP needs a distributed launch: run 'accelerate launch --config_file "
                          "recipes/accelerate/fsdp.yaml -m hf_clm train ...' (or torchrun) instead of a plain process")
+    if args.save_only_model and fsdp_requested(args) and requests_sharded_checkpoints(args):
+        raise HfClmError("save_only_model leaves out the optimizer state, and FSDP's sharded checkpoints write the "
+                         "weights with it: add --fsdp_state_dict_type FULL_STATE_DICT to the launch (each checkpoint "
+                         "then holds a model.safetensors) or drop save_only_model")
     if torch.cuda.is_available():
         return
     if fsdp_requested(args) and requested_fsdp_version(args) != 2:
@@ -93,6 +97,10 @@ def check_launch(args: TrainingArguments) -> None:
     if deepspeed_requested(args):
         raise HfClmError("DeepSpeed needs CUDA GPUs and none is visible; on CPU launch with "
                          "recipes/accelerate/fsdp.yaml (--mixed_precision no) or cpu-2proc.yaml instead")
+
+
+def requests_sharded_checkpoints(args: TrainingArguments) -> bool:
+    return str(fsdp_plugin(args).state_dict_type).endswith("SHARDED_STATE_DICT")
 
 
 def check_resume_launch(checkpoint: str | None, args: TrainingArguments) -> None:

@@ -296,13 +296,17 @@ def test_a_sharded_checkpoint_resumes_under_another_number_of_processes(tmp_path
 
 
 def test_a_launch_that_asks_for_sharding_gets_it_or_fails_in_one_line(tmp_path, text_files):
-    """Each case asks for FSDP where accelerate would set up something else: a one-line error, exit 2."""
+    """Each case asks for FSDP where accelerate would set up something else, or for what FSDP's sharded
+    checkpoints cannot do: a one-line error, exit 2."""
     train = ["-m", "hf_clm", "train"]
     cases = {
         "fsdp 1 on cpu": (accelerate_fsdp(*train, *recipe_args(text_files, tmp_path / "v1"),
                                           extra_flags=("--fsdp_version", "1")), "FSDP on CPU needs FSDP2"),
         "recipe fsdp without a launcher": (hf_clm_command("train", *recipe_args(text_files, tmp_path / "plain"),
                                                           "--fsdp", "full_shard"), "FSDP needs a distributed launch"),
+        "sharded checkpoints of the model only": (
+            accelerate_fsdp(*train, *recipe_args(text_files, tmp_path / "model-only", "--save_only_model", "true")),
+            "save_only_model leaves out the optimizer state, and FSDP's sharded checkpoints write the weights with it"),
     }
     for name, (command, message) in cases.items():
         result = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=600)
