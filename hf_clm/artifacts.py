@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -211,3 +212,32 @@ def zip_archive_problem(path: Path) -> str | None:
     except zipfile.BadZipFile:
         return "not a complete torch.save archive (truncated or corrupted)"
     return None
+
+
+def sharded_folder_problem(folder: Path) -> str | None:
+    """Why a torch.distributed.checkpoint folder cannot be whole (None when it can): DCP writes each
+    rank's ``__<rank>_<n>.distcp`` first and ``.metadata`` last (renamed into place), so a save cut
+    short lacks ``.metadata``; a data file shorter than the byte ranges ``.metadata`` records for it
+    was cut short (a full disk, a kill while the file system flushed)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    if not (folder / DCP_METADATA).is_file():
+        return f"no {DCP_METADATA} (torch.distributed.checkpoint writes it last)"
+    try:
+        storage = FileSystemReader(folder).read_metadata().storage_data
+        ends: dict[str, int] = {}
+        for item in storage.values():
+            ends[item.relative_path] = max(ends.get(item.relative_path, 0), item.offset + item.length)
+    except OSError as err:
+        return err.strerror or str(err)
+    except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError):
+        return f"{DCP_METADATA} is not readable checkpoint metadata (truncated or corrupted)"
+    for name, end in sorted(ends.items()):
+        if not (folder / name).is_file():
+            return f"{name} missing"
+        if (size := (folder / name).stat().st_size) < end:
+            return f"{name}: {size:,} bytes where {DCP_METADATA} records {end:,} (truncated)"
+    return None
+
+
+DCP_METADATA = ".metadata"

@@ -10,7 +10,13 @@ from pathlib import Path
 from transformers import TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from hf_clm.artifacts import finished_marker_problem, read_json, safetensors_problem, zip_archive_problem
+from hf_clm.artifacts import (
+    finished_marker_problem,
+    read_json,
+    safetensors_problem,
+    sharded_folder_problem,
+    zip_archive_problem,
+)
 from hf_clm.errors import HfClmError
 from hf_clm.run_files import MODEL_CARD, PACKAGE_OUTPUTS, PERPLEXITY_FILENAME, TRAINER_STATE
 
@@ -25,7 +31,8 @@ def checkpoint_problem(path: Path) -> str | None:
     ``trainer_state.json`` after the weights, optimizer, scheduler and RNG states, so a folder cut
     short by a crash lacks it or a part; a part cut short (a full disk, a kill while the file
     system flushed) fails its own check: a safetensors header that promises more bytes than
-    there are, a ``torch.save`` archive without its directory."""
+    there are, a ``torch.save`` archive without its directory, a sharded (FSDP
+    ``SHARDED_STATE_DICT``) folder without the ``.metadata`` DCP writes last."""
     try:
         state = json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
         int(state["global_step"])
@@ -33,7 +40,7 @@ def checkpoint_problem(path: Path) -> str | None:
         return f"no readable {TRAINER_STATE}"
     weights = sorted(path.glob("*.safetensors"))
     binaries = sorted(path.glob("*.bin"))
-    if not weights and not any(p.name != "training_args.bin" for p in binaries):
+    if not weights and not any(p.name != "training_args.bin" for p in binaries) and not sharded_weights(path):
         return "no weights"
     if not has_optimizer_state(path):
         return "no optimizer state (optimizer.pt, optimizer.bin or optimizer_0/)"
@@ -45,6 +52,9 @@ def checkpoint_problem(path: Path) -> str | None:
     for part in weights:
         if problem := safetensors_problem(part):
             return f"{part.name}: {problem}"
+    for folder in sharded_folders(path):
+        if problem := sharded_folder_problem(folder):
+            return f"{folder.name}/: {problem}"
     optimizer = [p for p in (path / "optimizer.pt", path / "optimizer.bin") if p.is_file()]
     for part in [*(p for p in binaries if p.name not in ("training_args.bin", "optimizer.bin")), *optimizer,
                  path / "scheduler.pt", *rng]:
@@ -59,7 +69,25 @@ def is_complete_checkpoint(path: Path) -> bool:
 
 def has_optimizer_state(path: Path) -> bool:
     """optimizer.pt (one process, DDP), optimizer.bin (FSDP, full state dict) or optimizer_0/ (FSDP, sharded)."""
-    return (path / "optimizer.pt").is_file() or (path / "optimizer.bin").is_file() or (path / "optimizer_0").is_dir()
+    return (path / "optimizer.pt").is_file() or (path / "optimizer.bin").is_file() or (path / SHARDED_OPTIMIZER).is_dir()
+
+
+# accelerate's folders of an FSDP SHARDED_STATE_DICT checkpoint, written by torch.distributed.checkpoint
+SHARDED_WEIGHTS, SHARDED_OPTIMIZER = "pytorch_model_fsdp_0", "optimizer_0"
+
+
+def sharded_weights(path: Path) -> bool:
+    return (path / SHARDED_WEIGHTS).is_dir()
+
+
+def saved_by_fsdp(path: Path) -> bool:
+    """Weights sharded, or gathered by FSDP into ``pytorch_model_fsdp.bin`` (its optimizer state keyed for FSDP)."""
+    return sharded_weights(path) or (path / "pytorch_model_fsdp.bin").is_file()
+
+
+def sharded_folders(path: Path) -> list[Path]:
+    return [path / name for name in (SHARDED_WEIGHTS, SHARDED_OPTIMIZER) if (path / name).is_dir()]
+
 
 def checkpoints(output_dir: Path) -> list[Path]:
     if not output_dir.is_dir():

@@ -11,17 +11,21 @@ is an error.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, str_to_bool
 from transformers import PreTrainedModel, TrainingArguments
 
+from hf_clm.checkpoints import saved_by_fsdp, sharded_weights
 from hf_clm.errors import HfClmError
 
 
@@ -81,6 +85,10 @@ def check_launch(args: TrainingArguments) -> None:
     if fsdp_requested(args) and "LOCAL_RANK" not in os.environ:
         raise HfClmError("FSDP needs a distributed launch: run 'accelerate launch --config_file "
                          "recipes/accelerate/fsdp.yaml -m hf_clm train ...' (or torchrun) instead of a plain process")
+    if args.save_only_model and fsdp_requested(args) and requests_sharded_checkpoints(args):
+        raise HfClmError("save_only_model leaves out the optimizer state, and FSDP's sharded checkpoints write the "
+                         "weights with it: add --fsdp_state_dict_type FULL_STATE_DICT to the launch (each checkpoint "
+                         "then holds a model.safetensors) or drop save_only_model")
     if torch.cuda.is_available():
         return
     if fsdp_requested(args) and requested_fsdp_version(args) != 2:
@@ -89,6 +97,18 @@ def check_launch(args: TrainingArguments) -> None:
     if deepspeed_requested(args):
         raise HfClmError("DeepSpeed needs CUDA GPUs and none is visible; on CPU launch with "
                          "recipes/accelerate/fsdp.yaml (--mixed_precision no) or cpu-2proc.yaml instead")
+
+
+def requests_sharded_checkpoints(args: TrainingArguments) -> bool:
+    return str(fsdp_plugin(args).state_dict_type).endswith("SHARDED_STATE_DICT")
+
+
+def check_resume_launch(checkpoint: str | None, args: TrainingArguments) -> None:
+    """A checkpoint FSDP saved resumes under FSDP only (with any number of processes)."""
+    if checkpoint and saved_by_fsdp(Path(checkpoint)) and not fsdp_requested(args):
+        raise HfClmError(f"{checkpoint} was saved by FSDP and resumes under FSDP only: launch with 'accelerate launch "
+                         f"--config_file recipes/accelerate/fsdp.yaml' (on CPU add --mixed_precision no), with any "
+                         f"number of processes")
 
 
 def with_tied_weights_aliased(model: PreTrainedModel, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -134,3 +154,30 @@ def check_parallelism_took_effect(accelerator: Accelerator, args: TrainingArgume
         raise HfClmError(f"the launch asked for DeepSpeed but accelerate set up {got.value} "
                          f"({accelerator.num_processes} process(es), device {accelerator.device.type}); "
                          f"check the accelerate config and the launch command")
+
+
+def saves_sharded_checkpoints(accelerator: Accelerator) -> bool:
+    """FSDP with ``fsdp_state_dict_type: SHARDED_STATE_DICT``: each rank writes its part of a checkpoint."""
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    return plugin is not None and str(plugin.state_dict_type).endswith("SHARDED_STATE_DICT")
+
+
+@contextlib.contextmanager
+def loading_in_saved_form(accelerator: Accelerator, checkpoint: str | None) -> Iterator[None]:
+    """Under FSDP, load a checkpoint in the form it was saved in (sharded folders or one full file),
+    whichever form this launch saves: a run started with the other ``fsdp_state_dict_type`` resumes."""
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if plugin is None or checkpoint is None:
+        yield
+        return
+    saved_as = "SHARDED_STATE_DICT" if sharded_weights(Path(checkpoint)) else "FULL_STATE_DICT"
+    own = plugin.state_dict_type, plugin.state_dict_config, plugin.optim_state_dict_config
+    if str(own[0]).endswith(saved_as):
+        yield
+        return
+    plugin.state_dict_config = plugin.optim_state_dict_config = None
+    plugin.set_state_dict_type(saved_as)
+    try:
+        yield
+    finally:
+        plugin.state_dict_type, plugin.state_dict_config, plugin.optim_state_dict_config = own

@@ -21,7 +21,7 @@ from hf_clm.checkpoints import (
     resume_checkpoint,
 )
 from hf_clm.corpus import validation_text
-from hf_clm.distributed import check_launch
+from hf_clm.distributed import check_launch, check_resume_launch
 from hf_clm.divergence import TrainingDiverged
 from hf_clm.errors import HfClmError
 from hf_clm.evaluation import perplexity_from_loss, unigram_scores
@@ -147,6 +147,7 @@ def locked_run(recipe: Recipe, push: tuple[PushTarget, str, PublishOptions] | No
     if (summary := finished_summary(output_dir, resume, args)) is not None:
         print(f"{output_dir} already finished at step {summary['global_step']}: nothing to train")
         return summary
+    check_resume_launch(resume, args)
     set_seed(args.seed)
     with args.main_process_first(desc="corpus preparation"):  # the others then read the main process's cache
         data = training_data(recipe)

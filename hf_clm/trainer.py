@@ -13,13 +13,19 @@ from datasets import IterableDataset
 from safetensors import SafetensorError
 from torch.utils.data import DataLoader
 from transformers import EvalPrediction, PreTrainedModel, Trainer, TrainerState
-from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hf_clm.artifacts import disk_full_message
 from hf_clm.checkpoints import trains_no_further
 from hf_clm.collator import run_collator
-from hf_clm.distributed import check_parallelism_took_effect, shard_on_cpu, with_tied_weights_aliased
+from hf_clm.distributed import (
+    check_parallelism_took_effect,
+    loading_in_saved_form,
+    saves_sharded_checkpoints,
+    shard_on_cpu,
+    with_tied_weights_aliased,
+)
 from hf_clm.divergence import DivergenceGuard
 from hf_clm.errors import HfClmError, first_line
 from hf_clm.evaluation import NLL, TARGETS, TokenText, perplexity_from_loss, token_text, trainer_scores
@@ -95,6 +101,14 @@ class CausalLMTrainer(Trainer):
         loss = rows[:, NLL].sum() / rows[:, TARGETS].sum().clamp(min=1)
         return loss, rows, rows
 
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        with loading_in_saved_form(self.accelerator, resume_from_checkpoint):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        with loading_in_saved_form(self.accelerator, checkpoint):
+            super()._load_optimizer_and_scheduler(checkpoint)
+
     def _save(self, output_dir: str | None = None, state_dict=None):
         if state_dict and self.is_fsdp_enabled:
             state_dict = with_tied_weights_aliased(self.accelerator.unwrap_model(self.model), state_dict)
@@ -131,14 +145,33 @@ class CausalLMTrainer(Trainer):
             except (*WRITE_ERRORS, ModelWriteFailed) as err:
                 raise checkpoint_write_error(Path(self.args.output_dir), self.state.global_step, err) from None
 
-    def save_model(self, *args, **kwargs):
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The model as ``from_pretrained`` loads it. With sharded checkpoints (Trainer's internal call
+        saves a checkpoint) the checkpoint gets the model's description only, its weights being written
+        sharded with the optimizer state, and the final model is gathered into one full state dict."""
         try:
-            return super().save_model(*args, **kwargs)
+            if not saves_sharded_checkpoints(self.accelerator):
+                return super().save_model(output_dir, _internal_call)
+            if _internal_call:
+                return self.save_model_description(output_dir or self.args.output_dir)
+            return self._save(output_dir, state_dict=self.accelerator.get_state_dict(self.model))
         except WRITE_ERRORS as err:
             reason = disk_full_message(err) if isinstance(err, OSError) else None
             raise ModelWriteFailed(f"saving the model to {self.args.output_dir} failed ({reason or first_line(err)}); "
                              f"is the disk full? The run is not marked finished; free some space and rerun with "
                              f"resume_from_checkpoint: auto") from None
+
+    def save_model_description(self, output_dir: str) -> None:
+        """What a sharded checkpoint holds beside its weights: the model's config, the tokenizer and
+        the training arguments, so that the folder alone says what model its shards make up."""
+        if not self.args.should_save:
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        model.config.save_pretrained(output_dir)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(output_dir)
+        self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, Path(output_dir) / TRAINING_ARGS_NAME)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         for key in [k for k in logs if k.startswith("eval_") and k.endswith(TOKEN_WEIGHTED_LOSS)]:

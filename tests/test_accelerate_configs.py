@@ -56,7 +56,7 @@ def test_fsdp_config_gives_fsdp2_full_shard_by_transformer_block(monkeypatch):
     plugin = FullyShardedDataParallelPlugin()
     assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
     assert plugin.transformer_cls_names_to_wrap == ["GPT2Block"]
-    assert "FULL_STATE_DICT" in str(plugin.state_dict_type)
+    assert str(plugin.state_dict_type).endswith(".SHARDED_STATE_DICT")  # checkpoints: each rank writes its part
 
 
 def test_a_config_key_accelerate_does_not_know_is_refused(tmp_path):

@@ -10,12 +10,13 @@ from conftest import REPO, requires_shared_data, run_python_module
 @requires_shared_data
 def test_bench_quick_runs_and_writes_its_table(tmp_path):
     output = tmp_path / "bench.json"
-    result = run_python_module("bench", "--quick", "--only", "data", "ddp", "eval", "--output", output, cwd=REPO,
-                               timeout=900)
+    result = run_python_module("bench", "--quick", "--only", "data", "ddp", "checkpoint", "eval", "--output", output,
+                               cwd=REPO, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(output.read_text())["rows"]
     stages = {row["stage"] for row in rows}
-    assert {"prepare memory", "evaluate", "train 2-process DDP (CPU, gloo)"} <= stages
+    assert {"prepare memory", "evaluate", "train 2-process DDP (CPU, gloo)",
+            "checkpoint save, 2-process FSDP2 (CPU, gloo)"} <= stages
     assert any(stage.endswith("whole process") for stage in stages)  # hf-clm prepare vs the run_clm.py way
     assert all(row["ratio"] is None or row["ratio"] > 0 for row in rows)
     assert "| stage | comparison | ratio |" in result.stdout

@@ -4,6 +4,7 @@ one full model, resumes after SIGKILL, and never turns into DDP without saying s
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 import torch
 from conftest import ONE_THREAD, REPO, hf_clm_command, recipe_args, run_hf_clm, run_launch, subprocess_env, write_corpus
 
-from hf_clm.checkpoints import newest_complete_checkpoint
+from hf_clm.checkpoints import checkpoint_problem, newest_complete_checkpoint
 
 pytestmark = pytest.mark.full  # accelerate launches of two processes
 
@@ -151,36 +152,161 @@ def kill_after_first_checkpoint(command: list[str], output_dir: Path) -> int:
     return process.wait()
 
 
-def test_fsdp_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(tmp_path):
+FORMS = ("FULL_STATE_DICT", "SHARDED_STATE_DICT")  # fsdp_state_dict_type: how checkpoints are saved
+OTHER_FORM = dict(zip(FORMS, reversed(FORMS)))
+
+
+def saved_in_form(checkpoint: Path, form: str, processes: int = 2) -> bool:
+    """Full: the gathered weights and optimizer state in one file each. Sharded: torch.distributed.checkpoint
+    folders, in which each rank wrote its own part, and no full copy of either."""
+    if form == "FULL_STATE_DICT":
+        return (checkpoint / "pytorch_model_fsdp.bin").is_file() and (checkpoint / "optimizer.bin").is_file()
+    parts = {f"__{rank}_0.distcp" for rank in range(processes)} | {".metadata"}
+    return all({p.name for p in (checkpoint / folder).iterdir()} == parts
+               for folder in ("pytorch_model_fsdp_0", "optimizer_0")) \
+        and not [p for p in checkpoint.iterdir() if p.suffix in (".safetensors", ".bin") and p.name != "training_args.bin"]
+
+
+# What a checkpoint lacks when cut short, or copied without its dot files (cp dir/*): the sharded
+# weights' .metadata; a kill during a full save: the trainer state, written last.
+TORN_PART = {"FULL_STATE_DICT": "trainer_state.json", "SHARDED_STATE_DICT": "pytorch_model_fsdp_0/.metadata"}
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_fsdp_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(tmp_path, form):
+    """Whichever form the checkpoints take, and whichever form the resuming launch saves in."""
     files = write_corpus(tmp_path)
     flags = ("--max_steps", "50", "--save_steps", "10", "--logging_steps", "5", "--eval_steps", "50",
              "--save_total_limit", "3")
 
-    def command(output_dir: Path, *extra: str) -> list[str]:
-        return accelerate_fsdp("-m", "hf_clm", "train", *recipe_args(files, output_dir, *flags, *extra))
+    def command(output_dir: Path, *extra: str, saves: str = form) -> list[str]:
+        return accelerate_fsdp("-m", "hf_clm", "train", *recipe_args(files, output_dir, *flags, *extra),
+                               extra_flags=("--fsdp_state_dict_type", saves))
 
     run(command(tmp_path / "whole"))
     killed = tmp_path / "killed"
     assert kill_after_first_checkpoint(command(killed), killed) == -signal.SIGKILL, \
         "the run ended before it could be killed; raise max_steps"
-    step = int(newest_complete_checkpoint(killed).name.split("-")[1])
+    checkpoint = newest_complete_checkpoint(killed)
+    step = int(checkpoint.name.split("-")[1])
     assert 0 < step < 50 and not (killed / "model.safetensors").exists() and not (killed / "checkpoint-50").exists()
+    assert saved_in_form(checkpoint, form)
+    torn = killed / f"checkpoint-{step + 10}"
+    shutil.rmtree(torn, ignore_errors=True)
+    shutil.copytree(checkpoint, torn)
+    (torn / TORN_PART[form]).unlink()
+    torn_problem = checkpoint_problem(torn)
+    other = Path(shutil.copytree(killed, tmp_path / "resumed-by-the-other-form"))
+
     resumed = run(command(killed, "--resume_from_checkpoint", "auto"))
     assert f"checkpoint-{step}" in " ".join(re.findall(r"Resuming from \S+", resumed.stderr)), re.findall(r"Resuming from \S+", resumed.stderr)
-    assert (killed / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
+    assert f"checkpoint-{step + 10}: an incomplete checkpoint ({torn_problem};" in resumed.stderr
+    whole = (tmp_path / "whole" / "model.safetensors").read_bytes()
+    assert (killed / "model.safetensors").read_bytes() == whole
     expected = {s: loss for s, loss in train_losses(tmp_path / "whole").items() if s > step}
     assert {s: loss for s, loss in train_losses(killed).items() if s > step} == expected
     assert len(expected) == (50 - step) // 5
+    assert saved_in_form(killed / "checkpoint-50", form)
+
+    run(command(other, "--resume_from_checkpoint", "auto", saves=OTHER_FORM[form]))
+    assert (other / "model.safetensors").read_bytes() == whole
+    assert saved_in_form(other / "checkpoint-50", OTHER_FORM[form])
+
+
+def test_sharded_checkpoints_end_in_one_full_model_that_from_pretrained_loads(tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    files = write_corpus(tmp_path)
+    run(accelerate_fsdp("-m", "hf_clm", "train", *recipe_args(files, tmp_path / "run", *STEPS),
+                        extra_flags=("--fsdp_state_dict_type", "SHARDED_STATE_DICT")))
+    run_dir = tmp_path / "run"
+    assert [p.name for p in run_dir.glob("*.safetensors")] == ["model.safetensors"]
+    assert not list(run_dir.glob("pytorch_model_fsdp*")) and not list(run_dir.glob("optimizer*"))
+    model = AutoModelForCausalLM.from_pretrained(run_dir)
+    summary = json.loads((run_dir / "perplexity.json").read_text())
+    assert model.num_parameters() == summary["parameters"] and summary["run"]["state_dict_type"] == "SHARDED_STATE_DICT"
+    for checkpoint in ("checkpoint-6", "checkpoint-12"):  # described beside the shards: what model they make up
+        assert saved_in_form(run_dir / checkpoint, "SHARDED_STATE_DICT")
+        for name in ("config.json", "tokenizer.json", "training_args.bin"):
+            assert (run_dir / checkpoint / name).is_file(), (checkpoint, name)
+    exported = export_sharded_checkpoint(run_dir / "checkpoint-12", tmp_path / "exported")
+    final = load_file(run_dir / "model.safetensors")  # the last checkpoint holds the final weights
+    assert exported.keys() == final.keys() and all(torch.equal(exported[k], final[k]) for k in final)
+
+
+def export_sharded_checkpoint(checkpoint: Path, out: Path) -> dict[str, torch.Tensor]:
+    """README's way to one model.safetensors from a sharded checkpoint, in one plain process."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    out.mkdir()
+    dcp_to_torch_save(checkpoint / "pytorch_model_fsdp_0", out / "full.pt")
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(checkpoint))
+    model.load_state_dict(torch.load(out / "full.pt")["model"])
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(checkpoint).save_pretrained(out)
+    assert AutoModelForCausalLM.from_pretrained(out).num_parameters() == model.num_parameters()
+    return load_file(out / "model.safetensors")
+
+
+def test_a_sharded_checkpoint_resumes_under_another_number_of_processes(tmp_path):
+    """torch.distributed.checkpoint reshards on load: a checkpoint two processes wrote resumes under
+    one or four (with the same global batch) and trains on as the two-process run does. Without
+    FSDP it is one line, exit 2."""
+    files = write_corpus(tmp_path)
+
+    def command(output_dir: Path, processes: int, *extra: str) -> list[str]:
+        return accelerate_fsdp("-m", "hf_clm", "train",
+                               *recipe_args(files, output_dir, *STEPS, "--per_device_train_batch_size",
+                                            str(16 // processes), *extra),
+                               extra_flags=("--fsdp_state_dict_type", "SHARDED_STATE_DICT",
+                                            "--num_processes", str(processes)))
+
+    two = tmp_path / "two"
+    run(command(two, 2))
+    from safetensors.torch import load_file
+
+    reference = load_file(two / "model.safetensors")
+    for processes in (1, 4):
+        resumed = tmp_path / f"on-{processes}"
+        shutil.copytree(two / "checkpoint-6", resumed / "checkpoint-6")
+        result = run(command(resumed, processes, "--resume_from_checkpoint", "auto"))
+        assert re.findall(r"Resuming from \S+", result.stderr) == [f"Resuming from {resumed / 'checkpoint-6'}"]
+        assert json.loads((resumed / "perplexity.json").read_text())["run"]["processes"] == processes
+        losses, expected = train_losses(resumed), train_losses(two)
+        assert sorted(s for s in losses if s > 6) == [8, 10, 12]
+        for step in (8, 10, 12):
+            assert losses[step] == pytest.approx(expected[step], abs=1e-5), (processes, step)  # measured: 2.4e-7
+        saved = load_file(resumed / "model.safetensors")
+        assert saved.keys() == reference.keys()
+        for name, tensor in reference.items():
+            torch.testing.assert_close(saved[name], tensor, atol=1e-4, rtol=0)  # measured: within 8.5e-6
+        assert saved_in_form(resumed / "checkpoint-12", "SHARDED_STATE_DICT", processes)
+
+    plain = run_hf_clm("train", *recipe_args(files, tmp_path / "plain", *STEPS, "--resume_from_checkpoint",
+                                             str(two / "checkpoint-6")), env=ONE_THREAD)
+    errors = [line for line in plain.stderr.splitlines() if line.startswith("hf-clm: error:")]
+    assert plain.returncode == 2 and len(errors) == 1, plain.stderr[-2000:]
+    assert errors[0] == (f"hf-clm: error: {two / 'checkpoint-6'} was saved by FSDP and resumes under FSDP only: launch "
+                         f"with 'accelerate launch --config_file recipes/accelerate/fsdp.yaml' (on CPU add "
+                         f"--mixed_precision no), with any number of processes")
+    assert not (tmp_path / "plain").exists()
 
 
 def test_a_launch_that_asks_for_sharding_gets_it_or_fails_in_one_line(tmp_path, text_files):
-    """Each case asks for FSDP where accelerate would set up something else: a one-line error, exit 2."""
+    """Each case asks for FSDP where accelerate would set up something else, or for what FSDP's sharded
+    checkpoints cannot do: a one-line error, exit 2."""
     train = ["-m", "hf_clm", "train"]
     cases = {
         "fsdp 1 on cpu": (accelerate_fsdp(*train, *recipe_args(text_files, tmp_path / "v1"),
                                           extra_flags=("--fsdp_version", "1")), "FSDP on CPU needs FSDP2"),
         "recipe fsdp without a launcher": (hf_clm_command("train", *recipe_args(text_files, tmp_path / "plain"),
                                                           "--fsdp", "full_shard"), "FSDP needs a distributed launch"),
+        "sharded checkpoints of the model only": (
+            accelerate_fsdp(*train, *recipe_args(text_files, tmp_path / "model-only", "--save_only_model", "true")),
+            "save_only_model leaves out the optimizer state, and FSDP's sharded checkpoints write the weights with it"),
     }
     for name, (command, message) in cases.items():
         result = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=600)

@@ -194,6 +194,49 @@ def test_auto_skips_damaged_checkpoints_and_starts_fresh_without_one(finished, t
     assert strict_json(run_dir / PERPLEXITY_FILENAME)["train_tokens_seen"] == 4 * 8 * 32
 
 
+def sharded_checkpoint(folder: Path) -> Path:
+    """A checkpoint laid out as FSDP's SHARDED_STATE_DICT writes it (weights and optimizer state in
+    torch.distributed.checkpoint folders), here by one process."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    folder.mkdir(parents=True)
+    weights = {"wte.weight": torch.arange(64.0).reshape(8, 8), "ln_f.bias": torch.ones(8)}
+    dcp.save({"model": weights}, checkpoint_id=folder / "pytorch_model_fsdp_0")
+    dcp.save({"optimizer": {"state": {k: {"exp_avg": v * 2} for k, v in weights.items()}}},
+             checkpoint_id=folder / "optimizer_0")
+    for name in ("scheduler.pt", "rng_state_0.pth", "rng_state_1.pth"):
+        torch.save({"step": 2}, folder / name)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    return folder
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # DCP in one process, as meant
+@pytest.mark.parametrize("damage", ["no model .metadata", "no optimizer .metadata", "a shard cut short",
+                                    "a shard missing", ".metadata corrupted"])
+def test_a_sharded_checkpoint_is_complete_only_with_its_metadata_and_whole_shards(tmp_path, damage):
+    checkpoint = sharded_checkpoint(tmp_path / "checkpoint-2")
+    assert checkpoint_problem(checkpoint) is None
+    model, optimizer = checkpoint / "pytorch_model_fsdp_0", checkpoint / "optimizer_0"
+    (shard,) = model.glob("*.distcp")
+    if damage == "no model .metadata":  # DCP writes .metadata last: the save was cut short before it
+        (model / ".metadata").unlink()
+    elif damage == "no optimizer .metadata":
+        (optimizer / ".metadata").unlink()
+    elif damage == "a shard cut short":
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    elif damage == "a shard missing":
+        shard.unlink()
+    else:
+        (model / ".metadata").write_bytes((model / ".metadata").read_bytes()[:40])
+    expected = {"no model .metadata": "pytorch_model_fsdp_0/: no .metadata",
+                "no optimizer .metadata": "optimizer_0/: no .metadata",
+                "a shard cut short": f"pytorch_model_fsdp_0/: {shard.name}: ", "a shard missing": f"{shard.name} missing",
+                ".metadata corrupted": ".metadata is not readable checkpoint metadata"}[damage]
+    assert expected in checkpoint_problem(checkpoint)
+    assert "truncated" in checkpoint_problem(checkpoint) or damage != "a shard cut short"
+
+
 def wait_for(condition, process: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
