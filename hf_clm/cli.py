@@ -53,6 +53,7 @@ def train_command(argv: list[str]) -> int:
     from hf_clm.distributed import end_with_the_launcher, use_cpu_collectives_without_gpu
     from hf_clm.recipe import SOURCE_KEYS
     from hf_clm.recipe_parser import flag_names, parse_recipe, split_recipe_argv
+    from hf_clm.rehearsal import rehearse
     from hf_clm.train import run
 
     end_with_the_launcher()
@@ -64,7 +65,8 @@ def train_command(argv: list[str]) -> int:
     default = None if path or wants_help or names_corpus else default_recipe_path()
     if default is not None:
         logger.info("No recipe given: running %s", default)
-    run(parse_recipe([path, *flags] if path else flags, default_recipe=default))
+    recipe = parse_recipe([path, *flags] if path else flags, default_recipe=default)
+    (rehearse if recipe.run_args.rehearse else run)(recipe)
     return 0
 
 

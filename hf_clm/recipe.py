@@ -208,6 +208,13 @@ class RunArguments:
         metadata={"help": "Peak dense TFLOP/s of one device, for model FLOPs utilisation (MFU); known "
                           "NVIDIA GPUs are looked up when unset."},
     )
+    rehearse: int | None = field(
+        default=None,
+        metadata={"help": "Rehearse the run on this machine instead of training it: K optimizer steps of the "
+                          "recipe's model and batch on the head of its (local) data, a checkpoint, a resume from "
+                          "it, one evaluation of a few batches, then measured step time and peak memory beside "
+                          "the plan's (hf-clm plan); written to OUTPUT_DIR-rehearsal, nothing marked finished."},
+    )
 
 
 class Recipe(NamedTuple):

@@ -189,6 +189,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_train_seconds": (lambda v: finite(v) and v > 0, "a number of seconds > 0"),
     "muon_learning_rate": (lambda v: finite(v) and v > 0, "a number > 0"),
     "muon_momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "rehearse": (lambda v: v >= 1, "an integer >= 1 (the optimizer steps to rehearse)"),
 }
 
 

@@ -284,6 +284,7 @@ def parse_recipe(argv: list[str] | None = None, default_recipe: str | Path | Non
     if path is not None:
         # Values from the file become the parser's defaults, so flags override them.
         parser.set_defaults(**replaced_sources(read_recipe_yaml(path), flags))
+    flags_given = flag_names(flags)
     flags, flag_values = package_values(flags)
     namespace, remaining = parser.parse_known_args(flags)
     if remaining:
@@ -292,6 +293,10 @@ def parse_recipe(argv: list[str] | None = None, default_recipe: str | Path | Non
             raise HfClmError(f"unexpected argument '{remaining[0]}'; the recipe file must end in .yaml or .yml")
         raise HfClmError(unknown_key_message(flag.lstrip("-").split("=")[0], "the command line"))
     values = resolve_paths({**vars(namespace), **flag_values})
+    if command == "train" and (values["rehearse"] or 0) >= 1:  # below 1: a range problem, reported below
+        from hf_clm.rehearsal import rehearsal_values
+
+        values = rehearsal_values(values, flags_given)
     writes = command in RUNNING_COMMANDS
     problems = range_problems(values) + (output_dir_problems(values, command) if writes else [])
     if packages := integration_problems(values) if writes else []:

@@ -217,6 +217,24 @@ def bad_inputs(tmp_path):
                                       "set max_train_seconds or max_steps, not both"),
         "time budget and warm-up steps": (["train", *flags, "--max_steps", "-1", "--max_train_seconds", "60",
                                            "--warmup_steps", "50"], "warmup_steps is a fraction of the budget"),
+        # a rehearsal (train --rehearse K)
+        "rehearse 0": (["train", *flags, "--rehearse", "0"],
+                       "rehearse must be an integer >= 1 (the optimizer steps to rehearse), not 0"),
+        "rehearse -2": (["train", *flags, "--rehearse", "-2"],
+                        "rehearse must be an integer >= 1 (the optimizer steps to rehearse), not -2"),
+        "rehearse 1.5": (["train", *flags, "--rehearse", "1.5"], "rehearse must be an integer, not '1.5'"),
+        "rehearse and push_to_hub": (["train", *flags, "--rehearse", "2", "--push_to_hub", "true"],
+                                     ("--push_to_hub contradicts --rehearse: a rehearsal trains 2 steps into its own "
+                                      "folder, resumes from its own checkpoint and finishes nothing (no merge, no "
+                                      "push); drop it (a recipe file's values are left for the real run)")),
+        "rehearse and max_steps": (["train", *flags, "--rehearse", "2", "--max_steps", "50", "--resume_from_checkpoint",
+                                    "auto"], "--resume_from_checkpoint, --max_steps contradict --rehearse"),
+        "rehearse a Hub corpus": (["train", str(Path(__file__).resolve().parent.parent / "recipes" /
+                                                "gpt2-124m-fineweb.yaml"), "--rehearse", "2",
+                                   "--output_dir", str(tmp_path / "out")],
+                                  ("rehearse reads local text, and the recipe's corpus is dataset_name "
+                                   "HuggingFaceFW/fineweb-edu (streamed from the Hub); pass --train_files FILE (and "
+                                   "--validation_files FILE) with a local sample of it")),
         # keys that do not apply, inputs that are not what they seem
         "muon key without muon": (["train", recipe_with(tmp_path, corpus, "mu", muon_learning_rate=0.02)],
                                   "muon_learning_rate applies to optim: muon only"),
