@@ -141,3 +141,27 @@ def test_the_run_record_names_the_optimizer_trainer_built_and_the_attention_scop
         record = json.loads((run_dir / "perplexity.json").read_text())["run"]
         assert record["optimizer"] == "Muon + AdamW" and record["attention_scope"] == "document"
         assert "optimizer Muon + AdamW" in (run_dir / "report.md").read_text()
+
+
+def test_stacked_muon_makes_torchs_muon_updates_exactly():
+    """The batched Newton-Schulz iteration over same-shaped matrices gives torch.optim.Muon's updates,
+    tall and wide matrices, momentum and weight decay over several steps, and the same state."""
+    from hf_clm.optimizer import StackedMuon
+
+    torch.manual_seed(0)
+    shapes = [(16, 48), (16, 16), (64, 16), (16, 48), (64, 16)]
+    reference = [torch.nn.Parameter(torch.randn(s) * 0.02) for s in shapes]
+    stacked = [torch.nn.Parameter(p.detach().clone()) for p in reference]
+    start = [p.detach().clone() for p in reference]
+    kwargs = {"lr": 6e-3, "weight_decay": 0.1, "adjust_lr_fn": "match_rms_adamw"}
+    optimizers = torch.optim.Muon(reference, **kwargs), StackedMuon(stacked, **kwargs)
+    for _ in range(4):
+        grads = [torch.randn(s) for s in shapes]
+        for params in (reference, stacked):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+        for optimizer in optimizers:
+            optimizer.step()
+    assert all(torch.equal(p, q) for p, q in zip(reference, stacked))
+    assert not any(torch.equal(p, q) for p, q in zip(start, stacked))  # the steps moved every matrix
+    assert optimizers[1].state_dict()["state"][0].keys() == optimizers[0].state_dict()["state"][0].keys()
