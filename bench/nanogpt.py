@@ -5,7 +5,8 @@ repository github.com/karpathy/nanoGPT, never copied into this project), with it
 on its own 90/10 character split of Tiny Shakespeare (its ``prepare.py``, fed the shared copy of the
 text instead of a download). The package then trains the recipe with ``max_train_seconds`` set to
 nanoGPT's wall time minus the package's own fixed costs (process start, tokenizer training, the
-final evaluation and save: measured by a run with a budget of one second), on the same split: the
+final evaluation and save: measured by a run with a budget of one second, and a second kept back for
+their variation), on the same split: the
 first 90% of the characters as one training document, the last 10% as validation. Both are scored
 in bits per character over every character of the validation text, with the same windows (each
 model's context, stride half of it): nanoGPT's ``ckpt.pt`` through its own ``model.py`` here, the
@@ -33,6 +34,8 @@ NANOGPT_CPU = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=Fa
                "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128",
                "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0"]
 BUDGET_PROBE_SECONDS = 1.0
+# Kept back from the budget: the fixed costs are measured once and vary by about a second run to run.
+MARGIN_SECONDS = 1.0
 
 
 def nanogpt_checkout(source: Path, folder: Path, shakespeare: Path) -> Path:
@@ -125,7 +128,7 @@ def nanogpt_row(checkout: Path, shakespeare: Path, folder: Path) -> dict:
     nano_bits = nanogpt_bits_per_char(work)
     train, val = split_text(shakespeare, folder)
     fixed = package_run(folder, train, val, BUDGET_PROBE_SECONDS, "baby-probe") - BUDGET_PROBE_SECONDS
-    budget = nano_wall - fixed
+    budget = nano_wall - fixed - MARGIN_SECONDS
     wall = package_run(folder, train, val, budget, "baby-budget")
     bits = package_bits_per_char(folder / "baby-budget", val)
     return {"stage": "quality/time", "what": "shakespeare-baby vs nanoGPT's CPU baby GPT, bits/char (same text, "
@@ -133,5 +136,6 @@ def nanogpt_row(checkout: Path, shakespeare: Path, folder: Path) -> dict:
             "ratio": nano_bits / bits, "target": "≤ 2.15 bits/char within nanoGPT's wall",
             "met": bits <= 2.15 and wall <= nano_wall,
             "context": f"{bits:.3f} bits/char in {wall:.1f} s (max_train_seconds {budget:.1f} = nanoGPT's "
-                       f"{nano_wall:.1f} s − {fixed:.1f} s fixed costs) vs nanoGPT {nano_bits:.3f} bits/char in "
+                       f"{nano_wall:.1f} s − {fixed:.1f} s fixed costs − {MARGIN_SECONDS:g} s) vs nanoGPT "
+                       f"{nano_bits:.3f} bits/char in "
                        f"{nano_wall:.1f} s, start to exit"}
