@@ -213,14 +213,29 @@ def test_fsdp_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(
     assert saved_in_form(other / "checkpoint-50", OTHER_FORM[form])
 
 
-def test_sharded_checkpoints_end_in_one_full_model_that_from_pretrained_loads(tmp_path):
+def sharded_command(files: dict[str, Path], output_dir: Path, processes: int, *extra: str) -> list[str]:
+    """A launch saving sharded checkpoints, with the global batch of 16 blocks on any number of processes."""
+    return accelerate_fsdp("-m", "hf_clm", "train",
+                           *recipe_args(files, output_dir, *STEPS, "--per_device_train_batch_size",
+                                        str(16 // processes), *extra),
+                           extra_flags=("--fsdp_state_dict_type", "SHARDED_STATE_DICT",
+                                        "--num_processes", str(processes)))
+
+
+@pytest.fixture(scope="module")
+def sharded_run(tmp_path_factory, offline_hf_cache):
+    """One two-process run saving sharded checkpoints (steps 6 and 12)."""
+    root = tmp_path_factory.mktemp("sharded")
+    files = write_corpus(root)
+    run(sharded_command(files, root / "two", 2))
+    return root, files, root / "two"
+
+
+def test_sharded_checkpoints_end_in_one_full_model_that_from_pretrained_loads(sharded_run, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    files = write_corpus(tmp_path)
-    run(accelerate_fsdp("-m", "hf_clm", "train", *recipe_args(files, tmp_path / "run", *STEPS),
-                        extra_flags=("--fsdp_state_dict_type", "SHARDED_STATE_DICT")))
-    run_dir = tmp_path / "run"
+    _, _, run_dir = sharded_run
     assert [p.name for p in run_dir.glob("*.safetensors")] == ["model.safetensors"]
     assert not list(run_dir.glob("pytorch_model_fsdp*")) and not list(run_dir.glob("optimizer*"))
     model = AutoModelForCausalLM.from_pretrained(run_dir)
@@ -251,28 +266,19 @@ def export_sharded_checkpoint(checkpoint: Path, out: Path) -> dict[str, torch.Te
     return load_file(out / "model.safetensors")
 
 
-def test_a_sharded_checkpoint_resumes_under_another_number_of_processes(tmp_path):
+def test_a_sharded_checkpoint_resumes_under_another_number_of_processes(sharded_run, tmp_path):
     """torch.distributed.checkpoint reshards on load: a checkpoint two processes wrote resumes under
     one or four (with the same global batch) and trains on as the two-process run does. Without
     FSDP it is one line, exit 2."""
-    files = write_corpus(tmp_path)
-
-    def command(output_dir: Path, processes: int, *extra: str) -> list[str]:
-        return accelerate_fsdp("-m", "hf_clm", "train",
-                               *recipe_args(files, output_dir, *STEPS, "--per_device_train_batch_size",
-                                            str(16 // processes), *extra),
-                               extra_flags=("--fsdp_state_dict_type", "SHARDED_STATE_DICT",
-                                            "--num_processes", str(processes)))
-
-    two = tmp_path / "two"
-    run(command(two, 2))
     from safetensors.torch import load_file
+
+    _, files, two = sharded_run
 
     reference = load_file(two / "model.safetensors")
     for processes in (1, 4):
         resumed = tmp_path / f"on-{processes}"
         shutil.copytree(two / "checkpoint-6", resumed / "checkpoint-6")
-        result = run(command(resumed, processes, "--resume_from_checkpoint", "auto"))
+        result = run(sharded_command(files, resumed, processes, "--resume_from_checkpoint", "auto"))
         assert re.findall(r"Resuming from \S+", result.stderr) == [f"Resuming from {resumed / 'checkpoint-6'}"]
         assert json.loads((resumed / "perplexity.json").read_text())["run"]["processes"] == processes
         losses, expected = train_losses(resumed), train_losses(two)
