@@ -81,6 +81,9 @@ def rehearsal_values(values: dict[str, Any], flags: set[str]) -> dict[str, Any]:
         "push_to_hub": False, "hub_token": None, "merge_adapter": False, "report_to": "none",
         "eval_strategy": "no", "eval_on_start": False, "load_best_model_at_end": False,
         "save_strategy": "steps", "save_steps": steps, "save_total_limit": None,
+        # the recipe's peak rate throughout: a schedule squeezed into K steps would end at 0, and the
+        # resumed step would then check nothing
+        "lr_scheduler_type": "constant", "lr_scheduler_kwargs": {}, "warmup_steps": 0,
         # a stream fills its shuffle buffer before the first batch: only as much as the rehearsal trains on
         "shuffle_buffer_size": min(values["shuffle_buffer_size"], (steps + 1) * blocks_per_step),
     }

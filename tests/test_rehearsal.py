@@ -43,6 +43,9 @@ def test_rehearsal_measures_beside_the_plan_resumes_and_finishes_nothing(tmp_pat
     folder = tmp_path / "out-rehearsal"
     assert json.loads((folder / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
     assert json.loads((folder / "trainer_state.json").read_text())["global_step"] == 3  # the resumed Trainer's
+    saved = torch.load(folder / "checkpoint-2" / "optimizer.pt", weights_only=False)
+    rates = [group["lr"] for group in saved["param_groups"]]
+    assert rates and all(rate > 0 for rate in rates)  # the resumed step trains, at the recipe's rate
     figures = json.loads((folder / "rehearsal.json").read_text())
     assert figures["finished"] is False and figures["resumed_to_step"] == 3 and len(figures["step_seconds"]) == 2
     assert figures["plan_step_seconds"] > 0 and figures["peak_memory_bytes"] > figures["measured_training_memory_bytes"]
