@@ -72,7 +72,7 @@ def train_command(argv: list[str]) -> int:
 
 def prepare_parser() -> argparse.ArgumentParser:
     """prepare's own flags; the rest of its command line is the recipe and its keys."""
-    parser = argparse.ArgumentParser(prog="hf-clm prepare", add_help=False)
+    parser = argparse.ArgumentParser(prog="hf-clm prepare", add_help=False, exit_on_error=False)
     parser.add_argument("--shard", type=int, default=None)
     parser.add_argument("--num_shards", type=int, default=None)
     parser.add_argument("--tokenizer_only", action="store_true")
@@ -92,7 +92,10 @@ def shard_problem(shard: int | None, num_shards: int | None, tokenizer_only: boo
 
 
 def prepare_command(argv: list[str], verbose: bool = False) -> int:
-    args, recipe_argv = prepare_parser().parse_known_args(argv)
+    try:
+        args, recipe_argv = prepare_parser().parse_known_args(argv)
+    except argparse.ArgumentError as err:
+        raise HfClmError(f"{err}: --shard and --num_shards take whole numbers") from None
     if problem := shard_problem(args.shard, args.num_shards, args.tokenizer_only):
         raise HfClmError(problem)
     check_recipe_keys(recipe_argv)

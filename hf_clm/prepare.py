@@ -53,6 +53,7 @@ class TrainingData:
     validation: Dataset
     counts: dict[str, TokenCounts]  # no "train" entry when the training split is streamed
     eval_sets: dict[str, Dataset] = field(default_factory=dict)  # the recipe's named evaluation sets, blocked
+    training_documents: int | None = None  # the whole training split's, when this holds one shard of it
 
     @property
     def streamed(self) -> bool:
@@ -170,6 +171,9 @@ def prepared_data(recipe: Recipe) -> TrainingData:
     reference = tokenizer if recipe.model_args.train_tokenizer else load_pretrained_tokenizer(
         recipe.model_args.tokenizer_name_or_path or recipe.model_args.model_name_or_path)
     check_prepared_matches(description, reference, recipe, path)
+    if tokenizer_digest(tokenizer) != description["tokenizer_digest"]:
+        raise HfClmError(f"the tokenizer in {path / TOKENIZER_DIRNAME} is not the one its blocks were made with "
+                         f"(replaced after they were written?); run 'hf-clm prepare RECIPE' again")
     blocks = load_prepared_blocks(path, description.get("num_shards"))
     counts = {name: TokenCounts(**{k: v for k, v in count.items() if k not in ("kept", "dropped")})
               for name, count in description["counts"].items()}
@@ -211,7 +215,9 @@ def prepare(recipe: Recipe, shard: Shard | None = None, tokenizer_only: bool = F
     if tokenizer_only:
         with folder_lock(target, "prepared_dataset", part="tokenizer"):
             raw = load_corpus(recipe.data_args)
-            save_shared_tokenizer(train_or_load_tokenizer(recipe.model_args, raw["train"]), recipe, Path(target))
+            tokenizer = train_or_load_tokenizer(recipe.model_args, raw["train"])
+            check_no_other_blocks(Path(target), tokenizer)
+            save_shared_tokenizer(tokenizer, recipe, Path(target))
         print(f"tokenizer saved to {Path(target) / TOKENIZER_DIRNAME}")
         return Path(target)
     if shard is not None:
@@ -254,8 +260,8 @@ class Shard:
     def documents(self, total: int) -> range:
         return range(self.index * total // self.count, (self.index + 1) * total // self.count)
 
-    def command(self) -> str:
-        return f"hf-clm prepare RECIPE --shard {self.index} --num_shards {self.count}"
+    def command(self, root: Path) -> str:
+        return f"hf-clm prepare RECIPE --prepared_dataset {root} --shard {self.index} --num_shards {self.count}"
 
 
 def shard_descriptions(path: Path) -> dict[Shard, Path]:
@@ -287,17 +293,18 @@ def sharded_description(path: Path) -> dict[str, Any]:
     missing = [i for i in range(n) if Shard(i, n) not in found]
     if missing:
         listed = ", ".join(map(str, missing[:8])) + (", ..." if len(missing) > 8 else "")
+        each = "" if len(missing) == 1 else f" (and likewise for shard {', '.join(map(str, missing[1:8]))})"
         raise HfClmError(f"prepared_dataset {path} holds {n - len(missing)} of its {n} shards; missing shard "
-                         f"{listed}: run '{Shard(missing[0], n).command()}' for each (a shard still being "
+                         f"{listed}: run '{Shard(missing[0], n).command(path)}'{each} (a shard still being "
                          f"written has no shard-*.json yet)")
-    descriptions = [read_json(found[Shard(i, n)], f"run '{Shard(i, n).command()}' again") for i in range(n)]
+    descriptions = [read_json(found[Shard(i, n)], f"run '{Shard(i, n).command(path)}' again") for i in range(n)]
     first = descriptions[0]
     for i, description in enumerate(descriptions[1:], start=1):
-        for key in ("block_size", "tokenizer_digest"):
-            if description[key] != first[key]:
-                raise HfClmError(f"prepared_dataset {path}: shard {i} has another {key.split('_')[0]} than shard 0 "
-                                 f"({description[key]} vs {first[key]}); run '{Shard(i, n).command()}' again "
-                                 f"with shard 0's recipe")
+        for key in ("block_size", "tokenizer_digest", "training_documents"):
+            if description.get(key) != first.get(key):
+                raise HfClmError(f"prepared_dataset {path}: shard {i} has another {key.replace('_', ' ')} than "
+                                 f"shard 0 ({description.get(key)} vs {first.get(key)}); run "
+                                 f"'{Shard(i, n).command(path)}' again with shard 0's recipe")
     train = [TokenCounts(**{k: v for k, v in d["counts"]["train"].items() if k in TOKEN_COUNT_FIELDS})
              for d in descriptions]
     total = TokenCounts(sum(c.documents for c in train), sum(c.tokens for c in train), sum(c.blocks for c in train),
@@ -322,6 +329,16 @@ def shared_tokenizer(recipe: Recipe, root: Path) -> PreTrainedTokenizerBase | No
     return load_prepared_tokenizer(root)
 
 
+def check_no_other_blocks(root: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+    """``--tokenizer_only`` leaves alone a folder whose blocks were made with another tokenizer."""
+    descriptions = [root / PREPARED_FILENAME] if (root / PREPARED_FILENAME).is_file() else \
+        list(shard_descriptions(root).values())
+    for file in descriptions:
+        if read_json(file, "delete it and prepare again").get("tokenizer_digest") != tokenizer_digest(tokenizer):
+            raise HfClmError(f"prepared_dataset {root} holds blocks made with another tokenizer ({file.name}); "
+                             f"--tokenizer_only would leave them unreadable: use a fresh folder")
+
+
 def save_shared_tokenizer(tokenizer: PreTrainedTokenizerBase, recipe: Recipe, root: Path) -> None:
     """Save into a temporary folder, rename it into place, then describe it: a reader sees the
     tokenizer whole or not at all."""
@@ -342,8 +359,9 @@ def shard_tokenizer(recipe: Recipe, shard: Shard, root: Path, train: Dataset) ->
     if saved is not None and recipe.model_args.train_tokenizer:
         return saved
     if recipe.model_args.train_tokenizer and shard.index > 0:
-        raise HfClmError(f"shard {shard.index} needs the tokenizer this recipe trains, and {root} has none yet: run "
-                         f"'hf-clm prepare RECIPE --tokenizer_only' once first (or wait for shard 0), then the shards")
+        raise HfClmError(f"shard {shard.index} needs the tokenizer this recipe trains, and {root} holds none made "
+                         f"for shards yet: run 'hf-clm prepare RECIPE --prepared_dataset {root} --tokenizer_only' "
+                         f"once first (or wait for shard 0), then the shards")
     tokenizer = train_or_load_tokenizer(recipe.model_args, train)
     if saved is not None and tokenizer_digest(saved) != tokenizer_digest(tokenizer):
         raise HfClmError(f"prepared_dataset {root} holds a tokenizer other than the recipe's "
@@ -362,7 +380,7 @@ def check_shard_fits(root: Path, shard: Shard, block_size: int) -> None:
         if other.count != shard.count:
             raise HfClmError(f"prepared_dataset {root} holds shard {other.index} of {other.count} parts; prepare "
                              f"every shard with --num_shards {other.count}, or use a fresh folder")
-        description = read_json(file, f"run '{other.command()}' again")
+        description = read_json(file, f"run '{other.command(root)}' again")
         if description["block_size"] != block_size:
             raise HfClmError(f"prepared_dataset {root} holds shard {other.index} with blocks of "
                              f"{description['block_size']} tokens, not {block_size}; prepare every shard with one "
@@ -373,6 +391,7 @@ def prepared_shard(recipe: Recipe, shard: Shard, root: Path) -> TrainingData:
     """This shard's training blocks (and the validation blocks, for shard 0)."""
     check_shard_fits(root, shard, recipe.data_args.block_size)
     raw = load_corpus(recipe.data_args)
+    check_same_documents(root, shard, len(raw["train"]))
     tokenizer = shard_tokenizer(recipe, shard, root, raw["train"])
     documents = raw["train"].select(shard.documents(len(raw["train"])))
     if len(documents) == 0:
@@ -381,18 +400,36 @@ def prepared_shard(recipe: Recipe, shard: Shard, root: Path) -> TrainingData:
     splits = DatasetDict(train=documents, validation=raw["validation"]) if shard.index == 0 else \
         DatasetDict(train=documents)
     blocks, counts = build_blocks(splits, tokenizer, recipe.data_args)
-    return TrainingData(tokenizer, blocks["train"], blocks.get("validation"), counts)
+    return TrainingData(tokenizer, blocks["train"], blocks.get("validation"), counts,
+                        training_documents=len(raw["train"]))
+
+
+def check_same_documents(root: Path, shard: Shard, documents: int) -> None:
+    """The shards already in ``root`` split a training split of as many documents as this one's (a
+    different corpus, max_train_samples or held-out share gives another count)."""
+    for other, file in shard_descriptions(root).items():
+        if other == shard:
+            continue
+        theirs = read_json(file, f"run '{other.command(root)}' again").get("training_documents")
+        if theirs != documents:
+            raise HfClmError(f"prepared_dataset {root} holds shard {other.index} of a training split of {theirs} "
+                             f"documents, and this recipe's has {documents}; prepare every shard with one recipe "
+                             f"and corpus, or use a fresh folder")
 
 
 def save_shard(data: TrainingData, recipe: Recipe, shard: Shard, root: Path) -> Path:
     """Blocks first, the description last: a shard without its description is unfinished."""
     shard.description_path(root).unlink(missing_ok=True)
+    if (root / PREPARED_FILENAME).exists() or (root / "dataset_dict.json").exists():
+        logger.warning("Replacing the one-machine preparation in %s with shards", root)
     (root / PREPARED_FILENAME).unlink(missing_ok=True)  # the folder no longer holds one whole preparation
+    (root / "dataset_dict.json").unlink(missing_ok=True)
+    shutil.rmtree(root / "train", ignore_errors=True)
     shutil.rmtree(shard.blocks_dir(root), ignore_errors=True)
     data.train.save_to_disk(str(shard.blocks_dir(root)))
     if shard.index == 0:
         shutil.rmtree(root / VALIDATION_DIRNAME, ignore_errors=True)
         data.validation.save_to_disk(str(root / VALIDATION_DIRNAME))
-    write_json(blocks_description(data.tokenizer, data.counts, recipe, shard=shard.index, num_shards=shard.count),
-               shard.description_path(root))
+    write_json(blocks_description(data.tokenizer, data.counts, recipe, shard=shard.index, num_shards=shard.count,
+                                  training_documents=data.training_documents), shard.description_path(root))
     return root

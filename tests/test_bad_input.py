@@ -202,6 +202,8 @@ def bad_inputs(tmp_path):
                             "--num_shards", "2"], "--shard must be from 0 to 1 (--num_shards 2), not -1"),
         "shard without a count": (["prepare", *flags, "--prepared_dataset", str(tmp_path / "sh"), "--shard", "0"],
                                   "--shard and --num_shards go together"),
+        "shard not a number": (["prepare", *flags, "--prepared_dataset", str(tmp_path / "sh"), "--shard", "x",
+                                "--num_shards", "2"], "argument --shard: invalid int value: 'x'"),
         "no shards": (["prepare", *flags, "--prepared_dataset", str(tmp_path / "sh"), "--shard", "0",
                        "--num_shards", "0"], "--num_shards must be at least 1, not 0"),
         "tokenizer only of a shard": (["prepare", *flags, "--prepared_dataset", str(tmp_path / "sh"), "--shard", "0",

@@ -82,7 +82,8 @@ def sharded(prepared, tmp_path_factory):
     target = tmp_path_factory.mktemp("sharded") / "blocks"
     argv = prepare_argv(files, root / "unused", target)
     early = run_in_process("prepare", *argv, "--shard", "1", "--num_shards", "2")
-    assert early.returncode == 2 and "run 'hf-clm prepare RECIPE --tokenizer_only' once first" in early.stderr
+    assert early.returncode == 2 and f"run 'hf-clm prepare RECIPE --prepared_dataset {target} --tokenizer_only' once " \
+        "first" in early.stderr
     assert run_in_process("prepare", *argv, "--tokenizer_only").returncode == 0
     for shard in ("1", "0"):
         result = run_in_process("prepare", *argv, "--shard", shard, "--num_shards", "2")
@@ -134,7 +135,8 @@ def test_sharded_sets_that_train_refuses(sharded, tmp_path, capsys):
     (partial / "shard-00001-of-00002.json").unlink()
     assert main(["train", *prepare_argv(files, tmp_path / "run", partial)]) == 2
     err = capsys.readouterr().err
-    assert "holds 1 of its 2 shards; missing shard 1: run 'hf-clm prepare RECIPE --shard 1 --num_shards 2'" in err
+    assert (f"holds 1 of its 2 shards; missing shard 1: run 'hf-clm prepare RECIPE --prepared_dataset {partial} "
+            "--shard 1 --num_shards 2' (a shard") in err
     assert not (tmp_path / "run").exists()
     argv = prepare_argv(files, root / "unused", partial)
     other_split = run_in_process("prepare", *argv, "--shard", "2", "--num_shards", "3")
@@ -143,6 +145,10 @@ def test_sharded_sets_that_train_refuses(sharded, tmp_path, capsys):
     assert other_block.returncode == 2 and "with blocks of 32 tokens, not 16" in other_block.stderr
     other_tokenizer = run_in_process("prepare", *argv, "--vocab_size", "300", "--shard", "1", "--num_shards", "2")
     assert other_tokenizer.returncode == 2 and "made with 'byte-level BPE, vocab 400" in other_tokenizer.stderr
+    fewer = run_in_process("prepare", *argv, "--max_train_samples", "60", "--shard", "1", "--num_shards", "2")
+    assert fewer.returncode == 2 and "of a training split of 120 documents, and this recipe's has 60" in fewer.stderr
+    over_blocks = run_in_process("prepare", *argv, "--vocab_size", "300", "--tokenizer_only")
+    assert over_blocks.returncode == 2 and "holds blocks made with another tokenizer" in over_blocks.stderr
     lock = partial / ".hf_clm.lock-00001-of-00002"
     lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "locked_at": time.time(),
                                 "command": "hf-clm prepare"}))
@@ -156,3 +162,20 @@ def test_train_from_shards_runs(sharded):
     _, files, _, target = sharded
     summary = run(parse_recipe(prepare_argv(files, target.parent / "trained", target)))
     assert summary["perplexity"] > 1
+
+
+def test_train_refuses_blocks_whose_tokenizer_was_replaced(prepared, tmp_path, capsys):
+    """The folder's tokenizer is checked against the digest its blocks were made with, also when the
+    recipe trains its BPE (where the recipe's description alone would match)."""
+    import shutil
+
+    root, files, target, _ = prepared
+    copy = tmp_path / "blocks"
+    shutil.copytree(target, copy)
+    other = run_in_process("prepare", *prepare_argv(files, root / "unused", tmp_path / "other", "--vocab_size", "300"))
+    assert other.returncode == 0, other.stderr[-2000:]
+    shutil.rmtree(copy / "tokenizer")
+    shutil.copytree(tmp_path / "other" / "tokenizer", copy / "tokenizer")
+    assert main(["train", *prepare_argv(files, tmp_path / "run", copy)]) == 2
+    assert "is not the one its blocks were made with" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "model.safetensors").exists()
