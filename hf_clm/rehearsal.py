@@ -440,7 +440,8 @@ def rehearsal_figures(recipe, device, plan: dict, times: tuple[list[float], list
         "gradient_accumulation_steps": args.gradient_accumulation_steps, "block_size": recipe.data_args.block_size,
         "precision": plan["precision"], "tokens_per_step": plan["tokens_per_step"],
         "step_seconds": steps, "resumed_step_seconds": resumed,
-        "measured_step_seconds": step_seconds, "measured_from": "steps 2 on" if len(steps) > 1 else "step 1",
+        "measured_step_seconds": step_seconds, "measured_from": "steps 2 on" if len(steps) > 1 else
+        "step 1, warm-up and any compilation included: rehearse 2 or more steps for a steady step time",
         "plan_step_seconds": plan_step, "plan_mfu": plan["mfu"], "peak_flops": plan["peak_flops_per_device"],
         "measured_tflops": plan["tokens_per_step"] * plan["flops_per_token"] / step_seconds / 1e12,
         "memory_kind": "allocated (torch.cuda)" if torch.cuda.is_available() else "resident (RSS)",
