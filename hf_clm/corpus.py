@@ -253,14 +253,19 @@ class HeldOut:
         return (hashes >= 0) & ((hashes < self.threshold) | ((hashes == self.threshold) & (rows <= self.last_tied_row)))
 
 
-def held_out_rule(hashes: Dataset, n: int) -> HeldOut:
-    """The rule that holds out the ``n`` smallest hashes, found in two passes of constant memory:
-    a histogram of the top bits finds the bucket the n-th smallest falls in; that bucket's hashes
-    (about 1/65,536 of the corpus) are then sorted."""
-    shift = 32 - HASH_BUCKET_BITS
+def hash_histogram(hashes: Dataset) -> np.ndarray:
+    """How many non-empty documents' hashes fall in each bucket of their top ``HASH_BUCKET_BITS`` bits."""
     counts = np.zeros(1 << HASH_BUCKET_BITS, dtype=np.int64)
     for batch in hash_batches(hashes):
-        counts += np.bincount(batch[batch >= 0] >> shift, minlength=len(counts))
+        counts += np.bincount(batch[batch >= 0] >> (32 - HASH_BUCKET_BITS), minlength=len(counts))
+    return counts
+
+
+def held_out_rule(hashes: Dataset, counts: np.ndarray, n: int) -> HeldOut:
+    """The rule that holds out the ``n`` smallest hashes, in constant memory: the histogram ``counts``
+    finds the bucket the n-th smallest falls in; that bucket's hashes (about 1/65,536 of the corpus)
+    are then sorted."""
+    shift = 32 - HASH_BUCKET_BITS
     bucket = int(np.searchsorted(np.cumsum(counts), n))  # the first bucket whose running count reaches n
     below = int(counts[:bucket].sum())
     members, rows, offset = [], [], 0
@@ -291,14 +296,15 @@ def hold_out_by_hash(train: Dataset, percentage: int, sample_by: str | None = No
     hashes = train.with_format("arrow").map(document_hashes, batched=True, batch_size=HASH_BATCH_ROWS,
                                             remove_columns=train.column_names, num_proc=num_proc,
                                             desc="Hashing documents for the held-out split")
-    documents = sum(int((batch >= 0).sum()) for batch in hash_batches(hashes))
+    counts = hash_histogram(hashes)
+    documents = int(counts.sum())
     n_val = documents * percentage // 100
     if n_val == 0:
         split_files = ("; for .txt files, sample_by: paragraph (or line) makes each file several documents"
                        if sample_by == "document" else "")
         raise HfClmError(f"the corpus has {documents} document{'s' if documents != 1 else ''}, too few to hold out "
                          f"{percentage}% for validation; give validation_files or more documents{split_files}")
-    rule = held_out_rule(hashes, n_val)
+    rule = held_out_rule(hashes, counts, n_val)
     with_hashes = datasets.concatenate_datasets([train, hashes.with_format(None)], axis=1).with_format("arrow")
     splits = [with_hashes.filter(select_held, batched=True, batch_size=HASH_BATCH_ROWS, with_indices=True,
                                  input_columns=[HASH], fn_kwargs={"rule": rule, "held": held}, num_proc=num_proc,
