@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from itertools import chain
 from pathlib import Path
 
@@ -220,6 +220,11 @@ class TokenCounts:
 
     def as_dict(self) -> dict[str, int]:
         return {**asdict(self), "kept": self.kept, "dropped": self.dropped}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, int]) -> TokenCounts:
+        """The counts :meth:`as_dict` wrote (its derived ``kept`` and ``dropped`` left out)."""
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
 
 
 def count_tokens(tokenized: Dataset) -> int:

@@ -175,8 +175,7 @@ def prepared_data(recipe: Recipe) -> TrainingData:
         raise HfClmError(f"the tokenizer in {path / TOKENIZER_DIRNAME} is not the one its blocks were made with "
                          f"(replaced after they were written?); run 'hf-clm prepare RECIPE' again")
     blocks = load_prepared_blocks(path, description.get("num_shards"))
-    counts = {name: TokenCounts(**{k: v for k, v in count.items() if k not in ("kept", "dropped")})
-              for name, count in description["counts"].items()}
+    counts = {name: TokenCounts.from_dict(count) for name, count in description["counts"].items()}
     logger.info("Read prepared blocks from %s: %s", path,
                 ", ".join(f"{name} {len(split):,}" for name, split in blocks.items()))
     return TrainingData(tokenizer, blocks["train"], blocks["validation"], counts)
@@ -305,14 +304,10 @@ def sharded_description(path: Path) -> dict[str, Any]:
                 raise HfClmError(f"prepared_dataset {path}: shard {i} has another {key.replace('_', ' ')} than "
                                  f"shard 0 ({description.get(key)} vs {first.get(key)}); run "
                                  f"'{Shard(i, n).command(path)}' again with shard 0's recipe")
-    train = [TokenCounts(**{k: v for k, v in d["counts"]["train"].items() if k in TOKEN_COUNT_FIELDS})
-             for d in descriptions]
+    train = [TokenCounts.from_dict(d["counts"]["train"]) for d in descriptions]
     total = TokenCounts(sum(c.documents for c in train), sum(c.tokens for c in train), sum(c.blocks for c in train),
                         first["block_size"])
     return {**first, "num_shards": n, "counts": {"train": total.as_dict(), "validation": first["counts"]["validation"]}}
-
-
-TOKEN_COUNT_FIELDS = ("documents", "tokens", "blocks", "block_size")
 
 
 def shared_tokenizer(recipe: Recipe, root: Path) -> PreTrainedTokenizerBase | None:
