@@ -77,26 +77,17 @@ def prepare_process_row(quick: bool, folder: Path) -> dict:
     """``hf-clm prepare`` vs the run_clm.py way, each a whole process from start to exit with a cold
     cache: Tiny Shakespeare x 50 (55.8 MB), one document per line, the GPT-2 tokenizer, block 512,
     2 workers, 5% held out."""
-    corpus = folder / "shakespeare-x50.txt"
-    corpus.write_text(SHAKESPEARE.read_text(encoding="utf-8") * (2 if quick else 50), encoding="utf-8")
-    block, workers = "512", "2"
+    from bench.prepare_scale import BLOCK, WORKERS, cold_env, prepare_command, repeated
 
-    def cold_env() -> dict[str, str]:
-        return {**os.environ, "HF_DATASETS_CACHE": tempfile.mkdtemp(prefix="bench-cache-", dir=folder),
-                "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "true"}
-
-    package = timed_process(
-        [sys.executable, "-m", "hf_clm", "prepare", "--train_files", str(corpus), "--sample_by", "line",
-         "--tokenizer_name_or_path", str(TOKENIZER), "--train_tokenizer", "false", "--block_size", block,
-         "--preprocessing_num_workers", workers, "--validation_split_percentage", "5",
-         "--prepared_dataset", str(folder / "prepared-x50"), "--output_dir", str(folder / "unused-run")], cold_env())
-    conventional = timed_process([sys.executable, "-m", "bench.run_clm_way", str(corpus), str(TOKENIZER), block,
-                                  workers], cold_env())
+    corpus = repeated(SHAKESPEARE, 2 if quick else 50, folder)
+    package = timed_process(prepare_command(corpus, TOKENIZER, folder / "prepared-vs-run-clm"), cold_env(folder))
+    conventional = timed_process([sys.executable, "-m", "bench.run_clm_way", str(corpus), str(TOKENIZER), BLOCK,
+                                  WORKERS], cold_env(folder))
     mb = corpus.stat().st_size / 1e6
     return {"stage": f"prepare {mb:.1f} MB, whole process", "what": "hf-clm prepare vs run_clm.py's data steps",
             "ratio": conventional / package, "target": "≥ 2", "met": conventional >= 2 * package,
-            "context": f"{package:.1f} s vs {conventional:.1f} s, start to exit, cold cache, block {block}, "
-                       f"{workers} workers"}
+            "context": f"{package:.1f} s vs {conventional:.1f} s, start to exit, cold cache, block {BLOCK}, "
+                       f"{WORKERS} workers"}
 
 
 def training_rows(quick: bool, folder: Path) -> list[dict]:

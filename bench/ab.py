@@ -69,11 +69,9 @@ def baby_target(folder: Path, shakespeare: Path) -> Target:
     is part of the wall time."""
     import yaml
 
-    text = shakespeare.read_text(encoding="utf-8")
-    cut = int(len(text) * 0.9)
-    train, val = folder / "baby-train.txt", folder / "baby-val.txt"
-    train.write_text(text[:cut], encoding="utf-8")
-    val.write_text(text[cut:], encoding="utf-8")
+    from bench.nanogpt import split_text
+
+    train, val = split_text(shakespeare, folder)
     values = yaml.safe_load((REPO / "recipes" / "shakespeare-baby.yaml").read_text())
     values.update(train_files=[str(train)], validation_files=[str(val)], sample_by="paragraph")
     recipe = folder / "shakespeare-baby-nanogpt-split.yaml"

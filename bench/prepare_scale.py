@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 REPO = Path(__file__).resolve().parent.parent
 BLOCK, WORKERS, HELD_OUT = "512", "2", "5"
 
@@ -41,22 +43,6 @@ def memory_of(pid: int) -> dict[str, int]:
     return {key: int(re.search(key + r":\s+(\d+)", status).group(1)) * 1024 for key in ("VmHWM", "RssAnon")}
 
 
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    tree, queue = [], [pid]
-    while queue:
-        tree.append(queue.pop())
-        queue += children.get(tree[-1], [])
-    return tree
-
-
 def measured_process(command: list[str], env: dict[str, str]) -> dict[str, float]:
     """Wall seconds from start to exit, the main process's peak resident set and the tree's peak
     anonymous memory (bytes)."""
@@ -67,13 +53,13 @@ def measured_process(command: list[str], env: dict[str, str]) -> dict[str, float
         try:
             peak_rss = max(peak_rss, memory_of(process.pid)["VmHWM"])
             anon = 0
-            for pid in process_tree(process.pid):
+            for pid in [process.pid, *(child.pid for child in psutil.Process(process.pid).children(recursive=True))]:
                 try:
                     anon += memory_of(pid)["RssAnon"]
                 except (OSError, AttributeError):
                     pass
             peak_anon = max(peak_anon, anon)
-        except (OSError, AttributeError):
+        except (OSError, AttributeError, psutil.Error):
             pass
         time.sleep(0.02)
     wall = time.perf_counter() - start
