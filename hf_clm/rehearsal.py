@@ -35,6 +35,7 @@ from hf_clm.artifacts import write_json
 from hf_clm.errors import HfClmError
 from hf_clm.figures import byte_size, fmt
 from hf_clm.run_files import LOCK_FILENAME, PERPLEXITY_FILENAME, TRAINER_STATE
+from hf_clm.run_record import cpu_model
 
 logger = logging.getLogger(__name__)
 
@@ -266,14 +267,6 @@ def this_device(recipe):
         name = f"cpu ({model}, {torch.get_num_threads()} threads)"
     peak = recipe.run_args.peak_tflops * 1e12 if recipe.run_args.peak_tflops else None
     return Device(name, available_memory(), peak)
-
-
-def cpu_model() -> str | None:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return None
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
 
 
 def available_memory() -> int:

@@ -63,16 +63,19 @@ def machines(processes: int) -> int:
     return max(1, processes // max(1, per_machine))
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name, where /proc/cpuinfo tells."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_model() or platform.processor() or platform.machine()
 
 
 def optimizer_name(trainer: Trainer, recipe: Recipe) -> str:
