@@ -58,8 +58,8 @@ def conventional(docs, tokenizer, block_size: int) -> int:
 def package(docs, tokenizer, block_size: int) -> int:
     from datasets import DatasetDict
 
-    from hf_clm.blocks import build_blocks
-    from hf_clm.recipe import DataArguments
+    from hf_clm.data.blocks import build_blocks
+    from hf_clm.recipe.schema import DataArguments
 
     blocks, _ = build_blocks(DatasetDict(train=docs), tokenizer, DataArguments(block_size=block_size))
     return len(blocks["train"])
@@ -77,7 +77,7 @@ def main(method: str, corpus_txt: str, tokenizer_dir: str, block_size: int) -> d
     from transformers import AutoTokenizer
 
     datasets.disable_progress_bars()
-    import hf_clm.blocks  # noqa: F401  (imports are not what is measured)
+    import hf_clm.data.blocks  # noqa: F401  (imports are not what is measured)
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     docs = documents(corpus_txt)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, GPT2Config
 
 from bench import run_checked
-from hf_clm.evaluation import score_rows, shifted_targets, stream_scores
+from hf_clm.evaluation.scoring import score_rows, shifted_targets, stream_scores
 
 
 def plain_windows(model, ids: torch.Tensor, window: int, stride: int, batch: int) -> float:

@@ -87,8 +87,8 @@ def measure(switch: str, steps: int, warmup: int, batch: int, device: str) -> di
     from transformers import GPT2Config
 
     from bench.training import random_blocks, trainer_measure
-    from hf_clm.recipe import RunArguments
-    from hf_clm.throughput import device_peak_flops
+    from hf_clm.recipe.schema import RunArguments
+    from hf_clm.training.throughput import device_peak_flops
 
     switches = dict(SWITCHES[switch]) if switch in SWITCHES else {}
     if switches.pop("fsdp_one_gpu", False):

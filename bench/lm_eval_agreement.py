@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config
 
-from hf_clm.evaluation import evaluate_rolling
+from hf_clm.evaluation.scoring import evaluate_rolling
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 

@@ -9,8 +9,8 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, DataCollatorForLanguageModeling, GPT2Config, TrainingArguments
 
-from hf_clm.throughput import flops_per_token
-from hf_clm.trainer import CausalLMTrainer
+from hf_clm.training.throughput import flops_per_token
+from hf_clm.training.trainer import CausalLMTrainer
 
 VOCAB = 4096
 

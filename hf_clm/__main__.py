@@ -1,5 +1,5 @@
 import sys
 
-from hf_clm.cli import main
+from hf_clm.commands.cli import main
 
 sys.exit(main())

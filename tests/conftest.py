@@ -76,7 +76,7 @@ def bpe_tokenizer():
     """A byte-level BPE trained by the package on a generated corpus."""
     from datasets import Dataset
 
-    from hf_clm.tokenizer import train_bpe_tokenizer
+    from hf_clm.data.tokenizer import train_bpe_tokenizer
 
     return train_bpe_tokenizer(Dataset.from_dict({"text": make_documents(200, seed=3)}), vocab_size=400)
 
@@ -159,9 +159,9 @@ class CliResult:
 
 
 def run_in_process(*args) -> CliResult:
-    """``hf_clm.cli.main(ARGS)`` in this process; stdout and stderr captured, the package's log lines
+    """``hf_clm.commands.cli.main(ARGS)`` in this process; stdout and stderr captured, the package's log lines
     on stderr with the format of a real run (pytest's own log handlers keep basicConfig from adding one)."""
-    from hf_clm.cli import main
+    from hf_clm.commands.cli import main
 
     argv = [str(a) for a in args]
     out, err = io.StringIO(), io.StringIO()
@@ -247,8 +247,7 @@ def hf_clm(hf_clm_main, monkeypatch):
     """hf_clm(env, *args): the command line in process with ``env`` (from hub_env) in effect for that call."""
     from huggingface_hub import constants
 
-    from hf_clm import hub_sources
-
+    from hf_clm.data import sources as hub_sources
     def call(env: dict[str, str | None], *args: str):
         with monkeypatch.context() as patch:
             # read from the environment when huggingface_hub was imported: set as a new process would read them

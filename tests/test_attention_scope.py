@@ -9,13 +9,13 @@ import torch
 from conftest import make_documents, recipe_args, write_corpus
 from transformers import AutoModelForCausalLM, DataCollatorForLanguageModeling, GPT2Config, LlamaConfig
 
-from hf_clm.attention import document_position_ids, record_attention_scope
-from hf_clm.collator import DocumentCollator
-from hf_clm.evaluation import IGNORE_INDEX, Scores, blocks_scores, score_rows, shifted_targets
-from hf_clm.explain import explain
-from hf_clm.model import load_for_inference
-from hf_clm.recipe_parser import parse_recipe
-from hf_clm.train import run
+from hf_clm.data.attention import document_position_ids, record_attention_scope
+from hf_clm.data.collator import DocumentCollator
+from hf_clm.evaluation.scoring import IGNORE_INDEX, Scores, blocks_scores, score_rows, shifted_targets
+from hf_clm.evaluation.explain import explain
+from hf_clm.model.build import load_for_inference
+from hf_clm.recipe.parser import parse_recipe
+from hf_clm.training.train import run
 
 EOS = 9
 
@@ -119,8 +119,8 @@ def test_a_document_scope_run_records_it_and_trainer_evaluation_follows_it(docum
     recipe, output_dir, summary = document_run
     assert json.loads((output_dir / "config.json").read_text())["attention_scope"] == "document"
     assert "attention_scope: document" in (output_dir / "recipe.yaml").read_text()
-    from hf_clm.blocks import build_blocks
-    from hf_clm.corpus import load_corpus
+    from hf_clm.data.blocks import build_blocks
+    from hf_clm.data.corpus import load_corpus
 
     model, tokenizer = load_for_inference(str(output_dir))
     blocks, _ = build_blocks(load_corpus(recipe.data_args), tokenizer, recipe.data_args)

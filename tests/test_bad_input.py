@@ -12,7 +12,7 @@ import yaml
 from conftest import make_documents
 from transformers import AutoModelForCausalLM, GPT2Config
 
-from hf_clm.cli import main
+from hf_clm.commands.cli import main
 
 RECIPE = {"sample_by": "paragraph", "train_tokenizer": True, "vocab_size": 300, "block_size": 16, "n_layer": 1,
           "n_head": 2, "n_embd": 16, "max_steps": 2, "per_device_train_batch_size": 2}
@@ -400,7 +400,7 @@ def finished_fake_run(folder, recipe: dict) -> str:
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    from hf_clm.artifacts import write_finished_marker
+    from hf_clm.run.artifacts import write_finished_marker
 
     words = Tokenizer(models.WordLevel({"<unk>": 0, "<eos>": 1, "cat": 2}, unk_token="<unk>"))
     PreTrainedTokenizerFast(tokenizer_object=words, eos_token="<eos>", unk_token="<unk>").save_pretrained(folder)

@@ -6,10 +6,10 @@ import pytest
 from conftest import make_documents
 from datasets import Dataset, DatasetDict
 
-import hf_clm.blocks
-from hf_clm.blocks import DocumentTokenizer, build_blocks, group_into_blocks, token_stream
-from hf_clm.corpus import load_corpus
-from hf_clm.recipe import DataArguments
+import hf_clm.data.blocks
+from hf_clm.data.blocks import DocumentTokenizer, build_blocks, group_into_blocks, token_stream
+from hf_clm.data.corpus import load_corpus
+from hf_clm.recipe.schema import DataArguments
 
 
 def test_group_into_blocks_concatenates_and_cuts():
@@ -73,8 +73,8 @@ def test_no_tokens_lost_between_map_batches_or_workers(bpe_tokenizer, workers):
 
 @pytest.mark.parametrize("prefix", [[], [3], [3, 4]])
 def test_each_document_is_its_prefix_its_ids_and_eos_also_in_pieces(bpe_tokenizer, monkeypatch, prefix):
-    monkeypatch.setattr(hf_clm.blocks, "PIECE_CHARS", 200)  # long documents are encoded in pieces
-    monkeypatch.setattr(hf_clm.blocks, "ENCODE_GROUP_CHARS", 500)  # and pieces in several encode calls
+    monkeypatch.setattr(hf_clm.data.blocks, "PIECE_CHARS", 200)  # long documents are encoded in pieces
+    monkeypatch.setattr(hf_clm.data.blocks, "ENCODE_GROUP_CHARS", 500)  # and pieces in several encode calls
     documents = make_documents(30, seed=5)
     texts = [documents[0], "", None, " ", " ".join(documents[1:15]), *documents[15:], ""]
     assert max(len(t or "") for t in texts) > 200

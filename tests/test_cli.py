@@ -10,7 +10,7 @@ import pytest
 from conftest import recipe_args, run_hf_clm, write_corpus
 from transformers import AutoModelForCausalLM, GPT2Config
 
-from hf_clm.cli import main
+from hf_clm.commands.cli import main
 from hf_clm.errors import HfClmError
 
 
@@ -299,9 +299,9 @@ def station_failing_mid_bar(args):
 
 
 def test_the_error_is_the_last_line_with_a_progress_bar_open(monkeypatch, capsys):
-    import hf_clm.cli
+    import hf_clm.commands.cli
 
-    monkeypatch.setattr(hf_clm.cli, "report_command", station_failing_mid_bar)
+    monkeypatch.setattr(hf_clm.commands.cli, "report_command", station_failing_mid_bar)
     assert main(["report", "run"]) == 2
     err = capsys.readouterr().err
     assert "Training:  30%" in err
@@ -309,8 +309,8 @@ def test_the_error_is_the_last_line_with_a_progress_bar_open(monkeypatch, capsys
 
 
 def test_the_error_is_the_last_line_of_a_process_that_exits_with_a_bar_open(tmp_path):
-    code = ("import sys, hf_clm.cli, test_cli; hf_clm.cli.report_command = test_cli.station_failing_mid_bar; "
-            "sys.exit(hf_clm.cli.main(['report', 'run']))")
+    code = ("import sys, hf_clm.commands.cli, test_cli; hf_clm.commands.cli.report_command = test_cli.station_failing_mid_bar; "
+            "sys.exit(hf_clm.commands.cli.main(['report', 'run']))")
     result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=600,
                             cwd=Path(__file__).parent)
     assert result.returncode == 2, result.stderr[-2000:]

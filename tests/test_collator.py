@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 from transformers import DataCollatorForLanguageModeling
 
-from hf_clm.model import build_model
-from hf_clm.recipe import ModelArguments
+from hf_clm.model.build import build_model
+from hf_clm.recipe.schema import ModelArguments
 
 
 def tiny_model(tokenizer, block_size=32):

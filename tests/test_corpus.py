@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from datasets import Dataset
 
-from hf_clm.corpus import hold_out_by_hash, is_stdlib_validation_file, load_corpus, stdlib_files
+from hf_clm.data.corpus import hold_out_by_hash, is_stdlib_validation_file, load_corpus, stdlib_files
 from hf_clm.errors import HfClmError
-from hf_clm.recipe import DataArguments
+from hf_clm.recipe.schema import DataArguments
 
 
 def test_txt_paragraphs_with_explicit_validation(text_files):

@@ -197,5 +197,5 @@ def test_a_user_error_under_a_launcher_is_printed_once_and_the_other_rank_logs_n
     lines = result.stderr.splitlines()
     assert [line for line in lines if line.startswith("hf-clm: error: ")] == [
         "hf-clm: error: the train split has 9535 tokens, fewer than one block of 100000; lower block_size or add text"]
-    counts = [line for line in lines if " INFO hf_clm.blocks: train: " in line]
+    counts = [line for line in lines if " INFO hf_clm.data.blocks: train: " in line]
     assert len(counts) == 1, counts  # rank 1 does not repeat rank 0's lines

@@ -8,8 +8,8 @@ from conftest import SHARED_DATA, requires_shared_data
 from datasets import Dataset
 from transformers import GPT2Config, GPT2LMHeadModel
 
-import hf_clm.evaluation as evaluation
-from hf_clm.evaluation import (
+import hf_clm.evaluation.scoring as evaluation
+from hf_clm.evaluation.scoring import (
     Scores,
     blocks_scores,
     evaluate_rolling,
@@ -22,8 +22,8 @@ from hf_clm.evaluation import (
     token_text,
     unigram_scores,
 )
-from hf_clm.model import build_model
-from hf_clm.recipe import ModelArguments
+from hf_clm.model.build import build_model
+from hf_clm.recipe.schema import ModelArguments
 
 
 @pytest.fixture(scope="module")

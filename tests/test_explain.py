@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from hf_clm.errors import HfClmError
-from hf_clm.explain import explain, format_explanation
-from hf_clm.model import build_model
-from hf_clm.recipe import ModelArguments
+from hf_clm.evaluation.explain import explain, format_explanation
+from hf_clm.model.build import build_model
+from hf_clm.recipe.schema import ModelArguments
 
 
 @pytest.fixture(scope="module")

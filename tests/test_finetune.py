@@ -13,11 +13,11 @@ from safetensors import safe_open
 from tokenizers import ByteLevelBPETokenizer, processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
 
-from hf_clm.blocks import DocumentTokenizer
-from hf_clm.cli import main
-from hf_clm.collator import causal_lm_collator
-from hf_clm.explain import explain
-from hf_clm.tokenizer import document_prefix, encode_document
+from hf_clm.data.blocks import DocumentTokenizer
+from hf_clm.commands.cli import main
+from hf_clm.data.collator import causal_lm_collator
+from hf_clm.evaluation.explain import explain
+from hf_clm.data.tokenizer import document_prefix, encode_document
 
 GPT2_VOCAB = 50257
 
@@ -123,8 +123,8 @@ def test_merged_model_keeps_the_base_vocabulary_and_loads_without_peft(gpt2_runs
 @pytest.mark.full
 @requires_shared_data
 def test_before_after_in_summary_report_curves_and_card(gpt2_runs):
-    from hf_clm.card import model_card
-    from hf_clm.publish import PublishOptions, publication
+    from hf_clm.hub.card import model_card
+    from hf_clm.hub.publish import PublishOptions, publication
 
     root, _, _ = gpt2_runs
     for name in ("full", "lora"):
@@ -213,7 +213,7 @@ def test_bos_tokenizer_gets_the_same_bos_at_training_and_inference(llama_runs, c
         expected = torch.exp(model(input_ids=stream, labels=stream).loss).item()
     assert perplexity_of(root / "full", single, capsys)["perplexity"] == pytest.approx(expected, rel=1e-4)
     # generate starts from <s> too: its greedy continuation is the model's own from [<s>, prompt]
-    from hf_clm.generate import Sampling, generate
+    from hf_clm.model.generate import Sampling, generate
 
     continuation = generate(model, tokenizer, "the cat", Sampling(max_new_tokens=4, temperature=0), stream=False)
     prompt = torch.tensor([encode_document(tokenizer, "the cat")])

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import ONE_THREAD, REPO, hf_clm_command, recipe_args, run_hf_clm, run_launch, subprocess_env, write_corpus
 
-from hf_clm.checkpoints import checkpoint_problem, newest_complete_checkpoint
+from hf_clm.training.checkpoints import checkpoint_problem, newest_complete_checkpoint
 
 pytestmark = pytest.mark.full  # accelerate launches of two processes
 
@@ -89,7 +89,7 @@ def test_the_run_records_fsdp_and_the_log_says_so_first(fsdp_and_single):
     assert record["backend"] == "gloo" and record["device_type"] == "cpu" and record["mixed_precision"] == "no"
     assert record["global_batch_blocks"] == 16 and record["global_batch_tokens"] == 16 * 32
     assert "DDP" not in fsdp.stderr and "find_unused_parameters" not in fsdp.stderr
-    run_line = next(line for line in fsdp.stderr.splitlines() if "hf_clm.run_record: Run:" in line)
+    run_line = next(line for line in fsdp.stderr.splitlines() if "hf_clm.training.record: Run:" in line)
     assert "fsdp (fsdp_version 2, reshard_after_forward True" in run_line and "2 processes on 1 machine" in run_line
     assert "fsdp (fsdp_version 2" in (root / "fsdp" / "report.md").read_text()
     single = json.loads((root / "single" / "perplexity.json").read_text())["run"]

@@ -7,7 +7,7 @@ from conftest import run_hf_clm
 from transformers import AutoModelForCausalLM, GPT2Config
 
 from hf_clm.errors import HfClmError
-from hf_clm.generate import Sampling, generate
+from hf_clm.model.generate import Sampling, generate
 
 CONTEXT = 16
 
@@ -30,7 +30,7 @@ def prompt_of(tokenizer, n: int) -> str:
 
 def test_prompt_and_continuation_exactly_fill_the_context(small_context_model, bpe_tokenizer, caplog):
     prompt = prompt_of(bpe_tokenizer, 10)
-    with caplog.at_level(logging.WARNING, logger="hf_clm.generate"):
+    with caplog.at_level(logging.WARNING, logger="hf_clm.model.generate"):
         output = small_context_model.generate(**bpe_tokenizer(prompt, return_tensors="pt",
                                                               return_token_type_ids=False),
                                               max_new_tokens=CONTEXT - 10, do_sample=False)
@@ -42,7 +42,7 @@ def test_prompt_and_continuation_exactly_fill_the_context(small_context_model, b
 
 def test_one_token_past_the_context_stops_there_and_says_so(small_context_model, bpe_tokenizer, caplog):
     prompt = prompt_of(bpe_tokenizer, 10)
-    with caplog.at_level(logging.WARNING, logger="hf_clm.generate"):
+    with caplog.at_level(logging.WARNING, logger="hf_clm.model.generate"):
         text = generate(small_context_model, bpe_tokenizer, prompt,
                         Sampling(max_new_tokens=CONTEXT - 10 + 1, temperature=0), stream=False)
     assert "stops at the model's context of 16 tokens: 10 prompt tokens + 6 new tokens (not 7)" in caplog.text
@@ -90,21 +90,21 @@ def eos_first_model(bpe_tokenizer):
 
 
 def test_generation_that_stops_at_end_of_text_says_so_and_ignore_eos_goes_on(eos_first_model, bpe_tokenizer, caplog):
-    with caplog.at_level(logging.WARNING, logger="hf_clm.generate"):
+    with caplog.at_level(logging.WARNING, logger="hf_clm.model.generate"):
         text = generate(eos_first_model, bpe_tokenizer, "ROMEO:", Sampling(max_new_tokens=8, temperature=0),
                         stream=False)
     assert text == ""
     assert "stopped at end-of-text (the model's EOS) after 0 new tokens of 8" in caplog.text
     assert "--ignore_eos continues past it" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="hf_clm.generate"):
+    with caplog.at_level(logging.WARNING, logger="hf_clm.model.generate"):
         generate(eos_first_model, bpe_tokenizer, "ROMEO:", Sampling(max_new_tokens=8, temperature=0, ignore_eos=True),
                  stream=False)
     assert "end-of-text" not in caplog.text
 
 
 def test_generate_help_shows_the_defaults(capsys):
-    from hf_clm.cli import main
+    from hf_clm.commands.cli import main
 
     assert main(["generate", "--help"]) == 0
     help_text = " ".join(capsys.readouterr().out.split())

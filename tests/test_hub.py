@@ -12,7 +12,7 @@ import yaml
 from conftest import TOKEN, hub_env, recipe_args, write_corpus
 from huggingface_hub import ModelCard
 
-from hf_clm.recipe import PATH_KEYS
+from hf_clm.recipe.schema import PATH_KEYS
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from conftest import REPO, recipe_args, requires_shared_data, write_corpus
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from hf_clm.cli import main
+from hf_clm.commands.cli import main
 from hf_clm.errors import HfClmError
 
 
@@ -93,7 +93,7 @@ def test_target_modules_matching_no_layer_list_the_layers(base_and_adapter, tmp_
 
 
 def test_peft_section_in_yaml(tmp_path):
-    from hf_clm.recipe_parser import parse_recipe
+    from hf_clm.recipe.parser import parse_recipe
 
     recipe_file = tmp_path / "r.yaml"
     recipe_file.write_text("model_name_or_path: some/model\nbuiltin_corpus: python-stdlib\n"
@@ -136,21 +136,21 @@ def tiny_lora_run(tmp_path, bpe_tokenizer):
 
 
 def test_a_failed_merge_leaves_no_merged_folder(tiny_lora_run, monkeypatch, capsys):
-    import hf_clm.model
+    import hf_clm.model.build
 
     def fail(*_):
         raise HfClmError("no space left writing tokenizer.json")
 
-    monkeypatch.setattr(hf_clm.model, "read_tokenizer", fail)  # after the weights are written
+    monkeypatch.setattr(hf_clm.model.build, "read_tokenizer", fail)  # after the weights are written
     assert main(["merge", str(tiny_lora_run)]) == 2
     assert sorted(p.name for p in tiny_lora_run.iterdir() if p.name.startswith((".", "merged"))) == []
 
 
 def killed_merge(run: Path) -> None:
     """``hf-clm merge run``, SIGKILLed once the merged weights are written, before the tokenizer and the rename."""
-    code = ("import os, signal, sys, hf_clm.model; "
-            "hf_clm.model.read_tokenizer = lambda *_: os.kill(os.getpid(), signal.SIGKILL); "
-            "from hf_clm.cli import main; main(['merge', sys.argv[1]])")
+    code = ("import os, signal, sys, hf_clm.model.build; "
+            "hf_clm.model.build.read_tokenizer = lambda *_: os.kill(os.getpid(), signal.SIGKILL); "
+            "from hf_clm.commands.cli import main; main(['merge', sys.argv[1]])")
     result = subprocess.run([sys.executable, "-c", code, str(run)], check=False, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]

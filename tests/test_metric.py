@@ -1,4 +1,4 @@
-"""hf_clm.metric: the ``evaluate`` metric equals ``hf-clm perplexity``, and Trainer's figures equal the engine's."""
+"""hf_clm.evaluation.metric: the ``evaluate`` metric equals ``hf-clm perplexity``, and Trainer's figures equal the engine's."""
 
 import json
 import math
@@ -9,11 +9,11 @@ from conftest import SHARED_DATA, make_documents, requires_shared_data
 from datasets import Dataset
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
-from hf_clm.cli import main
+from hf_clm.commands.cli import main
 from hf_clm.errors import HfClmError
-from hf_clm.evaluation import blocks_scores, score_rows, shifted_targets, token_text
-from hf_clm.metric import METRIC_PATH, compute_metrics, score_rows_preprocessor, texts_figures
-from hf_clm.trainer import TOKEN_WEIGHTED_LOSS, corpus_figures
+from hf_clm.evaluation.scoring import blocks_scores, score_rows, shifted_targets, token_text
+from hf_clm.evaluation.metric import METRIC_PATH, compute_metrics, score_rows_preprocessor, texts_figures
+from hf_clm.training.trainer import TOKEN_WEIGHTED_LOSS, corpus_figures
 
 pytestmark = requires_shared_data
 CONTEXT = 48  # the model's context: longer texts take several windows

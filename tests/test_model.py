@@ -3,8 +3,8 @@ from conftest import SHARED_DATA, requires_shared_data
 from transformers import AutoModelForCausalLM, GPT2Config
 
 from hf_clm.errors import HfClmError
-from hf_clm.model import build_model, context_length
-from hf_clm.recipe import ModelArguments
+from hf_clm.model.build import build_model, context_length
+from hf_clm.recipe.schema import ModelArguments
 
 
 def test_scratch_model_takes_sizes_and_special_ids_from_recipe_and_tokenizer(bpe_tokenizer):
@@ -39,7 +39,7 @@ def test_tokenizer_larger_than_embeddings_is_an_error(bpe_tokenizer, tmp_path):
 def test_pretrained_checkpoint_keeps_its_embeddings_and_gets_eos_as_generation_pad():
     from datasets import Dataset
 
-    from hf_clm.tokenizer import train_or_load_tokenizer
+    from hf_clm.data.tokenizer import train_or_load_tokenizer
 
     args = ModelArguments(model_name_or_path=str(SHARED_DATA / "tiny-gpt2"))
     tokenizer = train_or_load_tokenizer(args, Dataset.from_dict({"text": ["x"]}))

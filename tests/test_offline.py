@@ -7,8 +7,8 @@ import time
 import pytest
 from huggingface_hub import constants
 
-from hf_clm import hub_sources
-from hf_clm.cli import main
+from hf_clm.data import sources as hub_sources
+from hf_clm.commands.cli import main
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def write_minimal_finished_run(run_dir):
     from tokenizers.models import WordLevel
     from tokenizers.pre_tokenizers import Whitespace
 
-    from hf_clm.artifacts import write_finished_marker
+    from hf_clm.run.artifacts import write_finished_marker
 
     save_file({"weight": torch.zeros(2, 2)}, run_dir / "model.safetensors")
     tokenizer = Tokenizer(WordLevel({"<unk>": 0, "a": 1}, unk_token="<unk>"))

@@ -11,10 +11,10 @@ import yaml
 from conftest import recipe_args, write_corpus
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, TrainingArguments
 
-from hf_clm.cli import main
-from hf_clm.optimizer import muon_parameter_groups
-from hf_clm.recipe import save_recipe
-from hf_clm.recipe_parser import parse_recipe
+from hf_clm.commands.cli import main
+from hf_clm.training.optimizer import muon_parameter_groups
+from hf_clm.recipe.schema import save_recipe
+from hf_clm.recipe.parser import parse_recipe
 
 
 def names_of(model, groups) -> set[str]:
@@ -146,7 +146,7 @@ def test_the_run_record_names_the_optimizer_trainer_built_and_the_attention_scop
 def test_stacked_muon_makes_torchs_muon_updates_exactly():
     """The batched Newton-Schulz iteration over same-shaped matrices gives torch.optim.Muon's updates,
     tall and wide matrices, momentum and weight decay over several steps, and the same state."""
-    from hf_clm.optimizer import StackedMuon
+    from hf_clm.training.optimizer import StackedMuon
 
     torch.manual_seed(0)
     shapes = [(16, 48), (16, 16), (64, 16), (16, 48), (64, 16)]

@@ -8,7 +8,7 @@ import yaml
 from conftest import SHARED_DATA, requires_shared_data
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from hf_clm.cli import main
+from hf_clm.commands.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 FLAGSHIP = str(REPO / "recipes" / "gpt2-124m-fineweb.yaml")
@@ -80,9 +80,9 @@ def test_gradient_checkpointing_lowers_activations(tmp_path, capsys):
 
 
 def test_muon_keeps_one_state_for_hidden_matrices(tmp_path, capsys):
-    from hf_clm.optimizer import hidden_matrix_names
-    from hf_clm.plan import meta_model, model_config
-    from hf_clm.recipe_parser import parse_recipe
+    from hf_clm.training.optimizer import hidden_matrix_names
+    from hf_clm.planning.memory import meta_model, model_config
+    from hf_clm.recipe.parser import parse_recipe
 
     recipe = small_recipe(tmp_path)
     plan = planned(capsys, recipe, "--optim", "muon")
@@ -92,9 +92,9 @@ def test_muon_keeps_one_state_for_hidden_matrices(tmp_path, capsys):
 
 
 def test_parameters_equal_the_real_gpt2_model(tmp_path, capsys):
-    from hf_clm.model import build_model
-    from hf_clm.recipe_parser import parse_recipe
-    from hf_clm.tokenizer import read_tokenizer
+    from hf_clm.model.build import build_model
+    from hf_clm.recipe.parser import parse_recipe
+    from hf_clm.data.tokenizer import read_tokenizer
 
     tokenizer_dir = tmp_path / "tok"
     read_tokenizer(REPO.parent / "shared" / "data" / "tiny-gpt2").save_pretrained(tokenizer_dir) \
@@ -106,7 +106,7 @@ def test_parameters_equal_the_real_gpt2_model(tmp_path, capsys):
     real = build_model(parsed.model_args, read_tokenizer(tokenizer_dir), 64)
     assert plan["parameters"] == real.num_parameters()
     assert plan["memory_per_device"]["weights"] == 4 * real.num_parameters()
-    from hf_clm.throughput import flops_per_token
+    from hf_clm.training.throughput import flops_per_token
     assert plan["flops_per_token"] == flops_per_token(real, 64)
 
 
@@ -122,8 +122,8 @@ def test_parameters_equal_a_tiny_llama_from_its_config_folder(tmp_path, capsys):
 
 @requires_shared_data
 def test_lora_trains_only_the_adapter(tmp_path, capsys):
-    from hf_clm.model import with_lora_adapter
-    from hf_clm.recipe_parser import parse_recipe
+    from hf_clm.model.build import with_lora_adapter
+    from hf_clm.recipe.parser import parse_recipe
 
     recipe = str(REPO / "recipes" / "lora-tiny-gpt2.yaml")
     plan = planned(capsys, recipe, "--output_dir", str(tmp_path / "out"))

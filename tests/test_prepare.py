@@ -6,9 +6,9 @@ import pytest
 from conftest import recipe_args, run_in_process, write_corpus
 from datasets import load_from_disk
 
-from hf_clm.cli import main
-from hf_clm.recipe_parser import parse_recipe
-from hf_clm.train import run
+from hf_clm.commands.cli import main
+from hf_clm.recipe.parser import parse_recipe
+from hf_clm.training.train import run
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_two_shards_are_the_one_machine_blocks_but_for_the_first_shards_tail(sha
 def test_train_reads_every_shard_in_order(sharded):
     _, files, _, target = sharded
     recipe = parse_recipe(prepare_argv(files, target.parent / "run", target))
-    from hf_clm.prepare import prepared_data
+    from hf_clm.data.prepare import prepared_data
 
     data = prepared_data(recipe)
     shards = [load_from_disk(str(target / f"train-0000{i}-of-00002")) for i in range(2)]

@@ -11,9 +11,9 @@ import yaml
 from conftest import hub_env
 from huggingface_hub import ModelCard
 
-from hf_clm.card import model_card, shown_recipe
-from hf_clm.figures import byte_size
-from hf_clm.publish import Publication, PublishOptions, local_inputs, publication
+from hf_clm.hub.card import model_card, shown_recipe
+from hf_clm.run.figures import byte_size
+from hf_clm.hub.publish import Publication, PublishOptions, local_inputs, publication
 
 
 @pytest.fixture(scope="module")

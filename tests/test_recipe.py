@@ -8,9 +8,9 @@ import torch
 import yaml
 
 from hf_clm.errors import HfClmError
-from hf_clm.recipe import save_recipe
-from hf_clm.recipe_parser import parse_recipe, read_recipe_yaml, resolve_paths
-from hf_clm.run_files import RECIPE_FILENAME
+from hf_clm.recipe.schema import save_recipe
+from hf_clm.recipe.parser import parse_recipe, read_recipe_yaml, resolve_paths
+from hf_clm.run.files import RECIPE_FILENAME
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -112,7 +112,7 @@ def test_trained_run_recipe_reparses_to_every_same_value(text_files, tmp_path):
     """Values equal to transformers' defaults but not to the package's are recorded too."""
     from conftest import recipe_args
 
-    from hf_clm.cli import main
+    from hf_clm.commands.cli import main
 
     flags = recipe_args(text_files, tmp_path / "run", "--max_steps", "4", "--eval_strategy", "no",
                         "--logging_steps", "500", "--save_strategy", "no", "--lr_scheduler_type", "cosine",
@@ -185,7 +185,7 @@ def test_unquoted_no_is_the_strategy_no(text_files, tmp_path):
 
 
 def test_help_shows_the_recipe_argument_and_auto(capsys):
-    from hf_clm.cli import main
+    from hf_clm.commands.cli import main
 
     for command in ("train", "prepare"):
         assert main([command, "--help"]) == 0
@@ -217,8 +217,8 @@ def test_optim_muon_is_recorded_as_given_and_trainer_holds_its_adamw_half(tmp_pa
 
 
 def test_the_key_names_read_from_source_are_the_dataclasses_keys():
-    from hf_clm.recipe import recipe_fields
-    from hf_clm.recipe_keys import recipe_key_names
+    from hf_clm.recipe.schema import recipe_fields
+    from hf_clm.recipe.keys import recipe_key_names
 
     assert sorted(recipe_key_names()) == sorted(f.name for f in recipe_fields())
 
@@ -229,7 +229,7 @@ def test_a_misspelt_key_is_reported_before_torch_or_transformers_is_imported(tmp
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("block_sise: 32\npeft: {method: lora}\n")
-    code = ("import sys; from hf_clm.cli import main; code = main(['train', sys.argv[1], '--max-step', '3']); "
+    code = ("import sys; from hf_clm.commands.cli import main; code = main(['train', sys.argv[1], '--max-step', '3']); "
             "print(code, 'torch' in sys.modules, 'transformers' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code, str(recipe)], capture_output=True, text=True, timeout=60)
     assert result.stdout.split() == ["2", "False", "False"], result.stderr[-2000:]
@@ -241,6 +241,5 @@ def test_a_misspelt_key_is_reported_before_torch_or_transformers_is_imported(tmp
 def test_the_checkpoint_prefix_is_transformers_own():
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-    from hf_clm import run_files
-
+    from hf_clm.run import files as run_files
     assert run_files.PREFIX_CHECKPOINT_DIR == PREFIX_CHECKPOINT_DIR

@@ -10,7 +10,7 @@ import warnings
 import pytest
 import yaml
 
-from hf_clm.report import comparison_markdown, curve_series, curves_figure, read_run, write_report
+from hf_clm.evaluation.report import comparison_markdown, curve_series, curves_figure, read_run, write_report
 
 
 def fake_run(path, perplexities, step=10, history=(), **summary):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import ONE_THREAD, hf_clm_command, recipe_args, run_hf_clm, subprocess_env, write_corpus
 
-from hf_clm.checkpoints import is_complete_checkpoint, newest_complete_checkpoint
+from hf_clm.training.checkpoints import is_complete_checkpoint, newest_complete_checkpoint
 
 pytestmark = pytest.mark.full  # real processes, one of them killed
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 from conftest import recipe_args
 
-from hf_clm.cli import main
+from hf_clm.commands.cli import main
 
 
 def error_of(capsys, *argv: str) -> str:
@@ -95,7 +95,7 @@ def test_throughput_counts_training_time_across_a_resume(text_files, tmp_path):
 def test_flops_per_token_counts_six_per_weight_and_attention():
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from hf_clm.throughput import flops_per_token
+    from hf_clm.training.throughput import flops_per_token
 
     model = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_positions=16, n_embd=32, n_layer=2, n_head=2))
     weights = model.num_parameters() - 16 * 32  # position embeddings are a lookup
@@ -122,7 +122,7 @@ BAD_SWITCHES = [
                                                              for i, (_, m) in enumerate(BAD_SWITCHES)])
 def test_a_training_switch_that_cannot_work_is_one_error_line(flags, message, text_files, tmp_path, capsys,
                                                              monkeypatch):
-    monkeypatch.setattr("hf_clm.recipe_checks.installed", lambda package: True)  # as where flash-attn is
+    monkeypatch.setattr("hf_clm.recipe.checks.installed", lambda package: True)  # as where flash-attn is
     err = error_of(capsys, "train", *recipe_args(text_files, tmp_path / "run", *flags))
     assert message in err
     assert not (tmp_path / "run").exists()
@@ -148,7 +148,7 @@ def test_muon_on_a_pretrained_model_without_hidden_matrices_is_an_error(text_fil
     ["prepare", "--my-token=hf_SECRETvalue123", "--output_dir", "x"],
 ])
 def test_the_lock_records_the_command_with_secret_values_masked(tmp_path, monkeypatch, argv):
-    from hf_clm.locks import folder_lock
+    from hf_clm.run.locks import folder_lock
 
     monkeypatch.setattr(sys, "argv", ["hf-clm", *argv])
     with folder_lock(tmp_path / "run", "output_dir") as lock:
@@ -162,7 +162,7 @@ def test_a_tied_head_is_no_missing_key_when_a_checkpoint_loads(tmp_path, monkeyp
     from torch.nn.modules.module import _IncompatibleKeys
     from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
 
-    from hf_clm.trainer import CausalLMTrainer, tied_parameter_names
+    from hf_clm.training.trainer import CausalLMTrainer, tied_parameter_names
 
     model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2))
     assert tied_parameter_names(model) == {"transformer.wte.weight", "lm_head.weight"}

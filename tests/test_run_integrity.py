@@ -30,9 +30,9 @@ from conftest import (
     subprocess_env,
 )
 
-from hf_clm.artifacts import finished_marker_problem, json_text, write_json
-from hf_clm.checkpoints import checkpoint_problem, checkpoints
-from hf_clm.run_files import LOCK_FILENAME, PERPLEXITY_FILENAME
+from hf_clm.run.artifacts import finished_marker_problem, json_text, write_json
+from hf_clm.training.checkpoints import checkpoint_problem, checkpoints
+from hf_clm.run.files import LOCK_FILENAME, PERPLEXITY_FILENAME
 
 SECRET = "hf_secretTokenThatMustNeverBeWritten77"
 
@@ -153,7 +153,7 @@ def test_a_write_that_fails_on_a_full_disk_leaves_the_old_file_whole(tmp_path):
     path = tmp_path / "perplexity.json"
     path.write_text('{"perplexity": 3.0}\n')
     code = ("import signal, resource; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-            "resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100)); from hf_clm.artifacts import write_json; "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100)); from hf_clm.run.artifacts import write_json; "
             f"write_json({{'perplexity': 2.0, 'padding': 'x' * 1000}}, {str(path)!r})")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0 and "File too large" in result.stderr
@@ -465,8 +465,8 @@ PEAK_SCRIPT = """
 import resource, sys
 from datasets import Dataset, DatasetDict
 from transformers import AutoTokenizer
-from hf_clm.blocks import build_blocks
-from hf_clm.recipe import DataArguments
+from hf_clm.data.blocks import build_blocks
+from hf_clm.recipe.schema import DataArguments
 text = open(sys.argv[2], encoding="utf-8").read()
 docs = [text] if sys.argv[1] == "one" else text.split(". ")
 raw = DatasetDict(train=Dataset.from_dict({"text": docs}), validation=Dataset.from_dict({"text": ["a b"] * 4}))

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from conftest import make_documents, recipe_args
 
-from hf_clm.cli import main
+from hf_clm.commands.cli import main
 
 pytestmark = pytest.mark.full  # a training per case
 

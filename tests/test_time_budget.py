@@ -8,9 +8,9 @@ import torch
 from conftest import recipe_args
 from transformers import TrainingArguments
 
-from hf_clm.cli import main
+from hf_clm.commands.cli import main
 from hf_clm.errors import HfClmError
-from hf_clm.time_budget import BudgetClock, BudgetStop, budget_schedule
+from hf_clm.training.time_budget import BudgetClock, BudgetStop, budget_schedule
 
 
 class FakeClock:

@@ -3,10 +3,10 @@ from conftest import SHARED_DATA, make_documents, requires_shared_data
 from datasets import Dataset
 from transformers import AutoTokenizer
 
-from hf_clm.collator import causal_lm_collator
+from hf_clm.data.collator import causal_lm_collator
 from hf_clm.errors import first_line
-from hf_clm.recipe import ModelArguments
-from hf_clm.tokenizer import EOS_TOKEN, PAD_TOKEN, load_pretrained_tokenizer, train_or_load_tokenizer
+from hf_clm.recipe.schema import ModelArguments
+from hf_clm.data.tokenizer import EOS_TOKEN, PAD_TOKEN, load_pretrained_tokenizer, train_or_load_tokenizer
 
 
 def train_split(extra: str = "") -> Dataset:
@@ -63,7 +63,7 @@ def test_pretrained_gpt2_tokenizer_is_left_as_it_is():
 def test_vocab_size_beyond_what_the_corpus_holds_is_said(caplog):
     import logging
 
-    with caplog.at_level(logging.WARNING, logger="hf_clm.tokenizer"):
+    with caplog.at_level(logging.WARNING, logger="hf_clm.data.tokenizer"):
         tokenizer = train_or_load_tokenizer(ModelArguments(train_tokenizer=True, vocab_size=100_000), train_split())
     assert len(tokenizer) < 100_000
     assert f"The BPE learned {len(tokenizer):,} tokens, fewer than vocab_size 100,000" in caplog.text

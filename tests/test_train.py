@@ -8,10 +8,10 @@ import torch
 from conftest import recipe_args, write_corpus
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hf_clm.cli import main
-from hf_clm.evaluation import blocks_scores
-from hf_clm.recipe_parser import parse_recipe
-from hf_clm.train import run
+from hf_clm.commands.cli import main
+from hf_clm.evaluation.scoring import blocks_scores
+from hf_clm.recipe.parser import parse_recipe
+from hf_clm.training.train import run
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,8 @@ def test_saved_run_reloads_and_reproduces_its_perplexity(finished_run):
     assert counts["validation"]["dropped"] < 32
     assert counts["train"]["kept"] + counts["train"]["dropped"] == counts["train"]["tokens"]
     # re-evaluate the validation blocks outside Trainer: the same token-weighted figure
-    from hf_clm.blocks import build_blocks
-    from hf_clm.corpus import load_corpus
+    from hf_clm.data.blocks import build_blocks
+    from hf_clm.data.corpus import load_corpus
 
     recipe = parse_recipe([str(output_dir / "recipe.yaml")])
     blocks, _ = build_blocks(load_corpus(recipe.data_args), tokenizer, recipe.data_args)
@@ -82,7 +82,7 @@ def test_run_writes_its_report_with_plots(finished_run):
 
 
 def test_summary_says_when_the_model_is_worse_than_the_unigram_baseline():
-    from hf_clm.figures import baseline_comparison
+    from hf_clm.run.figures import baseline_comparison
 
     assert baseline_comparison(20.0, 600.0) == "model is 30.0x lower"
     assert baseline_comparison(50.0, 25.0).startswith("model is 2.0x HIGHER: worse than counting tokens")
@@ -114,8 +114,8 @@ def test_named_evaluation_sets_are_evaluated_and_reported_by_name(text_files, tm
     assert set(written["eval_sets"]) == {"shifted", "docs"}
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| run | set | perplexity |" in report and "| shifted |" in report and "| docs |" in report
-    from hf_clm.card import model_card
-    from hf_clm.publish import PublishOptions, publication
+    from hf_clm.hub.card import model_card
+    from hf_clm.hub.publish import PublishOptions, publication
 
     card = str(model_card(publication(tmp_path / "run", PublishOptions(license="none")), "tester/sets"))
     assert "| shifted |" in card and "name: docs" in card, card

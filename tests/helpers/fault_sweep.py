@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from conftest import file_size_limit, hf_clm_command, recipe_args, subprocess_env, write_corpus  # noqa: E402
 
-from hf_clm.artifacts import PERPLEXITY_FILENAME, finished_marker_problem  # noqa: E402
+from hf_clm.run.artifacts import PERPLEXITY_FILENAME, finished_marker_problem  # noqa: E402
 
 FLAGS = ("--max_steps", "40", "--save_steps", "10", "--eval_steps", "20")
 ENV = subprocess_env({"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})

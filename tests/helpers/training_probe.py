@@ -18,8 +18,8 @@ from pathlib import Path
 from torch.distributed.tensor import DTensor
 from transformers import TrainerCallback
 
-import hf_clm.train as train
-from hf_clm.cli import main
+import hf_clm.training.train as train
+from hf_clm.commands.cli import main
 
 record_dir, flags = Path(sys.argv[1]), sys.argv[2:]
 built, batches, held = [], [], {}

@@ -1,0 +1,1 @@
+"""Text to blocks: sources, corpus, held-out split, tokenizer, blocks, collator, attention scope, prepare."""

@@ -1,0 +1,1 @@
+"""Scoring text: the one log-likelihood engine, the evaluate metric, explain, and reports."""

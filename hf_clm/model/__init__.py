@@ -1,0 +1,1 @@
+"""The model: built from a recipe (scratch, pretrained, LoRA/QLoRA), loaded for inference, merged, sampled."""

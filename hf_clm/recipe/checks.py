@@ -1,0 +1,347 @@
+"""Recipe checks: each value against its key's type, choices and range, then the keys against
+each other. Every problem is a message naming the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import importlib.util
+import math
+import re
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hf_clm.errors import HfClmError
+from hf_clm.recipe.schema import DOCUMENT_SCOPE_KERNELS, MUON, RECIPE_CLASSES, WSD, Recipe, recipe_fields
+from hf_clm.run.files import ADAPTER_CONFIG
+
+
+@functools.cache
+def field_types() -> dict[str, Any]:
+    """Each recipe key's declared type (from the annotations: HfArgumentParser narrows ``Field.type``)."""
+    hints: dict[str, Any] = {}
+    for cls in RECIPE_CLASSES:
+        hints.update(typing.get_type_hints(cls))
+    return {f.name: hints[f.name] for f in recipe_fields()}
+
+
+def type_members(kind) -> tuple:
+    origin = typing.get_origin(kind)
+    return typing.get_args(kind) if origin in (typing.Union, types.UnionType) else (kind,)
+
+
+def is_optional(kind) -> bool:
+    return type(None) in type_members(kind)
+
+
+def coerce_value(value: Any, kind) -> Any:
+    """``value`` as the type member ``kind`` accepts it, or ValueError. Strings are read as on the
+    command line (PyYAML reads `3e-4` as text)."""
+    origin = typing.get_origin(kind)
+    if kind is type(None):
+        if value is None:
+            return None
+    elif kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.strip().lower() in ("true", "yes", "1")
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+            return int(value)
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif isinstance(kind, type) and issubclass(kind, enum.Enum):
+        choices = [member.value for member in kind]
+        if value is False and "no" in choices:  # YAML 1.1 reads an unquoted `no` as false
+            return "no"
+        if isinstance(value, str) and value in choices:
+            return value
+    elif origin is typing.Literal:
+        if value in typing.get_args(kind):
+            return value
+    elif origin is list or kind is list:
+        items = [value] if isinstance(value, str) else value  # `train_files: data.txt` means a list of one
+        if isinstance(items, list) and items and all(
+                isinstance(item, (str, int, float)) and not isinstance(item, bool) for item in items):
+            return [str(item) for item in items]
+    elif origin is dict or kind is dict:
+        if isinstance(value, dict):
+            return value
+    else:
+        return value  # a type the recipe does not check (e.g. accelerate's ParallelismConfig)
+    raise ValueError(value)
+
+
+def kind_words(kind) -> str:
+    origin = typing.get_origin(kind)
+    if kind is type(None):
+        return "null"
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return "one of " + ", ".join(str(member.value) for member in kind)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(kind)))
+    if origin is list or kind is list:
+        return "text or a list of text"
+    if origin is dict or kind is dict:
+        return "a mapping"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "text"}.get(kind, str(kind))
+
+
+def shown_value(value: Any) -> str:
+    return "an empty value" if value is None else repr(value)
+
+
+def checked_value(key: str, value: Any, name: str | None = None) -> Any:
+    """The recipe value converted to the key's type; HfClmError naming the key (as the recipe spells it,
+    ``name``), the value and what is allowed."""
+    name = name or key
+    if key == "optim" and value == MUON:  # not one of transformers' OptimizerNames: the package's own
+        return value
+    members = type_members(field_types()[key])
+    if any(isinstance(m, type) and issubclass(m, enum.Enum) for m in members):
+        members = tuple(m for m in members if m is not str)  # `IntervalStrategy | str`: the str is a member's name
+    if isinstance(value, bool):  # true/false means a bool where the key takes one
+        members = sorted(members, key=lambda m: m is not bool)
+    for member in members:
+        try:
+            return within_choices(key, coerce_value(value, member), name)
+        except ValueError:
+            continue
+    if value is None:
+        raise HfClmError(f"{name} has no value; give {kind_words(members[0])} or remove the line")
+    allowed = " or ".join(dict.fromkeys(kind_words(m) for m in members))
+    raise HfClmError(f"{name} must be {allowed}, not {shown_value(value)}")
+
+
+@functools.cache
+def field_choices() -> dict[str, list]:
+    """The keys whose values are declared on their field (``metadata={"choices": [...]}``)."""
+    return {f.name: f.metadata["choices"] for f in recipe_fields() if "choices" in f.metadata}
+
+
+def within_choices(key: str, value: Any, name: str) -> Any:
+    """The value, when its field declares choices and it is one of them (or unset)."""
+    choices = field_choices().get(key)
+    if value is not None and choices is not None and value not in choices:
+        raise HfClmError(f"{name} must be one of {', '.join(map(str, choices))}, not {value!r}")
+    return value
+
+
+def finite(value: float) -> bool:
+    return not (math.isnan(value) or math.isinf(value))
+
+
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds
+# The longest block (and position table) a recipe may ask for: 1M positions, far past any model
+# trained with this package, where a larger number is a typo that would allocate gigabytes.
+MAX_CONTEXT = 1 << 20
+
+# Range of each numeric key the recipe checks: (accepts the value, what is allowed, in words).
+# Checked on the parsed values before any dataclass is built, so before any data work.
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{key: (lambda v: v >= 1, "an integer >= 1") for key in (
+        "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "n_layer",
+        "n_head", "n_embd", "tokenize_batch_size", "shuffle_buffer_size", "max_train_samples", "max_eval_samples",
+        "preprocessing_num_workers", "lora_r", "save_total_limit")},
+    "block_size": (lambda v: 2 <= v <= MAX_CONTEXT, f"an integer from 2 (one input and one target) to {MAX_CONTEXT:,}"),
+    "n_positions": (lambda v: 2 <= v <= MAX_CONTEXT, f"an integer from 2 to {MAX_CONTEXT:,}"),
+    "seed": (lambda v: 0 <= v <= MAX_SEED, f"an integer from 0 to {MAX_SEED:,} (2**32 - 1)"),
+    "data_seed": (lambda v: 0 <= v <= MAX_SEED, f"an integer from 0 to {MAX_SEED:,} (2**32 - 1)"),
+    "vocab_size": (lambda v: v >= 1, "an integer >= 1"),
+    "validation_split_percentage": (lambda v: 1 <= v <= 99, "an integer from 1 to 99 (perplexity needs held-out "
+                                                            "text; to train on every document give validation_files)"),
+    "max_steps": (lambda v: v == -1 or v >= 1, "an integer >= 1, or -1 to train num_train_epochs"),
+    "num_train_epochs": (lambda v: finite(v) and v > 0, "a number > 0"),
+    "learning_rate": (lambda v: finite(v) and v > 0, "a number > 0"),
+    "weight_decay": (lambda v: finite(v) and v >= 0, "a number >= 0"),
+    "max_grad_norm": (lambda v: finite(v) and v >= 0, "a number >= 0 (0 = no clipping)"),
+    "warmup_steps": (lambda v: finite(v) and v >= 0, "a number >= 0"),
+    "adam_beta1": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "adam_beta2": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "adam_epsilon": (lambda v: finite(v) and v > 0, "a number > 0"),
+    "dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "lora_dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "lora_alpha": (lambda v: v > 0, "an integer > 0"),
+    "logging_steps": (lambda v: finite(v) and v > 0, "a number > 0 (below 1: a fraction of the training steps)"),
+    "eval_steps": (lambda v: finite(v) and v > 0, "a number > 0 (below 1: a fraction of the training steps)"),
+    "save_steps": (lambda v: finite(v) and v > 0, "a number > 0 (below 1: a fraction of the training steps)"),
+    "dataloader_num_workers": (lambda v: v >= 0, "an integer >= 0"),
+    "peak_tflops": (lambda v: finite(v) and v > 0, "a number > 0"),
+    "max_tokens": (lambda v: v >= 1, "an integer >= 1"),
+    "max_train_seconds": (lambda v: finite(v) and v > 0, "a number of seconds > 0"),
+    "muon_learning_rate": (lambda v: finite(v) and v > 0, "a number > 0"),
+    "muon_momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "rehearse": (lambda v: v >= 1, "an integer >= 1 (the optimizer steps to rehearse)"),
+}
+
+
+def range_problems(values: dict[str, Any]) -> list[str]:
+    return [f"{key} must be {allowed}, not {values[key]!r}" for key, (accepts, allowed) in RANGES.items()
+            if values.get(key) is not None and not accepts(values[key])]
+
+
+def recipe_problems(recipe: Recipe) -> list[str]:
+    model, data = recipe.model_args, recipe.data_args
+    problems = []
+    sources = [name for name in ("dataset_name", "train_files", "builtin_corpus") if getattr(data, name)]
+    if len(sources) != 1:
+        problems.append("set exactly one of dataset_name, train_files or builtin_corpus"
+                        + (f" (got {', '.join(sources)}; unset one with --KEY none)" if sources else ""))
+    if model.train_tokenizer and model.tokenizer_name_or_path:
+        problems.append("set train_tokenizer: true or tokenizer_name_or_path, not both")
+    if model.train_tokenizer and model.model_name_or_path:
+        problems.append(f"train_tokenizer: true with model_name_or_path '{model.model_name_or_path}': a pretrained "
+                        f"model only works with the tokenizer it was trained with; drop train_tokenizer (or "
+                        f"model_name_or_path, to train from scratch)")
+    if not (model.train_tokenizer or model.tokenizer_name_or_path or model.model_name_or_path):
+        problems.append("no tokenizer: set train_tokenizer: true, tokenizer_name_or_path or model_name_or_path")
+    if model.train_tokenizer and model.vocab_size < 260:
+        problems.append(f"vocab_size must be at least 260 (256 bytes + special tokens), not {model.vocab_size}")
+    if data.streaming and recipe.training_args.max_steps <= 0 and recipe.run_args.max_tokens is None \
+            and recipe.run_args.max_train_seconds is None:
+        problems.append("streaming: true needs max_steps, max_tokens or max_train_seconds (a stream has no length to "
+                        "count epochs by)")
+    if data.streaming and data.prepared_dataset:
+        problems.append("set streaming: true or prepared_dataset, not both")
+    if model.model_name_or_path and (Path(model.model_name_or_path) / ADAPTER_CONFIG).is_file():
+        problems.append(f"model_name_or_path {model.model_name_or_path} is a LoRA adapter ({ADAPTER_CONFIG}), not a "
+                        f"model; merge it into its base model first (hf-clm merge {model.model_name_or_path}) and "
+                        f"train from the merged folder")
+    if model.peft_method and not model.model_name_or_path:
+        problems.append("peft fine-tunes a pretrained model: set model_name_or_path (a checkpoint or Hub id)")
+    if model.load_in_4bit and model.peft_method != "lora":
+        problems.append("load_in_4bit trains LoRA adapters on a 4-bit base (QLoRA): add peft: {method: lora}")
+    if recipe.run_args.merge_adapter and not model.peft_method:
+        problems.append("merge_adapter: true needs a peft adapter (peft: {method: lora})")
+    if not model.model_name_or_path and model.n_head > 0 and model.n_embd % model.n_head:
+        problems.append(f"n_embd ({model.n_embd}) must be divisible by n_head ({model.n_head})")
+    problems += training_switch_problems(recipe) + inapplicable_key_problems(recipe)
+    return problems
+
+
+def training_switch_problems(recipe: Recipe) -> list[str]:
+    """Attention scope, optimizer, schedule and token budget."""
+    model, training, run = recipe.model_args, recipe.training_args, recipe.run_args
+    problems = []
+    if model.attention_scope == "document" and model.attn_implementation not in DOCUMENT_SCOPE_KERNELS:
+        problems.append(f"attention_scope: document cannot be honoured by attn_implementation "
+                        f"{model.attn_implementation} (it attends across documents in a batch of blocks); use one "
+                        f"of {', '.join(DOCUMENT_SCOPE_KERNELS)}")
+    if model.attention_scope == "document" and training.use_cache:
+        problems.append("attention_scope: document needs use_cache: false (with a KV cache transformers ignores "
+                        "the document boundaries)")
+    if recipe.uses_muon() and (training.fsdp or training.deepspeed):
+        problems.append("optim: muon needs whole weight matrices: not with fsdp or deepspeed (use DDP)")
+    if run.max_tokens is not None and training.max_steps > 0:
+        problems.append(f"set max_tokens or max_steps, not both (max_tokens {run.max_tokens:,} gives the steps "
+                        f"from the global batch)")
+    if training.lr_scheduler_type == WSD:
+        kwargs = training.lr_scheduler_kwargs if isinstance(training.lr_scheduler_kwargs, dict) else {}
+        if not {"num_decay_steps", "decay_ratio"} & set(kwargs):
+            problems.append("lr_scheduler_type: warmup_stable_decay needs lr_scheduler_kwargs with decay_ratio "
+                            "(fraction of the steps spent decaying, e.g. {decay_ratio: 0.2}) or num_decay_steps")
+        elif "decay_ratio" in kwargs and training.max_steps <= 0 and run.max_tokens is None \
+                and run.max_train_seconds is None:
+            problems.append("lr_scheduler_kwargs decay_ratio needs max_steps, max_tokens or max_train_seconds")
+    problems += time_budget_problems(recipe)
+    return problems
+
+
+
+
+def changed_keys(values: Any, keys: tuple[str, ...]) -> list[str]:
+    """The keys whose value differs from their field's default."""
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(values)}
+    return [key for key in keys if getattr(values, key) != defaults[key]]
+
+
+def inapplicable_key_problems(recipe: Recipe) -> list[str]:
+    """Keys set for an optimizer or method the recipe does not use: refused rather than ignored."""
+    model, run = recipe.model_args, recipe.run_args
+    problems = []
+    if not recipe.uses_muon() and (muon := changed_keys(run, MUON_KEYS)):
+        problems.append(f"{', '.join(muon)} applies to optim: muon only; set optim: muon or unset it")
+    if not model.peft_method and (lora := changed_keys(model, LORA_KEYS)):
+        problems.append(f"{', '.join(lora)} applies to peft: {{method: lora}} only; add the peft section or unset it")
+    if not model.load_in_4bit and (bnb := changed_keys(model, BNB_KEYS)):
+        problems.append(f"{', '.join(bnb)} applies to load_in_4bit: true only; set it or unset {', '.join(bnb)}")
+    return problems
+
+
+MUON_KEYS = ("muon_learning_rate", "muon_momentum")
+LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_modules_to_save")
+BNB_KEYS = ("bnb_4bit_quant_type", "bnb_4bit_compute_dtype", "bnb_4bit_use_double_quant")
+# Optional integrations: the package each needs, and how to install it.
+TRACKER_PACKAGES = {"wandb": ("wandb",), "tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",),
+                    "trackio": ("trackio",), "comet_ml": ("comet_ml",), "clearml": ("clearml",),
+                    "neptune": ("neptune",), "dvclive": ("dvclive",), "swanlab": ("swanlab",),
+                    "codecarbon": ("codecarbon",), "azure_ml": ("azureml",), "flyte": ("flytekit",),
+                    "dagshub": ("dagshub",)}
+PIP_NAMES = {"tensorboard": "tensorboard", "azureml": "azureml-core", "flytekit": "flytekit"}
+KERNEL_PACKAGES = {"flash_attention_2": ("flash_attn", "flash-attn"), "flash_attention_3": ("flash_attn_3", "flash-attn-3")}
+
+
+def installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
+def integration_problems(values: dict[str, Any]) -> list[str]:
+    """Optional packages the recipe's values need (trackers, DeepSpeed, attention kernels), checked
+    before anything is built (TrainingArguments itself imports DeepSpeed), with the line that
+    installs each."""
+    report_to = values.get("report_to") or []
+    trackers = [report_to] if isinstance(report_to, str) else list(report_to)
+    problems = []
+    for tracker in trackers:
+        packages = TRACKER_PACKAGES.get(tracker)
+        if packages and not any(installed(p) for p in packages):
+            problems.append(f"report_to: {tracker} needs the {packages[0]} package: pip install "
+                            f"{PIP_NAMES.get(packages[0], packages[0])} (or drop {tracker} from report_to)")
+    if values.get("deepspeed") and not installed("deepspeed"):
+        problems.append(f"deepspeed: {values['deepspeed']} needs the deepspeed package: pip install "
+                        f"'hf-clm[deepspeed]'")
+    kernel = values.get("attn_implementation")
+    if kernel in KERNEL_PACKAGES and not installed(KERNEL_PACKAGES[kernel][0]):
+        pip_name = KERNEL_PACKAGES[kernel][1]
+        problems.append(f"attn_implementation: {kernel} needs the {pip_name} package (CUDA only): pip install "
+                        f"{pip_name}; or use attn_implementation: sdpa")
+    return problems
+
+
+def time_budget_problems(recipe: Recipe) -> list[str]:
+    """``max_train_seconds`` is the run's length: not with another length, and the schedule's phases
+    as fractions of it."""
+    training, run = recipe.training_args, recipe.run_args
+    if run.max_train_seconds is None:
+        return []
+    problems = []
+    if training.max_steps > 0 or run.max_tokens is not None:
+        given = "max_steps" if training.max_steps > 0 else "max_tokens"
+        problems.append(f"set max_train_seconds or {given}, not both (the budget decides when training ends)")
+    if training.warmup_steps >= 1:
+        problems.append(f"with max_train_seconds, warmup_steps is a fraction of the budget (below 1, e.g. 0.05), "
+                        f"not {training.warmup_steps:g} steps")
+    kwargs = training.lr_scheduler_kwargs if isinstance(training.lr_scheduler_kwargs, dict) else {}
+    if "num_decay_steps" in kwargs:
+        problems.append("with max_train_seconds, give lr_scheduler_kwargs decay_ratio (a fraction of the budget), "
+                        "not num_decay_steps")
+    return problems

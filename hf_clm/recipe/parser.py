@@ -1,0 +1,364 @@
+"""Reading a recipe: YAML file and command-line flags -> a checked :class:`~hf_clm.recipe.schema.Recipe`.
+
+``HfArgumentParser`` builds the flags from the recipe's dataclasses (types, help and the choices
+declared on the fields); the YAML file's values, checked by :mod:`hf_clm.recipe.checks`, become
+the parser's defaults, so flags override them. Paths are resolved once, here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+from transformers.utils import is_torch_bf16_gpu_available
+
+from hf_clm.run.artifacts import output_folder_problem
+from hf_clm.errors import HfClmError, first_line
+from hf_clm.recipe.schema import (
+    UNBOUNDED_STEPS,
+    CORPUS_KEYS,
+    MUON,
+    PACKAGE_DEFAULTS,
+    PATH_KEYS,
+    PATH_OR_HUB_KEYS,
+    PEFT_SECTION,
+    RECIPE_CLASSES,
+    SOURCE_KEYS,
+    TOKENIZER_KEYS,
+    Recipe,
+)
+from hf_clm.recipe.checks import (
+    checked_value,
+    field_types,
+    integration_problems,
+    is_optional,
+    range_problems,
+    recipe_problems,
+)
+from hf_clm.recipe.keys import recipe_key_names, unknown_key_message
+
+# `--key none` (or null, or '') unsets an optional key; report_to's 'none' is a value of its own.
+NULL_SPELLINGS = ("none", "null", "")
+NULLABLE_EXCEPTIONS = {"report_to"}
+# Values of the package's own that TrainingArguments' flags do not list.
+PACKAGE_VALUES = {"optim": (MUON,)}
+NOT_A_PATH = {"auto"}  # resume_from_checkpoint: auto
+RECIPE_USAGE = "%(prog)s [RECIPE] [--key value ...]"
+RECIPE_EPILOG = ("resume_from_checkpoint also takes 'auto': the newest complete checkpoint in output_dir, or a "
+                 "fresh start when there is none; 'none' (the default): start fresh. optim also takes 'muon' "
+                 "(Muon for the hidden weight matrices, AdamW for the rest).")
+
+
+class RecipeArgumentParser(HfArgumentParser):
+    def error(self, message: str):
+        # argparse would print the whole usage block; one line that names the key and value is enough.
+        raise HfClmError(flag_error_message(message))
+
+
+def flag_error_message(message: str) -> str:
+    """argparse's complaint about a flag, as `KEY must be WHAT, not VALUE`."""
+    kinds = {"int": "an integer", "float": "a number", "string_to_bool": "true or false"}
+    bad = re.match(r"argument --([\w-]+)[^:]*: invalid (\w+) value: (.*)$", message)
+    if bad:
+        key, kind, value = bad.groups()
+        return f"{key.replace('-', '_')} must be {kinds.get(kind, kind)}, not {value}"
+    choice = re.match(r"argument --([\w-]+)[^:]*: invalid choice: (.*?) \(choose from (.*)\)$", message)
+    if choice:
+        key, value, allowed = choice.groups()
+        key = key.replace("-", "_")
+        allowed = ", ".join([allowed.replace("'", ""), *PACKAGE_VALUES.get(key, ())])
+        return f"{key} must be one of {allowed}, not {value}"
+    truthy = re.match(r"argument --([\w-]+)[^:]*: Truthy value expected: got (.*?) but", message)
+    if truthy:
+        return f"{truthy.group(1).replace('-', '_')} must be true or false, not '{truthy.group(2)}'"
+    missing = re.match(r"argument --([\w-]+)[^:]*: expected (.*)$", message)
+    if missing:
+        return f"--{missing.group(1).replace('-', '_')} needs a value (expected {missing.group(2)})"
+    return f"invalid recipe value: {message}"
+
+
+def package_values(flags: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """Flag values argparse cannot take as they are, taken out of ``flags`` and returned as values:
+    ``--key none`` (or null, or '') unsets an optional key, and ``--optim muon`` names the package's
+    own optimizer."""
+    nullable = {key for key, kind in field_types().items() if is_optional(kind)} - NULLABLE_EXCEPTIONS
+    kept: list[str] = []
+    values: dict[str, Any] = {}
+    index = 0
+    while index < len(flags):
+        arg = flags[index]
+        name, has_value, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if not has_value and index + 1 < len(flags):
+            value = flags[index + 1]
+        taken = 1 if has_value else 2
+        if name in nullable and (has_value or index + 1 < len(flags)) and value.strip().lower() in NULL_SPELLINGS:
+            values[name] = None
+        elif name in PACKAGE_VALUES and value in PACKAGE_VALUES[name]:
+            values[name] = value
+        else:
+            kept.append(arg)
+            taken = 1
+        index += taken
+    return kept, values
+
+
+def recipe_parser(command: str = "train") -> HfArgumentParser:
+    parser = RecipeArgumentParser(RECIPE_CLASSES, prog=f"hf-clm {command}", usage=RECIPE_USAGE,
+                                  description=COMMAND_DESCRIPTIONS[command], epilog=RECIPE_EPILOG)
+    parser.set_defaults(**PACKAGE_DEFAULTS)
+    return parser
+
+
+COMMAND_DESCRIPTIONS = {
+    "train": "Train a causal LM. RECIPE (a YAML file, first or after the flags) gives values; flags override "
+             "them; a corpus flag (--dataset_name, --train_files, --builtin_corpus) replaces the recipe's whole "
+             "corpus source; '--key none' unsets an optional key.",
+    "prepare": "Tokenize a recipe's corpus and cut it into blocks once, into its prepared_dataset folder. "
+               "RECIPE and flags as for 'hf-clm train'. Its own flags: --shard I --num_shards N prepares the I-th "
+               "of N parts of the training documents (one machine or process each, side by side); "
+               "--tokenizer_only trains (or copies) the tokenizer into the folder, once, before the shards.",
+    "plan": "Size a recipe's run without running it. RECIPE and flags as for 'hf-clm train'.",
+    "perplexity": "The documents a recipe's training validates on.",
+}
+# The commands that run a recipe: they write into its folder and need its optional packages. plan sizes
+# a run for another machine and perplexity --recipe reads the recipe's validation documents: neither.
+RUNNING_COMMANDS = ("train", "prepare")
+
+
+def flatten_peft_section(values: dict[str, Any], path: Path) -> dict[str, Any]:
+    section = values.pop("peft", None)
+    if section is None:
+        return values
+    if not isinstance(section, dict):
+        raise HfClmError(f"recipe {path}: peft must be a mapping such as {{method: lora, r: 8}}")
+    for key, value in section.items():
+        if key not in PEFT_SECTION:
+            close = difflib.get_close_matches(key, PEFT_SECTION, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; keys: {', '.join(PEFT_SECTION)}"
+            raise HfClmError(f"unknown key '{key}' in the peft section of {path}{hint}")
+        values[PEFT_SECTION[key]] = value
+    return values
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (not: the last wins)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise HfClmError(f"key '{key}' appears twice (lines {seen[key]} and {line}); keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_recipe_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise HfClmError(f"recipe {path} is not UTF-8 text (byte {err.start}, 0x{err.object[err.start]:02x}); "
+                         f"save it as UTF-8") from None
+
+
+def read_recipe_yaml(path: str | Path) -> dict[str, Any]:
+    """The recipe file's values, each checked against its key's type."""
+    path = Path(path)
+    if not path.is_file():
+        raise HfClmError(f"recipe file {path} does not exist")
+    text = read_recipe_text(path)
+    try:
+        values = yaml.load(text, Loader=UniqueKeyLoader) or {}
+    except yaml.YAMLError as err:
+        raise HfClmError(f"recipe {path} is not valid YAML: {first_line(err)}") from None
+    except HfClmError as err:
+        raise HfClmError(f"recipe {path}: {err}") from None
+    if not isinstance(values, dict):
+        raise HfClmError(f"recipe {path} must be a mapping of key: value, not {type(values).__name__}")
+    raw_keys = set(values)
+    values = flatten_peft_section(values, path)
+    known = set(recipe_key_names())
+    problems = [unknown_key_message(str(key), str(path)) for key in values if key not in known]
+    if problems:
+        raise HfClmError("; ".join(problems))
+    names = {flat: f"peft {key}" for key, flat in PEFT_SECTION.items()} if "peft" in raw_keys else {}
+    try:
+        return {key: checked_value(key, value, names.get(key)) for key, value in values.items()}
+    except HfClmError as err:
+        raise HfClmError(f"recipe {path}: {err}") from None
+
+
+def looks_local(value: str) -> bool:
+    """A path rather than a Hub id: written as one, or naming something that exists here (the
+    rule ``from_pretrained`` and ``load_dataset`` follow: an existing local folder wins)."""
+    return value.startswith(("~", "/", "./", "../")) or value in (".", "..") or Path(value).expanduser().exists()
+
+
+def absolute_path(value: str) -> str:
+    """``~`` expanded, then relative to the current directory; globs kept (``*.txt`` stays a glob)."""
+    return str(Path(os.path.abspath(os.path.expanduser(value))))
+
+
+def resolve_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """Every path key resolved once, the same way, at parse time: ``~`` expanded and relative
+    paths taken from the current directory, made absolute. The saved ``recipe.yaml`` therefore
+    holds absolute paths and repeats the run from any directory."""
+    values = dict(values)
+    for key in PATH_KEYS + PATH_OR_HUB_KEYS:
+        value = values.get(key)
+        if isinstance(value, (list, tuple)):
+            values[key] = [absolute_path(v) if isinstance(v, str) else v for v in value]
+        elif isinstance(value, str) and value and value not in NOT_A_PATH and not value.lstrip().startswith("{") \
+                and (key in PATH_KEYS or looks_local(value)):
+            values[key] = absolute_path(value)
+    return values
+
+
+def canonical_flag(arg: str) -> str:
+    """`--train-files=x` -> `--train_files=x`: argparse accepts both spellings, and the logic that
+    looks at flag names (corpus sources, the default recipe) sees one."""
+    if not arg.startswith("--"):
+        return arg
+    name, sep, value = arg.partition("=")
+    return name.replace("-", "_").replace("__", "--", 1) + sep + value
+
+
+def flag_names(flags: list[str]) -> set[str]:
+    return {a[2:].split("=")[0] for a in flags if a.startswith("--")}
+
+
+def is_recipe_path(arg: str) -> bool:
+    return not arg.startswith("-") and arg.lower().endswith((".yaml", ".yml"))
+
+
+def split_recipe_argv(argv: list[str], command: str = "train") -> tuple[str | None, list[str]]:
+    """`[RECIPE] [--flag value ...]` or `[--flag value ...] RECIPE` -> (recipe path or None, flags)."""
+    argv = [canonical_flag(a) for a in argv]
+    if argv and not argv[0].startswith("-"):
+        return argv[0], argv[1:]
+    # A recipe after the flags: the one leftover .yaml that no flag took as its value.
+    _, leftover = recipe_parser(command).parse_known_args(package_values(argv)[0])
+    recipes = [a for a in leftover if is_recipe_path(a)]
+    if len(recipes) > 1:
+        raise HfClmError(f"several recipe files given ({', '.join(recipes)}); give one")
+    if recipes:
+        position = len(argv) - 1 - argv[::-1].index(recipes[0])
+        return recipes[0], argv[:position] + argv[position + 1:]
+    return None, argv
+
+
+def replaced_sources(values: dict[str, Any], flags: list[str]) -> dict[str, Any]:
+    """The recipe's values without those a source flag replaces: a corpus flag drops the recipe's
+    whole corpus source; a tokenizer or model_name_or_path flag drops its tokenizer choice."""
+    given = flag_names(flags)
+    dropped: set[str] = set()
+    if given & set(SOURCE_KEYS):
+        dropped |= set(CORPUS_KEYS)
+    if given & {"model_name_or_path", *TOKENIZER_KEYS}:
+        dropped |= set(TOKENIZER_KEYS)
+    return {key: value for key, value in values.items() if key not in dropped or key in given}
+
+
+def package_defaults() -> dict[str, Any]:
+    """Every TrainingArguments key's default as this package sets it (what a recipe without the key gets)."""
+    parsed = vars(recipe_parser().parse_args([]))
+    return {f.name: parsed[f.name] for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def parse_recipe(argv: list[str] | None = None, default_recipe: str | Path | None = None,
+                 command: str = "train", rehearsal: Callable[[dict, set], dict] | None = None) -> Recipe:
+    """Parse `[RECIPE.yaml] [--flag value ...]` into a validated :class:`Recipe`. ``rehearsal`` rewrites
+    the values of a recipe that sets ``rehearse`` (``train --rehearse K``) before they are checked."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    path, flags = split_recipe_argv(argv, command)
+    path = path or default_recipe
+    parser = recipe_parser(command)
+    if path is not None:
+        # Values from the file become the parser's defaults, so flags override them.
+        parser.set_defaults(**replaced_sources(read_recipe_yaml(path), flags))
+    flags_given = flag_names(flags)
+    flags, flag_values = package_values(flags)
+    namespace, remaining = parser.parse_known_args(flags)
+    if remaining:
+        flag = next((s for s in remaining if s.startswith("--")), None)
+        if flag is None:
+            raise HfClmError(f"unexpected argument '{remaining[0]}'; the recipe file must end in .yaml or .yml")
+        raise HfClmError(unknown_key_message(flag.lstrip("-").split("=")[0], "the command line"))
+    values = resolve_paths({**vars(namespace), **flag_values})
+    if rehearsal is not None and (values["rehearse"] or 0) >= 1:  # below 1: a range problem, reported below
+        values = rehearsal(values, flags_given)
+    writes = command in RUNNING_COMMANDS
+    problems = range_problems(values) + (output_dir_problems(values, command) if writes else [])
+    if packages := integration_problems(values) if writes else []:
+        raise HfClmError("invalid recipe: " + "; ".join(problems + packages))
+    given = {**values, **training_rewrites(values)}
+    try:
+        model_args, data_args, training_args, run_args = (
+            cls(**{f.name: given[f.name] for f in dataclasses.fields(cls) if f.init}) for cls in RECIPE_CLASSES)
+    except ValueError as err:
+        raise HfClmError("invalid recipe: " + "; ".join(problems or [first_line(err)])) from None
+    defaults = package_defaults()
+    training_values = {key: values[key] for key in defaults if values[key] != defaults[key]}
+    recipe = Recipe(model_args, data_args, training_args, run_args, training_values)
+    problems += recipe_problems(recipe)
+    if problems:
+        raise HfClmError("invalid recipe: " + "; ".join(problems))
+    apply_token_budget(recipe)
+    if recipe.run_args.max_train_seconds is None:
+        apply_decay_ratio(recipe)
+    else:  # the clock ends training; Trainer loops on a step count it never reaches
+        recipe.training_args.max_steps = UNBOUNDED_STEPS
+    return recipe
+
+
+def output_dir_problems(values: dict[str, Any], command: str) -> list[str]:
+    """The folder the command writes into (train: output_dir, prepare: prepared_dataset) must be one."""
+    key = "prepared_dataset" if command == "prepare" else "output_dir"
+    folder = values.get(key)
+    if folder in (None, "") and key == "output_dir":
+        return ["output_dir is empty; give the folder the run is written to"]
+    problem = output_folder_problem(Path(folder)) if folder else None
+    return [f"{key} {folder} {problem}; choose another folder"] if problem else []
+
+
+def training_rewrites(values: dict[str, Any]) -> dict[str, Any]:
+    """What TrainingArguments is given instead of the recipe's own value: the AdamW half of
+    ``optim: muon`` (Trainer gets the combined optimizer from :mod:`hf_clm.training.optimizer`), and
+    ``use_cpu`` for bf16 on a machine without a GPU (transformers asks for it; autocast then
+    runs on the CPU)."""
+    rewrites: dict[str, Any] = {}
+    if str(values["optim"]) == MUON:
+        rewrites["optim"] = "adamw_torch"
+    if values["bf16"] and not values["use_cpu"] and not torch.cuda.is_available() \
+            and not is_torch_bf16_gpu_available():
+        rewrites["use_cpu"] = True
+    return rewrites
+
+
+def apply_token_budget(recipe: Recipe) -> None:
+    """``max_tokens`` -> ``max_steps``, rounded up; the same steps on resume (same batch, same
+    processes), so the LR schedule, built from max_steps, agrees with the checkpoint's."""
+    if recipe.run_args.max_tokens is not None:
+        recipe.training_args.max_steps = -(-recipe.run_args.max_tokens // recipe.tokens_per_step())
+
+
+def apply_decay_ratio(recipe: Recipe) -> None:
+    """``lr_scheduler_kwargs: {decay_ratio: r}`` for warmup_stable_decay -> ``num_decay_steps``
+    = r x max_steps, so the decay phase follows a budget given in tokens."""
+    kwargs = recipe.training_args.lr_scheduler_kwargs
+    if isinstance(kwargs, dict) and "decay_ratio" in kwargs:  # a new dict: the recipe keeps decay_ratio
+        steps = round(float(kwargs["decay_ratio"]) * recipe.training_args.max_steps)
+        recipe.training_args.lr_scheduler_kwargs = {**{k: v for k, v in kwargs.items() if k != "decay_ratio"},
+                                                    "num_decay_steps": steps}
+
+
