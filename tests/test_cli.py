@@ -282,7 +282,7 @@ def test_bfloat16_on_cpu_agrees_with_float32(trained_dir, hf_clm):
         assert result.returncode == 0, result.stderr[-2000:]
         figures[dtype] = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["bfloat16"]["dtype"] == "bfloat16"
-    # bf16 keeps 8 bits of mantissa: within 2% on perplexity and bits per byte (measured: see README)
+    # bf16 keeps 8 bits of mantissa: within 2% on perplexity and bits per byte (measured: see docs/commands/perplexity.md)
     assert figures["bfloat16"]["perplexity"] == pytest.approx(figures["float32"]["perplexity"], rel=2e-2)
     assert figures["bfloat16"]["bits_per_byte"] == pytest.approx(figures["float32"]["bits_per_byte"], rel=2e-2)
     explained = hf_clm("explain", str(run_dir), "the cat sat on a mat", "--dtype", "bfloat16", "--json")
