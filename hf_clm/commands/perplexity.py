@@ -116,8 +116,8 @@ def main(argv: list[str], verbose: bool = False) -> int:
     args = parser().parse_args(argv)
     check_flag_ranges(args, RANGES)
     quiet_libraries(verbose)
-    from hf_clm.evaluation.scoring import checked_window, evaluate_texts
-    from hf_clm.model.build import context_length, device_description, load_for_inference
+    from hf_clm.evaluation.perplexity import perplexity_row
+    from hf_clm.model.build import load_for_inference
     from hf_clm.evaluation.report import write_comparison
 
     if problem := source_flag_problem(args):
@@ -128,11 +128,8 @@ def main(argv: list[str], verbose: bool = False) -> int:
     rows = []
     for name in args.models:
         model, tokenizer = load_for_inference(name, args.device, args.dtype)
-        window, stride = checked_window(args.convention, args.window, args.stride, context_length(model.config))
-        evaluation = evaluate_texts(model, tokenizer, texts, args.convention, window, stride, args.batch_size,
-                                    progress=not args.json)
-        row = {"model": name, **scored_figures(evaluation, tokenizer, texts), **text_fields,
-               "device": device_description(model.device), "dtype": str(model.dtype).removeprefix("torch.")}
+        row = {"model": name, **perplexity_row(model, tokenizer, texts, args.convention, args.window, args.stride,
+                                               args.batch_size, progress=not args.json), **text_fields}
         rows.append(row)
         print(json_text(row, indent=None) if args.json else format_perplexity(row))
         del model
@@ -140,17 +137,6 @@ def main(argv: list[str], verbose: bool = False) -> int:
         for path in write_comparison(rows, args.output):
             print(path, file=sys.stderr if args.json else sys.stdout)
     return 0
-
-
-def scored_figures(evaluation, tokenizer, texts: list[str]) -> dict:
-    """The evaluation's figures; an error when not one token was scored."""
-    from hf_clm.evaluation.scoring import document_ids
-
-    if evaluation.scores.tokens == 0:
-        tokens = sum(len(ids) for ids in document_ids(tokenizer, texts))
-        raise HfClmError(f"the text is too short to score: {tokens} tokens; a model scores a token after at least "
-                         f"one token of context, so give a longer text")
-    return evaluation.figures()
 
 
 def format_perplexity(row: dict) -> str:

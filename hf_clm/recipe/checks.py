@@ -10,7 +10,6 @@ import importlib.util
 import re
 import types
 import typing
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 

@@ -269,10 +269,16 @@ def replaced_sources(values: dict[str, Any], flags: list[str]) -> dict[str, Any]
     return {key: value for key, value in values.items() if key not in dropped or key in given}
 
 
-def package_defaults() -> dict[str, Any]:
-    """Every TrainingArguments key's default as this package sets it (what a recipe without the key gets)."""
+def recipe_defaults(*classes: type) -> dict[str, Any]:
+    """Each key's default as this package sets it (what a recipe without the key gets), of the
+    recipe's dataclasses ``classes`` (default: all four)."""
     parsed = vars(recipe_parser().parse_args([]))
-    return {f.name: parsed[f.name] for f in dataclasses.fields(TrainingArguments) if f.init}
+    return {f.name: parsed[f.name] for cls in classes or RECIPE_CLASSES for f in dataclasses.fields(cls) if f.init}
+
+
+def package_defaults() -> dict[str, Any]:
+    """Every TrainingArguments key's default as this package sets it."""
+    return recipe_defaults(TrainingArguments)
 
 
 def parse_recipe(argv: list[str] | None = None, default_recipe: str | Path | None = None,
