@@ -42,11 +42,11 @@ CALIBRATION_STEPS = 60
 
 
 @dataclass
-class Target:
+class Recipe:
     """A recipe to A/B: its flags, how to score a run, and whether each run starts cold."""
 
     name: str
-    recipe: str
+    path: str
     flags: list[str]
     score_args: list[str]
     cold_cache: bool
@@ -62,7 +62,7 @@ def recipe_steps(name: str, values: dict) -> int:
     return int(values["max_steps"]) if values.get("max_steps") else AB_STEPS[name]
 
 
-def baby_target(folder: Path, shakespeare: Path) -> Target:
+def baby_recipe(folder: Path, shakespeare: Path) -> Recipe:
     """shakespeare-baby on nanoGPT's split (first 90% of the characters / last 10%), cut into
     speeches as the recipe does (one document per speech, so document attention has boundaries to
     keep; EOS, scored, stands for the blank line between speeches), cold cache: tokenizer training
@@ -76,16 +76,16 @@ def baby_target(folder: Path, shakespeare: Path) -> Target:
     values.update(train_files=[str(train)], validation_files=[str(val)], sample_by="paragraph")
     recipe = folder / "shakespeare-baby-nanogpt-split.yaml"
     recipe.write_text("# hf-clm train " + str(recipe) + "\n" + yaml.safe_dump(values, sort_keys=False))
-    return Target("shakespeare-baby", str(recipe), [], ["--recipe", str(recipe)], cold_cache=True,
+    return Recipe("shakespeare-baby", str(recipe), [], ["--recipe", str(recipe)], cold_cache=True,
                   steps=recipe_steps("shakespeare-baby", values))
 
 
-def default_target() -> Target:
+def default_recipe() -> Recipe:
     """The embedded demo on its own held-out files, warm cache (tokenized once before timing)."""
     import yaml
 
     values = yaml.safe_load((REPO / "recipes" / "default.yaml").read_text())
-    return Target("default", "recipes/default.yaml", [], ["--recipe", "recipes/default.yaml"], cold_cache=False,
+    return Recipe("default", "recipes/default.yaml", [], ["--recipe", "recipes/default.yaml"], cold_cache=False,
                   steps=recipe_steps("default", values))
 
 
@@ -98,20 +98,20 @@ class Outcome:
 
 
 class Runner:
-    def __init__(self, target: Target, folder: Path, quick_flags: list[str]):
-        self.target, self.folder, self.quick_flags = target, folder, quick_flags
+    def __init__(self, recipe: Recipe, folder: Path, quick_flags: list[str]):
+        self.recipe, self.folder, self.quick_flags = recipe, folder, quick_flags
         self.warm_cache = tempfile.mkdtemp(prefix="ab-cache-", dir=folder)
         self.count = 0
 
     def env(self) -> dict[str, str]:
-        cache = tempfile.mkdtemp(prefix="ab-cache-", dir=self.folder) if self.target.cold_cache else self.warm_cache
+        cache = tempfile.mkdtemp(prefix="ab-cache-", dir=self.folder) if self.recipe.cold_cache else self.warm_cache
         return {**os.environ, "HF_DATASETS_CACHE": cache, "HF_HUB_OFFLINE": "1"}
 
     def train(self, flags: list[str], steps: int) -> tuple[Path, float, dict[str, str]]:
         self.count += 1
-        run_dir = self.folder / f"{self.target.name}-{self.count}"
+        run_dir = self.folder / f"{self.recipe.name}-{self.count}"
         env = self.env()
-        command = [sys.executable, "-m", "hf_clm", "train", self.target.recipe, *self.target.flags, *BASELINE,
+        command = [sys.executable, "-m", "hf_clm", "train", self.recipe.path, *self.recipe.flags, *BASELINE,
                    *flags, *self.quick_flags, "--max_train_seconds", "none", "--max_steps", str(steps),
                    "--eval_strategy", "steps", "--eval_steps", str(steps),
                    "--save_strategy", "no", "--logging_steps", str(max(1, min(20, steps // 3))),
@@ -124,14 +124,14 @@ class Runner:
         return run_dir, wall, env
 
     def score(self, run_dir: Path, env: dict[str, str]) -> float:
-        out = run_checked([sys.executable, "-m", "hf_clm", "perplexity", str(run_dir), *self.target.score_args,
+        out = run_checked([sys.executable, "-m", "hf_clm", "perplexity", str(run_dir), *self.recipe.score_args,
                               "--json"], env=env, cwd=REPO)
         return json.loads(out.stdout.strip().splitlines()[-1])["bits_per_char"]
 
     def run(self, flags: list[str], steps: int) -> Outcome:
         run_dir, wall, env = self.train(flags, steps)
         outcome = Outcome(steps, wall, self.score(run_dir, env))
-        print(f"A/B {self.target.name} {' '.join(flags) or 'baseline'}: {outcome.bits_per_char:.4f} bits/char, "
+        print(f"A/B {self.recipe.name} {' '.join(flags) or 'baseline'}: {outcome.bits_per_char:.4f} bits/char, "
               f"{steps} steps, {wall:.1f} s", file=sys.stderr, flush=True)
         return outcome
 
@@ -146,14 +146,16 @@ class Runner:
         return max(1, round((budget - fixed) / seconds_per_step)), seconds_per_step
 
 
-def ab_rows(target: Target, folder: Path, steps: int | None, quick_flags: list[str]) -> list[dict]:
-    """Baseline, each switch alone, and the best combination, as bench table rows."""
-    runner = Runner(target, folder, quick_flags)
+def ab_outcomes(recipe: Recipe, folder: Path, steps: int | None,
+                quick_flags: list[str]) -> tuple[Outcome, dict[str, Outcome]]:
+    """The baseline's outcome, then each switch alone's and the best combination's by name
+    ("+ muon", "best: muon + bf16 autocast"): at equal wall time, or at ``steps`` each when given."""
+    runner = Runner(recipe, folder, quick_flags)
     equal_steps = steps is not None
     switches = {name: flags for name, flags in SWITCHES.items() if not (equal_steps and name in SPEED_ONLY)}
-    if not target.cold_cache:
+    if not recipe.cold_cache:
         runner.train([], 2)  # tokenize once: every timed run then reads the same cache
-    baseline = runner.run([], steps or target.steps)
+    baseline = runner.run([], steps or recipe.steps)
     outcomes = {}
 
     def measure(flags: list[str]) -> Outcome:
@@ -169,14 +171,4 @@ def ab_rows(target: Target, folder: Path, steps: int | None, quick_flags: list[s
     winners = [name for name in switches if outcomes[f"+ {name}"].bits_per_char < baseline.bits_per_char]
     if len(winners) > 1:
         outcomes["best: " + " + ".join(winners)] = measure([f for name in winners for f in switches[name]])
-    budget = f"equal steps ({steps})" if equal_steps else f"equal wall time ({baseline.wall:.0f} s)"
-    rows = [row(target, "baseline (every switch off)", baseline, baseline, budget)]
-    rows += [row(target, name, outcome, baseline, budget) for name, outcome in outcomes.items()]
-    return rows
-
-
-def row(target: Target, what: str, outcome: Outcome, baseline: Outcome, budget: str) -> dict:
-    return {"stage": f"A/B {target.name}", "what": what, "ratio": baseline.bits_per_char / outcome.bits_per_char,
-            "target": budget, "met": None, "bits_per_char": outcome.bits_per_char, "steps": outcome.steps,
-            "wall_s": outcome.wall,
-            "context": f"{outcome.bits_per_char:.3f} bits/char, {outcome.steps} steps, {outcome.wall:.0f} s wall"}
+    return baseline, outcomes

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import statistics
 import sys
 from pathlib import Path
 
@@ -47,29 +46,3 @@ def form_saves(corpus: Path, tokenizer: Path, folder: Path, form: str, run: int,
     shutil.rmtree(output)  # a full checkpoint of this model is ~2 GB
     rank0, rank1 = (json.loads((record / f"rank{rank}.json").read_text())["saves"] for rank in (0, 1))
     return [{**save, "rank1_peak_rss_mib": other["peak_rss_mib"]} for save, other in zip(rank0, rank1)]
-
-
-def checkpoint_rows(quick: bool, corpus: Path, tokenizer: Path, folder: Path) -> list[dict]:
-    rounds = 1 if quick else 2
-    saves: dict[str, list[dict]] = {form: [] for form in FORMS}
-    for run in range(rounds):
-        for form in FORMS:
-            saves[form] += form_saves(corpus, tokenizer, folder, form, run, quick)
-    seconds = {form: statistics.median(s["seconds"] for s in saves[form]) for form in FORMS}
-    peak = {form: max(s["peak_rss_mib"] for s in saves[form]) for form in FORMS}
-    added = {form: max(s["peak_rss_mib"] - s["rss_before_mib"] for s in saves[form]) for form in FORMS}
-    rank1 = {form: max(s["rank1_peak_rss_mib"] for s in saves[form]) for form in FORMS}
-    size = {form: saves[form][-1]["bytes"] / 2**20 for form in FORMS}
-    full, sharded = FORMS
-    shape = "GPT-2 1×64" if quick else "GPT-2 124M (12×768, vocab 50,257)"
-    stage = "checkpoint save, 2-process FSDP2 (CPU, gloo)"
-    return [
-        {"stage": stage, "what": "SHARDED_STATE_DICT vs FULL_STATE_DICT: wall time of a save",
-         "ratio": seconds[full] / seconds[sharded], "target": "≥ 1", "met": seconds[sharded] <= seconds[full],
-         "context": f"median {seconds[sharded]:.1f} s vs {seconds[full]:.1f} s over {len(saves[full])} saves each "
-                    f"(all ranks waiting); checkpoint {size[sharded]:,.0f} MiB vs {size[full]:,.0f} MiB; {shape}"},
-        {"stage": stage, "what": "SHARDED_STATE_DICT vs FULL_STATE_DICT: rank 0's peak RSS during a save",
-         "ratio": peak[full] / peak[sharded], "target": "≥ 1", "met": peak[sharded] <= peak[full],
-         "context": f"{peak[sharded]:,.0f} MiB vs {peak[full]:,.0f} MiB, of which the save added {added[sharded]:,.0f} "
-                    f"vs {added[full]:,.0f} MiB (rank 1's peak {rank1[sharded]:,.0f} vs {rank1[full]:,.0f} MiB); {shape}"},
-    ]

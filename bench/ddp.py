@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -40,20 +39,3 @@ def ddp_tokens_per_second(corpus: Path, folder: Path, find_unused: bool, steps: 
     summary = json.loads((output / "perplexity.json").read_text())
     assert summary["run"]["find_unused_parameters"] is find_unused  # the setting took effect
     return summary["train_tokens_per_second"]
-
-
-def ddp_rows(quick: bool, corpus: Path, folder: Path) -> list[dict]:
-    steps, repeats = (4, 1) if quick else (60, 3)
-    rates: dict[bool, list[float]] = {True: [], False: []}
-    for run in range(repeats):
-        for find_unused in (True, False):
-            rates[find_unused].append(ddp_tokens_per_second(corpus, folder, find_unused, steps, run,
-                                                            QUICK_MODEL_FLAGS if quick else MODEL_FLAGS))
-    # each pair ran back to back, so its ratio is what drift on a shared machine disturbs least
-    pairs = [after / before for after, before in zip(rates[False], rates[True])]
-    ratio = statistics.median(pairs)
-    return [{"stage": "train 2-process DDP (CPU, gloo)", "what": "ddp_find_unused_parameters false (package default) "
-             "vs true (Trainer's choice)", "ratio": ratio, "target": "≥ 1", "met": ratio >= 1,
-             "context": f"median of {repeats} alternating pairs (ratios {' / '.join(f'{r:.2f}' for r in pairs)}); "
-                        f"median {statistics.median(rates[False]):,.0f} vs {statistics.median(rates[True]):,.0f} "
-                        f"tokens/s; GPT-2 4×256, block 128, 2×8 blocks per step, {steps} steps"}]

@@ -120,22 +120,3 @@ def package_bits_per_char(run_dir: Path, val: Path) -> float:
     out = run_checked([sys.executable, "-m", "hf_clm", "perplexity", str(run_dir), "--data", str(val), "--json"],
                       cwd=REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])["bits_per_char"]
-
-
-def nanogpt_row(checkout: Path, shakespeare: Path, folder: Path) -> dict:
-    work = nanogpt_checkout(checkout, folder, shakespeare)
-    nano_wall = timed([sys.executable, "train.py", *NANOGPT_CPU], cwd=work)
-    nano_bits = nanogpt_bits_per_char(work)
-    train, val = split_text(shakespeare, folder)
-    fixed = package_run(folder, train, val, BUDGET_PROBE_SECONDS, "baby-probe") - BUDGET_PROBE_SECONDS
-    budget = nano_wall - fixed - MARGIN_SECONDS
-    wall = package_run(folder, train, val, budget, "baby-budget")
-    bits = package_bits_per_char(folder / "baby-budget", val)
-    return {"stage": "quality/time", "what": "shakespeare-baby vs nanoGPT's CPU baby GPT, bits/char (same text, "
-                                             "same machine)",
-            "ratio": nano_bits / bits, "target": "≤ 2.15 bits/char within nanoGPT's wall",
-            "met": bits <= 2.15 and wall <= nano_wall,
-            "context": f"{bits:.3f} bits/char in {wall:.1f} s (max_train_seconds {budget:.1f} = nanoGPT's "
-                       f"{nano_wall:.1f} s − {fixed:.1f} s fixed costs − {MARGIN_SECONDS:g} s) vs nanoGPT "
-                       f"{nano_bits:.3f} bits/char in "
-                       f"{nano_wall:.1f} s, start to exit"}

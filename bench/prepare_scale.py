@@ -32,9 +32,17 @@ REPO = Path(__file__).resolve().parent.parent
 BLOCK, WORKERS, HELD_OUT = "512", "2", "5"
 
 
-def repeated(shakespeare: Path, times: int, folder: Path) -> Path:
-    path = folder / f"shakespeare-x{times}.txt"
-    path.write_text(shakespeare.read_text(encoding="utf-8") * times, encoding="utf-8")
+def repeated(shakespeare: Path, folder: Path, times: int | None = None, megabytes: float | None = None) -> Path:
+    """Tiny Shakespeare ``times`` over, or repeated as often as it takes and cut to ``megabytes``
+    (millions of characters), written to ``folder``."""
+    text = shakespeare.read_text(encoding="utf-8")
+    if megabytes is None:
+        body, name = text * times, f"x{times}"
+    else:
+        size = int(megabytes * 1_000_000)
+        body, name = (text * (size // len(text.encode()) + 1))[:size], f"{megabytes:g}mb"
+    path = folder / f"shakespeare-{name}.txt"
+    path.write_text(body, encoding="utf-8")
     return path
 
 
@@ -86,37 +94,16 @@ def limit_process(corpus: Path, tokenizer: Path, folder: Path) -> dict[str, floa
                              WORKERS], cold_env(folder, RAYON_NUM_THREADS=WORKERS))
 
 
-def mb(n: float) -> str:
-    return f"{n / 2**20:,.0f} MiB"
-
-
-def scale_rows(shakespeare: Path, tokenizer: Path, folder: Path, quick: bool) -> list[dict]:
-    times = (1, 4) if quick else (50, 200)
+def scale_runs(shakespeare: Path, tokenizer: Path, folder: Path, times: tuple[int, ...]) -> dict[int, dict]:
+    """For each of ``times``: ``hf-clm prepare`` of the text that many times over as a measured process
+    (:func:`measured_process`), the seconds of the tokenizer's limit on it and its size in MB."""
     runs = {}
     for n in times:
-        corpus = repeated(shakespeare, n, folder)
+        corpus = repeated(shakespeare, folder, times=n)
         runs[n] = measured_process(prepare_command(corpus, tokenizer, folder / f"prepared-x{n}"), cold_env(folder))
         runs[n]["limit"] = limit_process(corpus, tokenizer, folder)["seconds"]
         runs[n]["text_mb"] = corpus.stat().st_size / 1e6
-    small, large = (runs[n] for n in times)
-    rows = [{"stage": "prepare memory, whole process",
-             "what": f"x{times[1]} vs x{times[0]} text ({large['text_mb']:.0f} vs {small['text_mb']:.0f} MB): "
-                     "peak anonymous memory of the process tree",
-             "ratio": large["peak_anon"] / small["peak_anon"], "target": "≤ 1.3",
-             "met": large["peak_anon"] <= 1.3 * small["peak_anon"],
-             "context": f"{mb(large['peak_anon'])} vs {mb(small['peak_anon'])}; main process peak RSS (file pages "
-                        f"of mapped Arrow files included) {mb(large['peak_rss'])} vs {mb(small['peak_rss'])}; wall "
-                        f"{large['seconds']:.1f} s vs {small['seconds']:.1f} s "
-                        f"(x{large['seconds'] / small['seconds']:.2f} for x{times[1] // times[0]} text)"}]
-    for n in times:
-        run = runs[n]
-        rows.append({"stage": f"prepare {run['text_mb']:.0f} MB, whole process",
-                     "what": "tokenizer's encode_batch alone (limit) vs hf-clm prepare",
-                     "ratio": run["limit"] / run["seconds"], "target": "≥ 0.67 (within 1.5×)",
-                     "met": run["seconds"] <= 1.5 * run["limit"],
-                     "context": f"{run['seconds']:.1f} s vs {run['limit']:.1f} s, start to exit, {WORKERS} "
-                                f"workers / threads, block {BLOCK}"})
-    return rows
+    return runs
 
 
 def shard_blocks(target: Path, shards: int):
@@ -145,9 +132,9 @@ def blocks_agreement(one: Path, sharded: Path) -> str:
             f"{tokens[0] % block} tokens dropped, shard 1's blocks start at its first document)")
 
 
-def shards_row(shakespeare: Path, tokenizer: Path, folder: Path, quick: bool) -> dict:
-    corpus = repeated(shakespeare, 1 if quick else 50, folder)
-    one = measured_process(prepare_command(corpus, tokenizer, folder / "one-shard"), cold_env(folder))
+def two_shards_seconds(corpus: Path, tokenizer: Path, folder: Path) -> float:
+    """Wall seconds of ``hf-clm prepare --shard 0`` and ``--shard 1`` of 2 run side by side, one worker
+    and a cold cache each, into ``folder / "two-shards"``."""
     start = time.perf_counter()
     shards = [subprocess.Popen(prepare_command(corpus, tokenizer, folder / "two-shards", "1", "--shard", str(i),
                                                "--num_shards", "2"),
@@ -157,12 +144,7 @@ def shards_row(shakespeare: Path, tokenizer: Path, folder: Path, quick: bool) ->
         _, err = shard.communicate()
         if shard.returncode != 0:
             raise RuntimeError(f"a shard of the two-shard prepare exited {shard.returncode}:\n{err[-3000:]}")
-    two = time.perf_counter() - start
-    return {"stage": f"prepare {corpus.stat().st_size / 1e6:.0f} MB in 2 shards, one host",
-            "what": "2 shards side by side (1 worker each) vs 1 prepare (2 workers)",
-            "ratio": one["seconds"] / two, "target": "", "met": None,
-            "context": f"{two:.1f} s vs {one['seconds']:.1f} s, start to exit; "
-                       + blocks_agreement(folder / "one-shard", folder / "two-shards")}
+    return time.perf_counter() - start
 
 
 def limit_main(text_file: str, tokenizer_dir: str) -> dict:
