@@ -71,7 +71,7 @@ def trainer_measure(cfg: GPT2Config, blocks: Dataset, batch: int, steps: int, wa
         **switches})
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<pad>": VOCAB - 1}, "<pad>")),
                                         pad_token="<pad>", eos_token="<pad>")
-    trainer = CausalLMTrainer(model=model, args=args, train_dataset=blocks,
+    trainer = CausalLMTrainer(model=model, args=args, train_dataset=blocks, processing_class=tokenizer,
                               data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
                               flops_per_token=flops_per_token(model, cfg.n_positions), peak_flops=None,
                               callbacks=[Clock()])
