@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from hf_clm.errors import HfClmError
-from hf_clm.recipe.checks import checked_value, corpus_problems, range_problems
+from hf_clm.recipe.checks import checked_value, corpus_problems, recipe_range_problems
 from hf_clm.recipe.keys import PREPARE_SECTION_KEY, flag_key, recipe_key_names, unknown_key_message
 from hf_clm.recipe.parser import (
+    COMMAND_DESCRIPTIONS,
+    RECIPE_USAGE,
     RecipeArgumentParser,
     canonical_flag,
     is_recipe_path,
@@ -31,6 +33,7 @@ from hf_clm.recipe.parser import (
     replaced_sources,
     resolve_paths,
 )
+from hf_clm.recipe.ranges import at_least, range_problems
 from hf_clm.recipe.schema import DATA_CLASSES, PATH_KEYS, DataArguments, ModelArguments
 
 EXECUTORS = ("local", "slurm", "ray")
@@ -65,7 +68,8 @@ class PrepareArguments:
                                                                     "(default: the cluster's default partition)."})
     time: str = field(default="01:00:00", metadata={"help": "slurm: time limit of one task, HH:MM:SS."})
     cpus_per_task: int = field(default=1, metadata={"help": "slurm and ray: CPUs of one task."})
-    mem_per_cpu_gb: float = field(default=2.0, metadata={"help": "slurm and ray: memory per CPU, in GB."})
+    mem_per_cpu_gb: int | None = field(
+        default=None, metadata={"help": "slurm and ray: memory per CPU, in whole GB (default: the cluster's default)."})
     sbatch_args: dict[str, Any] | str | None = field(
         default=None,
         metadata={"help": "slurm: more #SBATCH options, {name: value} (e.g. {account: lm, qos: high}); on the "
@@ -80,7 +84,7 @@ class PrepareArguments:
 
 PREPARE_KEYS = tuple(f.name for f in dataclasses.fields(PrepareArguments))
 PREPARE_CLASSES = (PrepareArguments,)
-RANGES = {"tasks": "an integer >= 1", "workers": "an integer >= 1", "cpus_per_task": "an integer >= 1"}
+RANGES = {key: at_least(1, "an integer >= 1") for key in ("tasks", "workers", "cpus_per_task", "mem_per_cpu_gb")}
 
 
 class DataRecipe(NamedTuple):
@@ -95,7 +99,8 @@ class DataRecipe(NamedTuple):
 def data_parser() -> argparse.ArgumentParser:
     """Flags of the data classes and of :class:`PrepareArguments`; training's keys (every other
     recipe key) are taken by name with whatever values follow, and not used."""
-    parser = RecipeArgumentParser((*DATA_CLASSES, PrepareArguments), prog="hf-clm prepare")
+    parser = RecipeArgumentParser((*DATA_CLASSES, PrepareArguments), prog="hf-clm prepare", usage=RECIPE_USAGE,
+                                  description=COMMAND_DESCRIPTIONS["prepare"])
     own = {f.name for cls in (*DATA_CLASSES, PrepareArguments) for f in dataclasses.fields(cls)}
     for key in recipe_key_names():
         if key not in own:
@@ -142,8 +147,7 @@ def prepare_section(path: str | Path | None) -> dict[str, Any]:
 
 
 def prepare_problems(values: dict[str, Any]) -> list[str]:
-    problems = [f"{key} must be {allowed}, not {values[key]!r}" for key, allowed in RANGES.items()
-                if values.get(key) is not None and values[key] < 1]
+    problems = range_problems(RANGES, values)
     sbatch = values.get("sbatch_args")
     if isinstance(sbatch, str):
         try:
@@ -173,7 +177,8 @@ def parse_data_recipe(argv: list[str]) -> DataRecipe:
         raise HfClmError(unknown_key_message(flag.lstrip("-").split("=")[0], "the command line"))
     values = resolve_paths({**vars(namespace), **flag_values})
     own = {f.name for cls in DATA_CLASSES for f in dataclasses.fields(cls)}
-    problems = range_problems({key: value for key, value in values.items() if key in own}) + output_dir_problems(values, "prepare") + prepare_problems(values)
+    problems = (recipe_range_problems({key: value for key, value in values.items() if key in own})
+                + output_dir_problems(values, "prepare") + prepare_problems(values))
     if problems:
         raise HfClmError("invalid recipe: " + "; ".join(problems))
     model_args, data_args, prepare_args = (cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.init})

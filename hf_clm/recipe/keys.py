@@ -39,6 +39,12 @@ def recipe_key_names() -> tuple[str, ...]:
                  + dataclass_field_names(training_args, ("TrainingArguments",)))
 
 
+@functools.cache
+def prepare_key_names() -> tuple[str, ...]:
+    """The keys of ``hf-clm prepare``'s own settings (:class:`hf_clm.recipe.data_recipe.PrepareArguments`)."""
+    return tuple(dataclass_field_names(Path(__file__).with_name("data_recipe.py"), ("PrepareArguments",)))
+
+
 def unknown_key_message(key: str, where: str) -> str:
     close = difflib.get_close_matches(key, recipe_key_names(), n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else "; see 'hf-clm train --help' for the keys"

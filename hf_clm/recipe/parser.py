@@ -123,7 +123,9 @@ COMMAND_DESCRIPTIONS = {
     "prepare": "Tokenize a recipe's corpus and cut it into blocks once, into its prepared_dataset folder. "
                "RECIPE and flags as for 'hf-clm train'. Its own flags: --shard I --num_shards N prepares the I-th "
                "of N parts of the training documents (one machine or process each, side by side); "
-               "--tokenizer_only trains (or copies) the tokenizer into the folder, once, before the shards.",
+               "--tokenizer_only trains (or copies) the tokenizer into the folder, once, before the shards. "
+               "--executor local|slurm|ray --tasks N runs the N parts as a datatrove pipeline (the keys below "
+               "under 'PrepareArguments', also a prepare: section of the recipe); a rerun skips finished tasks.",
     "plan": "Size a recipe's run without running it. RECIPE and flags as for 'hf-clm train'.",
     "perplexity": "The documents a recipe's training validates on.",
 }
