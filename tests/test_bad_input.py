@@ -505,22 +505,22 @@ def test_pipeline_bad_inputs_name_what_is_missing(tmp_path, capsys, monkeypatch)
     bpe.train_from_iterator(make_documents(20), vocab_size=300, special_tokens=["<|endoftext|>"])
     PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>").save_pretrained(tmp_path / "tok")
     cases = [  # (name, argv, environment change, expected)
-        ("slurm without sbatch", ["--executor", "slurm"], lambda: monkeypatch.setenv("PATH", str(tmp_path)),
+        ("slurm without sbatch", ["--executor", "slurm"], lambda m: m.setenv("PATH", str(tmp_path)),
          "executor slurm needs Slurm's sbatch on PATH, and there is none"),
-        ("ray not installed", ["--executor", "ray"], lambda: monkeypatch.setitem(sys.modules, "ray", None),
+        ("ray not installed", ["--executor", "ray"], lambda m: m.setitem(sys.modules, "ray", None),
          "executor ray needs the ray package, which is not installed: pip install 'hf-clm[ray]'"),
-        ("no ray cluster", ["--executor", "ray", "--ray_address", "127.0.0.1:1"], lambda: None,
+        ("no ray cluster", ["--executor", "ray", "--ray_address", "127.0.0.1:1"], lambda m: None,
          "executor ray: no Ray cluster answers at 127.0.0.1:1"),
-        ("datatrove not installed", ["--tasks", "2"], lambda: monkeypatch.setitem(sys.modules, "datatrove", None),
+        ("datatrove not installed", ["--tasks", "2"], lambda m: m.setitem(sys.modules, "datatrove", None),
          "runs through datatrove, which is not installed: pip install 'hf-clm[cluster]'"),
-        ("a task fails", ["--tasks", "5"], lambda: None, "prepare task 0 of 5 failed: the corpus has 3 training "
+        ("a task fails", ["--tasks", "5"], lambda m: None, "prepare task 0 of 5 failed: the corpus has 3 training "
          "documents, fewer than --num_shards 5"),
     ]
     failures = []
     for name, extra, change, expected in cases:
         target = tmp_path / name.replace(" ", "-")
-        with monkeypatch.context():
-            change()
+        with monkeypatch.context() as patched:
+            change(patched)
             code = main(["prepare", *flags, "--prepared_dataset", str(target), *extra])
         last = capsys.readouterr().err.strip().splitlines()[-1]
         if code != 2 or not last.startswith("hf-clm: error: ") or expected not in last:
