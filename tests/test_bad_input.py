@@ -208,6 +208,15 @@ def bad_inputs(tmp_path):
                        "--num_shards", "0"], "--num_shards must be at least 1, not 0"),
         "tokenizer only of a shard": (["prepare", *flags, "--prepared_dataset", str(tmp_path / "sh"), "--shard", "0",
                                        "--num_shards", "2", "--tokenizer_only"], "--tokenizer_only prepares no blocks"),
+        # preparation as a pipeline
+        "unknown executor": (["prepare", *flags, "--prepared_dataset", str(tmp_path / "px"), "--executor", "k8s"],
+                             "executor must be one of local, slurm, ray, not 'k8s'"),
+        "no tasks": (["prepare", *flags, "--prepared_dataset", str(tmp_path / "px"), "--tasks", "0"],
+                     "tasks must be an integer >= 1, not 0"),
+        "shard of a pipeline": (["prepare", *flags, "--prepared_dataset", str(tmp_path / "px"), "--shard", "0",
+                                 "--num_shards", "2", "--tasks", "2"], "--shard runs one part here, by hand"),
+        "sbatch_args not JSON": (["prepare", *flags, "--prepared_dataset", str(tmp_path / "px"), "--sbatch_args",
+                                  "account=lm"], "sbatch_args must be a JSON mapping on the command line"),
         "foreign checkpoint folder": (["train", *flags, "--output_dir", str(foreign)],
                                       "holds checkpoint-abc, which hf-clm did not write"),
         # a training-time budget
@@ -478,3 +487,45 @@ def test_each_bad_input_is_one_line_naming_key_value_and_allowed(tmp_path, capsy
         assert not (tmp_path / "out").exists(), name
     assert not failures, "\n".join(map(str, failures))
     assert (tmp_path / "mine" / "checkpoint-abc" / "mine.txt").read_text() == "keep me"
+
+
+def test_pipeline_bad_inputs_name_what_is_missing(tmp_path, capsys, monkeypatch):
+    """The executor's needs, each missing in turn: sbatch, the ray package, a reachable Ray cluster,
+    datatrove; and a task that fails names itself and its log, and leaves no folder train reads."""
+    import sys
+
+    corpus = tmp_path / "ok.txt"
+    corpus.write_text("\n\n".join(make_documents(3)))
+    flags = ["--train_files", str(corpus), "--validation_files", str(corpus), "--sample_by", "paragraph",
+             "--tokenizer_name_or_path", str(tmp_path / "tok"), "--block_size", "8"]
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(make_documents(20), vocab_size=300, special_tokens=["<|endoftext|>"])
+    PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>").save_pretrained(tmp_path / "tok")
+    cases = [  # (name, argv, environment change, expected)
+        ("slurm without sbatch", ["--executor", "slurm"], lambda m: m.setenv("PATH", str(tmp_path)),
+         "executor slurm needs Slurm's sbatch on PATH, and there is none"),
+        ("ray not installed", ["--executor", "ray"], lambda m: m.setitem(sys.modules, "ray", None),
+         "executor ray needs the ray package, which is not installed: pip install 'hf-clm[ray]'"),
+        ("no ray cluster", ["--executor", "ray", "--ray_address", "127.0.0.1:1"], lambda m: None,
+         "executor ray: no Ray cluster answers at 127.0.0.1:1"),
+        ("datatrove not installed", ["--tasks", "2"], lambda m: m.setitem(sys.modules, "datatrove", None),
+         "runs through datatrove, which is not installed: pip install 'hf-clm[cluster]'"),
+        ("a task fails", ["--tasks", "5"], lambda m: None, "prepare task 0 of 5 failed: the corpus has 3 training "
+         "documents, fewer than --num_shards 5"),
+    ]
+    failures = []
+    for name, extra, change, expected in cases:
+        target = tmp_path / name.replace(" ", "-")
+        with monkeypatch.context() as patched:
+            change(patched)
+            code = main(["prepare", *flags, "--prepared_dataset", str(target), *extra])
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        if code != 2 or not last.startswith("hf-clm: error: ") or expected not in last:
+            failures.append((name, code, last[:400]))
+        assert not (target / "prepared.json").exists() and not list(target.glob("shard-*.json")), name
+    assert not failures, "\n".join(map(str, failures))
+    assert f"its log: {tmp_path / 'a-task-fails' / '.pipeline' / 'logs' / 'task_00000.log'}" in last
+    assert (tmp_path / "a-task-fails" / ".pipeline" / "logs" / "task_00000.log").is_file()

@@ -191,7 +191,11 @@ def test_help_shows_the_recipe_argument_and_auto(capsys):
         assert main([command, "--help"]) == 0
         out = " ".join(capsys.readouterr().out.split())
         assert out.startswith(f"usage: hf-clm {command} [RECIPE] [--key value ...]")
-        assert "'auto': the newest complete checkpoint in output_dir" in out
+        if command == "train":
+            assert "'auto': the newest complete checkpoint in output_dir" in out
+        else:  # prepare reads the corpus and tokenizer keys, and its own settings
+            assert "--executor {local,slurm,ray}" in out and "--tasks TASKS" in out and "--block_size" in out
+            assert "--learning_rate" not in out
 
 
 def test_ddp_does_not_search_for_unused_parameters_by_default_and_a_recipe_can_turn_it_on(tmp_path):

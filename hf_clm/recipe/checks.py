@@ -15,17 +15,19 @@ from typing import Any
 
 from hf_clm.recipe.ranges import MAX_CONTEXT, SEED, Range, between, finite, range_problems
 from hf_clm.errors import HfClmError
-from hf_clm.recipe.schema import DOCUMENT_SCOPE_KERNELS, MUON, RECIPE_CLASSES, WSD, Recipe, recipe_fields
+from hf_clm.recipe.schema import DOCUMENT_SCOPE_KERNELS, MUON, WSD, Recipe, recipe_classes, recipe_fields
 from hf_clm.run.files import ADAPTER_CONFIG
 
 
 @functools.cache
-def field_types() -> dict[str, Any]:
-    """Each recipe key's declared type (from the annotations: HfArgumentParser narrows ``Field.type``)."""
+def field_types(classes: tuple[type, ...] | None = None) -> dict[str, Any]:
+    """Each recipe key's declared type (from the annotations: HfArgumentParser narrows ``Field.type``),
+    of every recipe class or of ``classes`` only (the data classes: no TrainingArguments, no torch)."""
+    classes = classes or recipe_classes()
     hints: dict[str, Any] = {}
-    for cls in RECIPE_CLASSES:
+    for cls in classes:
         hints.update(typing.get_type_hints(cls))
-    return {f.name: hints[f.name] for f in recipe_fields()}
+    return {f.name: hints[f.name] for f in recipe_fields(classes)}
 
 
 def type_members(kind) -> tuple:
@@ -108,20 +110,21 @@ def shown_value(value: Any) -> str:
     return "an empty value" if value is None else repr(value)
 
 
-def checked_value(key: str, value: Any, name: str | None = None) -> Any:
+def checked_value(key: str, value: Any, name: str | None = None, classes: tuple[type, ...] | None = None) -> Any:
     """The recipe value converted to the key's type; HfClmError naming the key (as the recipe spells it,
-    ``name``), the value and what is allowed."""
+    ``name``), the value and what is allowed. ``classes``: the dataclasses the key is one of (default:
+    every recipe class)."""
     name = name or key
     if key == "optim" and value == MUON:  # not one of transformers' OptimizerNames: the package's own
         return value
-    members = type_members(field_types()[key])
+    members = type_members(field_types(classes)[key])
     if any(isinstance(m, type) and issubclass(m, enum.Enum) for m in members):
         members = tuple(m for m in members if m is not str)  # `IntervalStrategy | str`: the str is a member's name
     if isinstance(value, bool):  # true/false means a bool where the key takes one
         members = sorted(members, key=lambda m: m is not bool)
     for member in members:
         try:
-            return within_choices(key, coerce_value(value, member), name)
+            return within_choices(key, coerce_value(value, member), name, classes)
         except ValueError:
             continue
     if value is None:
@@ -131,14 +134,14 @@ def checked_value(key: str, value: Any, name: str | None = None) -> Any:
 
 
 @functools.cache
-def field_choices() -> dict[str, list]:
+def field_choices(classes: tuple[type, ...] | None = None) -> dict[str, list]:
     """The keys whose values are declared on their field (``metadata={"choices": [...]}``)."""
-    return {f.name: f.metadata["choices"] for f in recipe_fields() if "choices" in f.metadata}
+    return {f.name: f.metadata["choices"] for f in recipe_fields(classes) if "choices" in f.metadata}
 
 
-def within_choices(key: str, value: Any, name: str) -> Any:
+def within_choices(key: str, value: Any, name: str, classes: tuple[type, ...] | None = None) -> Any:
     """The value, when its field declares choices and it is one of them (or unset)."""
-    choices = field_choices().get(key)
+    choices = field_choices(classes).get(key)
     if value is not None and choices is not None and value not in choices:
         raise HfClmError(f"{name} must be one of {', '.join(map(str, choices))}, not {value!r}")
     return value
@@ -189,6 +192,18 @@ def recipe_range_problems(values: dict[str, Any]) -> list[str]:
 
 def recipe_problems(recipe: Recipe) -> list[str]:
     model, data = recipe.model_args, recipe.data_args
+    problems = corpus_problems(model, data)
+    if data.streaming and recipe.training_args.max_steps <= 0 and recipe.run_args.max_tokens is None \
+            and recipe.run_args.max_train_seconds is None:
+        problems.append("streaming: true needs max_steps, max_tokens or max_train_seconds (a stream has no length to "
+                        "count epochs by)")
+    problems += model_problems(recipe)
+    problems += training_switch_problems(recipe) + inapplicable_key_problems(recipe)
+    return problems
+
+
+def corpus_problems(model, data) -> list[str]:
+    """The corpus and tokenizer keys against each other: what ``hf-clm prepare`` checks of a recipe."""
     problems = []
     sources = [name for name in ("dataset_name", "train_files", "builtin_corpus") if getattr(data, name)]
     if len(sources) != 1:
@@ -204,12 +219,14 @@ def recipe_problems(recipe: Recipe) -> list[str]:
         problems.append("no tokenizer: set train_tokenizer: true, tokenizer_name_or_path or model_name_or_path")
     if model.train_tokenizer and model.vocab_size < 260:
         problems.append(f"vocab_size must be at least 260 (256 bytes + special tokens), not {model.vocab_size}")
-    if data.streaming and recipe.training_args.max_steps <= 0 and recipe.run_args.max_tokens is None \
-            and recipe.run_args.max_train_seconds is None:
-        problems.append("streaming: true needs max_steps, max_tokens or max_train_seconds (a stream has no length to "
-                        "count epochs by)")
     if data.streaming and data.prepared_dataset:
         problems.append("set streaming: true or prepared_dataset, not both")
+    return problems
+
+
+def model_problems(recipe: Recipe) -> list[str]:
+    model = recipe.model_args
+    problems = []
     if model.model_name_or_path and (Path(model.model_name_or_path) / ADAPTER_CONFIG).is_file():
         problems.append(f"model_name_or_path {model.model_name_or_path} is a LoRA adapter ({ADAPTER_CONFIG}), not a "
                         f"model; merge it into its base model first (hf-clm merge {model.model_name_or_path}) and "
@@ -222,7 +239,6 @@ def recipe_problems(recipe: Recipe) -> list[str]:
         problems.append("merge_adapter: true needs a peft adapter (peft: {method: lora})")
     if not model.model_name_or_path and model.n_head > 0 and model.n_embd % model.n_head:
         problems.append(f"n_embd ({model.n_embd}) must be divisible by n_head ({model.n_head})")
-    problems += training_switch_problems(recipe) + inapplicable_key_problems(recipe)
     return problems
 
 

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 OWN_CLASSES = ("ModelArguments", "DataArguments", "RunArguments")
-# The YAML `peft:` section: its keys are not flags.
+# The YAML `peft:` section: its keys are not flags. The `prepare:` section is hf-clm prepare's
+# (executor, tasks, workers...), checked by hf_clm.recipe.data_recipe.
 PEFT_SECTION_KEY = "peft"
+PREPARE_SECTION_KEY = "prepare"
 
 
 def dataclass_field_names(source: Path, class_names: tuple[str, ...]) -> list[str]:
@@ -35,6 +37,12 @@ def recipe_key_names() -> tuple[str, ...]:
     training_args = Path(transformers.submodule_search_locations[0]) / "training_args.py"
     return tuple(dataclass_field_names(Path(__file__).with_name("schema.py"), OWN_CLASSES)
                  + dataclass_field_names(training_args, ("TrainingArguments",)))
+
+
+@functools.cache
+def prepare_key_names() -> tuple[str, ...]:
+    """The keys of ``hf-clm prepare``'s own settings (:class:`hf_clm.recipe.data_recipe.PrepareArguments`)."""
+    return tuple(dataclass_field_names(Path(__file__).with_name("data_recipe.py"), ("PrepareArguments",)))
 
 
 def unknown_key_message(key: str, where: str) -> str:
@@ -58,12 +66,14 @@ def yaml_keys(path: Path) -> list[Any]:
         values = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return []
-    return [key for key in values if key != PEFT_SECTION_KEY] if isinstance(values, dict) else []
+    sections = (PEFT_SECTION_KEY, PREPARE_SECTION_KEY)
+    return [key for key in values if key not in sections] if isinstance(values, dict) else []
 
 
-def unknown_key_problems(argv: list[str]) -> list[str]:
-    """The flags and recipe-file keys of ``train``/``prepare`` that are no recipe key."""
-    known = {*recipe_key_names(), "help"}
+def unknown_key_problems(argv: list[str], own_flags: tuple[str, ...] = ()) -> list[str]:
+    """The flags and recipe-file keys of ``train``/``prepare`` that are no recipe key (nor one of the
+    command's ``own_flags``)."""
+    known = {*recipe_key_names(), "help", *own_flags}
     problems = [unknown_key_message(key, "the command line") for key in map(flag_key, argv)
                 if key is not None and key not in known]
     for arg in argv:

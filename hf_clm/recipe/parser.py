@@ -16,10 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
-from transformers import HfArgumentParser, TrainingArguments
-from transformers.utils import is_torch_bf16_gpu_available
+from transformers import HfArgumentParser
 
 from hf_clm.run.artifacts import output_folder_problem
 from hf_clm.errors import HfClmError, first_line
@@ -27,14 +25,14 @@ from hf_clm.recipe.schema import (
     UNBOUNDED_STEPS,
     CORPUS_KEYS,
     MUON,
-    PACKAGE_DEFAULTS,
     PATH_KEYS,
     PATH_OR_HUB_KEYS,
     PEFT_SECTION,
-    RECIPE_CLASSES,
     SOURCE_KEYS,
     TOKENIZER_KEYS,
     Recipe,
+    package_defaults,
+    recipe_classes,
 )
 from hf_clm.recipe.checks import (
     checked_value,
@@ -44,7 +42,7 @@ from hf_clm.recipe.checks import (
     recipe_range_problems,
     recipe_problems,
 )
-from hf_clm.recipe.keys import recipe_key_names, unknown_key_message
+from hf_clm.recipe.keys import PREPARE_SECTION_KEY, recipe_key_names, unknown_key_message
 
 # `--key none` (or null, or '') unsets an optional key; report_to's 'none' is a value of its own.
 NULL_SPELLINGS = ("none", "null", "")
@@ -86,11 +84,11 @@ def flag_error_message(message: str) -> str:
     return f"invalid recipe value: {message}"
 
 
-def package_values(flags: list[str]) -> tuple[list[str], dict[str, Any]]:
+def package_values(flags: list[str], classes: tuple[type, ...] | None = None) -> tuple[list[str], dict[str, Any]]:
     """Flag values argparse cannot take as they are, taken out of ``flags`` and returned as values:
     ``--key none`` (or null, or '') unsets an optional key, and ``--optim muon`` names the package's
     own optimizer."""
-    nullable = {key for key, kind in field_types().items() if is_optional(kind)} - NULLABLE_EXCEPTIONS
+    nullable = {key for key, kind in field_types(classes).items() if is_optional(kind)} - NULLABLE_EXCEPTIONS
     kept: list[str] = []
     values: dict[str, Any] = {}
     index = 0
@@ -112,9 +110,9 @@ def package_values(flags: list[str]) -> tuple[list[str], dict[str, Any]]:
 
 
 def recipe_parser(command: str = "train") -> HfArgumentParser:
-    parser = RecipeArgumentParser(RECIPE_CLASSES, prog=f"hf-clm {command}", usage=RECIPE_USAGE,
+    parser = RecipeArgumentParser(recipe_classes(), prog=f"hf-clm {command}", usage=RECIPE_USAGE,
                                   description=COMMAND_DESCRIPTIONS[command], epilog=RECIPE_EPILOG)
-    parser.set_defaults(**PACKAGE_DEFAULTS)
+    parser.set_defaults(**package_defaults())
     return parser
 
 
@@ -125,7 +123,9 @@ COMMAND_DESCRIPTIONS = {
     "prepare": "Tokenize a recipe's corpus and cut it into blocks once, into its prepared_dataset folder. "
                "RECIPE and flags as for 'hf-clm train'. Its own flags: --shard I --num_shards N prepares the I-th "
                "of N parts of the training documents (one machine or process each, side by side); "
-               "--tokenizer_only trains (or copies) the tokenizer into the folder, once, before the shards.",
+               "--tokenizer_only trains (or copies) the tokenizer into the folder, once, before the shards. "
+               "--executor local|slurm|ray --tasks N runs the N parts as a datatrove pipeline (the keys below "
+               "under 'PrepareArguments', also a prepare: section of the recipe); a rerun skips finished tasks.",
     "plan": "Size a recipe's run without running it. RECIPE and flags as for 'hf-clm train'.",
     "perplexity": "The documents a recipe's training validates on.",
 }
@@ -171,8 +171,8 @@ def read_recipe_text(path: Path) -> str:
                          f"save it as UTF-8") from None
 
 
-def read_recipe_yaml(path: str | Path) -> dict[str, Any]:
-    """The recipe file's values, each checked against its key's type."""
+def recipe_mapping(path: str | Path) -> dict[str, Any]:
+    """The recipe file as YAML read it: a mapping, each key once."""
     path = Path(path)
     if not path.is_file():
         raise HfClmError(f"recipe file {path} does not exist")
@@ -185,6 +185,16 @@ def read_recipe_yaml(path: str | Path) -> dict[str, Any]:
         raise HfClmError(f"recipe {path}: {err}") from None
     if not isinstance(values, dict):
         raise HfClmError(f"recipe {path} must be a mapping of key: value, not {type(values).__name__}")
+    return values
+
+
+def read_recipe_yaml(path: str | Path, classes: tuple[type, ...] | None = None) -> dict[str, Any]:
+    """The recipe file's values, each checked against its key's type; with ``classes`` (the data
+    classes), only those classes' keys are checked and the others are left as read. The ``prepare``
+    section is ``hf-clm prepare``'s (:func:`hf_clm.recipe.data_recipe.prepare_section`)."""
+    path = Path(path)
+    values = recipe_mapping(path)
+    values.pop(PREPARE_SECTION_KEY, None)
     raw_keys = set(values)
     values = flatten_peft_section(values, path)
     known = set(recipe_key_names())
@@ -192,8 +202,10 @@ def read_recipe_yaml(path: str | Path) -> dict[str, Any]:
     if problems:
         raise HfClmError("; ".join(problems))
     names = {flat: f"peft {key}" for key, flat in PEFT_SECTION.items()} if "peft" in raw_keys else {}
+    checked = None if classes is None else {f.name for cls in classes for f in dataclasses.fields(cls)}
     try:
-        return {key: checked_value(key, value, names.get(key)) for key, value in values.items()}
+        return {key: checked_value(key, value, names.get(key), classes) if checked is None or key in checked
+                else value for key, value in values.items()}
     except HfClmError as err:
         raise HfClmError(f"recipe {path}: {err}") from None
 
@@ -273,12 +285,12 @@ def recipe_defaults(*classes: type) -> dict[str, Any]:
     """Each key's default as this package sets it (what a recipe without the key gets), of the
     recipe's dataclasses ``classes`` (default: all four)."""
     parsed = vars(recipe_parser().parse_args([]))
-    return {f.name: parsed[f.name] for cls in classes or RECIPE_CLASSES for f in dataclasses.fields(cls) if f.init}
+    return {f.name: parsed[f.name] for cls in classes or recipe_classes() for f in dataclasses.fields(cls) if f.init}
 
 
-def package_defaults() -> dict[str, Any]:
+def training_defaults() -> dict[str, Any]:
     """Every TrainingArguments key's default as this package sets it."""
-    return recipe_defaults(TrainingArguments)
+    return recipe_defaults(recipe_classes()[2])
 
 
 def parse_recipe(argv: list[str] | None = None, default_recipe: str | Path | None = None,
@@ -310,10 +322,10 @@ def parse_recipe(argv: list[str] | None = None, default_recipe: str | Path | Non
     given = {**values, **training_rewrites(values)}
     try:
         model_args, data_args, training_args, run_args = (
-            cls(**{f.name: given[f.name] for f in dataclasses.fields(cls) if f.init}) for cls in RECIPE_CLASSES)
+            cls(**{f.name: given[f.name] for f in dataclasses.fields(cls) if f.init}) for cls in recipe_classes())
     except ValueError as err:
         raise HfClmError("invalid recipe: " + "; ".join(problems or [first_line(err)])) from None
-    defaults = package_defaults()
+    defaults = training_defaults()
     training_values = {key: values[key] for key in defaults if values[key] != defaults[key]}
     recipe = Recipe(model_args, data_args, training_args, run_args, training_values)
     problems += recipe_problems(recipe)
@@ -342,6 +354,9 @@ def training_rewrites(values: dict[str, Any]) -> dict[str, Any]:
     ``optim: muon`` (Trainer gets the combined optimizer from :mod:`hf_clm.training.optimizer`), and
     ``use_cpu`` for bf16 on a machine without a GPU (transformers asks for it; autocast then
     runs on the CPU)."""
+    import torch
+    from transformers.utils import is_torch_bf16_gpu_available
+
     rewrites: dict[str, Any] = {}
     if str(values["optim"]) == MUON:
         rewrites["optim"] = "adamw_torch"

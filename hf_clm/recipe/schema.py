@@ -14,14 +14,15 @@ import dataclasses
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import torch
 import yaml
-from transformers import TrainingArguments
 
 from hf_clm.run.artifacts import write_text_atomic
 from hf_clm.run.files import RECIPE_FILENAME
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
 
 # A time-budget run's max_steps: Trainer needs a step count to loop on; the budget's callback stops it
 # long before.
@@ -255,10 +256,37 @@ class Recipe(NamedTuple):
         return str(self.training_values.get("optim")) == MUON
 
 
-RECIPE_CLASSES = (ModelArguments, DataArguments, TrainingArguments, RunArguments)
+# The classes of the keys a corpus and its tokenizer are read by: parsed without transformers'
+# TrainingArguments (and so without torch) by hf_clm.recipe.data_recipe, for hf-clm prepare.
+DATA_CLASSES = (ModelArguments, DataArguments)
 
-# The package's own defaults for Trainer, where the library's suit a causal-LM run poorly.
-PACKAGE_DEFAULTS: dict[str, Any] = {
+
+def recipe_classes() -> tuple[type, ...]:
+    """The recipe's four dataclasses; importing TrainingArguments imports torch (seconds), so only here."""
+    from transformers import TrainingArguments
+
+    return ModelArguments, DataArguments, TrainingArguments, RunArguments
+
+
+def package_defaults() -> dict[str, Any]:
+    """The package's own defaults for Trainer, where the library's suit a causal-LM run poorly."""
+    import torch
+
+    return {**TRAINER_DEFAULTS,
+            "dataloader_pin_memory": torch.cuda.is_available()}  # pinning is only useful for host-to-GPU copies
+
+
+def __getattr__(name: str) -> Any:
+    """``RECIPE_CLASSES`` and ``PACKAGE_DEFAULTS``, made on first use: what imports only the data
+    classes (corpus, tokenizer, prepare) never imports torch."""
+    if name == "RECIPE_CLASSES":
+        return recipe_classes()
+    if name == "PACKAGE_DEFAULTS":
+        return package_defaults()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+TRAINER_DEFAULTS: dict[str, Any] = {
     "output_dir": "runs/default",
     "eval_strategy": "steps",
     "eval_steps": 100,
@@ -271,7 +299,6 @@ PACKAGE_DEFAULTS: dict[str, Any] = {
     # GPT-style models use every parameter in every step: DDP's search for unused ones is an extra
     # autograd traversal per step that finds nothing.
     "ddp_find_unused_parameters": False,
-    "dataloader_pin_memory": torch.cuda.is_available(),  # pinning is only useful for host-to-GPU copies
     "disable_tqdm": False,  # the training bar stays while the libraries' logs are quiet (Trainer ties it to them)
 }
 
@@ -297,8 +324,8 @@ PEFT_SECTION = {"method": "peft_method", "r": "lora_r", "lora_alpha": "lora_alph
                 "modules_to_save": "lora_modules_to_save"}
 
 
-def recipe_fields() -> list[dataclasses.Field]:
-    return [f for cls in RECIPE_CLASSES for f in dataclasses.fields(cls) if f.init]
+def recipe_fields(classes: tuple[type, ...] | None = None) -> list[dataclasses.Field]:
+    return [f for cls in classes or recipe_classes() for f in dataclasses.fields(cls) if f.init]
 
 
 def resolved_recipe(recipe: Recipe) -> dict[str, Any]:
