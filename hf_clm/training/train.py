@@ -195,7 +195,7 @@ def run_summary(recipe: Recipe, trainer, model: PreTrainedModel, data: TrainingD
     unigram = None if data.streamed else unigram_scores(data.train, data.validation, len(data.tokenizer)).perplexity
     summary = perplexity_summary(metrics, model, data, trainer.state.num_input_tokens_seen, unigram,
                                  base_model_metrics(trainer.state.log_history), validation_text(vars(recipe.data_args)))
-    summary.update(training_throughput(trainer, trainer.meter), run=record)
+    summary.update(training_throughput(trainer, trainer.meter), run=record, global_step=trainer.state.global_step)
     if recipe.run_args.max_train_seconds is not None:
         summary["max_train_seconds"] = recipe.run_args.max_train_seconds
     if data.eval_sets:
