@@ -234,16 +234,21 @@ def test_several_models_make_a_comparison_report_that_report_accepts(trained_dir
     assert combined.returncode == 0, combined.stderr[-2000:]
     table = json.loads((tmp_path / "both" / "report.json").read_text())["runs"]
     assert len(table) == 3
-    assert [r["evaluated_on"] for r in table] == ["the paragraphs of valid.txt", "valid.txt", "valid.txt"]
+    run_text = json.loads((run_dir / "perplexity.json").read_text())["evaluated_on"]
+    assert run_text.startswith("the paragraphs of valid.txt: ")
+    assert [r["evaluated_on"] for r in table] == [run_text, "valid.txt", "valid.txt"]
     both = (tmp_path / "both" / "report.md").read_text()
-    assert "| the paragraphs of valid.txt | strided, window 32, stride 32 (validation blocks) |" in both
+    assert f"| {run_text} | strided, window 32, stride 32 (validation blocks) |" in both
     assert "| valid.txt | strided, window 64, stride 64 |" in both
 
 
 def test_a_run_records_and_prints_the_text_it_was_validated_on(trained_dir, finished_run):
     run_dir, _ = trained_dir
-    assert json.loads((run_dir / "perplexity.json").read_text())["evaluated_on"] == "the paragraphs of valid.txt"
-    assert "evaluated on           the paragraphs of valid.txt" in finished_run.stdout
+    summary = json.loads((run_dir / "perplexity.json").read_text())
+    counts = json.loads((run_dir / "token_counts.json").read_text())["validation"]
+    assert summary["evaluated_on"] == (f"the paragraphs of valid.txt: {counts['documents']} documents -> "
+                                       f"{counts['blocks']} blocks of 32 tokens, {summary['tokens']:,} tokens scored")
+    assert f"evaluated on           {summary['evaluated_on']}" in finished_run.stdout
 
 
 def test_perplexity_scores_paragraphs_or_lines_of_text_files_and_the_first_n(tmp_path, bpe_tokenizer, capsys):

@@ -144,7 +144,9 @@ class DataArguments:
         default=None, metadata={"help": "Keep only the first N training documents."}
     )
     max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Keep only the first N validation documents."}
+        default=None, metadata={"help": "Keep only the first N validation documents (of a prepared_dataset: the "
+                                        "blocks its first N non-empty documents fill, as tokenizing them would "
+                                        "give)."}
     )
     block_size: int = field(
         default=128, metadata={"help": "Tokens per training block. Larger than the model's context is an error."}

@@ -11,7 +11,7 @@ from typing import Any
 from transformers import PreTrainedModel, TrainingArguments, set_seed
 
 from hf_clm.run.artifacts import write_finished_marker
-from hf_clm.data.blocks import TokenCounts, save_token_counts
+from hf_clm.data.blocks import TokenCounts, save_token_counts, scored_text
 from hf_clm.training.checkpoints import (
     check_output_dir,
     clear_incomplete_checkpoints,
@@ -20,7 +20,7 @@ from hf_clm.training.checkpoints import (
     remove_template_card,
     resume_checkpoint,
 )
-from hf_clm.data.corpus import validation_text
+from hf_clm.data.corpus import validation_source
 from hf_clm.training.distributed import check_launch, check_resume_launch
 from hf_clm.training.divergence import TrainingDiverged
 from hf_clm.errors import HfClmError
@@ -194,7 +194,9 @@ def run_summary(recipe: Recipe, trainer, model: PreTrainedModel, data: TrainingD
     check_final_loss(metrics["eval_loss"])
     unigram = None if data.streamed else unigram_scores(data.train, data.validation, len(data.tokenizer)).perplexity
     summary = perplexity_summary(metrics, model, data, trainer.state.num_input_tokens_seen, unigram,
-                                 base_model_metrics(trainer.state.log_history), validation_text(vars(recipe.data_args)))
+                                 base_model_metrics(trainer.state.log_history),
+                                 scored_text(validation_source(vars(recipe.data_args)), data.counts["validation"],
+                                             recipe.data_args.max_eval_samples))
     summary.update(training_throughput(trainer, trainer.meter), run=record, global_step=trainer.state.global_step)
     if recipe.run_args.max_train_seconds is not None:
         summary["max_train_seconds"] = recipe.run_args.max_train_seconds
