@@ -178,6 +178,7 @@ RANGES: dict[str, Range] = {
     "peak_tflops": Range(lambda v: finite(v) and v > 0, "a number > 0"),
     "max_tokens": Range(lambda v: v >= 1, "an integer >= 1"),
     "max_train_seconds": Range(lambda v: finite(v) and v > 0, "a number of seconds > 0"),
+    "tuned_for_tokens_per_second": Range(lambda v: finite(v) and v > 0, "a number of tokens/s > 0"),
     "muon_learning_rate": Range(lambda v: finite(v) and v > 0, "a number > 0"),
     "muon_momentum": Range(lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "rehearse": Range(lambda v: v >= 1, "an integer >= 1 (the optimizer steps to rehearse)"),

@@ -197,6 +197,14 @@ class RunArguments:
                           "the learning-rate schedule (warm-up, decay) follows the fraction of the budget used, "
                           "so a run ends its decay on any machine. warmup_steps is then a fraction (< 1)."},
     )
+    tuned_for_tokens_per_second: float | None = field(
+        default=None,
+        metadata={"help": "With max_train_seconds: the training throughput (tokens/s, as the run summary's "
+                          "'throughput') the recipe's settings were tuned at, so the budget held max_train_seconds "
+                          "x this tokens, i.e. that / (global batch x block_size) steps. The run summary then says "
+                          "when this run trained under half those steps: a slower machine gets a shorter run and "
+                          "a worse perplexity than the recipe's. Leave unset when the recipe was not tuned."},
+    )
     muon_learning_rate: float | None = field(
         default=None,
         metadata={"help": "optim: muon: learning rate of the Muon group (the 2-D hidden weight matrices), "
@@ -252,6 +260,13 @@ class Recipe(NamedTuple):
     def tokens_per_step(self, processes: int | None = None) -> int:
         """Training tokens of one optimizer step: the global batch in blocks x block_size."""
         return self.global_batch_blocks(processes) * self.data_args.block_size
+
+    def tuned_steps(self) -> int | None:
+        """The optimizer steps the time budget held where the recipe was tuned (``tuned_for_tokens_per_second``)."""
+        run = self.run_args
+        if run.max_train_seconds is None or run.tuned_for_tokens_per_second is None:
+            return None
+        return round(run.max_train_seconds * run.tuned_for_tokens_per_second / self.tokens_per_step())
 
     def uses_muon(self) -> bool:
         return str(self.training_values.get("optim")) == MUON

@@ -200,9 +200,24 @@ def run_summary(recipe: Recipe, trainer, model: PreTrainedModel, data: TrainingD
     summary.update(training_throughput(trainer, trainer.meter), run=record, global_step=trainer.state.global_step)
     if recipe.run_args.max_train_seconds is not None:
         summary["max_train_seconds"] = recipe.run_args.max_train_seconds
+        summary["budget"] = budget_held(recipe, trainer.state.global_step, summary.get("train_tokens_per_second"))
     if data.eval_sets:
         summary["eval_sets"] = eval_set_figures(trainer)
     return summary
+
+
+def budget_held(recipe: Recipe, steps: int, tokens_per_second: float | None) -> dict[str, Any]:
+    """What a time budget held on this machine, beside what it held where the recipe was tuned
+    (``tuned_for_tokens_per_second``): the steps and tokens trained, and whether they fell under half."""
+    held: dict[str, Any] = {"steps": steps, "tokens_per_second": tokens_per_second}
+    tuned = recipe.tuned_steps()
+    if tuned is not None:
+        held.update(tuned_for_steps=tuned, tuned_for_tokens_per_second=recipe.run_args.tuned_for_tokens_per_second,
+                    far_short=steps < tuned / 2)
+        if held["far_short"]:
+            logger.warning("this run trained %d steps; the recipe was tuned for ~%d in its %g s budget: expect a "
+                           "worse perplexity than the recipe's", steps, tuned, recipe.run_args.max_train_seconds)
+    return held
 
 
 def finish_run(recipe: Recipe, summary: dict[str, Any], step: int, push: tuple[PushTarget, str, PublishOptions] | None) -> None:
