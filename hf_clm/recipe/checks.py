@@ -128,7 +128,10 @@ def checked_value(key: str, value: Any, name: str | None = None) -> Any:
     if value is None:
         raise HfClmError(f"{name} has no value; give {kind_words(members[0])} or remove the line")
     allowed = " or ".join(dict.fromkeys(kind_words(m) for m in members))
-    raise HfClmError(f"{name} must be {allowed}, not {shown_value(value)}")
+    ranged = f" ({RANGES[key].allowed})" if key in RANGES else ""
+    unset = "; remove the line for its default" if isinstance(value, str) and value.strip().lower() in (
+        "none", "null") else ""
+    raise HfClmError(f"{name} must be {allowed}, not {shown_value(value)}{ranged}{unset}")
 
 
 @functools.cache
