@@ -37,6 +37,7 @@ from hf_clm.evaluation.report import write_report
 from hf_clm.run.files import PERPLEXITY_FILENAME
 from hf_clm.training.record import record_run
 from hf_clm.training.throughput import training_throughput
+from hf_clm.training.trackers import continue_tensorboard_folder
 from hf_clm.training.trainer import build_trainer, eval_set_figures, final_eval_metrics, train_to_the_end
 
 logger = logging.getLogger(__name__)
@@ -157,6 +158,8 @@ def locked_run(recipe: Recipe, push: tuple[PushTarget, str, PublishOptions] | No
         args.eval_on_start = True  # the base model's perplexity, for the before/after comparison
     trainer = build_trainer(recipe, model, data)  # refuses an optimizer that cannot work before any file is written
     start_output_dir(recipe, data, resume)  # everything is ready: only now may the previous contents go
+    if resume is not None:
+        continue_tensorboard_folder(trainer, output_dir)
     recorder = record_run(trainer, recipe)
     train_to_the_end(trainer, resume)
     remove_template_card(output_dir)
