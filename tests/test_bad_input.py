@@ -453,6 +453,9 @@ def publish_bad_inputs(tmp_path):
     return {
         "push an adapter on a local base": (["push", lora, *push],
                                             "which nobody else can load: push its merged model (hf-clm merge"),
+        "push an adapter on a local base, merged already": (["push", str(half_merged), *push],
+                                                            "which nobody else can load: push its merged model "
+                                                            f"(hf-clm push {half_merged} --merged) or name"),
         "push without a license": (["push", lora, "--repo-id", "tester/x", "--base_model", "tester/base"],
                                    "no license for the model card: pass --license SPDX-ID"),
         "push --merged without a merged model": (["push", lora, "--merged", *push], "has no merged model"),

@@ -129,8 +129,11 @@ class DataArguments:
     )
     sample_by: str = field(
         default="document",
-        metadata={"help": "How .txt files become documents: 'document' (one per file), 'paragraph' "
-                          "(split on blank lines) or 'line' (one per non-blank line, EOS in place of the newline).",
+        metadata={"help": "How .txt files become documents: 'document' (one per file), 'paragraph' (the "
+                          "text cut at every two consecutive newlines, as Python's text.split('\\n\\n') after "
+                          "reading \\r\\n as \\n: empty pieces dropped, single newlines and other whitespace "
+                          "kept, so three newlines start the next paragraph with one) or 'line' (one per "
+                          "non-blank line, EOS in place of the newline).",
                   "choices": ["document", "paragraph", "line"]},
     )
     validation_split_percentage: int = field(
