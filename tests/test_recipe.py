@@ -365,3 +365,18 @@ def test_no_far_fetched_suggestion_for_any_foreign_key():
     from hf_clm.recipe.keys import unknown_key_message
 
     assert not [key for key in FOREIGN if "did you mean" in unknown_key_message(key, "x")]
+
+
+def test_the_other_ranks_of_a_launch_keep_the_quiet_library_logs(monkeypatch):
+    """Trainer sets each non-main process's transformers verbosity from log_level_replica (transformers'
+    default: warning, which lets "`loss_type=None` ... unrecognized" through once per rank)."""
+    import transformers
+    from transformers import TrainingArguments
+
+    from hf_clm.run.verbosity import quiet_libraries
+
+    monkeypatch.delenv("TRANSFORMERS_VERBOSITY", raising=False)
+    quiet_libraries(verbose=False)
+    args = parse_recipe(["--builtin_corpus", "python-stdlib", "--train_tokenizer", "true"], command="plan").training_args
+    monkeypatch.setattr(TrainingArguments, "should_log", property(lambda self: False))  # a replica
+    assert args.get_process_log_level() == transformers.logging.get_verbosity() == transformers.logging.ERROR

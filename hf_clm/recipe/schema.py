@@ -293,6 +293,9 @@ PACKAGE_DEFAULTS: dict[str, Any] = {
     "ddp_find_unused_parameters": False,
     "dataloader_pin_memory": torch.cuda.is_available(),  # pinning is only useful for host-to-GPU copies
     "disable_tqdm": False,  # the training bar stays while the libraries' logs are quiet (Trainer ties it to them)
+    # The other processes of a launch keep the libraries' verbosity hf_clm.run.verbosity set (Trainer would
+    # set theirs to warning: transformers' "`loss_type=None` ... unrecognized" notice, once per process).
+    "log_level_replica": "passive",
 }
 
 # attention_scope: document needs a kernel whose mask transformers derives from restarting
