@@ -122,3 +122,24 @@ def test_a_budget_that_held_what_the_recipe_was_tuned_for_says_only_what_it_trai
     assert budget_text(held, 251_904) == "this run trained 123 steps (251,904 tokens) at 839 tokens/s"
     assert budget_text({**held, "far_short": True}, 251_904).endswith(
         "; the recipe was tuned for ~200 steps at 1,400 tokens/s: expect a worse perplexity than the recipe's")
+
+
+def test_the_training_bar_of_a_budget_run_starts_without_the_virtual_step_count():
+    """Trainer opens its bar at 0/max_steps, the unreachable step count of a budget run; BudgetStop
+    (added after Trainer's ProgressCallback) takes the total away and names the budget instead."""
+    from transformers import ProgressCallback, TrainerControl, TrainerState
+    from transformers.trainer_callback import CallbackHandler
+
+    from hf_clm.recipe.schema import UNBOUNDED_STEPS
+
+    progress = ProgressCallback()
+    handler = CallbackHandler([progress], None, None, None, None)
+    stop = BudgetStop(BudgetClock(FakeClock(), budget=300.0), handler)
+    handler.add_callback(stop)
+    state = TrainerState(max_steps=UNBOUNDED_STEPS, is_world_process_zero=True, is_local_process_zero=True)
+    handler.on_train_begin(None, state, TrainerControl())
+    bar = progress.training_bar
+    try:
+        assert bar.total is None and "budget 300 s" in str(bar) and "1099511627776" not in str(bar)
+    finally:
+        bar.close()
