@@ -6,11 +6,14 @@ accumulation) makes it fit."""
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
 
 from hf_clm.errors import HfClmError
 from hf_clm.run.figures import byte_size
 from hf_clm.run.verbosity import quiet_libraries
+
+logger = logging.getLogger("hf_clm")
 
 HELP = "size a recipe's run without running it: parameters, memory per device, fit, checkpoint, time"
 PLAN_USAGE = ("%(prog)s RECIPE [--key value ...] [--processes N] [--accelerate_config PATH] "
@@ -78,11 +81,27 @@ def main(argv: list[str], verbose: bool = False) -> int:
     deepspeed = args.deepspeed or recipe_deepspeed(recipe_argv)
     recipe = parse_recipe([*recipe_argv, "--deepspeed", "none"], command="plan")
     launch = planned_launch(recipe, args.processes, args.accelerate_config, deepspeed)
+    if (warning := global_batch_warning(recipe, launch.processes)) is not None:
+        logger.warning("%s", warning)
     plan, shape = recipe_plan(recipe, launch, device, args.mfu)
     print(json_text(plan, indent=2) if args.json else plan_table(plan))
     if plan["fits"] is False:
         raise HfClmError(not_fitting_message(plan, shape, device, recipe))
     return 0
+
+
+def global_batch_warning(recipe, processes: int) -> str | None:
+    """Over several processes a recipe's global batch is per_device_train_batch_size x
+    gradient_accumulation_steps x processes: a recipe written for one process trains with a larger one."""
+    if processes == 1:
+        return None
+    args = recipe.training_args
+    one, many = recipe.global_batch_blocks(1), recipe.global_batch_blocks(processes)
+    return (f"over {processes} processes the global batch is {many:,} blocks = {recipe.tokens_per_step(processes):,} "
+            f"tokens per step ({args.per_device_train_batch_size} per_device_train_batch_size x "
+            f"{args.gradient_accumulation_steps} gradient_accumulation_steps x {processes} processes), {processes}x "
+            f"the recipe's {one:,} on one process: its learning rate and steps were set for that batch; "
+            f"to keep {one:,}, divide per_device_train_batch_size or gradient_accumulation_steps by {processes}")
 
 
 def plan_table(plan: dict) -> str:
