@@ -359,3 +359,18 @@ def test_perplexity_scores_the_text_column_and_the_recipe_it_is_given(tmp_path, 
     # reading a recipe's validation documents runs nothing: its output_dir and trackers do not matter
     recipe.write_text(recipe.read_text() + f"output_dir: {table}\nreport_to: wandb\n")
     assert figures("--recipe", str(recipe))["documents"] == 20
+
+
+@pytest.mark.parametrize("command, not_imported", [("plan", ["torch", "transformers", "datasets"]),
+                                                   ("train", ["datasets", "transformers.trainer", "hf_clm.training.train"])])
+def test_help_imports_only_what_it_prints(command, not_imported):
+    """plan's help imports no library; train's lists TrainingArguments' fields, so it imports transformers
+    (and torch, accelerate and peft under it) for them, and nothing else: no datasets, no Trainer (a loaded 2-core machine took 20-25 s for every import)."""
+    code = ("import contextlib, io, sys\nfrom hf_clm.commands.cli import main\n"
+            f"with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):\n"
+            f"    main([{command!r}, '--help'])\n"
+            "assert out.getvalue().startswith('usage: hf-clm'), out.getvalue()[:200]\n"
+            f"print(sorted(m for m in {not_imported!r} if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -102,7 +102,7 @@ def test_parameters_equal_the_real_gpt2_model(tmp_path, capsys):
     recipe = small_recipe(tmp_path, train_tokenizer=False, tokenizer_name_or_path=str(tokenizer_dir), n_layer=3,
                           n_embd=48, n_head=4, block_size=64)
     plan = planned(capsys, recipe)
-    parsed = parse_recipe([recipe])
+    parsed = parse_recipe([recipe], command="plan")
     real = build_model(parsed.model_args, read_tokenizer(tokenizer_dir), 64)
     assert plan["parameters"] == real.num_parameters()
     assert plan["memory_per_device"]["weights"] == 4 * real.num_parameters()

@@ -26,7 +26,7 @@ class PlanArgumentParser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
-    from hf_clm.planning.memory import DEFAULT_MFU
+    from hf_clm.run.gpus import DEFAULT_MFU
 
     parser = PlanArgumentParser(
         prog="hf-clm plan", usage=PLAN_USAGE, allow_abbrev=False,
@@ -51,9 +51,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def known_names() -> list[str]:
-    from hf_clm.planning.memory import known_gpus
+    from hf_clm.run.gpus import gpus_with_memory
 
-    return list(known_gpus())
+    return list(gpus_with_memory())
 
 
 def recipe_deepspeed(recipe_argv: list[str]) -> Any:
@@ -65,6 +65,7 @@ def recipe_deepspeed(recipe_argv: list[str]) -> Any:
 
 
 def main(argv: list[str], verbose: bool = False) -> int:
+    args, recipe_argv = parser().parse_known_args(argv)  # --help: printed before any library is imported
     quiet_libraries(verbose)
     from hf_clm.planning.memory import planned_device, planned_launch
     from hf_clm.planning.plan import not_fitting_message, recipe_plan
@@ -72,7 +73,6 @@ def main(argv: list[str], verbose: bool = False) -> int:
     from hf_clm.recipe.keys import unknown_key_problems
     from hf_clm.recipe.parser import parse_recipe
 
-    args, recipe_argv = parser().parse_known_args(argv)
     device = planned_device(args.gpu, args.gpu_memory_gb, args.gpu_tflops)
     if not 0 < args.mfu <= 1:
         raise HfClmError(f"--mfu must be a fraction in (0, 1], not {args.mfu}")
