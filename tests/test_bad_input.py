@@ -259,6 +259,34 @@ def bad_inputs(tmp_path):
                                           "directory holds no visible file"),
         "a misspelt flag": (["train", base, "--blok_size", "32"],
                             "unknown recipe key 'blok_size' in the command line; did you mean 'block_size'?"),
+        # what users of run_clm.py, axolotl, litgpt and nanoGPT type
+        "axolotl base_model": (["train", base, "--base_model", "gpt2"],
+                               "unknown recipe key 'base_model' in the command line; that is axolotl's key: here "
+                               "model_name_or_path"),
+        "nanoGPT keys in a recipe": (["train", write_recipe(tmp_path, "nano", f"train_files: {corpus}\n"
+                                                                              "batch_size: 12\nmax_iters: 100\n")],
+                                     "unknown recipe key 'batch_size' in " + str(tmp_path / "nano.yaml") + "; that is "
+                                     "nanoGPT's key: here per_device_train_batch_size; unknown recipe key 'max_iters'"),
+        "litgpt out_dir": (["train", base, "--out_dir", "x"], "that is litgpt's and nanoGPT's key: here output_dir"),
+        "a nanoGPT config": (["train", str(tmp_path / "train_shakespeare_char.py")],
+                             "recipes are YAML; nanoGPT-style Python configs are not read"),
+        "a nanoGPT config after the flags": (["train", "--max_steps", "5", str(tmp_path / "config.py")],
+                                             "config.py: recipes are YAML; nanoGPT-style Python configs are not read"),
+        "a foreign model_type": (["train", base, "--model_type", "llama"],
+                                 "model_type llama: from scratch hf-clm builds a GPT-2-style model only"),
+        "train_file beside train_files": (["train", write_recipe(tmp_path, "alias", f"train_files: {corpus}\n"
+                                                                                     f"train_file: {corpus}\n")],
+                                          "alias.yaml gives both train_file and train_files; keep train_files"),
+        "a relative path that is not here": (["train", base, "--train_files", "no/such.txt"],
+                                             "train_files: 'no/such.txt' does not exist (a relative path is resolved "
+                                             f"from the current directory, {os.getcwd()}: "
+                                             f"{os.path.join(os.getcwd(), 'no', 'such.txt')})"),
+        "max_steps none in a recipe": yaml_case("msn", "max_steps must be an integer, not 'none' (an integer >= 1, or "
+                                                       "-1 to train num_train_epochs); remove the line for its default",
+                                                max_steps="none"),
+        "max_steps a word": (["train", *flags, "--max_steps", "lots"],
+                             "max_steps must be an integer, not 'lots' (an integer >= 1, or -1 to train "
+                             "num_train_epochs; '--max_steps none' gives its default)"),
         "a stream with nothing left to train on": (["train", base, "--train_files", str(one_file), "--sample_by",
                                                     "document", "--streaming", "true", "--max_steps", "3"],
                                                    "the streamed corpus has no training documents: without a "
@@ -434,6 +462,9 @@ def publish_bad_inputs(tmp_path):
     return {
         "push an adapter on a local base": (["push", lora, *push],
                                             "which nobody else can load: push its merged model (hf-clm merge"),
+        "push an adapter on a local base, merged already": (["push", str(half_merged), *push],
+                                                            "which nobody else can load: push its merged model "
+                                                            f"(hf-clm push {half_merged} --merged) or name"),
         "push without a license": (["push", lora, "--repo-id", "tester/x", "--base_model", "tester/base"],
                                    "no license for the model card: pass --license SPDX-ID"),
         "push --merged without a merged model": (["push", lora, "--merged", *push], "has no merged model"),

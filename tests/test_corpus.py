@@ -171,3 +171,18 @@ def test_the_held_out_split_is_the_smallest_hashes_with_ties_in_corpus_order(num
     held = set(np.argsort(hashes, kind="stable")[:n].tolist())
     assert validation["text"] == [t for i, t in enumerate(texts) if i in held]
     assert train["text"] == [t for i, t in enumerate(texts) if i not in held]
+
+
+def test_sample_by_paragraph_is_exactly_a_split_on_two_newlines(tmp_path):
+    """The rule the help states: text.split('\\n\\n') after reading \\r\\n as \\n, empty pieces dropped."""
+    from hf_clm.data.corpus import load_corpus
+    from hf_clm.recipe.schema import DataArguments
+
+    text = ("first paragraph\nwith two lines\n\nsecond  \n\n\nthird starts with a newline\n\n\n\n"
+            "fourth after an empty piece\r\n\r\nfifth, from CRLF\n \nstill fifth (a space is no blank line)\n\n")
+    path = tmp_path / "paragraphs.txt"
+    path.write_bytes(text.encode())
+    data = DataArguments(train_files=[str(path)], validation_files=[str(path)], sample_by="paragraph")
+    expected = [piece for piece in text.replace("\r\n", "\n").split("\n\n") if piece]
+    assert load_corpus(data)["validation"]["text"] == expected
+    assert expected[2] == "\nthird starts with a newline" and len(expected) == 5

@@ -102,7 +102,7 @@ def test_parameters_equal_the_real_gpt2_model(tmp_path, capsys):
     recipe = small_recipe(tmp_path, train_tokenizer=False, tokenizer_name_or_path=str(tokenizer_dir), n_layer=3,
                           n_embd=48, n_head=4, block_size=64)
     plan = planned(capsys, recipe)
-    parsed = parse_recipe([recipe])
+    parsed = parse_recipe([recipe], command="plan")
     real = build_model(parsed.model_args, read_tokenizer(tokenizer_dir), 64)
     assert plan["parameters"] == real.num_parameters()
     assert plan["memory_per_device"]["weights"] == 4 * real.num_parameters()
@@ -167,3 +167,17 @@ def test_the_flagship_fits_8_h100_and_not_8_a100_40gb(capsys):
         memory = {k: round(v / 2**30, 2) for k, v in plan["memory_per_device"].items()}
         print(name, memory, f"checkpoint {plan['checkpoint_bytes'] / 2**30:.2f} GiB",
               f"{plan['seconds_to_finish'] / 3600:.2f} h")
+
+
+def test_more_processes_warn_that_the_recipes_global_batch_changes(tmp_path, caplog, capsys):
+    with caplog.at_level("WARNING", logger="hf_clm"):
+        planned(capsys, small_recipe(tmp_path, gradient_accumulation_steps=2), "--processes", "4")
+    assert [r.getMessage() for r in caplog.records] == [
+        "over 4 processes the global batch is 32 blocks = 1,024 tokens per step (4 per_device_train_batch_size x 2 "
+        "gradient_accumulation_steps x 4 processes), 4x the recipe's 8 on one process: its learning rate and steps "
+        "were set for that batch; to keep 8, divide per_device_train_batch_size or "
+        "gradient_accumulation_steps by 4"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_clm"):
+        planned(capsys, small_recipe(tmp_path))
+    assert not caplog.records

@@ -6,11 +6,14 @@ accumulation) makes it fit."""
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
 
 from hf_clm.errors import HfClmError
 from hf_clm.run.figures import byte_size
 from hf_clm.run.verbosity import quiet_libraries
+
+logger = logging.getLogger("hf_clm")
 
 HELP = "size a recipe's run without running it: parameters, memory per device, fit, checkpoint, time"
 PLAN_USAGE = ("%(prog)s RECIPE [--key value ...] [--processes N] [--accelerate_config PATH] "
@@ -23,7 +26,7 @@ class PlanArgumentParser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
-    from hf_clm.planning.memory import DEFAULT_MFU
+    from hf_clm.run.gpus import DEFAULT_MFU
 
     parser = PlanArgumentParser(
         prog="hf-clm plan", usage=PLAN_USAGE, allow_abbrev=False,
@@ -48,9 +51,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def known_names() -> list[str]:
-    from hf_clm.planning.memory import known_gpus
+    from hf_clm.run.gpus import gpus_with_memory
 
-    return list(known_gpus())
+    return list(gpus_with_memory())
 
 
 def recipe_deepspeed(recipe_argv: list[str]) -> Any:
@@ -62,6 +65,7 @@ def recipe_deepspeed(recipe_argv: list[str]) -> Any:
 
 
 def main(argv: list[str], verbose: bool = False) -> int:
+    args, recipe_argv = parser().parse_known_args(argv)  # --help: printed before any library is imported
     quiet_libraries(verbose)
     from hf_clm.planning.memory import planned_device, planned_launch
     from hf_clm.planning.plan import not_fitting_message, recipe_plan
@@ -69,7 +73,6 @@ def main(argv: list[str], verbose: bool = False) -> int:
     from hf_clm.recipe.keys import unknown_key_problems
     from hf_clm.recipe.parser import parse_recipe
 
-    args, recipe_argv = parser().parse_known_args(argv)
     device = planned_device(args.gpu, args.gpu_memory_gb, args.gpu_tflops)
     if not 0 < args.mfu <= 1:
         raise HfClmError(f"--mfu must be a fraction in (0, 1], not {args.mfu}")
@@ -78,11 +81,27 @@ def main(argv: list[str], verbose: bool = False) -> int:
     deepspeed = args.deepspeed or recipe_deepspeed(recipe_argv)
     recipe = parse_recipe([*recipe_argv, "--deepspeed", "none"], command="plan")
     launch = planned_launch(recipe, args.processes, args.accelerate_config, deepspeed)
+    if (warning := global_batch_warning(recipe, launch.processes)) is not None:
+        logger.warning("%s", warning)
     plan, shape = recipe_plan(recipe, launch, device, args.mfu)
     print(json_text(plan, indent=2) if args.json else plan_table(plan))
     if plan["fits"] is False:
         raise HfClmError(not_fitting_message(plan, shape, device, recipe))
     return 0
+
+
+def global_batch_warning(recipe, processes: int) -> str | None:
+    """Over several processes a recipe's global batch is per_device_train_batch_size x
+    gradient_accumulation_steps x processes: a recipe written for one process trains with a larger one."""
+    if processes == 1:
+        return None
+    args = recipe.training_args
+    one, many = recipe.global_batch_blocks(1), recipe.global_batch_blocks(processes)
+    return (f"over {processes} processes the global batch is {many:,} blocks = {recipe.tokens_per_step(processes):,} "
+            f"tokens per step ({args.per_device_train_batch_size} per_device_train_batch_size x "
+            f"{args.gradient_accumulation_steps} gradient_accumulation_steps x {processes} processes), {processes}x "
+            f"the recipe's {one:,} on one process: its learning rate and steps were set for that batch; "
+            f"to keep {one:,}, divide per_device_train_batch_size or gradient_accumulation_steps by {processes}")
 
 
 def plan_table(plan: dict) -> str:

@@ -421,6 +421,13 @@ def file_names(paths: list[str], shown: int = 3) -> str:
 
 def validation_text(data: dict[str, Any]) -> str:
     """The documents :func:`validation_split` gives for these data keys (a recipe's), in words."""
+    first = data.get("max_eval_samples")
+    return validation_source(data) + (f"; the first {first:,}" if first else "")
+
+
+def validation_source(data: dict[str, Any]) -> str:
+    """Where :func:`validation_split`'s documents come from, in words, without ``max_eval_samples``'s cap
+    (a run states the cap from the documents it scored)."""
     percentage, first = data.get("validation_split_percentage"), data.get("max_eval_samples")
     head = f"the first {first or STREAMING_EVAL_DOCUMENTS:,} documents of the stream"
     if data.get("builtin_corpus"):
@@ -442,7 +449,7 @@ def validation_text(data: dict[str, Any]) -> str:
                                       data.get("dataset_config_name"))))
         missing = head.replace("the stream", "train") if data.get("streaming") else f"{percentage}% of train held out"
         text = f"{name}, validation split (or, where it has none, {missing})"
-    return text + (f"; the first {first:,}" if first else "")
+    return text
 
 
 def head_documents(data_values: dict, split: str, n: int):

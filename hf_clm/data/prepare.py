@@ -21,7 +21,7 @@ import pyarrow as pa
 from datasets import DatasetDict, concatenate_datasets, load_from_disk
 from transformers import PreTrainedTokenizerBase
 
-from hf_clm.data.blocks import TokenCounts, build_blocks, stream_blocks
+from hf_clm.data.blocks import TokenCounts, build_blocks, first_documents, stream_blocks
 from hf_clm.data.corpus import load_corpus, load_eval_sets, load_streaming_corpus, materialize_head
 from hf_clm.data.prepared import (
     STREAMING_TOKENIZER_DOCUMENTS,
@@ -140,6 +140,9 @@ def prepared_data(recipe: Recipe) -> TrainingData:
                          f"(replaced after they were written?); run 'hf-clm prepare RECIPE' again")
     blocks = load_prepared_blocks(path, description.get("num_shards"))
     counts = {name: TokenCounts.from_dict(count) for name, count in description["counts"].items()}
+    if recipe.data_args.max_eval_samples is not None:
+        blocks["validation"], counts["validation"] = first_documents(
+            blocks["validation"], counts["validation"], recipe.data_args.max_eval_samples, tokenizer.eos_token_id)
     logger.info("Read prepared blocks from %s: %s", path,
                 ", ".join(f"{name} {len(split):,}" for name, split in blocks.items()))
     return TrainingData(tokenizer, blocks["train"], blocks["validation"], counts)

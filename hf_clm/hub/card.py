@@ -3,6 +3,7 @@ model) and a body whose loading code and reproduce command work for anyone who r
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,25 @@ def evaluation_dataset(recipe: dict[str, Any]) -> tuple[str, str]:
         return recipe["builtin_corpus"], f"{recipe['builtin_corpus']} (held-out files)"
     files = recipe.get("validation_files") or recipe.get("train_files") or []
     return "local-files", "local files: " + ", ".join(Path(f).name for f in files)
+
+
+# A split named in a file's name (wiki.test.raw, valid.txt, dev.jsonl): the split model-index states.
+SPLIT_IN_NAME = re.compile(r"(?:^|[^a-z])(test|valid|validation|dev|train)(?:[^a-z]|$)")
+SPLIT_NAMES = {"test": "test", "valid": "validation", "validation": "validation", "dev": "validation",
+               "train": "train"}
+
+
+def evaluation_split(recipe: dict[str, Any]) -> str:
+    """The split the run validated on, as model-index wants it: a dataset's validation split; the split
+    its validation files name (wiki.test.raw: test); the training text's held-out part."""
+    files = recipe.get("validation_files")
+    if files:
+        matches = [SPLIT_IN_NAME.search(Path(f).name.lower()) for f in files]
+        named = {SPLIT_NAMES[match.group(1)] for match in matches if match}
+        return named.pop() if all(matches) and len(named) == 1 else "validation"
+    if recipe.get("train_files") or recipe.get("builtin_corpus"):
+        return f"train ({recipe.get('validation_split_percentage', 10)}% held out)"
+    return "validation"
 
 
 def as_written(key: str, value: Any, defaults: dict[str, Any]) -> Any:
@@ -142,7 +162,7 @@ A causal language model trained with [hf_clm](https://github.com/hf-clm/hf_clm):
 
 ## Evaluation
 
-Perplexity = exp(token-weighted mean NLL) on the validation split of {dataset_name} ({dataset_type}),
+Perplexity = exp(token-weighted mean NLL) on the {evaluation_split(recipe)} split of {dataset_name} ({dataset_type}),
 blocks of {summary['block_size']} tokens.{headline}
 
 {table}
@@ -176,7 +196,7 @@ The recipe's settings (the whole resolved recipe is `recipe.yaml` in this reposi
 def eval_results(summary: dict[str, Any], recipe: dict[str, Any]) -> list[EvalResult]:
     dataset_type, dataset_name = evaluation_dataset(recipe)
     results = [EvalResult(task_type="text-generation", dataset_type=dataset_type, dataset_name=dataset_name,
-                          dataset_split="validation", dataset_config=recipe.get("dataset_config_name"),
+                          dataset_split=evaluation_split(recipe), dataset_config=recipe.get("dataset_config_name"),
                           metric_type=metric, metric_name=name, metric_value=round(float(summary[key]), 6))
                for metric, name, key in (("perplexity", "Perplexity", "perplexity"),
                                          ("bits_per_byte", "Bits per byte", "bits_per_byte"))]

@@ -177,9 +177,10 @@ def model_kind(run_dir: Path, options: PublishOptions, recipe: dict[str, Any]) -
     if options.merged:
         return "merged"
     if not options.base_model and not hub_model_id(recipe.get("model_name_or_path")):
+        merge = "" if (run_dir / MERGED_DIRNAME).is_dir() else f"hf-clm merge {run_dir}, then "
         raise HfClmError(f"{run_dir} is a LoRA adapter on the local model {recipe.get('model_name_or_path')}, which "
-                         f"nobody else can load: push its merged model (hf-clm merge {run_dir}, then hf-clm push "
-                         f"{run_dir} --merged) or name the base model's Hub id (--base_model OWNER/NAME)")
+                         f"nobody else can load: push its merged model ({merge}hf-clm push {run_dir} --merged) or "
+                         f"name the base model's Hub id (--base_model OWNER/NAME)")
     return "adapter"
 
 

@@ -56,10 +56,9 @@ import yaml
 
 from hf_clm.errors import HfClmError, first_line
 from hf_clm.recipe.schema import Recipe
-from hf_clm.training.throughput import GPUS
+from hf_clm.run.gpus import DEFAULT_MFU, GPUS, gpus_with_memory  # noqa: F401 (DEFAULT_MFU: the rehearsal reads it here)
 
 USABLE_FRACTION = 0.9  # of a device's memory; the rest: CUDA context, NCCL buffers, fragmentation
-DEFAULT_MFU = 0.40
 GIB = 2**30
 STATE_FILE_BYTES = 16 * 1024  # scheduler.pt, trainer_state.json, training_args.bin, one rng_state per process
 LOGITS_FP32_COPIES = 2
@@ -112,7 +111,7 @@ class Shape(NamedTuple):
 
 
 def known_gpus() -> dict[str, Any]:
-    return {name: gpu for name, gpu in GPUS.items() if gpu.memory_bytes}
+    return gpus_with_memory()
 
 
 def normalized(name: str) -> str:

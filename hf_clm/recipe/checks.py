@@ -130,7 +130,10 @@ def checked_value(key: str, value: Any, name: str | None = None, classes: tuple[
     if value is None:
         raise HfClmError(f"{name} has no value; give {kind_words(members[0])} or remove the line")
     allowed = " or ".join(dict.fromkeys(kind_words(m) for m in members))
-    raise HfClmError(f"{name} must be {allowed}, not {shown_value(value)}")
+    ranged = f" ({RANGES[key].allowed})" if key in RANGES else ""
+    unset = "; remove the line for its default" if isinstance(value, str) and value.strip().lower() in (
+        "none", "null") else ""
+    raise HfClmError(f"{name} must be {allowed}, not {shown_value(value)}{ranged}{unset}")
 
 
 @functools.cache
@@ -180,6 +183,7 @@ RANGES: dict[str, Range] = {
     "peak_tflops": Range(lambda v: finite(v) and v > 0, "a number > 0"),
     "max_tokens": Range(lambda v: v >= 1, "an integer >= 1"),
     "max_train_seconds": Range(lambda v: finite(v) and v > 0, "a number of seconds > 0"),
+    "tuned_for_tokens_per_second": Range(lambda v: finite(v) and v > 0, "a number of tokens/s > 0"),
     "muon_learning_rate": Range(lambda v: finite(v) and v > 0, "a number > 0"),
     "muon_momentum": Range(lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "rehearse": Range(lambda v: v >= 1, "an integer >= 1 (the optimizer steps to rehearse)"),

@@ -31,8 +31,8 @@ from hf_clm.recipe.parser import (
     read_recipe_yaml,
     recipe_mapping,
     replaced_sources,
-    resolve_paths,
 )
+from hf_clm.recipe.paths import resolve_paths
 from hf_clm.recipe.ranges import at_least, range_problems
 from hf_clm.recipe.schema import DATA_CLASSES, PATH_KEYS, DataArguments, ModelArguments
 

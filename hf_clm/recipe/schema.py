@@ -130,8 +130,11 @@ class DataArguments:
     )
     sample_by: str = field(
         default="document",
-        metadata={"help": "How .txt files become documents: 'document' (one per file), 'paragraph' "
-                          "(split on blank lines) or 'line' (one per non-blank line, EOS in place of the newline).",
+        metadata={"help": "How .txt files become documents: 'document' (one per file), 'paragraph' (the "
+                          "text cut at every two consecutive newlines, as Python's text.split('\\n\\n') after "
+                          "reading \\r\\n as \\n: empty pieces dropped, single newlines and other whitespace "
+                          "kept, so three newlines start the next paragraph with one) or 'line' (one per "
+                          "non-blank line, EOS in place of the newline).",
                   "choices": ["document", "paragraph", "line"]},
     )
     validation_split_percentage: int = field(
@@ -145,7 +148,9 @@ class DataArguments:
         default=None, metadata={"help": "Keep only the first N training documents."}
     )
     max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Keep only the first N validation documents."}
+        default=None, metadata={"help": "Keep only the first N validation documents (of a prepared_dataset: the "
+                                        "blocks its first N non-empty documents fill, as tokenizing them would "
+                                        "give)."}
     )
     block_size: int = field(
         default=128, metadata={"help": "Tokens per training block. Larger than the model's context is an error."}
@@ -195,6 +200,14 @@ class RunArguments:
                           "excluded, continued on resume): training ends when another step would pass it, and "
                           "the learning-rate schedule (warm-up, decay) follows the fraction of the budget used, "
                           "so a run ends its decay on any machine. warmup_steps is then a fraction (< 1)."},
+    )
+    tuned_for_tokens_per_second: float | None = field(
+        default=None,
+        metadata={"help": "With max_train_seconds: the training throughput (tokens/s, as the run summary's "
+                          "'throughput') the recipe's settings were tuned at, so the budget held max_train_seconds "
+                          "x this tokens, i.e. that / (global batch x block_size) steps. The run summary then says "
+                          "when this run trained under half those steps: a slower machine gets a shorter run and "
+                          "a worse perplexity than the recipe's. Leave unset when the recipe was not tuned."},
     )
     muon_learning_rate: float | None = field(
         default=None,
@@ -252,6 +265,13 @@ class Recipe(NamedTuple):
         """Training tokens of one optimizer step: the global batch in blocks x block_size."""
         return self.global_batch_blocks(processes) * self.data_args.block_size
 
+    def tuned_steps(self) -> int | None:
+        """The optimizer steps the time budget held where the recipe was tuned (``tuned_for_tokens_per_second``)."""
+        run = self.run_args
+        if run.max_train_seconds is None or run.tuned_for_tokens_per_second is None:
+            return None
+        return round(run.max_train_seconds * run.tuned_for_tokens_per_second / self.tokens_per_step())
+
     def uses_muon(self) -> bool:
         return str(self.training_values.get("optim")) == MUON
 
@@ -300,6 +320,9 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     # autograd traversal per step that finds nothing.
     "ddp_find_unused_parameters": False,
     "disable_tqdm": False,  # the training bar stays while the libraries' logs are quiet (Trainer ties it to them)
+    # The other processes of a launch keep the libraries' verbosity hf_clm.run.verbosity set (Trainer would
+    # set theirs to warning: transformers' "`loss_type=None` ... unrecognized" notice, once per process).
+    "log_level_replica": "passive",
 }
 
 # attention_scope: document needs a kernel whose mask transformers derives from restarting

@@ -84,7 +84,21 @@ def figure_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     if summary.get("train_tokens_per_second") is not None:
         mfu = f", MFU {summary['mfu']:.1%}" if summary.get("mfu") is not None else ""
         rows.append(("throughput", f"{summary['train_tokens_per_second']:,.0f} tokens/s{mfu}"))
+    if summary.get("budget"):
+        rows.append(("budget held", budget_text(summary["budget"], summary.get("train_tokens_seen"))))
     return rows
+
+
+def budget_text(budget: dict[str, Any], tokens: int | None) -> str:
+    """'this run trained 123 steps (251,904 tokens) at 839 tokens/s', and, when that is under half of what
+    the recipe was tuned for, the tuned figures and what to expect."""
+    rate = budget.get("tokens_per_second")
+    text = (f"this run trained {budget['steps']:,} steps" + (f" ({tokens:,} tokens)" if tokens is not None else "")
+            + (f" at {rate:,.0f} tokens/s" if rate else ""))
+    if budget.get("far_short"):
+        text += (f"; the recipe was tuned for ~{budget['tuned_for_steps']:,} steps at "
+                 f"{budget['tuned_for_tokens_per_second']:,.0f} tokens/s: expect a worse perplexity than the recipe's")
+    return text
 
 
 def console_summary(summary: dict[str, Any], output_dir: Path) -> str:
