@@ -22,8 +22,6 @@ from pathlib import Path
 import pytest
 from conftest import GLOO_ABORT, ONE_THREAD, REPO, run_hf_clm, train_losses
 
-from hf_clm.checkpoints import newest_complete_checkpoint
-
 pytestmark = pytest.mark.full  # Slurm jobs, seconds to a minute each
 
 SCRIPT = REPO / "recipes" / "slurm" / "train.sbatch"
@@ -211,6 +209,8 @@ STEPS_RQ = ("--max_steps", str(MAX_STEPS_RQ), "--save_steps", "25", "--save_tota
 
 @pytest.fixture(scope="module")
 def requeued(slurm_cluster, tmp_path_factory):
+    from hf_clm.checkpoints import newest_complete_checkpoint
+
     root = tmp_path_factory.mktemp("slurm-requeue")
     run_dir = root / "requeued"
     job = sbatch(root, ["--nodes=1"], ["--output_dir", str(run_dir), *STEPS_RQ], job_env(root))
