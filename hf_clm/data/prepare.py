@@ -147,7 +147,11 @@ def prepared_data(recipe: Recipe) -> TrainingData:
 
 def training_data(recipe: Recipe) -> TrainingData:
     """The recipe's training data, from wherever the recipe says it comes."""
-    if recipe.data_args.prepared_dataset:
+    if recipe.data_args.mixture is not None:
+        from hf_clm.data.mixture import mixture_data  # it reads prepared sources with this module's functions
+
+        data = mixture_data(recipe)
+    elif recipe.data_args.prepared_dataset:
         data = prepared_data(recipe)
     elif recipe.data_args.streaming:
         data = streamed_data(recipe)
@@ -160,8 +164,11 @@ def with_eval_sets(data: TrainingData, data_args: DataArguments) -> TrainingData
     """The recipe's named evaluation sets cut into blocks like the validation split."""
     sets = load_eval_sets(data_args)
     if sets:
+        if clash := set(sets) & set(data.eval_sets):
+            raise HfClmError(f"eval_sets.{sorted(clash)[0]} has the name of a mixture source (evaluated on its "
+                             f"held-out text already); rename the set or give the source another name")
         blocks, counts = build_blocks(DatasetDict(sets), data.tokenizer, data_args)
-        data.eval_sets = dict(blocks)
+        data.eval_sets.update(blocks)
         data.counts.update(counts)
     return data
 

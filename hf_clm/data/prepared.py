@@ -32,6 +32,7 @@ class TrainingData:
     counts: dict[str, TokenCounts]  # no "train" entry when the training split is streamed
     eval_sets: dict[str, Dataset] = field(default_factory=dict)  # the recipe's named evaluation sets, blocked
     training_documents: int | None = None  # the whole training split's, when this holds one shard of it
+    mixture: list[dict[str, Any]] | None = None  # per source of a mixture: its share and token counts
 
     @property
     def streamed(self) -> bool:

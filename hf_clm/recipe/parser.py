@@ -43,6 +43,7 @@ from hf_clm.recipe.checks import (
     recipe_problems,
 )
 from hf_clm.recipe.keys import PREPARE_SECTION_KEY, recipe_key_names, unknown_key_message
+from hf_clm.recipe.mixture import resolved_mixture
 
 # `--key none` (or null, or '') unsets an optional key; report_to's 'none' is a value of its own.
 NULL_SPELLINGS = ("none", "null", "")
@@ -233,6 +234,8 @@ def resolve_paths(values: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(value, str) and value and value not in NOT_A_PATH and not value.lstrip().startswith("{") \
                 and (key in PATH_KEYS or looks_local(value)):
             values[key] = absolute_path(value)
+    if values.get("mixture") is not None:
+        values["mixture"] = resolved_mixture(values["mixture"], absolute_path)
     return values
 
 
