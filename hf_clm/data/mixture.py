@@ -185,7 +185,8 @@ def mixture_data(recipe: Recipe) -> TrainingData:
     sources = mixture_sources(recipe.data_args.mixture)
     if note := normalisation_note(sources):
         logger.warning(note)
-    tokenizer, parts = all_source_blocks(recipe, sources)
+    tokenizer, parts = (prepared_mixture(recipe, sources) if recipe.data_args.prepared_dataset
+                        else all_source_blocks(recipe, sources))
     budget = budget_blocks(recipe)
     if recipe.data_args.mixture_exhausted == "stop":
         budget = stopped_budget(recipe, parts, budget)
@@ -209,3 +210,50 @@ def mixture_validation_text(mixture: list[dict[str, Any]]) -> str:
     """What a mixture's run validates on, in words."""
     return ("the held-out text of every mixture source together (" + ", ".join(row["name"] for row in mixture)
             + "; each also an evaluation set of its name)")
+
+
+def save_prepared_mixture(recipe, target: Path) -> TrainingData:
+    """``hf-clm prepare`` of a mixture: every source's blocks, one after another, in the folder's
+    train and validation splits, and in ``prepared.json`` each source's rows and token counts.
+    The weights are not part of it: a recipe may change them and train from the same folder."""
+    from hf_clm.data.prepare import save_prepared
+
+    sources = mixture_sources(recipe.data_args.mixture)
+    tokenizer, parts = all_source_blocks(recipe, sources)
+    counts = {"train": summed([p.counts["train"] for p in parts]),
+              "validation": summed([p.counts["validation"] for p in parts])}
+    data = TrainingData(tokenizer, concatenate_datasets([p.train for p in parts]),
+                        concatenate_datasets([p.validation for p in parts]), counts)
+    data.mixture = mixture_description(parts, None)
+    save_prepared(data, recipe, target, mixture=data.mixture)
+    return data
+
+
+def prepared_mixture(recipe: Recipe, sources: list[MixtureSource]
+                     ) -> tuple[PreTrainedTokenizerBase, list[SourceBlocks]]:
+    """A mixture's prepared folder, split back into its sources; refused when it holds other sources
+    (by name and corpus) or another tokenizer or block size than the recipe's."""
+    from hf_clm.data.prepare import check_prepared_matches, load_prepared_blocks, read_description
+
+    path = Path(recipe.data_args.prepared_dataset)
+    description = read_description(path)
+    prepared = description.get("mixture")
+    wanted = [(s.name, s.corpus) for s in sources]
+    if prepared is None or [(row["name"], row["corpus"]) for row in prepared] != wanted:
+        held = ", ".join(f"{row['name']} ({row['corpus']})" for row in prepared) if prepared else "one corpus"
+        raise HfClmError(f"prepared_dataset {path} holds {held}, not the recipe's mixture of "
+                         f"{', '.join(f'{n} ({c})' for n, c in wanted)}; prepare it again with this recipe")
+    tokenizer = load_prepared_tokenizer(path)
+    reference = tokenizer if recipe.model_args.train_tokenizer else load_pretrained_tokenizer(
+        recipe.model_args.tokenizer_name_or_path or recipe.model_args.model_name_or_path)
+    check_prepared_matches(description, reference, recipe, path)
+    blocks = load_prepared_blocks(path)
+    parts, starts = [], {"train": 0, "validation": 0}
+    for source, row in zip(sources, prepared):
+        counts = {split: TokenCounts.from_dict(row[split]) for split in ("train", "validation")}
+        splits = {}
+        for split in ("train", "validation"):
+            splits[split] = blocks[split].select(range(starts[split], starts[split] + counts[split].blocks))
+            starts[split] += counts[split].blocks
+        parts.append(SourceBlocks(source, splits["train"], splits["validation"], counts))
+    return tokenizer, parts

@@ -70,7 +70,7 @@ def streamed_data(recipe: Recipe) -> TrainingData:
     return TrainingData(tokenizer, train_blocks, blocks["validation"], counts)
 
 
-def save_prepared(prepared: TrainingData, recipe: Recipe, path: str | Path) -> Path:
+def save_prepared(prepared: TrainingData, recipe: Recipe, path: str | Path, **extra: Any) -> Path:
     """Write blocks, tokenizer and a description of both; ``prepared.json`` last, so a folder
     without it is an interrupted preparation that ``train`` will not read."""
     path = Path(path)
@@ -80,7 +80,7 @@ def save_prepared(prepared: TrainingData, recipe: Recipe, path: str | Path) -> P
     remove_shards(path)
     DatasetDict(train=prepared.train, validation=prepared.validation).save_to_disk(str(path))
     prepared.tokenizer.save_pretrained(path / TOKENIZER_DIRNAME)
-    write_json(blocks_description(prepared.tokenizer, prepared.counts, recipe), path / PREPARED_FILENAME)
+    write_json(blocks_description(prepared.tokenizer, prepared.counts, recipe, **extra), path / PREPARED_FILENAME)
     return path
 
 
@@ -193,7 +193,15 @@ def prepare(recipe: Recipe, shard: Shard | None = None, tokenizer_only: bool = F
         decide_tokenizer(recipe, target)
         print(f"tokenizer saved to {target / TOKENIZER_DIRNAME}")
         return target
-    if shard is not None:
+    if recipe.data_args.mixture is not None:
+        from hf_clm.data.mixture import save_prepared_mixture
+
+        if shard is not None:
+            raise HfClmError("a mixture is prepared whole, by one process: drop --shard and --num_shards")
+        with folder_lock(target, "prepared_dataset"):
+            data = save_prepared_mixture(recipe, target)
+        path = target
+    elif shard is not None:
         data = prepare_shard(recipe, shard)
         path = target
     else:
