@@ -504,6 +504,10 @@ def mixture_bad_inputs(tmp_path):
             "mcolumn", "mixture source 'mix-rows' (mix-rows.jsonl): text_column 'body' is not a column of the "
                        "train split; its columns are: text", ok,
             {"train_files": rows, "weight": 1, "text_column": "body"}),
+        "mixture_exhausted without a mixture": (["train", recipe_with(tmp_path, corpus, "mstop",
+                                                                     mixture_exhausted="stop")],
+                                                "mixture_exhausted: stop applies to a mixture only; add mixture: or "
+                                                "unset it"),
         "mixture with a corpus key": (["train", recipe_with(tmp_path, corpus, "mboth", mixture=[ok])],
                                       "mixture: names its sources itself; unset train_files (--KEY none)"),
     }

@@ -223,7 +223,9 @@ def corpus_problems(model, data) -> list[str]:
             mixture_sources(data.mixture)
         except HfClmError as err:
             problems.append(str(err))
-    elif len(sources) != 1:
+    elif data.mixture_exhausted != "repeat":
+        problems.append(f"mixture_exhausted: {data.mixture_exhausted} applies to a mixture only; add mixture: or unset it")
+    if data.mixture is None and len(sources) != 1:
         problems.append("set exactly one of dataset_name, train_files or builtin_corpus"
                         + (f" (got {', '.join(sources)}; unset one with --KEY none)" if sources else ""))
     if model.train_tokenizer and model.tokenizer_name_or_path:
