@@ -501,9 +501,52 @@ def plan_bad_inputs(tmp_path):
     }
 
 
+def mixture_bad_inputs(tmp_path):
+    """``mixture:`` sources and weights."""
+    corpus = tmp_path / "mix-ok.txt"
+    corpus.write_text("\n\n".join(make_documents(60)))
+    empty = tmp_path / "mix-empty.txt"
+    empty.write_text("")
+    rows = jsonl(tmp_path, "mix-rows.jsonl", make_documents(30))
+
+    def mixture_case(name, expected, *sources):
+        values = {**RECIPE, "output_dir": str(tmp_path / "out"), "mixture": list(sources)}
+        return (["train", write_recipe(tmp_path, name, yaml.safe_dump(values))], expected)
+
+    ok = {"train_files": str(corpus), "weight": 1}
+    return {
+        "mixture negative weight": mixture_case(
+            "mneg", "mixture source 2 (mix-empty): weight must be 0 or more (its share of the training blocks), "
+                    "not -0.5", ok, {"train_files": str(empty), "weight": -0.5}),
+        "mixture all weights zero": mixture_case(
+            "mzero", "mixture: every weight is 0; give each source its share of the training blocks",
+            {**ok, "weight": 0}, {"train_files": str(rows), "weight": 0}),
+        "mixture weight not a number": mixture_case(
+            "mnan", "mixture source 1 (mix-ok): weight must be a number (its share of the training blocks), not "
+                    "'half'", {**ok, "weight": "half"}),
+        "mixture source naming two corpora": mixture_case(
+            "mtwo", "mixture source 1 must name exactly one corpus: dataset_name, train_files or prepared_dataset "
+                    "(got dataset_name, train_files; a mixture of two corpora is two sources)",
+            {**ok, "dataset_name": "wikitext"}),
+        "mixture source empty": mixture_case(
+            "mempty", f"mixture source 'mix-empty' (mix-empty.txt): the train split of the corpus is empty: {empty} "
+                      f"hold no text", ok, {"train_files": str(empty), "weight": 1}),
+        "mixture source without the text column": mixture_case(
+            "mcolumn", "mixture source 'mix-rows' (mix-rows.jsonl): text_column 'body' is not a column of the "
+                       "train split; its columns are: text", ok,
+            {"train_files": rows, "weight": 1, "text_column": "body"}),
+        "mixture_exhausted without a mixture": (["train", recipe_with(tmp_path, corpus, "mstop",
+                                                                     mixture_exhausted="stop")],
+                                                "mixture_exhausted: stop applies to a mixture only; add mixture: or "
+                                                "unset it"),
+        "mixture with a corpus key": (["train", recipe_with(tmp_path, corpus, "mboth", mixture=[ok])],
+                                      "mixture: names its sources itself; unset train_files (--KEY none)"),
+    }
+
+
 def test_each_bad_input_is_one_line_naming_key_value_and_allowed(tmp_path, capsys, bpe_tokenizer):
     cases = {**bad_inputs(tmp_path), **command_bad_inputs(tmp_path), **report_bad_inputs(tmp_path),
-             **publish_bad_inputs(tmp_path), **plan_bad_inputs(tmp_path)}
+             **publish_bad_inputs(tmp_path), **plan_bad_inputs(tmp_path), **mixture_bad_inputs(tmp_path)}
     bpe_tokenizer.save_pretrained(tmp_path / "pretrained")
     failures = []
     for name, (argv, expected) in cases.items():

@@ -61,6 +61,11 @@ def main(argv: list[str], verbose: bool = False) -> int:
     recipe = parse_data_recipe(recipe_argv)
     if problem := pipeline_problem(recipe, args.shard, args.tokenizer_only):
         raise HfClmError(problem)
+    if recipe.data_args.mixture is not None and (args.shard is not None or args.tokenizer_only
+                                                 or recipe.prepare_args.tasks > 1 or recipe.prepare_args.executor != "local"):
+        raise HfClmError("a mixture is prepared whole, by one process: drop --shard, --tokenizer_only, --executor and "
+                         "--tasks (prepare a large source on its own, in parts, and name its folder as the source's "
+                         "prepared_dataset)")
     if recipe.prepare_args.tasks > 1 or recipe.prepare_args.executor != "local":
         from hf_clm.data.pipeline import run_pipeline
 

@@ -70,7 +70,7 @@ def streamed_data(recipe: Recipe) -> TrainingData:
     return TrainingData(tokenizer, train_blocks, blocks["validation"], counts)
 
 
-def save_prepared(prepared: TrainingData, recipe: Recipe, path: str | Path) -> Path:
+def save_prepared(prepared: TrainingData, recipe: Recipe, path: str | Path, **extra: Any) -> Path:
     """Write blocks, tokenizer and a description of both; ``prepared.json`` last, so a folder
     without it is an interrupted preparation that ``train`` will not read."""
     path = Path(path)
@@ -80,7 +80,7 @@ def save_prepared(prepared: TrainingData, recipe: Recipe, path: str | Path) -> P
     remove_shards(path)
     DatasetDict(train=prepared.train, validation=prepared.validation).save_to_disk(str(path))
     prepared.tokenizer.save_pretrained(path / TOKENIZER_DIRNAME)
-    write_json(blocks_description(prepared.tokenizer, prepared.counts, recipe), path / PREPARED_FILENAME)
+    write_json(blocks_description(prepared.tokenizer, prepared.counts, recipe, **extra), path / PREPARED_FILENAME)
     return path
 
 
@@ -150,7 +150,11 @@ def prepared_data(recipe: Recipe) -> TrainingData:
 
 def training_data(recipe: Recipe) -> TrainingData:
     """The recipe's training data, from wherever the recipe says it comes."""
-    if recipe.data_args.prepared_dataset:
+    if recipe.data_args.mixture is not None:
+        from hf_clm.data.mixture import mixture_data  # it reads prepared sources with this module's functions
+
+        data = mixture_data(recipe)
+    elif recipe.data_args.prepared_dataset:
         data = prepared_data(recipe)
     elif recipe.data_args.streaming:
         data = streamed_data(recipe)
@@ -163,8 +167,11 @@ def with_eval_sets(data: TrainingData, data_args: DataArguments) -> TrainingData
     """The recipe's named evaluation sets cut into blocks like the validation split."""
     sets = load_eval_sets(data_args)
     if sets:
+        if clash := set(sets) & set(data.eval_sets):
+            raise HfClmError(f"eval_sets.{sorted(clash)[0]} has the name of a mixture source (evaluated on its "
+                             f"held-out text already); rename the set or give the source another name")
         blocks, counts = build_blocks(DatasetDict(sets), data.tokenizer, data_args)
-        data.eval_sets = dict(blocks)
+        data.eval_sets.update(blocks)
         data.counts.update(counts)
     return data
 
@@ -189,7 +196,15 @@ def prepare(recipe: Recipe, shard: Shard | None = None, tokenizer_only: bool = F
         decide_tokenizer(recipe, target)
         print(f"tokenizer saved to {target / TOKENIZER_DIRNAME}")
         return target
-    if shard is not None:
+    if recipe.data_args.mixture is not None:
+        from hf_clm.data.mixture import save_prepared_mixture
+
+        if shard is not None:
+            raise HfClmError("a mixture is prepared whole, by one process: drop --shard and --num_shards")
+        with folder_lock(target, "prepared_dataset"):
+            data = save_prepared_mixture(recipe, target)
+        path = target
+    elif shard is not None:
         data = prepare_shard(recipe, shard)
         path = target
     else:

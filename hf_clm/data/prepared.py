@@ -32,6 +32,7 @@ class TrainingData:
     counts: dict[str, TokenCounts]  # no "train" entry when the training split is streamed
     eval_sets: dict[str, Dataset] = field(default_factory=dict)  # the recipe's named evaluation sets, blocked
     training_documents: int | None = None  # the whole training split's, when this holds one shard of it
+    mixture: list[dict[str, Any]] | None = None  # per source of a mixture: its share and token counts
 
     @property
     def streamed(self) -> bool:
@@ -41,7 +42,8 @@ class TrainingData:
 def tokenizer_source(model: ModelArguments, data: DataArguments) -> str:
     """What the recipe's tokenizer is, in words: compared when a prepared dataset is reused."""
     if model.train_tokenizer:
-        corpus = data.dataset_name or data.builtin_corpus or ", ".join(data.train_files or [])
+        corpus = data.dataset_name or data.builtin_corpus or ", ".join(data.train_files or []) or \
+            "the training text of the mixture's sources"
         return f"byte-level BPE, vocab {model.vocab_size}, trained on {corpus}"
     return model.tokenizer_name_or_path or model.model_name_or_path
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from hf_clm.run.artifacts import read_json, write_atomic, write_json, write_text_atomic
 from hf_clm.errors import HfClmError
-from hf_clm.run.figures import eval_sets_table, figures_table, fmt, markdown_table
+from hf_clm.run.figures import eval_sets_table, figures_table, fmt, markdown_table, mixture_table
 from hf_clm.run.files import PERPLEXITY_FILENAME, RECIPE_FILENAME, REPORT_JSON, REPORT_MD, TRAINER_STATE
 
 COMPARISON_KIND = "perplexity comparison"  # report.json of `hf-clm perplexity --output`
@@ -280,7 +280,7 @@ def markdown(runs: list[dict[str, Any]], plots: list[Path]) -> str:
     if any(r.get("base") for r in runs):
         lines += ["A → B: the pretrained base model evaluated before the first step (A), then the fine-tuned "
                   "model (B), on the same validation blocks."]
-    lines += eval_sets_table(summaries) + [""]
+    lines += eval_sets_table(summaries) + mixture_table(summaries) + [""]
     recorded = [r for r in runs if r.get("run")]
     if recorded:
         lines += ["How each run ran (as recorded by the run itself, not as configured):", ""]

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from hf_clm.run.figures import eval_sets_table, figure_rows, markdown_table
+from hf_clm.run.figures import eval_sets_table, figure_rows, markdown_table, mixture_table
 from hf_clm.hub.publish import Publication
 from hf_clm.recipe.parser import recipe_defaults
 from hf_clm.recipe.schema import DataArguments, ModelArguments, RunArguments
@@ -24,7 +24,7 @@ LOCAL_INPUT_NAMES = {"train_files": "the training files", "validation_files": "t
                      "model_name_or_path": "the base model, a local folder",
                      "tokenizer_name_or_path": "the tokenizer, a local folder",
                      "dataset_name": "the dataset, a local folder", "prepared_dataset": "the prepared dataset",
-                     "eval_sets": "the evaluation sets' files"}
+                     "eval_sets": "the evaluation sets' files", "mixture": "the mixture sources' files"}
 
 
 def evaluation_dataset(recipe: dict[str, Any]) -> tuple[str, str]:
@@ -88,6 +88,9 @@ def reproduce_section(pub: Publication, repo_id: str) -> str:
 
 
 def training_data(recipe: dict[str, Any]) -> str:
+    if recipe.get("mixture"):
+        return "a mixture of " + ", ".join(f"{source_words(spec)} (weight {spec.get('weight')})"
+                                           for spec in recipe["mixture"])
     if recipe.get("dataset_name"):
         config = f" (configuration {recipe['dataset_config_name']})" if recipe.get("dataset_config_name") else ""
         return f"the dataset {recipe['dataset_name']}{config}"
@@ -97,6 +100,15 @@ def training_data(recipe: dict[str, Any]) -> str:
     validation = ", ".join(Path(str(f)).name for f in recipe.get("validation_files") or [])
     return f"local files: {names}" + (f" (validation: {validation})" if validation else "") + \
         ", which are not in this repository"
+
+
+def source_words(spec: dict[str, Any]) -> str:
+    """A mixture source of the recipe in words, naming no folder of this machine."""
+    if spec.get("dataset_name"):
+        return " ".join(filter(None, (Path(spec["dataset_name"]).name if Path(spec["dataset_name"]).is_absolute()
+                                      else spec["dataset_name"], spec.get("dataset_config_name"))))
+    files = spec.get("train_files") or [spec.get("prepared_dataset", "")]
+    return "local files " + ", ".join(Path(str(f)).name for f in files)
 
 
 def base_name(pub: Publication) -> str:
@@ -151,7 +163,8 @@ def card_body(pub: Publication, repo_id: str, plots: list[str]) -> str:
     vocab = summary.get("vocab_size", recipe.get("vocab_size"))  # what the BPE learned (vocab_size caps it)
     tokenizer = (f"byte-level BPE trained on the training split, vocab {vocab}" if recipe.get("train_tokenizer")
                  else recipe.get("tokenizer_name_or_path") or recipe.get("model_name_or_path"))
-    table = "\n".join(figure_rows_table(summary) + eval_sets_table({"this model": summary}))
+    table = "\n".join(figure_rows_table(summary) + eval_sets_table({"this model": summary})
+                      + mixture_table({"this model": summary}))
     headline = (f"\n\nPerplexity {summary['base']['perplexity']:.1f} → {summary['perplexity']:.1f} on {dataset_name} "
                 f"(the base model before fine-tuning → this model)." if summary.get("base") else "")
     figures = "\n".join(f"![{Path(p).stem}]({p})" for p in plots)

@@ -45,7 +45,7 @@ NOT_UPLOADED = ["checkpoint-*/**", TRAINER_STATE, TRAINING_ARGS, f"{MERGED_DIRNA
 # What a merged model's repository takes from the run beside the merged weights: its record and figures.
 RUN_RECORD = [RECIPE_FILENAME, PERPLEXITY_FILENAME, TOKEN_COUNTS_FILENAME, REPORT_MD, REPORT_JSON, "curves_by_*.png"]
 NO_LICENSE = "none"
-RECIPE_KEYS_WITH_LOCAL_FILES = [key for key in PATH_KEYS if key != "output_dir"] + [*PATH_OR_HUB_KEYS, "eval_sets"]
+RECIPE_KEYS_WITH_LOCAL_FILES = [key for key in PATH_KEYS if key != "output_dir"] + [*PATH_OR_HUB_KEYS, "eval_sets", "mixture"]
 
 
 @dataclass(frozen=True)

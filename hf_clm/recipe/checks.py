@@ -15,6 +15,7 @@ from typing import Any
 
 from hf_clm.recipe.ranges import MAX_CONTEXT, SEED, Range, between, finite, range_problems
 from hf_clm.errors import HfClmError
+from hf_clm.recipe.mixture import mixture_sources
 from hf_clm.recipe.schema import DOCUMENT_SCOPE_KERNELS, MUON, WSD, Recipe, recipe_classes, recipe_fields
 from hf_clm.run.files import ADAPTER_CONFIG
 
@@ -78,6 +79,9 @@ def coerce_value(value: Any, kind) -> Any:
     elif origin is typing.Literal:
         if value in typing.get_args(kind):
             return value
+    elif origin is list and typing.get_origin((typing.get_args(kind) or (None,))[0]) is dict:
+        if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            return value  # a list of mappings (mixture:), each checked by its own key's rules
     elif origin is list or kind is list:
         items = [value] if isinstance(value, str) else value  # `train_files: data.txt` means a list of one
         if isinstance(items, list) and items and all(
@@ -99,6 +103,8 @@ def kind_words(kind) -> str:
         return "one of " + ", ".join(str(member.value) for member in kind)
     if origin is typing.Literal:
         return "one of " + ", ".join(map(str, typing.get_args(kind)))
+    if origin is list and typing.get_origin((typing.get_args(kind) or (None,))[0]) is dict:
+        return "a list of mappings"
     if origin is list or kind is list:
         return "text or a list of text"
     if origin is dict or kind is dict:
@@ -201,6 +207,8 @@ def recipe_problems(recipe: Recipe) -> list[str]:
             and recipe.run_args.max_train_seconds is None:
         problems.append("streaming: true needs max_steps, max_tokens or max_train_seconds (a stream has no length to "
                         "count epochs by)")
+    if data.mixture is not None and recipe.training_args.max_steps <= 0 and recipe.run_args.max_tokens is None:
+        problems.append("mixture: needs max_steps or max_tokens (its interleaved order is laid out for the budget)")
     problems += model_problems(recipe)
     problems += training_switch_problems(recipe) + inapplicable_key_problems(recipe)
     return problems
@@ -210,7 +218,18 @@ def corpus_problems(model, data) -> list[str]:
     """The corpus and tokenizer keys against each other: what ``hf-clm prepare`` checks of a recipe."""
     problems = []
     sources = [name for name in ("dataset_name", "train_files", "builtin_corpus") if getattr(data, name)]
-    if len(sources) != 1:
+    if data.mixture is not None:
+        if sources:
+            problems.append(f"mixture: names its sources itself; unset {', '.join(sources)} (--KEY none)")
+        if data.streaming:
+            problems.append("mixture: is not streamed; drop streaming: true")
+        try:
+            mixture_sources(data.mixture)
+        except HfClmError as err:
+            problems.append(str(err))
+    elif data.mixture_exhausted != "repeat":
+        problems.append(f"mixture_exhausted: {data.mixture_exhausted} applies to a mixture only; add mixture: or unset it")
+    if data.mixture is None and len(sources) != 1:
         problems.append("set exactly one of dataset_name, train_files or builtin_corpus"
                         + (f" (got {', '.join(sources)}; unset one with --KEY none)" if sources else ""))
     if model.train_tokenizer and model.tokenizer_name_or_path:

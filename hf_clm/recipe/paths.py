@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_clm.errors import HfClmError
+from hf_clm.recipe.mixture import resolved_mixture
 from hf_clm.recipe.schema import PATH_KEYS, PATH_OR_HUB_KEYS
 
 NOT_A_PATH = {"auto"}  # resume_from_checkpoint: auto
@@ -38,6 +39,8 @@ def resolve_paths(values: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(value, str) and value and value not in NOT_A_PATH and not value.lstrip().startswith("{") \
                 and (key in PATH_KEYS or looks_local(value)):
             values[key] = absolute_path(value)
+    if values.get("mixture") is not None:
+        values["mixture"] = resolved_mixture(values["mixture"], absolute_path)
     return values
 
 

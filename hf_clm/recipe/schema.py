@@ -182,6 +182,25 @@ class DataArguments:
                           "dataset_config_name: ..., split: validation, text_column: text}}; on the "
                           "command line as JSON."},
     )
+    mixture: list[dict[str, Any]] | str | None = field(
+        default=None,
+        metadata={"help": "Train on several corpora mixed by weight instead of one: a list of sources, each "
+                          "{dataset_name: ... [, dataset_config_name: ...]} or {train_files: ...} or "
+                          "{prepared_dataset: FOLDER}, with weight (its share of the training blocks) and "
+                          "optional name, text_column, sample_by. Weights that do not sum to 1 are normalised "
+                          "(with a line saying so). Each source is tokenized with the recipe's tokenizer (a "
+                          "trained BPE learns from all sources' training text) and cut into blocks on its own; "
+                          "blocks are interleaved by stride scheduling, so every 1,000 blocks hold each source's "
+                          "share to within a block or two; each source's held-out text is an evaluation set of "
+                          "its name. Needs max_steps or max_tokens. See docs/mixtures.md; on the command line "
+                          "as JSON."},
+    )
+    mixture_exhausted: str = field(
+        default="repeat",
+        metadata={"help": "What a mixture does when a source has fewer blocks than its share of the budget: "
+                          "'repeat' (its blocks again, reshuffled) or 'stop' (training stops at the step where "
+                          "the first source runs out).", "choices": ["repeat", "stop"]},
+    )
 
 
 @dataclass
@@ -332,8 +351,8 @@ MUON = "muon"  # optim: muon, the package's own addition to TrainingArguments' o
 WSD = "warmup_stable_decay"
 # The keys that say where the corpus comes from, and those of them that name a source on their own:
 # a source given as a flag replaces all of the recipe's corpus keys.
-CORPUS_KEYS = ("dataset_name", "dataset_config_name", "builtin_corpus", "train_files", "validation_files")
-SOURCE_KEYS = ("dataset_name", "train_files", "builtin_corpus")
+CORPUS_KEYS = ("dataset_name", "dataset_config_name", "builtin_corpus", "train_files", "validation_files", "mixture")
+SOURCE_KEYS = ("dataset_name", "train_files", "builtin_corpus", "mixture")
 # A tokenizer choice given as a flag replaces the recipe's; so does model_name_or_path (a pretrained
 # model keeps the tokenizer it was trained with).
 TOKENIZER_KEYS = ("tokenizer_name_or_path", "train_tokenizer")

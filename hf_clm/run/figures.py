@@ -132,3 +132,19 @@ def eval_sets_table(summaries: dict[str, dict[str, Any]]) -> list[str]:
         return []
     return ["", "Named evaluation sets (final weights):", "",
             *markdown_table(["run", "set", "perplexity", "bits per byte", "tokens"], rows, numeric_from=2)]
+
+
+def mixture_table(summaries: dict[str, dict[str, Any]]) -> list[str]:
+    """Each mixture source of each run: its share, its own token counts, what training read of it,
+    and its held-out perplexity (final weights)."""
+    rows = [[name, row["name"], f"{row['weight']:.4g}", fmt(row["train"]["tokens"], ","),
+             fmt(row.get("trained_tokens"), ","), fmt(row.get("passes"), ".2f"),
+             fmt(row["validation"]["tokens"], ","),
+             fmt((summary.get("eval_sets") or {}).get(row["name"], {}).get("perplexity"), ".2f")]
+            for name, summary in summaries.items() for row in summary.get("mixture") or []]
+    if not rows:
+        return []
+    return ["", "Mixture sources (weight: share of the training blocks; trained: tokens of the blocks training "
+                "read from the source; passes: trained / its blocks):", "",
+            *markdown_table(["run", "source", "weight", "tokens", "trained tokens", "passes", "held-out tokens",
+                             "held-out perplexity"], rows, numeric_from=2)]

@@ -21,6 +21,7 @@ from hf_clm.training.checkpoints import (
     resume_checkpoint,
 )
 from hf_clm.data.corpus import validation_source
+from hf_clm.data.mixture import mixture_validation_text
 from hf_clm.training.distributed import check_launch, check_resume_launch
 from hf_clm.training.divergence import TrainingDiverged
 from hf_clm.errors import HfClmError
@@ -179,16 +180,18 @@ def run_summary(recipe: Recipe, trainer, model: PreTrainedModel, data: TrainingD
     metrics = final_eval_metrics(trainer)
     check_final_loss(metrics["eval_loss"])
     unigram = None if data.streamed else unigram_scores(data.train, data.validation, len(data.tokenizer)).perplexity
+    evaluated_on = mixture_validation_text(data.mixture) if data.mixture else scored_text(
+        validation_source(vars(recipe.data_args)), data.counts["validation"], recipe.data_args.max_eval_samples)
     summary = perplexity_summary(metrics, model, data, trainer.state.num_input_tokens_seen, unigram,
-                                 base_model_metrics(trainer.state.log_history),
-                                 scored_text(validation_source(vars(recipe.data_args)), data.counts["validation"],
-                                             recipe.data_args.max_eval_samples))
+                                 base_model_metrics(trainer.state.log_history), evaluated_on)
     summary.update(training_throughput(trainer, trainer.meter), run=record, global_step=trainer.state.global_step)
     if recipe.run_args.max_train_seconds is not None:
         summary["max_train_seconds"] = recipe.run_args.max_train_seconds
         summary["budget"] = budget_held(recipe, trainer.state.global_step, summary.get("train_tokens_per_second"))
     if data.eval_sets:
         summary["eval_sets"] = eval_set_figures(trainer)
+    if data.mixture:
+        summary["mixture"] = data.mixture
     return summary
 
 

@@ -291,6 +291,8 @@ def corpus_figures(prediction: EvalPrediction) -> dict[str, float]:
 
 
 def build_trainer(recipe: Recipe, model: PreTrainedModel, data: TrainingData) -> CausalLMTrainer:
+    if data.mixture is not None:  # interleaved by weight and shuffled within each source: read in that order
+        recipe.training_args.train_sampling_strategy = "sequential"
     collator = run_collator(data.tokenizer, recipe.model_args.attention_scope)
     trainer = CausalLMTrainer(
         model=model, args=recipe.training_args, train_dataset=data.train, eval_dataset=data.validation,
