@@ -22,7 +22,7 @@ from datasets import Dataset, DatasetDict, IterableDataset
 from datasets.exceptions import DatasetGenerationError
 
 from hf_clm.errors import HfClmError, first_line
-from hf_clm.data.files import (  # noqa: F401 (builder_for, expand_files: read from here by perplexity)
+from hf_clm.data.files import (  # builder_for, expand_files: also read from here by perplexity
     BUILDER_BY_SUFFIX,
     TEXT_BUILDERS,
     builder_for,
