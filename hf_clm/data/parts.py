@@ -38,6 +38,7 @@ from hf_clm.recipe.schema import DataArguments
 
 PARTS_FORMAT = 1  # bump when the documents a byte range gives change, to invalidate cached parts
 CHUNK = 1 << 20
+SCAN_BYTES = 4096  # read first when looking for a document boundary
 NEWLINE_RUN = re.compile(rb"(?:\r\n|\r|\n)+")
 NEWLINE = re.compile(rb"\r\n|\r|\n")
 TEXT_FEATURES = datasets.Features({TEXT: datasets.Value("string")})
@@ -132,7 +133,8 @@ def document_boundary(path: str, x: int, size: int, sample_by: str, counter: str
         match = NEWLINE_RUN.search(buffer, position)
         at_end = base + len(buffer) >= size
         if (match is None or match.end() == len(buffer)) and not at_end:
-            buffer += read_bytes(path, base + len(buffer), CHUNK, counter)  # the run may go on
+            # the run may go on: read on, 4 KiB first, doubling
+            buffer += read_bytes(path, base + len(buffer), max(SCAN_BYTES, len(buffer)), counter)
             continue
         if match is None:
             return size
