@@ -289,6 +289,19 @@ def load_corpus_part(data: DataArguments, index: int, count: int) -> CorpusPart:
                       held_out)
 
 
+def parts_without_documents(data: DataArguments, count: int) -> list[int]:
+    """The parts of local training files that would read no byte (a file of one document, or ranges
+    with no document start), found before any task runs: boundary searches only."""
+    if not data.train_files:
+        return []
+    files = expand_files(data.train_files, "train_files")
+    if len(files) >= count:
+        return []
+    if builder_for(files, "train_files") != "text" or data.sample_by == "document":
+        return list(range(len(files), count))
+    return [i for i in range(count) if not byte_range_pieces(files, i, count, data.sample_by, "plan")]
+
+
 def corpus_digest(data: DataArguments) -> str:
     """What every part of one sharded preparation must agree on: the corpus's sources (files by name
     and size) and how they are cut into documents and split."""
