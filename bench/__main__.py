@@ -215,10 +215,11 @@ def main() -> int:
         if "data" in args.only:
             rows += data_rows([0.2, 1] if args.quick else [5, 50], folder)
             rows.append(prepare_process_row(args.quick, folder))
-            from bench.prepare_scale import scale_rows, shards_row
+            from bench.prepare_scale import bytes_per_task_rows, scale_rows, shards_row
 
             rows += scale_rows(SHAKESPEARE, TOKENIZER, folder, args.quick)
             rows.append(shards_row(SHAKESPEARE, TOKENIZER, folder, args.quick))
+            rows += bytes_per_task_rows(SHAKESPEARE, TOKENIZER, folder, args.quick)
         if "train" in args.only:
             rows += training_rows(args.quick, folder)
         if "ddp" in args.only:

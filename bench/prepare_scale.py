@@ -165,6 +165,27 @@ def shards_row(shakespeare: Path, tokenizer: Path, folder: Path, quick: bool) ->
                        + blocks_agreement(folder / "one-shard", folder / "two-shards")}
 
 
+def bytes_per_task_rows(shakespeare: Path, tokenizer: Path, folder: Path, quick: bool,
+                        tasks: tuple[int, ...] = (1, 2, 4)) -> list[dict]:
+    """Bytes of the corpus each task of ``hf-clm prepare --tasks N`` reads (its shard's ``bytes_read``),
+    one file of Tiny Shakespeare repeated, by lines, on this host: a task reads its byte range (about
+    the corpus over N) plus its boundary searches, not the corpus."""
+    corpus = repeated(shakespeare, 1 if quick else 50, folder)
+    size = corpus.stat().st_size
+    rows = []
+    for n in tasks:
+        target = folder / f"tasks-{n}"
+        # one task is the one-machine preparation, which writes no shard: its shard of one stands for it
+        parts = ["--executor", "local", "--tasks", str(n)] if n > 1 else ["--shard", "0", "--num_shards", "1"]
+        measured_process(prepare_command(corpus, tokenizer, target, "1", *parts), cold_env(folder))
+        read = [json.loads((target / f"shard-{i:05d}-of-{n:05d}.json").read_text())["bytes_read"] for i in range(n)]
+        rows.append({"stage": f"prepare {size / 1e6:.1f} MB in {n} task{'s' if n > 1 else ''}, one host",
+                     "what": "largest bytes_read of a task / (corpus bytes / N)", "ratio": max(read) / (size / n),
+                     "target": "≈ 1", "met": max(read) <= 1.01 * size / n + 16384,
+                     "context": "bytes per task: " + ", ".join(f"{b:,}" for b in read) + f" of {size:,}"})
+    return rows
+
+
 def limit_main(text_file: str, tokenizer_dir: str) -> dict:
     """The documents of ``text_file`` (one per non-empty line) through the Rust tokenizer's
     ``encode_batch``, counting tokens and keeping nothing; RAYON_NUM_THREADS sets the threads."""

@@ -587,8 +587,10 @@ def test_pipeline_bad_inputs_name_what_is_missing(tmp_path, capsys, monkeypatch)
          "executor ray: no Ray cluster answers at 127.0.0.1:1"),
         ("datatrove not installed", ["--tasks", "2"], lambda m: m.setitem(sys.modules, "datatrove", None),
          "runs through datatrove, which is not installed: pip install 'hf-clm[cluster]'"),
-        ("a task fails", ["--tasks", "5"], lambda m: None, "prepare task 0 of 5 failed: the corpus has 3 training "
-         "documents, fewer than --num_shards 5"),
+        ("parts without documents", ["--tasks", "5"], lambda m: None, "tasks 5: parts 2, 3 of the corpus would "
+         "hold no training document"),
+        ("a task fails", ["--tasks", "2", "--max_train_samples", "1"], lambda m: None, "prepare task 0 of 2 failed: "
+         "max_train_samples takes the first documents of the whole corpus"),
     ]
     failures = []
     for name, extra, change, expected in cases:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_clm.data.prepare import check_preparable, print_counts
+from hf_clm.data.parts import parts_without_documents
 from hf_clm.data.prepared import tokenizer_source
 from hf_clm.data.shards import Shard, decide_tokenizer, prepare_shard, sharded_description
 from hf_clm.data.blocks import TokenCounts
@@ -185,6 +186,10 @@ def run_pipeline(recipe: DataRecipe) -> Path:
     root = check_preparable(recipe)
     args = recipe.prepare_args
     check_executor(args)
+    if empty := parts_without_documents(recipe.data_args, args.tasks):
+        raise HfClmError(f"tasks {args.tasks}: part{'s' if len(empty) > 1 else ''} {', '.join(map(str, empty[:8]))} of "
+                         f"the corpus would hold no training document (each task reads its run of files or byte range "
+                         f"and keeps the documents that start in it); use at most {args.tasks - len(empty)} tasks")
     decide_tokenizer(recipe, root)
     logging_dir = Path(args.logging_dir or root / LOGGING_DIRNAME).absolute()
     keep_valid_completions(logging_dir, recipe, root)

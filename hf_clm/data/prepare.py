@@ -26,7 +26,6 @@ from hf_clm.data.corpus import load_corpus, load_eval_sets, load_streaming_corpu
 from hf_clm.data.prepared import (
     STREAMING_TOKENIZER_DOCUMENTS,
     TOKENIZER_DIRNAME,
-    VALIDATION_DIRNAME,
     TrainingData,
     blocks_description,
     load_prepared_tokenizer,
@@ -99,7 +98,8 @@ def load_prepared_blocks(path: Path, shards: int | None = None) -> DatasetDict:
         if shards is not None:
             return DatasetDict(train=concatenate_datasets([load_from_disk(str(Shard(i, shards).blocks_dir(path)))
                                                            for i in range(shards)]),
-                               validation=load_from_disk(str(path / VALIDATION_DIRNAME)))
+                               validation=concatenate_datasets([load_from_disk(str(Shard(i, shards).validation_dir(path)))
+                                                                for i in range(shards)]))
         blocks = load_from_disk(str(path))  # maps every arrow file: a missing or torn one fails here
     except (OSError, ValueError, pa.ArrowException) as err:
         missing = f" ({err.filename})" if isinstance(err, OSError) and err.filename else ""

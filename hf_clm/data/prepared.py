@@ -31,8 +31,8 @@ class TrainingData:
     validation: Dataset
     counts: dict[str, TokenCounts]  # no "train" entry when the training split is streamed
     eval_sets: dict[str, Dataset] = field(default_factory=dict)  # the recipe's named evaluation sets, blocked
-    training_documents: int | None = None  # the whole training split's, when this holds one shard of it
     mixture: list[dict[str, Any]] | None = None  # per source of a mixture: its share and token counts
+    part: dict[str, Any] = field(default_factory=dict)  # one shard's: what it read (corpus_digest, bytes_read)
 
     @property
     def streamed(self) -> bool:

@@ -12,16 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, DatasetDict
 from transformers import PreTrainedTokenizerBase
 
 from hf_clm.data.blocks import TokenCounts, build_blocks
-from hf_clm.data.corpus import load_corpus
+from hf_clm.data.corpus import has_text, load_corpus
+from hf_clm.data.heldout import too_few_documents
+from hf_clm.data.parts import corpus_digest, load_corpus_part
 from hf_clm.data.prepared import (
     SHARD_DESCRIPTION,
     TOKENIZER_DIRNAME,
     TOKENIZER_SOURCE,
-    VALIDATION_DIRNAME,
     TrainingData,
     blocks_description,
     load_prepared_tokenizer,
@@ -59,9 +59,10 @@ def prepare_shard(recipe: Recipe, shard: Shard) -> TrainingData:
     return data
 
 
-# Sharded preparation. Shard I of N holds the blocks of the I-th of N consecutive runs of the
-# training documents (after the held-out split, which every shard computes alike). Shard 0 also
-# writes the validation blocks and the tokenizer; a BPE trained on the corpus is trained once,
+# Sharded preparation. Shard I of N reads part I of the corpus only (hf_clm.data.parts: runs of
+# files or byte ranges) and writes the blocks of its training documents and of its validation
+# documents (its part of the validation split, or the documents of its part that the per-document
+# rule holds out). Shard 0 also saves the tokenizer; a BPE trained on the corpus is trained once,
 # by shard 0 or by ``prepare --tokenizer_only`` beforehand, and the other shards refuse to start
 # until it is there. Each shard writes its description last; ``train`` reads the folder only when
 # all N are there and agree.
@@ -79,11 +80,11 @@ class Shard:
     def blocks_dir(self, root: Path) -> Path:
         return root / f"train-{self.name}"
 
+    def validation_dir(self, root: Path) -> Path:
+        return root / f"validation-{self.name}"
+
     def description_path(self, root: Path) -> Path:
         return root / f"shard-{self.name}.json"
-
-    def documents(self, total: int) -> range:
-        return range(self.index * total // self.count, (self.index + 1) * total // self.count)
 
     def command(self, root: Path) -> str:
         return f"hf-clm prepare RECIPE --prepared_dataset {root} --shard {self.index} --num_shards {self.count}"
@@ -102,7 +103,7 @@ def remove_shards(path: Path) -> None:
     for shard, file in shard_descriptions(path).items():
         file.unlink(missing_ok=True)
         shutil.rmtree(shard.blocks_dir(path), ignore_errors=True)
-    for stale in path.glob("train-*-of-*"):
+    for stale in [*path.glob("train-*-of-*"), *path.glob("validation-*-of-*")]:
         shutil.rmtree(stale, ignore_errors=True)
     (path / TOKENIZER_SOURCE).unlink(missing_ok=True)
 
@@ -125,15 +126,30 @@ def sharded_description(path: Path) -> dict[str, Any]:
     descriptions = [read_json(found[Shard(i, n)], f"run '{Shard(i, n).command(path)}' again") for i in range(n)]
     first = descriptions[0]
     for i, description in enumerate(descriptions[1:], start=1):
-        for key in ("block_size", "tokenizer_digest", "training_documents"):
+        for key in ("block_size", "tokenizer_digest", "corpus_digest"):
             if description.get(key) != first.get(key):
                 raise HfClmError(f"prepared_dataset {path}: shard {i} has another {key.replace('_', ' ')} than "
                                  f"shard 0 ({description.get(key)} vs {first.get(key)}); run "
                                  f"'{Shard(i, n).command(path)}' again with shard 0's recipe")
-    train = [TokenCounts.from_dict(d["counts"]["train"]) for d in descriptions]
-    total = TokenCounts(sum(c.documents for c in train), sum(c.tokens for c in train), sum(c.blocks for c in train),
-                        first["block_size"])
-    return {**first, "num_shards": n, "counts": {"train": total.as_dict(), "validation": first["counts"]["validation"]}}
+    totals = {split: summed_counts([TokenCounts.from_dict(d["counts"][split]) for d in descriptions])
+              for split in ("train", "validation")}
+    if totals["validation"].blocks == 0:
+        raise no_validation_blocks(path, totals, first)
+    return {**first, "num_shards": n, "counts": {split: count.as_dict() for split, count in totals.items()}}
+
+
+def summed_counts(counts: list[TokenCounts]) -> TokenCounts:
+    return TokenCounts(sum(c.documents for c in counts), sum(c.tokens for c in counts), sum(c.blocks for c in counts),
+                       counts[0].block_size)
+
+
+def no_validation_blocks(path: Path, totals: dict[str, TokenCounts], first: dict[str, Any]) -> HfClmError:
+    """The shards' validation parts hold no block: no document held out, or each part's too short."""
+    if totals["validation"].documents == 0 and first.get("held_out_percentage"):
+        return too_few_documents(totals["train"].documents, first["held_out_percentage"])
+    return HfClmError(f"prepared_dataset {path}: its {first.get('num_shards') or 'shards'}' validation parts hold "
+                      f"{totals['validation'].tokens} tokens, no block of {first['block_size']} (each part's tail "
+                      f"is dropped); prepare in fewer shards, or give more validation text")
 
 
 def shared_tokenizer(recipe: Recipe, root: Path) -> PreTrainedTokenizerBase | None:
@@ -173,9 +189,10 @@ def save_shared_tokenizer(tokenizer: PreTrainedTokenizerBase, recipe: Recipe, ro
                 "tokenizer_digest": tokenizer_digest(tokenizer)}, root / TOKENIZER_SOURCE)
 
 
-def shard_tokenizer(recipe: Recipe, shard: Shard, root: Path, train: Dataset) -> PreTrainedTokenizerBase:
-    """Shard 0 decides the tokenizer (trains a BPE once, or loads the pretrained one) and saves it;
-    the others use the saved one when the recipe trains a BPE, and refuse to start before it exists."""
+def shard_tokenizer(recipe: Recipe, shard: Shard, root: Path) -> PreTrainedTokenizerBase:
+    """Shard 0 decides the tokenizer (trains a BPE once, on the whole training split, or loads the
+    pretrained one) and saves it; the others use the saved one when the recipe trains a BPE, and
+    refuse to start before it exists."""
     saved = shared_tokenizer(recipe, root)
     if saved is not None and recipe.model_args.train_tokenizer:
         return saved
@@ -183,6 +200,7 @@ def shard_tokenizer(recipe: Recipe, shard: Shard, root: Path, train: Dataset) ->
         raise HfClmError(f"shard {shard.index} needs the tokenizer this recipe trains, and {root} holds none made "
                          f"for shards yet: run 'hf-clm prepare RECIPE --prepared_dataset {root} --tokenizer_only' "
                          f"once first (or wait for shard 0), then the shards")
+    train = load_corpus(recipe.data_args)["train"] if recipe.model_args.train_tokenizer else None
     tokenizer = train_or_load_tokenizer(recipe.model_args, train)
     if saved is not None and tokenizer_digest(saved) != tokenizer_digest(tokenizer):
         raise HfClmError(f"prepared_dataset {root} holds a tokenizer other than the recipe's "
@@ -209,32 +227,31 @@ def check_shard_fits(root: Path, shard: Shard, block_size: int) -> None:
 
 
 def prepared_shard(recipe: Recipe, shard: Shard, root: Path) -> TrainingData:
-    """This shard's training blocks (and the validation blocks, for shard 0)."""
-    check_shard_fits(root, shard, recipe.data_args.block_size)
-    raw = load_corpus(recipe.data_args)
-    check_same_documents(root, shard, len(raw["train"]))
-    tokenizer = shard_tokenizer(recipe, shard, root, raw["train"])
-    documents = raw["train"].select(shard.documents(len(raw["train"])))
-    if len(documents) == 0:
-        raise HfClmError(f"the corpus has {len(raw['train'])} training documents, fewer than --num_shards "
-                         f"{shard.count}; use fewer shards")
-    splits = DatasetDict(train=documents, validation=raw["validation"]) if shard.index == 0 else \
-        DatasetDict(train=documents)
-    blocks, counts = build_blocks(splits, tokenizer, recipe.data_args)
-    return TrainingData(tokenizer, blocks["train"], blocks.get("validation"), counts,
-                        training_documents=len(raw["train"]))
+    """This shard's training and validation blocks, from its part of the corpus alone."""
+    data_args = recipe.data_args
+    check_shard_fits(root, shard, data_args.block_size)
+    digest = corpus_digest(data_args)
+    check_same_corpus(root, shard, digest)
+    part = load_corpus_part(data_args, shard.index, shard.count)
+    tokenizer = shard_tokenizer(recipe, shard, root)
+    if not has_text(part.splits["train"]):
+        raise HfClmError(f"part {shard.index} of {shard.count} of the corpus holds no training document "
+                         f"({'; '.join(part.read)}); use fewer shards (tasks)")
+    blocks, counts = build_blocks(part.splits, tokenizer, data_args)
+    return TrainingData(tokenizer, blocks["train"], blocks["validation"], counts,
+                        part={"corpus_digest": digest, "bytes_read": part.bytes_read, "read": part.read,
+                              "held_out_percentage": part.held_out_percentage})
 
 
-def check_same_documents(root: Path, shard: Shard, documents: int) -> None:
-    """The shards already in ``root`` split a training split of as many documents as this one's (a
-    different corpus, max_train_samples or held-out share gives another count)."""
+def check_same_corpus(root: Path, shard: Shard, digest: str) -> None:
+    """The shards already in ``root`` were cut from the same corpus, cut into documents and held
+    out alike (:func:`~hf_clm.data.parts.corpus_digest`)."""
     for other, file in shard_descriptions(root).items():
         if other == shard:
             continue
-        theirs = read_json(file, f"run '{other.command(root)}' again").get("training_documents")
-        if theirs != documents:
-            raise HfClmError(f"prepared_dataset {root} holds shard {other.index} of a training split of {theirs} "
-                             f"documents, and this recipe's has {documents}; prepare every shard with one recipe "
+        if read_json(file, f"run '{other.command(root)}' again").get("corpus_digest") != digest:
+            raise HfClmError(f"prepared_dataset {root} holds shard {other.index} of another corpus (other files, "
+                             f"sizes, sample_by, text_column or held-out share); prepare every shard with one recipe "
                              f"and corpus, or use a fresh folder")
 
 
@@ -248,9 +265,8 @@ def save_shard(data: TrainingData, recipe: Recipe, shard: Shard, root: Path) -> 
     shutil.rmtree(root / "train", ignore_errors=True)
     shutil.rmtree(shard.blocks_dir(root), ignore_errors=True)
     data.train.save_to_disk(str(shard.blocks_dir(root)))
-    if shard.index == 0:
-        shutil.rmtree(root / VALIDATION_DIRNAME, ignore_errors=True)
-        data.validation.save_to_disk(str(root / VALIDATION_DIRNAME))
+    shutil.rmtree(shard.validation_dir(root), ignore_errors=True)
+    data.validation.save_to_disk(str(shard.validation_dir(root)))
     write_json(blocks_description(data.tokenizer, data.counts, recipe, shard=shard.index, num_shards=shard.count,
-                                  training_documents=data.training_documents), shard.description_path(root))
+                                  **data.part), shard.description_path(root))
     return root

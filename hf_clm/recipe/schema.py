@@ -139,9 +139,9 @@ class DataArguments:
     )
     validation_split_percentage: int = field(
         default=10,
-        metadata={"help": "When there is no validation split: N%% (1 to 99) of the training documents are "
-                          "held out, those with the smallest CRC-32 of their text, whatever their order and the "
-                          "same on every machine; both splits keep the corpus's order (python-stdlib: about N%% "
+        metadata={"help": "When there is no validation split: about N%% (1 to 99) of the training documents "
+                          "are held out, each one whose CRC-32 of its text is below N%% of 2**32, whatever their "
+                          "order and the same on every machine and part; both splits keep the corpus's order (python-stdlib: about N%% "
                           "of the files, chosen by a hash of their path)."},
     )
     max_train_samples: int | None = field(

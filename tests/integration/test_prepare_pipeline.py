@@ -28,8 +28,8 @@ def flat(folder: Path) -> list[int]:
     return [token for row in load_from_disk(str(folder))["input_ids"] for token in row]
 
 
-def shard_tokens(target: Path, tasks: int = TASKS) -> list[list[int]]:
-    return [flat(target / f"train-{i:05d}-of-{tasks:05d}") for i in range(tasks)]
+def shard_tokens(target: Path, tasks: int = TASKS, split: str = "train") -> list[list[int]]:
+    return [flat(target / f"{split}-{i:05d}-of-{tasks:05d}") for i in range(tasks)]
 
 
 @pytest.fixture(scope="module")
@@ -51,19 +51,19 @@ def test_local_tasks_are_the_one_machine_blocks_less_each_tasks_tail(prepared):
     from the task's first token: what differs from one preparation is each task's last partial
     block (fewer than block_size tokens), dropped instead of carried into the next task."""
     _, _, one, three = prepared
-    whole = flat(one / "train")
     descriptions = [json.loads((three / f"shard-{i:05d}-of-{TASKS:05d}.json").read_text()) for i in range(TASKS)]
-    tokens = [d["counts"]["train"]["tokens"] for d in descriptions]
-    assert sum(tokens) == json.loads((one / "prepared.json").read_text())["counts"]["train"]["tokens"]
-    start = 0
-    for i, shard in enumerate(shard_tokens(three)):
-        kept = tokens[i] - tokens[i] % BLOCK
-        assert len(shard) == kept
-        expected = whole[start:start + kept]
-        assert shard[:len(expected)] == expected, f"task {i}"
-        start += tokens[i]
-    assert any(t % BLOCK for t in tokens[:-1])  # the case worth testing: a task ends in a partial block
-    assert flat(three / "validation") == flat(one / "validation")
+    for split in ("train", "validation"):  # each task reads its byte range of both files
+        whole = flat(one / split)
+        tokens = [d["counts"][split]["tokens"] for d in descriptions]
+        assert sum(tokens) == json.loads((one / "prepared.json").read_text())["counts"][split]["tokens"]
+        start = 0
+        for i, shard in enumerate(shard_tokens(three, split=split)):
+            kept = tokens[i] - tokens[i] % BLOCK
+            assert len(shard) == kept
+            expected = whole[start:start + kept]
+            assert shard[:len(expected)] == expected, f"task {i}, {split}"
+            start += tokens[i]
+        assert any(t % BLOCK for t in tokens[:-1])  # the case worth testing: a task ends in a partial block
     assert sorted(p.name for p in (three / ".pipeline" / "completions").iterdir()) == ["00000", "00001", "00002"]
 
 
@@ -99,7 +99,7 @@ def test_a_killed_pipeline_reruns_only_its_unfinished_task(prepared, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in finished} == finished  # tasks 0 and 1 not run again (nor logged)
     assert (completions / "00002").exists()
     assert shard_tokens(target) == shard_tokens(three)
-    assert flat(target / "validation") == flat(three / "validation")
+    assert shard_tokens(target, split="validation") == shard_tokens(three, split="validation")
 
 
 def test_ray_executor_gives_the_local_blocks(prepared, tmp_path):
@@ -113,7 +113,7 @@ def test_ray_executor_gives_the_local_blocks(prepared, tmp_path):
         ray.shutdown()
     assert result.returncode == 0, result.stderr[-3000:]
     assert shard_tokens(tmp_path / "ray") == shard_tokens(three)
-    assert flat(tmp_path / "ray" / "validation") == flat(three / "validation")
+    assert shard_tokens(tmp_path / "ray", split="validation") == shard_tokens(three, split="validation")
 
 
 @pytest.mark.skipif(shutil.which("sbatch") is None, reason="no sbatch on PATH: no Slurm here (.ci/slurm-up starts "
@@ -129,7 +129,7 @@ def test_slurm_executor_gives_the_local_blocks(prepared, tmp_path):
     while len(list((target / ".pipeline" / "completions").glob("0000*"))) < TASKS and time.time() < deadline:
         time.sleep(1)
     assert shard_tokens(target) == shard_tokens(three)
-    assert flat(target / "validation") == flat(three / "validation")
+    assert shard_tokens(target, split="validation") == shard_tokens(three, split="validation")
 
 
 def test_prepare_imports_neither_torch_nor_trainer(prepared, tmp_path):
