@@ -64,11 +64,12 @@ class UnreadableTokenizer(Exception):
         super().__init__(self.reason)
 
 
-def read_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
+def read_tokenizer(source: str | Path, local_only: bool = False) -> PreTrainedTokenizerBase:
     """``AutoTokenizer.from_pretrained(source)``, or a folder of a byte-level BPE's bare
-    ``vocab.json`` + ``merges.txt``; any failure as :class:`UnreadableTokenizer`."""
+    ``vocab.json`` + ``merges.txt``; any failure as :class:`UnreadableTokenizer`. ``local_only``: a
+    local folder or the Hugging Face cache, never the network."""
     try:
-        return AutoTokenizer.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     except Exception as err:  # tokenizers raises a bare Exception for a damaged tokenizer.json
         if (tokenizer := bpe_files_tokenizer(Path(str(source)))) is not None:
             return tokenizer

@@ -106,12 +106,18 @@ GPUS = {
     "V100": Gpu(125e12, None), "T4": Gpu(65e12, 15_360 * MIB),
 }
 PEAK_BF16_FLOPS = {name: gpu.peak_bf16_flops for name, gpu in GPUS.items()}
+TERA = 1e12
+
+
+def flops_from_tflops(tflops: float | None) -> float | None:
+    """FLOP/s of a figure given in TFLOP/s (a recipe's ``peak_tflops``, plan's ``--gpu_tflops``); None for none."""
+    return tflops * TERA if tflops else None
 
 
 def device_peak_flops(run: RunArguments, device: torch.device) -> float | None:
     """Peak FLOP/s of one training device: the recipe's ``peak_tflops``, or a known GPU's figure."""
     if run.peak_tflops:
-        return run.peak_tflops * 1e12
+        return flops_from_tflops(run.peak_tflops)
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
