@@ -41,7 +41,7 @@ from hf_clm.recipe.checks import (
     field_types,
     integration_problems,
     is_optional,
-    range_problems,
+    recipe_range_problems,
     recipe_problems,
 )
 from hf_clm.recipe.keys import recipe_key_names, unknown_key_message
@@ -298,7 +298,7 @@ def parse_recipe(argv: list[str] | None = None, default_recipe: str | Path | Non
     if rehearsal is not None and (values["rehearse"] or 0) >= 1:  # below 1: a range problem, reported below
         values = rehearsal(values, flags_given)
     writes = command in RUNNING_COMMANDS
-    problems = range_problems(values) + (output_dir_problems(values, command) if writes else [])
+    problems = recipe_range_problems(values) + (output_dir_problems(values, command) if writes else [])
     if packages := integration_problems(values) if writes else []:
         raise HfClmError("invalid recipe: " + "; ".join(problems + packages))
     given = {**values, **training_rewrites(values)}
