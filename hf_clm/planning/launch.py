@@ -144,14 +144,19 @@ def checked_stage(value: Any, where: str) -> int:
     return int(value)
 
 
+def deepspeed_name(deepspeed: str | dict) -> str:
+    if isinstance(deepspeed, dict):
+        return "the recipe's deepspeed"
+    return "inline JSON" if deepspeed.lstrip().startswith(("{", "[")) else deepspeed
+
+
 def deepspeed_config(deepspeed: str | dict) -> dict:
     """A DeepSpeed config given as a JSON file, inline JSON or (a recipe's ``deepspeed`` key) a mapping."""
     if isinstance(deepspeed, dict):
         return deepspeed
-    name = "inline JSON" if deepspeed.lstrip().startswith(("{", "[")) else deepspeed
+    name = deepspeed_name(deepspeed)
     try:
-        text = deepspeed if name == "inline JSON" else Path(deepspeed).read_text(encoding="utf-8")
-        config = json.loads(text)
+        config = json.loads(deepspeed if name == "inline JSON" else Path(deepspeed).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise HfClmError(f"deepspeed config {name}: {first_line(err)}") from None
     if not isinstance(config, dict):
@@ -162,10 +167,11 @@ def deepspeed_config(deepspeed: str | dict) -> dict:
 
 def zero_stage(deepspeed: str | dict) -> int:
     """The ZeRO stage of a DeepSpeed config (a JSON file, inline JSON or a dict)."""
+    where = f"deepspeed config {deepspeed_name(deepspeed)}: zero_optimization"
     optimization = deepspeed_config(deepspeed).get("zero_optimization") or {}
     if not isinstance(optimization, dict):
-        raise HfClmError(f"deepspeed config: zero_optimization must be an object, not {optimization!r}")
-    return checked_stage(optimization.get("stage", 0), "deepspeed config: zero_optimization.stage")
+        raise HfClmError(f"{where} must be an object of ZeRO settings, not {optimization!r}")
+    return checked_stage(optimization.get("stage", 0), f"{where}.stage")
 
 
 # ---- the launch ----
