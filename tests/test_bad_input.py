@@ -475,8 +475,9 @@ def plan_bad_inputs(tmp_path):
     return {
         "plan that does not fit": (["plan", flagship, "--vocab_size", "50257", "--processes", "8", "--gpu",
                                     "A100-40GB"],
-                                   "the run does not fit A100 40GB: 52.3 GiB per device, 16.3 GiB over the 36.0 GiB "
-                                   "usable (90% of 40.0 GiB); it fits with: --gradient_checkpointing true"),
+                                   "the run does not fit A100 40GB: 58.5 GiB per device, 22.5 GiB over the 36.0 GiB "
+                                   "usable (90% of 40.0 GiB); it fits with: --per_device_train_batch_size 32 "
+                                   "--gradient_accumulation_steps 2 (30.5 GiB)"),
         "plan on an unknown gpu": (["plan", base, "--gpu", "B300"],
                                    "unknown --gpu 'B300'; known: H200, H100 SXM"),
         "plan on an empty gpu": (["plan", base, "--gpu", ""], "unknown --gpu ''; known: H200, H100 SXM"),
