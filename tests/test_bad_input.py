@@ -483,21 +483,84 @@ def publish_bad_inputs(tmp_path):
     }
 
 
+def plan_configs(tmp_path) -> dict[str, str]:
+    """DeepSpeed and accelerate configs plan cannot size, and a model of 8,192 positions (its config only)."""
+    from transformers import LlamaConfig
+
+    texts = {"ds-auto.json": json.dumps({"zero_optimization": {"stage": "auto"}}), "ds-list.json": "[1, 2]",
+             "ds-bad.json": "{not json", "ds3.json": json.dumps({"zero_optimization": {"stage": 3}}),
+             "acc-abc.yaml": "distributed_type: MULTI_GPU\nnum_processes: abc\n",
+             "acc-minus.yaml": "distributed_type: MULTI_GPU\nnum_processes: -2\n",
+             "acc-zero.yaml": "distributed_type: MULTI_GPU\nnum_processes: 0\n",
+             "acc-fraction.yaml": "distributed_type: MULTI_GPU\nnum_processes: 2.7\n",
+             "acc-fsdp-list.yaml": "distributed_type: FSDP\nnum_processes: 2\nfsdp_config: [1, 2]\n",
+             "acc-stage-auto.yaml": "distributed_type: DEEPSPEED\nnum_processes: 2\ndeepspeed_config:\n  zero_stage: auto\n"}
+    for name, text in texts.items():
+        (tmp_path / name).write_text(text)
+    LlamaConfig(vocab_size=500, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                max_position_embeddings=8192).save_pretrained(tmp_path / "llama-8k")
+    return {name: str(tmp_path / name) for name in [*texts, "llama-8k"]}
+
+
 def plan_bad_inputs(tmp_path):
     """plan: a run that does not fit the named device (by how much, and the changes that make it fit),
-    an unknown device, no processes. Uses the recipe bad_inputs writes."""
+    an unknown device, no processes, configs and devices it cannot size, a model it cannot read without
+    the network, a block longer than the model's context. Uses the recipe bad_inputs writes."""
     flagship = str(Path(__file__).resolve().parent.parent / "recipes" / "gpt2-124m-fineweb.yaml")
     base = str(tmp_path / "base.yaml")
+    files = plan_configs(tmp_path)
+    stage = "must be 0, 1, 2 or 3, not 'auto' (plan sizes the ZeRO stage the run uses: give it)"
+    processes = "num_processes must be an integer of at least 1, not"
+    pretrained = ["--train_tokenizer", "false", "--vocab_size", "8192"]
     return {
         "plan that does not fit": (["plan", flagship, "--vocab_size", "50257", "--processes", "8", "--gpu",
                                     "A100-40GB"],
-                                   "the run does not fit A100 40GB: 52.3 GiB per device, 16.3 GiB over the 36.0 GiB "
-                                   "usable (90% of 40.0 GiB); it fits with: --gradient_checkpointing true"),
+                                   "the run does not fit A100 40GB: 58.5 GiB per device, 22.5 GiB over the 36.0 GiB "
+                                   "usable (90% of 40.0 GiB); it fits with: --per_device_train_batch_size 32 "
+                                   "--gradient_accumulation_steps 2 (30.5 GiB)"),
         "plan on an unknown gpu": (["plan", base, "--gpu", "B300"],
                                    "unknown --gpu 'B300'; known: H200, H100 SXM"),
+        "plan on an empty gpu": (["plan", base, "--gpu", ""], "unknown --gpu ''; known: H200, H100 SXM"),
+        "plan on a gpu and its memory": (["plan", base, "--gpu", "H100", "--gpu_memory_gb", "0"],
+                                         "give --gpu NAME or --gpu_memory_gb X --gpu_tflops Y, not both"),
+        "plan on infinite memory": (["plan", base, "--gpu_memory_gb", "inf"],
+                                    "--gpu_memory_gb must be a finite number > 0, not inf"),
+        "plan at infinite speed": (["plan", base, "--gpu_memory_gb", "80", "--gpu_tflops", "inf"],
+                                   "--gpu_tflops must be a finite number > 0, not inf"),
         "plan on an A100 of no size": (["plan", base, "--gpu", "A100"],
                                        "A100 comes in several sizes: name one of A100 40GB, A100 80GB"),
         "plan over 0 processes": (["plan", base, "--processes", "0"], "--processes must be at least 1, not 0"),
+        "plan a ZeRO stage left auto": (["plan", base, "--deepspeed", files["ds-auto.json"]],
+                                        f"ds-auto.json: zero_optimization.stage {stage}"),
+        "plan a DeepSpeed list": (["plan", base, "--deepspeed", files["ds-list.json"]],
+                                  "ds-list.json is a JSON list, not an object of DeepSpeed settings"),
+        "plan a DeepSpeed file of bad JSON": (["plan", base, "--deepspeed", files["ds-bad.json"]],
+                                              "ds-bad.json: Expecting property name enclosed in double quotes"),
+        "plan inline DeepSpeed of bad JSON": (["plan", base, "--deepspeed", "{not json"],
+                                              "deepspeed config inline JSON: Expecting property name"),
+        "plan fsdp with deepspeed": (["plan", base, "--fsdp", "full_shard", "--deepspeed", files["ds3.json"]],
+                                     "invalid recipe: set fsdp or deepspeed, not both"),
+        "plan num_processes abc": (["plan", base, "--accelerate_config", files["acc-abc.yaml"]], f"{processes} 'abc'"),
+        "plan num_processes -2": (["plan", base, "--accelerate_config", files["acc-minus.yaml"]], f"{processes} -2"),
+        "plan num_processes 0": (["plan", base, "--accelerate_config", files["acc-zero.yaml"]], f"{processes} 0"),
+        "plan num_processes 2.7": (["plan", base, "--accelerate_config", files["acc-fraction.yaml"]],
+                                   f"{processes} 2.7"),
+        "plan fsdp_config a list": (["plan", base, "--accelerate_config", files["acc-fsdp-list.yaml"]],
+                                    "fsdp_config must be a mapping of fsdp settings, not [1, 2]"),
+        "plan accelerate zero_stage auto": (["plan", base, "--accelerate_config", files["acc-stage-auto.yaml"]],
+                                            f"acc-stage-auto.yaml: zero_stage {stage}"),
+        "plan a block longer than the context": (["plan", base, *pretrained, "--model_name_or_path",
+                                                  files["llama-8k"], "--block_size", "100000"],
+                                                 "block_size 100000 is larger than the model's context of 8192 "
+                                                 "tokens; lower block_size to at most 8192"),
+        "plan an uncached Hub model": (["plan", base, *pretrained, "--model_name_or_path", "meta-llama/Llama-3.1-8B"],
+                                       "model_name_or_path meta-llama/Llama-3.1-8B: its config.json is not in the "
+                                       "local Hugging Face cache"),
+        "plan an unknown uncached tokenizer": (["plan", base, "--train_tokenizer", "false",
+                                                "--tokenizer_name_or_path", "tester/no-such-tokenizer"],
+                                               "the tokenizer tester/no-such-tokenizer is not in the local Hugging "
+                                               "Face cache and its size is not among the Hub tokenizers plan knows; "
+                                               "give --vocab_size N"),
     }
 
 

@@ -66,7 +66,7 @@ class UnreadableTokenizer(Exception):
         super().__init__(self.reason)
 
 
-def named_tokenizer_class(source: str | Path) -> type | None:
+def named_tokenizer_class(source: str | Path, local_only: bool = False) -> type | None:
     """The tokenizer class ``tokenizer_config.json`` names, as AutoTokenizer would pick it, when
     transformers has it (None otherwise, and for a source without that file). Loading through it
     imports no torch: AutoTokenizer itself imports the model configurations, and they import torch."""
@@ -74,7 +74,7 @@ def named_tokenizer_class(source: str | Path) -> type | None:
 
     try:
         file = cached_file(str(source), "tokenizer_config.json", _raise_exceptions_for_missing_entries=False,
-                           _raise_exceptions_for_connection_errors=False)
+                           _raise_exceptions_for_connection_errors=False, local_files_only=local_only)
         name = json.loads(Path(file).read_text(encoding="utf-8")).get("tokenizer_class") if file else None
     except (OSError, ValueError, AttributeError):
         return None
@@ -82,19 +82,20 @@ def named_tokenizer_class(source: str | Path) -> type | None:
     return cls if isinstance(cls, type) and issubclass(cls, PreTrainedTokenizerBase) else None
 
 
-def read_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
+def read_tokenizer(source: str | Path, local_only: bool = False) -> PreTrainedTokenizerBase:
     """``AutoTokenizer.from_pretrained(source)`` (through the class its tokenizer_config.json names,
     when transformers has it), or a folder of a byte-level BPE's bare ``vocab.json`` + ``merges.txt``;
-    any failure as :class:`UnreadableTokenizer`."""
+    any failure as :class:`UnreadableTokenizer`. ``local_only``: a local folder or the Hugging Face
+    cache, never the network."""
     folder = Path(str(source))
     if not (folder / "config.json").is_file() and (tokenizer := bpe_files_tokenizer(folder)) is not None:
         return tokenizer  # what AutoTokenizer cannot place (no config): read here without it
     try:
-        if (cls := named_tokenizer_class(source)) is not None:
-            return cls.from_pretrained(source)
+        if (cls := named_tokenizer_class(source, local_only)) is not None:
+            return cls.from_pretrained(source, local_files_only=local_only)
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     except Exception as err:  # tokenizers raises a bare Exception for a damaged tokenizer.json
         if (tokenizer := bpe_files_tokenizer(Path(str(source)))) is not None:
             return tokenizer

@@ -276,6 +276,8 @@ def training_switch_problems(recipe: Recipe) -> list[str]:
     if model.attention_scope == "document" and training.use_cache:
         problems.append("attention_scope: document needs use_cache: false (with a KV cache transformers ignores "
                         "the document boundaries)")
+    if training.fsdp and training.deepspeed:
+        problems.append(FSDP_AND_DEEPSPEED)
     if recipe.uses_muon() and (training.fsdp or training.deepspeed):
         problems.append("optim: muon needs whole weight matrices: not with fsdp or deepspeed (use DDP)")
     if run.max_tokens is not None and training.max_steps > 0:
@@ -315,6 +317,8 @@ def inapplicable_key_problems(recipe: Recipe) -> list[str]:
     return problems
 
 
+FSDP_AND_DEEPSPEED = ("set fsdp or deepspeed, not both: each shards the model its own way (FSDP through torch, "
+                      "ZeRO through DeepSpeed's engine); drop one")
 MUON_KEYS = ("muon_learning_rate", "muon_momentum")
 LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_modules_to_save")
 BNB_KEYS = ("bnb_4bit_quant_type", "bnb_4bit_compute_dtype", "bnb_4bit_use_double_quant")

@@ -88,12 +88,18 @@ class ThroughputMeter(TrainerCallback, ExportableState):
         return figures
 
 
+TERA = 1e12
+
+
+def flops_from_tflops(tflops: float | None) -> float | None:
+    """FLOP/s of a figure given in TFLOP/s (a recipe's ``peak_tflops``, plan's ``--gpu_tflops``); None for none."""
+    return tflops * TERA if tflops else None
 
 
 def device_peak_flops(run: RunArguments, device: torch.device) -> float | None:
     """Peak FLOP/s of one training device: the recipe's ``peak_tflops``, or a known GPU's figure."""
     if run.peak_tflops:
-        return run.peak_tflops * 1e12
+        return flops_from_tflops(run.peak_tflops)
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
