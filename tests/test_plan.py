@@ -133,7 +133,7 @@ def test_plan_sizes_the_model_train_builds(shape, tmp_path, capsys, bpe_tokenize
     recipe = small_recipe(tmp_path, train_tokenizer=False, tokenizer_name_or_path=str(tmp_path / "tok"),
                           n_layer=layers, n_head=heads, n_embd=width, block_size=block, n_positions=positions,
                           dropout=dropout)
-    parsed = parse_recipe([recipe])
+    parsed = parse_recipe([recipe], command="plan")
     try:
         built = build_model(parsed.model_args, bpe_tokenizer, block)
     except HfClmError as refused:
