@@ -147,6 +147,17 @@ def two_shards_seconds(corpus: Path, tokenizer: Path, folder: Path) -> float:
     return time.perf_counter() - start
 
 
+def bytes_read_per_task(corpus: Path, tokenizer: Path, folder: Path, n: int) -> list[int]:
+    """``hf-clm prepare --tasks N`` of ``corpus`` on this host, one worker each: the bytes of the corpus
+    each task read (its shard's ``bytes_read``). A task reads its byte range (about the corpus over N)
+    plus its boundary searches, not the corpus."""
+    target = folder / f"tasks-{n}"
+    # one task is the one-machine preparation, which writes no shard: its shard of one stands for it
+    parts = ["--executor", "local", "--tasks", str(n)] if n > 1 else ["--shard", "0", "--num_shards", "1"]
+    measured_process(prepare_command(corpus, tokenizer, target, "1", *parts), cold_env(folder))
+    return [json.loads((target / f"shard-{i:05d}-of-{n:05d}.json").read_text())["bytes_read"] for i in range(n)]
+
+
 def limit_main(text_file: str, tokenizer_dir: str) -> dict:
     """The documents of ``text_file`` (one per non-empty line) through the Rust tokenizer's
     ``encode_batch``, counting tokens and keeping nothing; RAYON_NUM_THREADS sets the threads."""

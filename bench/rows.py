@@ -10,6 +10,8 @@ renders the table's target text; whether the row met it is computed from that on
   what its limit takes (the ratio is limit / package);
 * :class:`FiguresAtMost`: a target over the row's named figures rather than its ratio (quality in a
   time: "≤ 2.15 bits/char within nanoGPT's wall");
+* :class:`About` ``(1, part, whole, relative, absolute)``: "≈ 1", met when the figure ``part`` is at
+  most ``whole`` plus a relative and an absolute slack (bytes a task reads beyond its share);
 * :class:`Basis`: no target, only what the comparison holds equal ("equal wall time (89 s)");
 * ``None``: no target (the column stays empty, ``met`` is None).
 """
@@ -114,6 +116,26 @@ class FiguresAtMost(Target):
 
     def verdict(self, row: Row) -> bool | None:
         return all(ceiling.met(row.figures) for ceiling in self.ceilings)
+
+
+@dataclass(frozen=True)
+class About(Target):
+    """"≈ value" for a ratio of two of the row's figures, ``part`` / ``whole``, judged over the figures:
+    met when part ≤ value × whole × (1 + relative) + absolute, ``absolute`` being in the figures' own
+    unit (the bytes of a boundary search, say), so no bound on the ratio alone; only an excess fails."""
+
+    value: float
+    part: str
+    whole: str
+    relative: float
+    absolute: float
+
+    @property
+    def text(self) -> str:
+        return f"≈ {self.value:g}"
+
+    def verdict(self, row: Row) -> bool | None:
+        return row.figures[self.part] <= self.value * (1 + self.relative) * row.figures[self.whole] + self.absolute
 
 
 @dataclass(frozen=True)

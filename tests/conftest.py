@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import random
@@ -145,6 +146,13 @@ def run_hf_clm(*args, env: dict[str, str | None] | None = None, cwd=None, timeou
     """``python -m hf_clm ARGS`` as a real process. For what needs a process: kills, launchers,
     RLIMIT_FSIZE (``fsize``), the entry point itself and its stderr as a whole."""
     return run_python_module("hf_clm", *args, env=env, cwd=cwd, timeout=timeout, fsize=fsize, **popen_kwargs)
+
+
+def train_losses(run_dir: Path) -> list[float]:
+    """The training losses Trainer logged (trainer_state.json), in order: the curve runs of different
+    launches (1 process, 2 processes, 2 machines) with the same global batch are compared on."""
+    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+    return [entry["loss"] for entry in history if "loss" in entry]
 
 
 # ---- the command line in process ----------------------------------------------------------------

@@ -208,6 +208,15 @@ def bad_inputs(tmp_path):
                        "--num_shards", "0"], "--num_shards must be at least 1, not 0"),
         "tokenizer only of a shard": (["prepare", *flags, "--prepared_dataset", str(tmp_path / "sh"), "--shard", "0",
                                        "--num_shards", "2", "--tokenizer_only"], "--tokenizer_only prepares no blocks"),
+        # preparation as a pipeline
+        "unknown executor": (["prepare", *flags, "--prepared_dataset", str(tmp_path / "px"), "--executor", "k8s"],
+                             "executor must be one of local, slurm, ray, not 'k8s'"),
+        "no tasks": (["prepare", *flags, "--prepared_dataset", str(tmp_path / "px"), "--tasks", "0"],
+                     "tasks must be an integer >= 1, not 0"),
+        "shard of a pipeline": (["prepare", *flags, "--prepared_dataset", str(tmp_path / "px"), "--shard", "0",
+                                 "--num_shards", "2", "--tasks", "2"], "--shard runs one part here, by hand"),
+        "sbatch_args not JSON": (["prepare", *flags, "--prepared_dataset", str(tmp_path / "px"), "--sbatch_args",
+                                  "account=lm"], "sbatch_args must be a JSON mapping on the command line"),
         "foreign checkpoint folder": (["train", *flags, "--output_dir", str(foreign)],
                                       "holds checkpoint-abc, which hf-clm did not write"),
         # a training-time budget
@@ -250,6 +259,34 @@ def bad_inputs(tmp_path):
                                           "directory holds no visible file"),
         "a misspelt flag": (["train", base, "--blok_size", "32"],
                             "unknown recipe key 'blok_size' in the command line; did you mean 'block_size'?"),
+        # what users of run_clm.py, axolotl, litgpt and nanoGPT type
+        "axolotl base_model": (["train", base, "--base_model", "gpt2"],
+                               "unknown recipe key 'base_model' in the command line; that is axolotl's key: here "
+                               "model_name_or_path"),
+        "nanoGPT keys in a recipe": (["train", write_recipe(tmp_path, "nano", f"train_files: {corpus}\n"
+                                                                              "batch_size: 12\nmax_iters: 100\n")],
+                                     "unknown recipe key 'batch_size' in " + str(tmp_path / "nano.yaml") + "; that is "
+                                     "nanoGPT's key: here per_device_train_batch_size; unknown recipe key 'max_iters'"),
+        "litgpt out_dir": (["train", base, "--out_dir", "x"], "that is litgpt's and nanoGPT's key: here output_dir"),
+        "a nanoGPT config": (["train", str(tmp_path / "train_shakespeare_char.py")],
+                             "recipes are YAML; nanoGPT-style Python configs are not read"),
+        "a nanoGPT config after the flags": (["train", "--max_steps", "5", str(tmp_path / "config.py")],
+                                             "config.py: recipes are YAML; nanoGPT-style Python configs are not read"),
+        "a foreign model_type": (["train", base, "--model_type", "llama"],
+                                 "model_type llama: from scratch hf-clm builds a GPT-2-style model only"),
+        "train_file beside train_files": (["train", write_recipe(tmp_path, "alias", f"train_files: {corpus}\n"
+                                                                                     f"train_file: {corpus}\n")],
+                                          "alias.yaml gives both train_file and train_files; keep train_files"),
+        "a relative path that is not here": (["train", base, "--train_files", "no/such.txt"],
+                                             "train_files: 'no/such.txt' does not exist (a relative path is resolved "
+                                             f"from the current directory, {os.getcwd()}: "
+                                             f"{os.path.join(os.getcwd(), 'no', 'such.txt')})"),
+        "max_steps none in a recipe": yaml_case("msn", "max_steps must be an integer, not 'none' (an integer >= 1, or "
+                                                       "-1 to train num_train_epochs); remove the line for its default",
+                                                max_steps="none"),
+        "max_steps a word": (["train", *flags, "--max_steps", "lots"],
+                             "max_steps must be an integer, not 'lots' (an integer >= 1, or -1 to train "
+                             "num_train_epochs; '--max_steps none' gives its default)"),
         "a stream with nothing left to train on": (["train", base, "--train_files", str(one_file), "--sample_by",
                                                     "document", "--streaming", "true", "--max_steps", "3"],
                                                    "the streamed corpus has no training documents: without a "
@@ -425,6 +462,9 @@ def publish_bad_inputs(tmp_path):
     return {
         "push an adapter on a local base": (["push", lora, *push],
                                             "which nobody else can load: push its merged model (hf-clm merge"),
+        "push an adapter on a local base, merged already": (["push", str(half_merged), *push],
+                                                            "which nobody else can load: push its merged model "
+                                                            f"(hf-clm push {half_merged} --merged) or name"),
         "push without a license": (["push", lora, "--repo-id", "tester/x", "--base_model", "tester/base"],
                                    "no license for the model card: pass --license SPDX-ID"),
         "push --merged without a merged model": (["push", lora, "--merged", *push], "has no merged model"),
@@ -443,27 +483,133 @@ def publish_bad_inputs(tmp_path):
     }
 
 
+def plan_configs(tmp_path) -> dict[str, str]:
+    """DeepSpeed and accelerate configs plan cannot size, and a model of 8,192 positions (its config only)."""
+    from transformers import LlamaConfig
+
+    texts = {"ds-auto.json": json.dumps({"zero_optimization": {"stage": "auto"}}), "ds-list.json": "[1, 2]",
+             "ds-bad.json": "{not json", "ds3.json": json.dumps({"zero_optimization": {"stage": 3}}),
+             "acc-abc.yaml": "distributed_type: MULTI_GPU\nnum_processes: abc\n",
+             "acc-minus.yaml": "distributed_type: MULTI_GPU\nnum_processes: -2\n",
+             "acc-zero.yaml": "distributed_type: MULTI_GPU\nnum_processes: 0\n",
+             "acc-fraction.yaml": "distributed_type: MULTI_GPU\nnum_processes: 2.7\n",
+             "acc-fsdp-list.yaml": "distributed_type: FSDP\nnum_processes: 2\nfsdp_config: [1, 2]\n",
+             "acc-stage-auto.yaml": "distributed_type: DEEPSPEED\nnum_processes: 2\ndeepspeed_config:\n  zero_stage: auto\n"}
+    for name, text in texts.items():
+        (tmp_path / name).write_text(text)
+    LlamaConfig(vocab_size=500, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                max_position_embeddings=8192).save_pretrained(tmp_path / "llama-8k")
+    return {name: str(tmp_path / name) for name in [*texts, "llama-8k"]}
+
+
 def plan_bad_inputs(tmp_path):
     """plan: a run that does not fit the named device (by how much, and the changes that make it fit),
-    an unknown device, no processes. Uses the recipe bad_inputs writes."""
+    an unknown device, no processes, configs and devices it cannot size, a model it cannot read without
+    the network, a block longer than the model's context. Uses the recipe bad_inputs writes."""
     flagship = str(Path(__file__).resolve().parent.parent / "recipes" / "gpt2-124m-fineweb.yaml")
     base = str(tmp_path / "base.yaml")
+    files = plan_configs(tmp_path)
+    stage = "must be 0, 1, 2 or 3, not 'auto' (plan sizes the ZeRO stage the run uses: give it)"
+    processes = "num_processes must be an integer of at least 1, not"
+    pretrained = ["--train_tokenizer", "false", "--vocab_size", "8192"]
     return {
         "plan that does not fit": (["plan", flagship, "--vocab_size", "50257", "--processes", "8", "--gpu",
                                     "A100-40GB"],
-                                   "the run does not fit A100 40GB: 52.3 GiB per device, 16.3 GiB over the 36.0 GiB "
-                                   "usable (90% of 40.0 GiB); it fits with: --gradient_checkpointing true"),
+                                   "the run does not fit A100 40GB: 58.5 GiB per device, 22.5 GiB over the 36.0 GiB "
+                                   "usable (90% of 40.0 GiB); it fits with: --per_device_train_batch_size 32 "
+                                   "--gradient_accumulation_steps 2 (30.5 GiB)"),
         "plan on an unknown gpu": (["plan", base, "--gpu", "B300"],
                                    "unknown --gpu 'B300'; known: H200, H100 SXM"),
+        "plan on an empty gpu": (["plan", base, "--gpu", ""], "unknown --gpu ''; known: H200, H100 SXM"),
+        "plan on a gpu and its memory": (["plan", base, "--gpu", "H100", "--gpu_memory_gb", "0"],
+                                         "give --gpu NAME or --gpu_memory_gb X --gpu_tflops Y, not both"),
+        "plan on infinite memory": (["plan", base, "--gpu_memory_gb", "inf"],
+                                    "--gpu_memory_gb must be a finite number > 0, not inf"),
+        "plan at infinite speed": (["plan", base, "--gpu_memory_gb", "80", "--gpu_tflops", "inf"],
+                                   "--gpu_tflops must be a finite number > 0, not inf"),
         "plan on an A100 of no size": (["plan", base, "--gpu", "A100"],
                                        "A100 comes in several sizes: name one of A100 40GB, A100 80GB"),
         "plan over 0 processes": (["plan", base, "--processes", "0"], "--processes must be at least 1, not 0"),
+        "plan a ZeRO stage left auto": (["plan", base, "--deepspeed", files["ds-auto.json"]],
+                                        f"ds-auto.json: zero_optimization.stage {stage}"),
+        "plan a DeepSpeed list": (["plan", base, "--deepspeed", files["ds-list.json"]],
+                                  "ds-list.json is a JSON list, not an object of DeepSpeed settings"),
+        "plan a DeepSpeed file of bad JSON": (["plan", base, "--deepspeed", files["ds-bad.json"]],
+                                              "ds-bad.json: Expecting property name enclosed in double quotes"),
+        "plan inline DeepSpeed of bad JSON": (["plan", base, "--deepspeed", "{not json"],
+                                              "deepspeed config inline JSON: Expecting property name"),
+        "plan fsdp with deepspeed": (["plan", base, "--fsdp", "full_shard", "--deepspeed", files["ds3.json"]],
+                                     "invalid recipe: set fsdp or deepspeed, not both"),
+        "plan num_processes abc": (["plan", base, "--accelerate_config", files["acc-abc.yaml"]], f"{processes} 'abc'"),
+        "plan num_processes -2": (["plan", base, "--accelerate_config", files["acc-minus.yaml"]], f"{processes} -2"),
+        "plan num_processes 0": (["plan", base, "--accelerate_config", files["acc-zero.yaml"]], f"{processes} 0"),
+        "plan num_processes 2.7": (["plan", base, "--accelerate_config", files["acc-fraction.yaml"]],
+                                   f"{processes} 2.7"),
+        "plan fsdp_config a list": (["plan", base, "--accelerate_config", files["acc-fsdp-list.yaml"]],
+                                    "fsdp_config must be a mapping of fsdp settings, not [1, 2]"),
+        "plan accelerate zero_stage auto": (["plan", base, "--accelerate_config", files["acc-stage-auto.yaml"]],
+                                            f"acc-stage-auto.yaml: zero_stage {stage}"),
+        "plan a block longer than the context": (["plan", base, *pretrained, "--model_name_or_path",
+                                                  files["llama-8k"], "--block_size", "100000"],
+                                                 "block_size 100000 is larger than the model's context of 8192 "
+                                                 "tokens; lower block_size to at most 8192"),
+        "plan an uncached Hub model": (["plan", base, *pretrained, "--model_name_or_path", "meta-llama/Llama-3.1-8B"],
+                                       "model_name_or_path meta-llama/Llama-3.1-8B: its config.json is not in the "
+                                       "local Hugging Face cache"),
+        "plan an unknown uncached tokenizer": (["plan", base, "--train_tokenizer", "false",
+                                                "--tokenizer_name_or_path", "tester/no-such-tokenizer"],
+                                               "the tokenizer tester/no-such-tokenizer is not in the local Hugging "
+                                               "Face cache and its size is not among the Hub tokenizers plan knows; "
+                                               "give --vocab_size N"),
+    }
+
+
+def mixture_bad_inputs(tmp_path):
+    """``mixture:`` sources and weights."""
+    corpus = tmp_path / "mix-ok.txt"
+    corpus.write_text("\n\n".join(make_documents(60)))
+    empty = tmp_path / "mix-empty.txt"
+    empty.write_text("")
+    rows = jsonl(tmp_path, "mix-rows.jsonl", make_documents(30))
+
+    def mixture_case(name, expected, *sources):
+        values = {**RECIPE, "output_dir": str(tmp_path / "out"), "mixture": list(sources)}
+        return (["train", write_recipe(tmp_path, name, yaml.safe_dump(values))], expected)
+
+    ok = {"train_files": str(corpus), "weight": 1}
+    return {
+        "mixture negative weight": mixture_case(
+            "mneg", "mixture source 2 (mix-empty): weight must be 0 or more (its share of the training blocks), "
+                    "not -0.5", ok, {"train_files": str(empty), "weight": -0.5}),
+        "mixture all weights zero": mixture_case(
+            "mzero", "mixture: every weight is 0; give each source its share of the training blocks",
+            {**ok, "weight": 0}, {"train_files": str(rows), "weight": 0}),
+        "mixture weight not a number": mixture_case(
+            "mnan", "mixture source 1 (mix-ok): weight must be a number (its share of the training blocks), not "
+                    "'half'", {**ok, "weight": "half"}),
+        "mixture source naming two corpora": mixture_case(
+            "mtwo", "mixture source 1 must name exactly one corpus: dataset_name, train_files or prepared_dataset "
+                    "(got dataset_name, train_files; a mixture of two corpora is two sources)",
+            {**ok, "dataset_name": "wikitext"}),
+        "mixture source empty": mixture_case(
+            "mempty", f"mixture source 'mix-empty' (mix-empty.txt): the train split of the corpus is empty: {empty} "
+                      f"hold no text", ok, {"train_files": str(empty), "weight": 1}),
+        "mixture source without the text column": mixture_case(
+            "mcolumn", "mixture source 'mix-rows' (mix-rows.jsonl): text_column 'body' is not a column of the "
+                       "train split; its columns are: text", ok,
+            {"train_files": rows, "weight": 1, "text_column": "body"}),
+        "mixture_exhausted without a mixture": (["train", recipe_with(tmp_path, corpus, "mstop",
+                                                                     mixture_exhausted="stop")],
+                                                "mixture_exhausted: stop applies to a mixture only; add mixture: or "
+                                                "unset it"),
+        "mixture with a corpus key": (["train", recipe_with(tmp_path, corpus, "mboth", mixture=[ok])],
+                                      "mixture: names its sources itself; unset train_files (--KEY none)"),
     }
 
 
 def test_each_bad_input_is_one_line_naming_key_value_and_allowed(tmp_path, capsys, bpe_tokenizer):
     cases = {**bad_inputs(tmp_path), **command_bad_inputs(tmp_path), **report_bad_inputs(tmp_path),
-             **publish_bad_inputs(tmp_path), **plan_bad_inputs(tmp_path)}
+             **publish_bad_inputs(tmp_path), **plan_bad_inputs(tmp_path), **mixture_bad_inputs(tmp_path)}
     bpe_tokenizer.save_pretrained(tmp_path / "pretrained")
     failures = []
     for name, (argv, expected) in cases.items():
@@ -478,3 +624,47 @@ def test_each_bad_input_is_one_line_naming_key_value_and_allowed(tmp_path, capsy
         assert not (tmp_path / "out").exists(), name
     assert not failures, "\n".join(map(str, failures))
     assert (tmp_path / "mine" / "checkpoint-abc" / "mine.txt").read_text() == "keep me"
+
+
+def test_pipeline_bad_inputs_name_what_is_missing(tmp_path, capsys, monkeypatch):
+    """The executor's needs, each missing in turn: sbatch, the ray package, a reachable Ray cluster,
+    datatrove; and a task that fails names itself and its log, and leaves no folder train reads."""
+    import sys
+
+    corpus = tmp_path / "ok.txt"
+    corpus.write_text("\n\n".join(make_documents(3)))
+    flags = ["--train_files", str(corpus), "--validation_files", str(corpus), "--sample_by", "paragraph",
+             "--tokenizer_name_or_path", str(tmp_path / "tok"), "--block_size", "8"]
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(make_documents(20), vocab_size=300, special_tokens=["<|endoftext|>"])
+    PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>").save_pretrained(tmp_path / "tok")
+    cases = [  # (name, argv, environment change, expected)
+        ("slurm without sbatch", ["--executor", "slurm"], lambda m: m.setenv("PATH", str(tmp_path)),
+         "executor slurm needs Slurm's sbatch on PATH, and there is none"),
+        ("ray not installed", ["--executor", "ray"], lambda m: m.setitem(sys.modules, "ray", None),
+         "executor ray needs the ray package, which is not installed: pip install 'hf-clm[ray]'"),
+        ("no ray cluster", ["--executor", "ray", "--ray_address", "127.0.0.1:1"], lambda m: None,
+         "executor ray: no Ray cluster answers at 127.0.0.1:1"),
+        ("datatrove not installed", ["--tasks", "2"], lambda m: m.setitem(sys.modules, "datatrove", None),
+         "runs through datatrove, which is not installed: pip install 'hf-clm[cluster]'"),
+        ("parts without documents", ["--tasks", "5"], lambda m: None, "tasks 5: parts 2, 3 of the corpus would "
+         "hold no training document"),
+        ("a task fails", ["--tasks", "2", "--max_train_samples", "1"], lambda m: None, "prepare task 0 of 2 failed: "
+         "max_train_samples takes the first documents of the whole corpus"),
+    ]
+    failures = []
+    for name, extra, change, expected in cases:
+        target = tmp_path / name.replace(" ", "-")
+        with monkeypatch.context() as patched:
+            change(patched)
+            code = main(["prepare", *flags, "--prepared_dataset", str(target), *extra])
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        if code != 2 or not last.startswith("hf-clm: error: ") or expected not in last:
+            failures.append((name, code, last[:400]))
+        assert not (target / "prepared.json").exists() and not list(target.glob("shard-*.json")), name
+    assert not failures, "\n".join(map(str, failures))
+    assert f"its log: {tmp_path / 'a-task-fails' / '.pipeline' / 'logs' / 'task_00000.log'}" in last
+    assert (tmp_path / "a-task-fails" / ".pipeline" / "logs" / "task_00000.log").is_file()

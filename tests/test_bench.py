@@ -100,6 +100,20 @@ def test_a_target_over_named_figures_judges_them_not_the_ratio():
     assert "figures" not in row(2.14, 70.1).as_dict()
 
 
+def test_about_judges_a_share_with_a_relative_and_an_absolute_slack():
+    from bench.rows import Row
+    from bench.stages.data import TASK_SHARE
+
+    def row(largest: int, share: float) -> Row:
+        return Row("prepare", "w", largest / share, TASK_SHARE, "c",
+                   figures={"largest_bytes_read": largest, "share_bytes": share})
+
+    assert TASK_SHARE.text == "≈ 1"
+    assert row(1_000_000 + 10_000 + 16_384, 1_000_000).met is True  # 1% and one boundary search over
+    assert row(1_000_000 + 10_000 + 16_385, 1_000_000).met is False
+    assert row(30_000, 10_000).met is False and row(20_000, 10_000).met is True  # 3× the share: too much
+
+
 def test_rows_are_written_with_the_keys_of_the_published_results():
     from bench.rows import AtLeast, Basis, Row
 

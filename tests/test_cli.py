@@ -234,16 +234,21 @@ def test_several_models_make_a_comparison_report_that_report_accepts(trained_dir
     assert combined.returncode == 0, combined.stderr[-2000:]
     table = json.loads((tmp_path / "both" / "report.json").read_text())["runs"]
     assert len(table) == 3
-    assert [r["evaluated_on"] for r in table] == ["the paragraphs of valid.txt", "valid.txt", "valid.txt"]
+    run_text = json.loads((run_dir / "perplexity.json").read_text())["evaluated_on"]
+    assert run_text.startswith("the paragraphs of valid.txt: ")
+    assert [r["evaluated_on"] for r in table] == [run_text, "valid.txt", "valid.txt"]
     both = (tmp_path / "both" / "report.md").read_text()
-    assert "| the paragraphs of valid.txt | strided, window 32, stride 32 (validation blocks) |" in both
+    assert f"| {run_text} | strided, window 32, stride 32 (validation blocks) |" in both
     assert "| valid.txt | strided, window 64, stride 64 |" in both
 
 
 def test_a_run_records_and_prints_the_text_it_was_validated_on(trained_dir, finished_run):
     run_dir, _ = trained_dir
-    assert json.loads((run_dir / "perplexity.json").read_text())["evaluated_on"] == "the paragraphs of valid.txt"
-    assert "evaluated on           the paragraphs of valid.txt" in finished_run.stdout
+    summary = json.loads((run_dir / "perplexity.json").read_text())
+    counts = json.loads((run_dir / "token_counts.json").read_text())["validation"]
+    assert summary["evaluated_on"] == (f"the paragraphs of valid.txt: {counts['documents']} documents -> "
+                                       f"{counts['blocks']} blocks of 32 tokens, {summary['tokens']:,} tokens scored")
+    assert f"evaluated on           {summary['evaluated_on']}" in finished_run.stdout
 
 
 def test_perplexity_scores_paragraphs_or_lines_of_text_files_and_the_first_n(tmp_path, bpe_tokenizer, capsys):
@@ -354,3 +359,18 @@ def test_perplexity_scores_the_text_column_and_the_recipe_it_is_given(tmp_path, 
     # reading a recipe's validation documents runs nothing: its output_dir and trackers do not matter
     recipe.write_text(recipe.read_text() + f"output_dir: {table}\nreport_to: wandb\n")
     assert figures("--recipe", str(recipe))["documents"] == 20
+
+
+@pytest.mark.parametrize("command, not_imported", [("plan", ["torch", "transformers", "datasets"]),
+                                                   ("train", ["datasets", "transformers.trainer", "hf_clm.training.train"])])
+def test_help_imports_only_what_it_prints(command, not_imported):
+    """plan's help imports no library; train's lists TrainingArguments' fields, so it imports transformers
+    (and torch, accelerate and peft under it) for them, and nothing else: no datasets, no Trainer (a loaded 2-core machine took 20-25 s for every import)."""
+    code = ("import contextlib, io, sys\nfrom hf_clm.commands.cli import main\n"
+            f"with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):\n"
+            f"    main([{command!r}, '--help'])\n"
+            "assert out.getvalue().startswith('usage: hf-clm'), out.getvalue()[:200]\n"
+            f"print(sorted(m for m in {not_imported!r} if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"

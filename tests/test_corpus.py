@@ -2,12 +2,12 @@ import json
 import random
 import zlib
 
-import numpy as np
 import pandas as pd
 import pytest
 from datasets import Dataset
 
-from hf_clm.data.corpus import hold_out_by_hash, is_stdlib_validation_file, load_corpus, stdlib_files
+from hf_clm.data.corpus import load_corpus, stdlib_files
+from hf_clm.data.heldout import hold_out_by_hash, is_stdlib_validation_file
 from hf_clm.errors import HfClmError
 from hf_clm.recipe.schema import DataArguments
 
@@ -34,9 +34,10 @@ def test_structured_formats_and_text_column(tmp_path, suffix):
         frame.to_parquet(path)
     corpus = load_corpus(DataArguments(train_files=[str(path)], text_column="body",
                                        validation_split_percentage=10))
-    # no validation split: the 10% of documents with the smallest CRC-32 of their text, in corpus order
+    # no validation split: the documents whose CRC-32 is below 10% of 2**32, in corpus order
     documents = [f"document number {i}" for i in range(50)]
-    held = sorted(documents, key=lambda text: zlib.crc32(text.encode()))[:5]
+    held = [d for d in documents if zlib.crc32(d.encode()) < 0.10 * 2**32]
+    assert 0 < len(held) < 50
     assert corpus["validation"]["text"] == [d for d in documents if d in held]
     assert corpus["train"]["text"] == [d for d in documents if d not in held]
 
@@ -46,12 +47,12 @@ def test_globs_and_directories(tmp_path):
         (tmp_path / f"part{i}.txt").write_text(f"file {i}\n")
     (tmp_path / "notes.md").write_text("a file of any suffix is text\n")
     (tmp_path / ".hidden").write_text("hidden files are skipped\n")
-    by_glob = load_corpus(DataArguments(train_files=[str(tmp_path / "part*.txt")], validation_split_percentage=34))
-    by_dir = load_corpus(DataArguments(train_files=[str(tmp_path)], validation_split_percentage=25))
+    by_glob = load_corpus(DataArguments(train_files=[str(tmp_path / "part*.txt")], validation_split_percentage=6))
+    by_dir = load_corpus(DataArguments(train_files=[str(tmp_path)], validation_split_percentage=6))
     assert sorted([*by_glob["train"]["text"], *by_glob["validation"]["text"]]) == ["file 0\n", "file 1\n", "file 2\n"]
     assert sorted([*by_dir["train"]["text"], *by_dir["validation"]["text"]]) == [
         "a file of any suffix is text\n", "file 0\n", "file 1\n", "file 2\n"]
-    assert len(by_glob["validation"]) == len(by_dir["validation"]) == 1
+    assert by_glob["validation"]["text"] == by_dir["validation"]["text"] == ["file 0\n"]  # crc32 / 2**32: 0.051
 
 
 def test_text_files_without_suffixes_train_and_the_held_out_split_does_not_follow_file_order(tmp_path):
@@ -61,9 +62,12 @@ def test_text_files_without_suffixes_train_and_the_held_out_split_does_not_follo
     for name in ("Apache-2.0", "GPL-3", "MIT"):
         (licenses / name).write_text("\n\n".join(f"{name} paragraph {i}: the software is provided as is."
                                                  for i in range(40)))
+    paragraphs = [f"{name} paragraph {i}: the software is provided as is." for name in ("Apache-2.0", "GPL-3", "MIT")
+                  for i in range(40)]
+    held = sum(zlib.crc32(p.encode()) < 0.10 * 2**32 for p in paragraphs)
     for train_files in ([str(licenses)], [str(licenses / "*")]):
         corpus = load_corpus(DataArguments(train_files=train_files, sample_by="paragraph"))
-        assert len(corpus["validation"]) == 12 and len(corpus["train"]) == 108
+        assert len(corpus["validation"]) == held and len(corpus["train"]) == 120 - held
         for name in ("Apache-2.0", "GPL-3", "MIT"):
             assert any(t.startswith(name) for t in corpus["train"]["text"]), name
         assert len({t.split()[0] for t in corpus["validation"]["text"]}) > 1
@@ -155,19 +159,46 @@ def test_blank_lines_never_take_the_held_out_places(tmp_path):
     text = tmp_path / "play.txt"
     text.write_text("\n\n".join(f"line {i} of the play" for i in range(100)) + "\n")  # as many blank lines as lines
     corpus = load_corpus(DataArguments(train_files=[str(text)], sample_by="line", validation_split_percentage=5))
-    assert len(corpus["validation"]) == 5 and all(corpus["validation"]["text"])
+    held = [f"line {i} of the play" for i in range(100) if zlib.crc32(f"line {i} of the play".encode()) < 0.05 * 2**32]
+    assert corpus["validation"]["text"] == held and held
+    assert "" in corpus["train"]["text"]
 
 
 @pytest.mark.parametrize("num_proc", [None, 2])
-def test_the_held_out_split_is_the_smallest_hashes_with_ties_in_corpus_order(num_proc):
-    """Found in constant memory (a histogram, then one bucket sorted); the same documents as
-    sorting every hash, also when many documents repeat (ties) and under several workers."""
+def test_the_held_out_split_is_decided_per_document_by_its_hash(num_proc):
+    """A document is held out when its CRC-32 is below the share of 2**32: the same documents in any
+    order, under any worker count, in any part of the corpus; repeated texts land on one side."""
     rng = random.Random(0)
     words = [f"line {i}" for i in range(300)] + [""]
     texts = [rng.choice(words) for _ in range(20_000)]
     train, validation = hold_out_by_hash(Dataset.from_dict({"text": texts}), 7, num_proc=num_proc)
-    hashes = np.array([zlib.crc32(t.encode()) if t else np.iinfo(np.int64).max for t in texts])
-    n = sum(map(bool, texts)) * 7 // 100
-    held = set(np.argsort(hashes, kind="stable")[:n].tolist())
-    assert validation["text"] == [t for i, t in enumerate(texts) if i in held]
-    assert train["text"] == [t for i, t in enumerate(texts) if i not in held]
+    held = {t for t in words if t and zlib.crc32(t.encode()) * 100 < 7 * 2**32}
+    assert validation["text"] == [t for t in texts if t in held]
+    assert train["text"] == [t for t in texts if t not in held]
+    assert 0.04 < len(held) / 300 < 0.10
+    shuffled = rng.sample(texts, len(texts))
+    parts = [list(hold_out_by_hash(Dataset.from_dict({"text": shuffled[i::3]}), 7)[1]["text"]) for i in range(3)]
+    assert sorted(sum(parts, [])) == sorted(validation["text"])
+
+
+def test_sample_by_paragraph_is_exactly_a_split_on_two_newlines(tmp_path):
+    """The rule the help states: text.split('\\n\\n') after reading \\r\\n as \\n, empty pieces dropped."""
+    from hf_clm.data.corpus import load_corpus
+    from hf_clm.recipe.schema import DataArguments
+
+    text = ("first paragraph\nwith two lines\n\nsecond  \n\n\nthird starts with a newline\n\n\n\n"
+            "fourth after an empty piece\r\n\r\nfifth, from CRLF\n \nstill fifth (a space is no blank line)\n\n")
+    path = tmp_path / "paragraphs.txt"
+    path.write_bytes(text.encode())
+    data = DataArguments(train_files=[str(path)], validation_files=[str(path)], sample_by="paragraph")
+    expected = [piece for piece in text.replace("\r\n", "\n").split("\n\n") if piece]
+    assert load_corpus(data)["validation"]["text"] == expected
+    assert expected[2] == "\nthird starts with a newline" and len(expected) == 5
+
+
+def test_a_corpus_too_small_for_any_held_out_document_fails_in_one_line(tmp_path):
+    text = tmp_path / "tiny.txt"
+    text.write_text("\n\n".join(["a", "b", "c"]) + "\n")
+    assert not any(zlib.crc32(t.encode()) < 0.01 * 2**32 for t in "abc")
+    with pytest.raises(HfClmError, match=r"the corpus has 3 documents, too few to hold out 1% for validation"):
+        load_corpus(DataArguments(train_files=[str(text)], sample_by="paragraph", validation_split_percentage=1))

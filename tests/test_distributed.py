@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import recipe_args, run_launch, write_corpus
+from conftest import recipe_args, run_launch, train_losses, write_corpus
 
 pytestmark = pytest.mark.full  # torchrun and accelerate launches of two processes
 
@@ -26,11 +26,6 @@ def launch(processes: int, record_dir: Path, flags: list[str]) -> subprocess.Com
 
 def records(record_dir: Path, processes: int) -> list[dict]:
     return [json.loads((record_dir / f"rank{rank}.json").read_text()) for rank in range(processes)]
-
-
-def train_losses(run_dir: Path) -> list[float]:
-    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
-    return [entry["loss"] for entry in history if "loss" in entry]
 
 
 def as_rows(batches: list) -> list[tuple[int, ...]]:

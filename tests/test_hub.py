@@ -160,3 +160,19 @@ def test_a_diverged_run_is_not_pushed(hub, tmp_path, hf_clm):
                                                              "--license", "mit"))
     assert result.returncode == 3 and "training diverged" in result.stderr.strip().splitlines()[-1]
     assert not state.commits and not (tmp_path / "run" / "perplexity.json").exists()
+
+
+@pytest.mark.parametrize("recipe, split", [
+    ({"dataset_name": "wikitext", "dataset_config_name": "wikitext-2-raw-v1"}, "validation"),
+    ({"train_files": ["/d/wiki.train.raw"], "validation_files": ["/d/wiki.test.raw"]}, "test"),
+    ({"train_files": ["/d/train.txt"], "validation_files": ["/d/valid.txt"]}, "validation"),
+    ({"train_files": ["/d/a.txt"], "validation_files": ["/d/dev.jsonl", "/d/dev2.jsonl"]}, "validation"),
+    ({"train_files": ["/d/a.txt"], "validation_files": ["/d/latest.txt"]}, "validation"),
+    ({"train_files": ["/d/a.txt"], "validation_split_percentage": 5}, "train (5% held out)"),
+    ({"builtin_corpus": "python-stdlib", "validation_split_percentage": 10}, "train (10% held out)"),
+])
+def test_the_model_index_names_the_split_the_run_validated_on(recipe, split):
+    from hf_clm.hub.card import eval_results
+
+    results = eval_results({"perplexity": 20.0, "bits_per_byte": 1.5}, recipe)
+    assert {result.dataset_split for result in results} == {split}

@@ -91,23 +91,30 @@ def sharded(prepared, tmp_path_factory):
     return root, files, one_machine, target
 
 
-def test_two_shards_are_the_one_machine_blocks_but_for_the_first_shards_tail(sharded):
-    """Shard 0's blocks are the one-machine blocks up to shard 0's last partial block; shard 1's
-    start where shard 1's documents start, so what differs is shard 0's tail (fewer than
-    block_size tokens), dropped instead of carried into shard 1."""
+def parts_less_tails(whole: list[int], parts: list[list[int]], tokens: list[int], block: int) -> bool:
+    """Part I's blocks are the one-machine stream from part I's first token, cut from there: what
+    differs is each part's tail (fewer than block_size tokens), dropped instead of carried on."""
+    start = 0
+    for part, count in zip(parts, tokens):
+        expected = whole[start:start + count - count % block]
+        if len(part) != count - count % block or part[:len(expected)] != expected:
+            return False
+        start += count
+    return True
+
+
+def test_two_shards_are_the_one_machine_blocks_but_for_each_shards_tail(sharded):
+    """Each shard reads its byte range of the training and of the validation file; its blocks are the
+    one-machine blocks of those documents, less its last partial block."""
     _, _, one_machine, target = sharded
     one = load_from_disk(str(one_machine))
-    shards = [load_from_disk(str(target / f"train-0000{i}-of-00002")) for i in range(2)]
-    tokens = [json.loads((target / f"shard-0000{i}-of-00002.json").read_text())["counts"]["train"]["tokens"]
-              for i in range(2)]
-    block = 32
-    kept0 = tokens[0] - tokens[0] % block
-    whole, first, second = flat(one["train"]), flat(shards[0]), flat(shards[1])
-    assert tokens[0] % block > 0  # the case worth testing: shard 0 ends in a partial block
-    assert first == whole[:kept0]
-    overlap = whole[tokens[0]:]  # the one-machine stream from shard 1's first token to its own cut
-    assert second[:len(overlap)] == overlap[:len(second)] and len(second) == tokens[1] - tokens[1] % block
-    assert flat(load_from_disk(str(target / "validation"))) == flat(one["validation"])
+    descriptions = [json.loads((target / f"shard-0000{i}-of-00002.json").read_text()) for i in range(2)]
+    for split in ("train", "validation"):
+        parts = [flat(load_from_disk(str(target / f"{split}-0000{i}-of-00002"))) for i in range(2)]
+        tokens = [d["counts"][split]["tokens"] for d in descriptions]
+        assert sum(tokens) == json.loads((one_machine / "prepared.json").read_text())["counts"][split]["tokens"]
+        assert parts_less_tails(flat(one[split]), parts, tokens, 32), split
+    assert descriptions[0]["counts"]["train"]["tokens"] % 32 > 0  # the case worth testing: a partial block
 
 
 def test_train_reads_every_shard_in_order(sharded):
@@ -146,7 +153,9 @@ def test_sharded_sets_that_train_refuses(sharded, tmp_path, capsys):
     other_tokenizer = run_in_process("prepare", *argv, "--vocab_size", "300", "--shard", "1", "--num_shards", "2")
     assert other_tokenizer.returncode == 2 and "made with 'byte-level BPE, vocab 400" in other_tokenizer.stderr
     fewer = run_in_process("prepare", *argv, "--max_train_samples", "60", "--shard", "1", "--num_shards", "2")
-    assert fewer.returncode == 2 and "of a training split of 120 documents, and this recipe's has 60" in fewer.stderr
+    assert fewer.returncode == 2 and "max_train_samples takes the first documents of the whole corpus" in fewer.stderr
+    by_line = run_in_process("prepare", *argv, "--sample_by", "line", "--shard", "1", "--num_shards", "2")
+    assert by_line.returncode == 2 and "holds shard 0 of another corpus" in by_line.stderr
     over_blocks = run_in_process("prepare", *argv, "--vocab_size", "300", "--tokenizer_only")
     assert over_blocks.returncode == 2 and "holds blocks made with another tokenizer" in over_blocks.stderr
     lock = partial / ".hf_clm.lock-00001-of-00002"

@@ -191,7 +191,11 @@ def test_help_shows_the_recipe_argument_and_auto(capsys):
         assert main([command, "--help"]) == 0
         out = " ".join(capsys.readouterr().out.split())
         assert out.startswith(f"usage: hf-clm {command} [RECIPE] [--key value ...]")
-        assert "'auto': the newest complete checkpoint in output_dir" in out
+        if command == "train":
+            assert "'auto': the newest complete checkpoint in output_dir" in out
+        else:  # prepare reads the corpus and tokenizer keys, and its own settings
+            assert "--executor {local,slurm,ray}" in out and "--tasks TASKS" in out and "--block_size" in out
+            assert "--learning_rate" not in out
 
 
 def test_ddp_does_not_search_for_unused_parameters_by_default_and_a_recipe_can_turn_it_on(tmp_path):
@@ -243,3 +247,140 @@ def test_the_checkpoint_prefix_is_transformers_own():
 
     from hf_clm.run import files as run_files
     assert run_files.PREFIX_CHECKPOINT_DIR == PREFIX_CHECKPOINT_DIR
+
+
+# ---- '--KEY none': every key can be unset --------------------------------------------------------
+
+def key_value(recipe, key: str):
+    part = next(part for part in recipe[:4] if key in {f.name for f in dataclasses.fields(part)})
+    return getattr(part, key)
+
+
+# Keys the base recipe below needs: unset, the recipe has no corpus or no tokenizer (a recipe problem).
+NEEDED = {"train_files": "set exactly one of dataset_name, train_files or builtin_corpus",
+          "train_tokenizer": "no tokenizer: set train_tokenizer: true"}
+
+
+def test_every_key_with_a_default_is_unset_by_none_to_its_default(tmp_path):
+    """A table over the recipe's dataclass fields: '--KEY none' gives what a recipe without the key gets."""
+    from hf_clm.recipe.parser import key_defaults
+    from hf_clm.recipe.schema import recipe_fields
+
+    (tmp_path / "train.txt").write_text("some text\n")
+    base = write_recipe(tmp_path, f"train_files: {tmp_path / 'train.txt'}\ntrain_tokenizer: true\n")
+    without = parse_recipe([base], command="plan")
+    failures = []
+    for field in recipe_fields():
+        key = field.name
+        if key in NEEDED:
+            with pytest.raises(HfClmError, match=NEEDED[key]):
+                parse_recipe([base, f"--{key}", "none"], command="plan")
+            continue
+        try:
+            unset = parse_recipe([base, f"--{key}", "none"], command="plan")
+        except HfClmError as err:
+            failures.append((key, str(err)))
+            continue
+        if key_value(unset, key) != key_value(without, key):
+            failures.append((key, key_value(unset, key), key_value(without, key), key_defaults()[key]))
+    assert not failures, failures
+
+
+def test_none_gives_a_recipe_files_key_its_default(tmp_path):
+    path = write_recipe(tmp_path, "builtin_corpus: python-stdlib\ntrain_tokenizer: true\nmax_steps: 100\n"
+                                  "block_size: 64\nlearning_rate: 1e-3\nbf16: true\n")
+    recipe = parse_recipe([path, "--max_steps", "none", "--block_size=null", "--learning_rate", "None", "--bf16",
+                           "none"], command="plan")
+    assert (recipe.training_args.max_steps, recipe.data_args.block_size, recipe.training_args.bf16) == (-1, 128, False)
+    assert recipe.training_args.learning_rate == pytest.approx(5e-5)  # transformers' default
+
+
+def test_a_bad_number_names_the_range_and_how_to_unset(tmp_path):
+    path = write_recipe(tmp_path, "builtin_corpus: python-stdlib\ntrain_tokenizer: true\nmax_steps: none\n")
+    with pytest.raises(HfClmError) as raised:
+        parse_recipe([path])
+    assert str(raised.value).endswith("max_steps must be an integer, not 'none' (an integer >= 1, or -1 to train "
+                                      "num_train_epochs); remove the line for its default")
+    with pytest.raises(HfClmError, match=r"max_steps must be an integer, not 'lots' \(an integer >= 1, or -1 to train "
+                                         r"num_train_epochs; '--max_steps none' gives its default\)"):
+        parse_recipe(["--builtin_corpus", "python-stdlib", "--train_tokenizer", "true", "--max_steps", "lots"],
+                     command="plan")
+
+
+# ---- what run_clm.py users type ------------------------------------------------------------------
+
+def test_run_clm_names_are_read_as_this_packages_keys_with_a_note(tmp_path, caplog):
+    (tmp_path / "train.txt").write_text("some text\n")
+    (tmp_path / "valid.txt").write_text("other text\n")
+    path = write_recipe(tmp_path, f"train_file: {tmp_path / 'train.txt'}\nmodel_type: gpt2\ntrain_tokenizer: true\n"
+                                  f"do_train: true\n")
+    with caplog.at_level("INFO", logger="hf_clm"):
+        recipe = parse_recipe([path, "--validation_file", str(tmp_path / "valid.txt"), "--do_eval", "true"],
+                              command="plan")
+    assert recipe.data_args.train_files == [str(tmp_path / "train.txt")]
+    assert recipe.data_args.validation_files == [str(tmp_path / "valid.txt")]
+    notes = [r.getMessage() for r in caplog.records]
+    assert notes == ["train_file is run_clm.py's name: read as train_files",
+                     "model_type gpt2: hf-clm builds a GPT-2-style model from scratch anyway (n_layer, n_head, n_embd)",
+                     "do_train changes nothing here: hf-clm train always trains (a finished run trains no further)",
+                     "validation_file is run_clm.py's name: read as validation_files",
+                     "do_eval changes nothing here: hf-clm train always evaluates the final weights and writes "
+                     "perplexity.json; eval_strategy: no turns off the evaluations during training"]
+
+
+def test_a_train_file_flag_replaces_the_recipes_corpus_like_train_files(text_files, tmp_path):
+    stdlib = write_recipe(tmp_path, "builtin_corpus: python-stdlib\ntrain_tokenizer: true\n")
+    recipe = parse_recipe([stdlib, "--train_file", str(text_files["train"])], command="plan")
+    assert recipe.data_args.builtin_corpus is None and recipe.data_args.train_files == [str(text_files["train"])]
+
+
+def test_relative_paths_resolve_from_the_current_directory(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.txt").write_text("some text\n")
+    (tmp_path / "recipes").mkdir()
+    recipe_file = tmp_path / "recipes" / "r.yaml"
+    recipe_file.write_text("train_files: data/train.txt\ntrain_tokenizer: true\n")
+    monkeypatch.chdir(tmp_path)
+    assert parse_recipe([str(recipe_file)]).data_args.train_files == [str(tmp_path / "data" / "train.txt")]
+    monkeypatch.chdir(tmp_path / "recipes")  # the recipe's own folder: data/ is not there
+    with pytest.raises(HfClmError) as raised:
+        parse_recipe(["r.yaml"])
+    assert str(raised.value) == (f"train_files: 'data/train.txt' does not exist (a relative path is resolved from the "
+                                 f"current directory, {tmp_path / 'recipes'}: {tmp_path / 'recipes' / 'data' / 'train.txt'}"
+                                 f"); give a path from the current directory or an absolute one")
+
+
+@pytest.mark.parametrize("key, hint", [("base_model", "that is axolotl's key: here model_name_or_path"),
+                                       ("micro_batch_size", "that is axolotl's and litgpt's key: here "
+                                                            "per_device_train_batch_size"),
+                                       ("sequence_len", "that is axolotl's key: here block_size"),
+                                       ("out_dir", "that is litgpt's and nanoGPT's key: here output_dir"),
+                                       ("max_iters", "that is nanoGPT's key: here max_steps"),
+                                       ("blok_size", "did you mean 'block_size'?"),
+                                       ("frobnicate", "see 'hf-clm train --help' for the keys")])
+def test_foreign_keys_get_their_equivalent_and_only_close_misspellings_a_suggestion(key, hint):
+    from hf_clm.recipe.keys import unknown_key_message
+
+    assert unknown_key_message(key, "the command line") == f"unknown recipe key '{key}' in the command line; {hint}"
+
+
+def test_no_far_fetched_suggestion_for_any_foreign_key():
+    from hf_clm.recipe.aliases import FOREIGN
+    from hf_clm.recipe.keys import unknown_key_message
+
+    assert not [key for key in FOREIGN if "did you mean" in unknown_key_message(key, "x")]
+
+
+def test_the_other_ranks_of_a_launch_keep_the_quiet_library_logs(monkeypatch):
+    """Trainer sets each non-main process's transformers verbosity from log_level_replica (transformers'
+    default: warning, which lets "`loss_type=None` ... unrecognized" through once per rank)."""
+    import transformers
+    from transformers import TrainingArguments
+
+    from hf_clm.run.verbosity import quiet_libraries
+
+    monkeypatch.delenv("TRANSFORMERS_VERBOSITY", raising=False)
+    quiet_libraries(verbose=False)
+    args = parse_recipe(["--builtin_corpus", "python-stdlib", "--train_tokenizer", "true"], command="plan").training_args
+    monkeypatch.setattr(TrainingArguments, "should_log", property(lambda self: False))  # a replica
+    assert args.get_process_log_level() == transformers.logging.get_verbosity() == transformers.logging.ERROR

@@ -95,7 +95,7 @@ def test_the_flagship_rehearses_on_local_text_without_what_this_machine_cannot_u
 
 
 def test_a_too_large_batch_is_lowered_to_the_largest_the_plan_fits(tmp_path, caplog):
-    from hf_clm.planning.memory import Device
+    from hf_clm.planning.launch import Device
 
     recipe = parse_recipe([str(small_recipe(tmp_path)), "--rehearse", "2", "--per_device_eval_batch_size", "16"],
                           rehearsal=rehearsal.rehearsal_values)

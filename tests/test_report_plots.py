@@ -3,6 +3,7 @@ the learning curves' data; the text and windows each row was measured on."""
 
 import json
 import math
+from pathlib import Path
 import os
 import stat
 import warnings
@@ -117,3 +118,64 @@ def test_report_files_get_the_umask_mode_and_replace_a_killed_writers_temporarie
         os.umask(previous)
     assert {stat.S_IMODE(path.stat().st_mode) for path in written} == {0o644}
     assert not list(run.glob(".*.tmp"))
+
+
+# ---- the final evaluation is on the curves, whatever step the run ends at ------------------------
+
+def trained_run(text_files, run_dir, *flags: str) -> dict:
+    """A seconds-long real run; its report's rows as ``read_run`` gives them."""
+    from conftest import recipe_args
+
+    from hf_clm.commands.cli import main
+
+    assert main(["train", *recipe_args(text_files, run_dir, "--save_steps", "1000", *flags)]) == 0
+    return read_run(run_dir)
+
+
+def assert_final_evaluation_drawn(run: dict) -> list[str]:
+    """The validation curve's last point is perplexity.json's step and loss, in both plots; the notes."""
+    import matplotlib.pyplot as plt
+
+    summary = json.loads((Path(run["path"]) / "perplexity.json").read_text())
+    for x_key, x_label, x_final in (("step", "steps", summary["global_step"]),
+                                    ("num_input_tokens_seen", "tokens seen", summary["train_tokens_seen"])):
+        figure = curves_figure([run], x_key, x_label)
+        xs, ys = plotted(figure)["validation"]
+        assert xs[-1] == x_final and ys[-1] == pytest.approx(summary["loss"])
+        line = next(line for line in figure.axes[0].lines if line.get_label() == "validation")
+        assert line.get_marker() == "o"  # a curve of one point still shows
+        notes = [line for t in figure.axes[0].texts for line in t.get_text().splitlines()
+                 if line.startswith("validation")]
+        plt.close(figure)
+    return notes
+
+
+def test_a_run_ending_between_evaluations_draws_its_final_one(tmp_path, text_files):
+    run = trained_run(text_files, tmp_path / "run", "--max_steps", "5", "--eval_steps", "3")
+    assert [e["step"] for e in run["eval_curve"]] == [3, 5]
+    assert assert_final_evaluation_drawn(run) == ["validation: every 3 steps and at the end (step 5)"]
+
+
+def budget_flags(seconds: str, eval_steps: str) -> list[str]:
+    return ["--max_steps", "-1", "--max_train_seconds", seconds, "--warmup_steps", "0.1", "--eval_steps", eval_steps,
+            "--logging_steps", "1"]
+
+
+def test_a_budget_run_draws_its_final_evaluation(tmp_path, text_files):
+    run = trained_run(text_files, tmp_path / "run", *budget_flags("6", "2"))
+    steps = [e["step"] for e in run["eval_curve"]]
+    assert steps[-1] == run["global_step"] and steps == sorted(set(steps))
+    (note,) = assert_final_evaluation_drawn(run)
+    # the clock decides whether training stopped on an evaluation step (logged then) or between two (added)
+    end = f"step {run['global_step']:,}" + (", after the time budget ended training" if run["global_step"] % 2 else "")
+    assert note == (f"validation: every 2 steps and at the end ({end})" if run["global_step"] > 1 else
+                    f"validation: at the end only ({end}; eval_steps 2 is past the run's 1 steps)")
+    assert "no evaluation during training" not in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_run_with_only_the_final_evaluation_draws_it(tmp_path, text_files):
+    run = trained_run(text_files, tmp_path / "run", *budget_flags("5", "100000"))
+    assert [e["step"] for e in run["eval_curve"]] == [run["global_step"]]
+    assert assert_final_evaluation_drawn(run) == [
+        f"validation: at the end only (step {run['global_step']:,}, after the time budget ended training; "
+        f"eval_steps 100000 is past the run's {run['global_step']:,} steps)"]

@@ -97,3 +97,49 @@ def test_a_resumed_run_continues_the_same_budget(tmp_path, text_files):
                          "--resume_from_checkpoint", "auto")
     # the time before the resume counts: the two halves together keep one budget (a step's noise aside)
     assert spent < resumed["train_seconds"] <= 4 * 1.25 and whole["train_seconds"] <= 4 * 1.25
+
+
+def test_a_budget_run_says_what_its_budget_held_and_when_far_less_than_the_recipe_was_tuned_for(tmp_path, text_files,
+                                                                                                  capsys):
+    summary = budget_run(text_files, tmp_path / "run", "10", "--tuned_for_tokens_per_second", "1e6")
+    budget = summary["budget"]
+    # 10 s at the tuned 1,000,000 tokens/s, 256 tokens a step: 39,062 steps; this machine trains far fewer
+    assert budget["steps"] == summary["global_step"] and budget["tuned_for_steps"] == 39062 and budget["far_short"]
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("budget held"))
+    assert line == (f"budget held            this run trained {summary['global_step']:,} steps "
+                    f"({summary['train_tokens_seen']:,} tokens) at {summary['train_tokens_per_second']:,.0f} tokens/s; "
+                    f"the recipe was tuned for ~39,062 steps at 1,000,000 tokens/s: expect a worse perplexity than "
+                    f"the recipe's")
+    assert "expect a worse perplexity" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_budget_that_held_what_the_recipe_was_tuned_for_says_only_what_it_trained():
+    from hf_clm.run.figures import budget_text
+
+    held = {"steps": 123, "tokens_per_second": 839.4, "tuned_for_steps": 200, "tuned_for_tokens_per_second": 1400.0,
+            "far_short": False}
+    assert budget_text(held, 251_904) == "this run trained 123 steps (251,904 tokens) at 839 tokens/s"
+    assert budget_text({**held, "far_short": True}, 251_904).endswith(
+        "; the recipe was tuned for ~200 steps at 1,400 tokens/s: expect a worse perplexity than the recipe's")
+
+
+def test_the_training_bar_of_a_budget_run_starts_without_the_virtual_step_count():
+    """Trainer opens its bar at 0/max_steps, the unreachable step count of a budget run; BudgetStop
+    (added after Trainer's ProgressCallback) takes the total away and names the budget instead."""
+    from transformers import ProgressCallback, TrainerControl, TrainerState
+    from transformers.trainer_callback import CallbackHandler
+
+    from hf_clm.recipe.schema import UNBOUNDED_STEPS
+
+    progress = ProgressCallback()
+    handler = CallbackHandler([progress], None, None, None, None)
+    stop = BudgetStop(BudgetClock(FakeClock(), budget=300.0), handler)
+    handler.add_callback(stop)
+    state = TrainerState(max_steps=UNBOUNDED_STEPS, is_world_process_zero=True, is_local_process_zero=True)
+    handler.on_train_begin(None, state, TrainerControl())
+    bar = progress.training_bar
+    try:
+        assert bar.total is None and "budget 300 s" in str(bar) and "1099511627776" not in str(bar)
+    finally:
+        bar.close()

@@ -147,3 +147,58 @@ def test_an_evaluation_that_dominates_the_time_is_warned_about_once(tmp_path, te
         assert main(["train", *argv]) == 0
     warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("evaluation has taken")]
     assert len(warnings) == 1 and "max_eval_samples, now all" in warnings[0] and "eval_steps, now 2" in warnings[0]
+
+
+def test_the_base_and_the_final_evaluation_are_warned_about_before_they_run(tmp_path, text_files, caplog):
+    """From the token counts: 2 steps x 256 tokens of training against 1,568 validation tokens, a third
+    of a trained token's cost each: evaluation is half the time, before training and at its end."""
+    argv = recipe_args(text_files, tmp_path / "run", "--max_steps", "2", "--eval_steps", "2", "--eval_on_start",
+                       "true")
+    with caplog.at_level("WARNING", logger="hf_clm"):
+        assert main(["train", *argv]) == 0
+    counts = json.loads((tmp_path / "run" / "token_counts.json").read_text())["validation"]
+    messages = [r.getMessage() for r in caplog.records if " tokens, about " in r.getMessage()]
+    assert messages == [
+        f"the evaluation before training (eval_on_start) scores {counts['kept']:,} tokens, about 51% of the time of "
+        "the 512 tokens training takes (a token evaluated costs about a third of one trained); evaluate fewer "
+        "documents (max_eval_samples, now all)",
+        f"the final evaluation scores {counts['kept']:,} tokens, about 51% of the time of the 512 tokens training "
+        "took (a token evaluated costs about a third of one trained); evaluate fewer documents (max_eval_samples, "
+        "now all)"]
+
+
+def test_an_evaluation_small_beside_training_is_not_warned_about(tmp_path, text_files, caplog):
+    argv = recipe_args(text_files, tmp_path / "run", "--max_steps", "2", "--eval_steps", "2", "--eval_on_start",
+                       "true", "--max_eval_samples", "1")
+    with caplog.at_level("WARNING", logger="hf_clm"):
+        assert main(["train", *argv]) == 0
+    assert not [r for r in caplog.records if " tokens, about " in r.getMessage()]
+
+
+def test_a_resumed_run_logs_to_the_tensorboard_folder_of_the_run_it_resumes(tmp_path, text_files, caplog,
+                                                                             monkeypatch):
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    first = recipe_args(text_files, tmp_path / "run", "--max_steps", "2", "--save_steps", "2", "--eval_steps", "2",
+                        "--logging_steps", "1", "--report_to", "tensorboard")
+    assert main(["train", *first]) == 0
+    (folder,) = (tmp_path / "run" / "runs").iterdir()
+    with caplog.at_level("INFO", logger="hf_clm"):
+        assert main(["train", *first, "--max_steps", "4", "--resume_from_checkpoint", "auto"]) == 0
+    assert list((tmp_path / "run" / "runs").iterdir()) == [folder]  # no second folder, a second event file
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 2
+    said = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Logging to tensorboard"))
+    assert f"event files in {folder} " in said
+
+
+def test_the_tensorboard_command_is_suggested_only_where_it_is_installed(monkeypatch):
+    import importlib.util
+
+    from hf_clm.training import trackers
+
+    real = importlib.util.find_spec
+    for installed, expected in ((False, "to view them: pip install tensorboard, then tensorboard --logdir runs/x"),
+                                (True, "tensorboard --logdir runs/x")):
+        monkeypatch.setattr(trackers.importlib.util, "find_spec",
+                            lambda name, real=real, installed=installed: (object() if installed else None)
+                            if name == "tensorboard" else real(name))
+        assert trackers.tensorboard_viewer("runs/x") == expected

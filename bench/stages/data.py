@@ -1,8 +1,8 @@
 """Stage ``data``: corpus to blocks. In a fresh process each, the package's ``build_blocks`` against
 the tokenizer's own batch encode (its limit) and ``datasets.map`` + run_clm.py's ``group_texts``
 (``bench/data_prep.py``); then ``hf-clm prepare`` as a whole process against run_clm.py's data steps
-(``bench/run_clm_way.py``), its memory at 4x the text, the tokenizer's limit as a whole process and
-two shards side by side (``bench/prepare_scale.py``)."""
+(``bench/run_clm_way.py``), its memory at 4x the text, the tokenizer's limit as a whole process,
+two shards side by side and the bytes each task of ``prepare --tasks N`` reads (``bench/prepare_scale.py``)."""
 
 from __future__ import annotations
 
@@ -15,15 +15,16 @@ import time
 from pathlib import Path
 
 from bench import run_checked
-from bench.rows import AtLeast, AtMost, Row, Within
+from bench.rows import About, AtLeast, AtMost, Row, Within
 from bench.stages import REPO, SHAKESPEARE, TOKENIZER
 
 
 def rows(quick: bool, folder: Path) -> list[Row]:
     """Prepare 5 and 50 MB (build_blocks vs its limit and vs datasets.map); prepare memory; prepare
-    55.8 MB, whole process, vs run_clm.py; memory at 4x the text; the limit as a whole process; 2 shards."""
+    55.8 MB, whole process, vs run_clm.py; memory at 4x the text; the limit as a whole process; 2 shards;
+    the bytes each task of ``prepare --tasks N`` reads, N = 1, 2, 4."""
     return [*build_blocks_rows([0.2, 1] if quick else [5, 50], folder), prepare_process_row(quick, folder),
-            *scale_rows(quick, folder), shards_row(quick, folder)]
+            *scale_rows(quick, folder), shards_row(quick, folder), *bytes_per_task_rows(quick, folder)]
 
 
 def prepare_in_fresh_process(method: str, corpus: Path, block: int) -> dict:
@@ -126,3 +127,24 @@ def shards_row(quick: bool, folder: Path) -> Row:
                "2 shards side by side (1 worker each) vs 1 prepare (2 workers)", one["seconds"] / two, None,
                f"{two:.1f} s vs {one['seconds']:.1f} s, start to exit; "
                + blocks_agreement(folder / "one-shard", folder / "two-shards"))
+
+
+# a task reads its share of the corpus, 1% more at most, plus its boundary searches (16 KiB)
+TASK_SHARE = About(1, "largest_bytes_read", "share_bytes", relative=0.01, absolute=16384)
+
+
+def bytes_per_task_rows(quick: bool, folder: Path, tasks: tuple[int, ...] = (1, 2, 4)) -> list[Row]:
+    """Bytes of the corpus each task of ``hf-clm prepare --tasks N`` reads (its shard's ``bytes_read``),
+    one file of Tiny Shakespeare repeated, by lines, on this host: its share of the corpus, not the corpus."""
+    from bench.prepare_scale import bytes_read_per_task, repeated
+
+    corpus = repeated(SHAKESPEARE, folder, times=1 if quick else 50)
+    size = corpus.stat().st_size
+    rows = []
+    for n in tasks:
+        read = bytes_read_per_task(corpus, TOKENIZER, folder, n)
+        rows.append(Row(f"prepare {size / 1e6:.1f} MB in {n} task{'s' if n > 1 else ''}, one host",
+                        "largest bytes_read of a task / (corpus bytes / N)", max(read) / (size / n), TASK_SHARE,
+                        "bytes per task: " + ", ".join(f"{b:,}" for b in read) + f" of {size:,}",
+                        figures={"largest_bytes_read": max(read), "share_bytes": size / n}))
+    return rows

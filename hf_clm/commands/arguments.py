@@ -17,11 +17,11 @@ def command_parser(name: str, description: str, **kwargs) -> argparse.ArgumentPa
     return argparse.ArgumentParser(prog=f"hf-clm {name}", description=description, **kwargs)
 
 
-def check_recipe_keys(argv: list[str]) -> None:
-    """Misspelt keys, before the seconds of importing torch and transformers."""
+def check_recipe_keys(argv: list[str], own_flags: tuple[str, ...] = ()) -> None:
+    """Misspelt keys (not the command's ``own_flags``), before the seconds of importing torch and transformers."""
     from hf_clm.recipe.keys import unknown_key_problems
 
-    if problems := unknown_key_problems(argv):
+    if problems := unknown_key_problems(argv, own_flags):
         raise HfClmError("; ".join(problems))
 
 

@@ -34,8 +34,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--text_column", default=None,
                    help="column holding the text, of --dataset_name or of --data tables (default text)")
     p.add_argument("--sample_by", choices=("document", "paragraph", "line"), default=None,
-                   help="--data text files: one document per file (default), per paragraph (text between blank "
-                        "lines) or per line")
+                   help="--data text files: one document per file (default), per paragraph (the text cut at "
+                        "every two consecutive newlines, as text.split('\\n\\n'), empty pieces dropped) or per line")
     p.add_argument("--limit", type=int, default=None,
                    help="score only the first N documents (as lm-evaluation-harness's --limit)")
     p.add_argument("--convention", choices=("strided", "rolling"), default="strided",

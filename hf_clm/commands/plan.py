@@ -6,11 +6,14 @@ accumulation) makes it fit."""
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
 
 from hf_clm.errors import HfClmError
 from hf_clm.run.figures import byte_size
 from hf_clm.run.verbosity import quiet_libraries
+
+logger = logging.getLogger("hf_clm")
 
 HELP = "size a recipe's run without running it: parameters, memory per device, fit, checkpoint, time"
 PLAN_USAGE = ("%(prog)s RECIPE [--key value ...] [--processes N] [--accelerate_config PATH] "
@@ -23,7 +26,7 @@ class PlanArgumentParser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
-    from hf_clm.planning.memory import DEFAULT_MFU
+    from hf_clm.run.gpus import DEFAULT_MFU
 
     parser = PlanArgumentParser(
         prog="hf-clm plan", usage=PLAN_USAGE, allow_abbrev=False,
@@ -48,9 +51,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def known_names() -> list[str]:
-    from hf_clm.planning.memory import known_gpus
+    from hf_clm.run.gpus import gpus_with_memory
 
-    return list(known_gpus())
+    return list(gpus_with_memory())
 
 
 def recipe_deepspeed(recipe_argv: list[str]) -> Any:
@@ -62,14 +65,14 @@ def recipe_deepspeed(recipe_argv: list[str]) -> Any:
 
 
 def main(argv: list[str], verbose: bool = False) -> int:
+    args, recipe_argv = parser().parse_known_args(argv)  # --help: printed before any library is imported
     quiet_libraries(verbose)
-    from hf_clm.planning.memory import planned_device, planned_launch
-    from hf_clm.planning.plan import not_fitting_message, recipe_plan
-    from hf_clm.run.artifacts import json_text
+    from hf_clm.planning.launch import planned_device, planned_launch
+    from hf_clm.planning.plan import global_batch_note, not_fitting_message, recipe_plan
     from hf_clm.recipe.keys import unknown_key_problems
-    from hf_clm.recipe.parser import parse_recipe
+    from hf_clm.recipe.parser import flag_names, parse_recipe
+    from hf_clm.run.artifacts import json_text
 
-    args, recipe_argv = parser().parse_known_args(argv)
     device = planned_device(args.gpu, args.gpu_memory_gb, args.gpu_tflops)
     if not 0 < args.mfu <= 1:
         raise HfClmError(f"--mfu must be a fraction in (0, 1], not {args.mfu}")
@@ -78,19 +81,43 @@ def main(argv: list[str], verbose: bool = False) -> int:
     deepspeed = args.deepspeed or recipe_deepspeed(recipe_argv)
     recipe = parse_recipe([*recipe_argv, "--deepspeed", "none"], command="plan")
     launch = planned_launch(recipe, args.processes, args.accelerate_config, deepspeed)
-    plan, shape = recipe_plan(recipe, launch, device, args.mfu)
+    vocab_size = recipe.model_args.vocab_size if "vocab_size" in flag_names(recipe_argv) else None
+    plan, shape = recipe_plan(recipe, launch, device, args.mfu, vocab_size)
+    if args.processes is not None and (note := global_batch_note(plan)):
+        logger.warning("plan: %s", note)
     print(json_text(plan, indent=2) if args.json else plan_table(plan))
     if plan["fits"] is False:
         raise HfClmError(not_fitting_message(plan, shape, device, recipe))
     return 0
 
 
+def length_rows(plan: dict) -> list[tuple[str, str]]:
+    """The tokens and time-to-finish rows: a time budget's steps and tokens are estimates ("~") at
+    the plan's throughput, its time is the budget."""
+    from hf_clm.planning.plan import duration
+    from hf_clm.training.throughput import TERA
+
+    steps, budget = plan["steps"], plan["time_budget_seconds"]
+    speed = (f"at {plan['mfu']:.0%} MFU of {plan['peak_flops_per_device'] / TERA:,.0f} TFLOP/s x {plan['processes']}"
+             if plan["peak_flops_per_device"] else None)
+    if budget is not None:
+        length = (f"~{steps:,} steps = ~{plan['tokens_total']:,} tokens (estimates: the {budget:g} s time budget "
+                  f"{speed})" if steps else f"as many steps as the {budget:g} s time budget holds (give --gpu or "
+                  f"peak_tflops for an estimate)")
+        time = f"{duration(budget)} (the max_train_seconds budget)"
+    else:
+        length = f"{steps:,} steps = {plan['tokens_total']:,} tokens" if steps else \
+            "steps depend on the corpus (epochs): give max_steps or max_tokens"
+        time = f"{duration(plan['seconds_to_finish'])} {speed}" if speed else None
+    rows = [("tokens", f"{plan['tokens_per_step']:,} per step x {length}")]
+    return rows + ([("time to finish", time)] if time else [])
+
+
 def plan_table(plan: dict) -> str:
-    from hf_clm.planning.plan import duration, gib
+    from hf_clm.planning.plan import gib
 
     memory = plan["memory_per_device"]
-    steps = f"{plan['steps']:,} steps = {plan['tokens_total']:,} tokens" if plan["steps"] else \
-        "steps depend on the corpus (epochs): give max_steps or max_tokens"
+    tokens, *time = length_rows(plan)
     rows = [
         ("model", plan["model"]),
         ("parameters", f"{plan['parameters']:,} ({plan['trainable_parameters']:,} trainable)"),
@@ -99,7 +126,7 @@ def plan_table(plan: dict) -> str:
                    f"{'on' if plan['gradient_checkpointing'] else 'off'}")),
         ("batch", (f"{plan['per_device_train_batch_size']} blocks x {plan['gradient_accumulation_steps']} "
                   f"accumulation x {plan['processes']} of {plan['block_size']:,} tokens")),
-        ("tokens", f"{plan['tokens_per_step']:,} per step x {steps}"),
+        tokens,
         ("FLOPs per token", f"{plan['flops_per_token']:,.4g}"),
         *((f"  {key.replace('_', ' ')}", byte_size(value)) for key, value in memory.items() if key != "total"),
         ("memory per device", byte_size(memory["total"])),
@@ -108,9 +135,6 @@ def plan_table(plan: dict) -> str:
         device = plan["device"]
         rows.append(("device", (f"{device['name']}: {gib(device['memory_bytes'])}, {gib(device['usable_bytes'])} "
                                f"usable -> {'fits' if plan['fits'] else 'does NOT fit'}")))
-    rows.append(("checkpoint", f"{byte_size(plan['checkpoint_bytes'])} per checkpoint folder"))
-    if plan["peak_flops_per_device"]:
-        rows.append(("time to finish", (f"{duration(plan['seconds_to_finish'])} at {plan['mfu']:.0%} MFU of "
-                                       f"{plan['peak_flops_per_device'] / 1e12:,.0f} TFLOP/s x {plan['processes']}")))
+    rows += [("checkpoint", f"{byte_size(plan['checkpoint_bytes'])} per checkpoint folder"), *time]
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)

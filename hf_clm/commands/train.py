@@ -25,6 +25,13 @@ def default_recipe_path() -> Path:
 
 def main(argv: list[str], verbose: bool = False) -> int:
     check_recipe_keys(argv)
+    if any(a in ("-h", "--help") for a in argv):
+        # The recipe's keys are transformers' TrainingArguments fields, with their help and defaults: printing
+        # them imports transformers (and torch under it), nothing else (no datasets, peft, Trainer, accelerate).
+        from hf_clm.recipe.parser import recipe_parser
+
+        recipe_parser("train").print_help()
+        return 0
     quiet_libraries(verbose)
     from hf_clm.planning.rehearsal import rehearsal_values, rehearse
     from hf_clm.recipe.parser import flag_names, parse_recipe, split_recipe_argv

@@ -227,6 +227,32 @@ class TokenCounts:
         return cls(**{f.name: values[f.name] for f in fields(cls)})
 
 
+def scored_text(source: str, count: TokenCounts, cap: int | None) -> str:
+    """What a run evaluated on, in words, from the blocks it scored: their source, the documents they
+    hold (and ``max_eval_samples``'s cap, where one was given), the blocks and the tokens scored (every
+    token of a block but its first is a target)."""
+    capped = "" if cap is None else (f", the first {cap:,} (max_eval_samples)" if count.documents >= cap else
+                                     f", all there are (max_eval_samples {cap:,} is more)")
+    return (f"{source}: {count.documents:,} documents{capped} -> {count.blocks:,} blocks of {count.block_size:,} "
+            f"tokens, {count.blocks * (count.block_size - 1):,} tokens scored")
+
+
+def first_documents(blocks: Dataset, count: TokenCounts, documents: int, eos_token_id: int
+                    ) -> tuple[Dataset, TokenCounts]:
+    """The blocks the split's first ``documents`` non-empty documents fill, and their counts: the
+    blocks cut from those documents alone (the same prefix of the one stream, each document ended by
+    EOS), as ``max_eval_samples`` gives when the corpus is tokenized."""
+    if documents >= count.documents or len(blocks) == 0:
+        return blocks, count
+    stream = pc.list_flatten(blocks.with_format("arrow")[:][INPUT_IDS]).to_numpy()
+    ends = np.flatnonzero(stream == eos_token_id)
+    if len(ends) < documents:  # the later documents end in the dropped tail
+        return blocks, count
+    tokens = int(ends[documents - 1]) + 1
+    kept = tokens // count.block_size
+    return blocks.select(range(kept)), TokenCounts(documents, tokens, kept, count.block_size)
+
+
 def count_tokens(tokenized: Dataset) -> int:
     lengths = pc.list_value_length(tokenized.with_format("arrow")[:][INPUT_IDS])
     return int(pc.sum(lengths).as_py() or 0)

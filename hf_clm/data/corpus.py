@@ -7,90 +7,40 @@ keeps only the text column, renamed to ``text``.
 
 from __future__ import annotations
 
-import codecs
-import contextlib
 import dataclasses
-import glob
 import json
 import logging
 import re
 import sysconfig
-import zlib
 from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, IterableDataset
 from datasets.exceptions import DatasetGenerationError
 
 from hf_clm.errors import HfClmError, first_line
+from hf_clm.data.files import (  # builder_for, expand_files: also read from here by perplexity
+    BUILDER_BY_SUFFIX,
+    TEXT_BUILDERS,
+    builder_for,
+    check_utf8,
+    expand_files,
+    is_visible,
+    local_reading_bars_off,
+)
+from hf_clm.data.heldout import hold_out_by_hash, is_stdlib_validation_file
 from hf_clm.data.sources import DATASET_ALTERNATIVE, offline_hint, require_hub
 from hf_clm.recipe.schema import DataArguments
 
 logger = logging.getLogger(__name__)
 
 TEXT = "text"
-# Builders that read text files (parquet is binary, its strings are UTF-8 by format).
-TEXT_BUILDERS = ("text", "json", "csv")
-BUILDER_BY_SUFFIX = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json",
-                     ".csv": "csv", ".parquet": "parquet"}
 # Standard-library folders that are not ordinary library source: test suites (with deliberately
 # mis-encoded files) and installed third-party packages.
 STDLIB_EXCLUDED_PARTS = {"test", "tests", "idle_test", "site-packages", "dist-packages"}
-
-
-def is_visible(path: Path, root: Path) -> bool:
-    return not any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
-def expand_files(patterns: list[str], key: str) -> list[str]:
-    """Paths, globs and directories -> sorted list of data files (a directory gives every visible
-    file); an error for anything matching nothing."""
-    files: list[str] = []
-    for pattern in patterns:
-        path = Path(pattern).expanduser()
-        if path.is_dir():
-            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and is_visible(p, path))
-        elif glob.has_magic(pattern):
-            found = sorted(p for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
-        else:
-            found = [str(path)] if path.is_file() else []
-        if not found:
-            what = "directory holds no visible file" if path.is_dir() else \
-                "matches no file" if glob.has_magic(pattern) else \
-                "is not a regular file (a pipe, socket or device); give a file" if path.exists() else "does not exist"
-            raise HfClmError(f"{key}: '{pattern}' {what}")
-        files.extend(found)
-    return files
-
-
-def builder_for(files: list[str], key: str) -> str:
-    """The ``datasets`` builder of the files' format: json/csv/parquet by suffix, any other file text."""
-    builders = {BUILDER_BY_SUFFIX.get(Path(f).suffix.lower(), "text") for f in files}
-    if len(builders) > 1:
-        raise HfClmError(f"{key}: files mix formats ({', '.join(sorted(builders))}); use one format per split")
-    return builders.pop()
-
-
-def check_utf8(path: str) -> None:
-    """Raise naming the file and byte offset of the first byte that is not UTF-8."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
-    with open(path, "rb") as stream:
-        while chunk := stream.read(1 << 20):
-            try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError as err:
-                raise HfClmError(f"{path}: byte {offset + err.start} (0x{chunk[err.start]:02x}) is not valid "
-                                 f"UTF-8; re-encode the file, e.g. iconv -f latin1 -t utf-8") from None
-            offset += len(chunk)
-        try:
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            raise HfClmError(f"{path}: the file ends inside a UTF-8 character (byte {offset - 1})") from None
 
 
 def load_dataset_rebuilding_cache(*args, **kwargs):
@@ -109,21 +59,6 @@ def load_dataset_rebuilding_cache(*args, **kwargs):
         raise HfClmError(f"the datasets cache entry of {args[0]} under {datasets.config.HF_DATASETS_CACHE} is "
                          f"damaged and could not be rebuilt ({first_line(err)}); delete that folder's "
                          f"'{Path(str(args[0])).name}' entry and run again") from None
-
-
-@contextlib.contextmanager
-def local_reading_bars_off():
-    """datasets' "Downloading data" and "Generating train split" bars while it reads local files: it
-    copies them into its cache in a moment, and the bars measure nothing a user waits for. Shown
-    again under ``--verbose`` (datasets' verbosity below errors)."""
-    quiet = datasets.logging.get_verbosity() >= datasets.logging.ERROR and datasets.is_progress_bar_enabled()
-    if quiet:
-        datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if quiet:
-            datasets.enable_progress_bars()
 
 
 def load_local_files(data: DataArguments, streaming: bool = False) -> DatasetDict:
@@ -164,11 +99,6 @@ def stdlib_files() -> tuple[Path, list[str]]:
 def stdlib_documents(root: str, files: list[str]):
     for name in files:
         yield {TEXT: (Path(root) / name).read_text(encoding="utf-8")}
-
-
-def is_stdlib_validation_file(name: str, percentage: int) -> bool:
-    """A stable, file-level split: the same files are held out on every machine and run."""
-    return zlib.crc32(name.encode()) % 100 < percentage
 
 
 def load_stdlib(data: DataArguments, streaming: bool = False) -> DatasetDict | dict[str, IterableDataset]:
@@ -222,102 +152,13 @@ def select_text(split, column: str, name: str):
     return split.rename_column(column, TEXT) if column != TEXT else split
 
 
-HASH = "hash"
-EMPTY_HASH = -1  # an empty document: never held out
-HASH_BUCKET_BITS = 16  # the held-out threshold is found in a histogram of the hashes' top 16 bits
-HASH_BATCH_ROWS = 1 << 16
-
-
-def document_hashes(batch: pa.Table) -> pa.Table:
-    """``map`` function: each document's CRC-32 (``EMPTY_HASH`` for an empty one)."""
-    texts = batch.column(TEXT).to_pylist()
-    hashes = np.fromiter((zlib.crc32(text.encode()) if text else EMPTY_HASH for text in texts), dtype=np.int64,
-                         count=len(texts))
-    return pa.table({HASH: hashes})
-
-
-def hash_batches(hashes: Dataset):
-    for batch in hashes.with_format("arrow").iter(HASH_BATCH_ROWS):
-        yield batch.column(HASH).to_numpy()
-
-
-@dataclasses.dataclass(frozen=True)
-class HeldOut:
-    """Which documents are held out: a hash below ``threshold``, or equal to it at a row up to
-    ``last_tied_row`` — the ``n`` non-empty documents with the smallest hashes, ties in corpus order."""
-
-    threshold: int
-    last_tied_row: int
-
-    def mask(self, hashes: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        return (hashes >= 0) & ((hashes < self.threshold) | ((hashes == self.threshold) & (rows <= self.last_tied_row)))
-
-
-def hash_histogram(hashes: Dataset) -> np.ndarray:
-    """How many non-empty documents' hashes fall in each bucket of their top ``HASH_BUCKET_BITS`` bits."""
-    counts = np.zeros(1 << HASH_BUCKET_BITS, dtype=np.int64)
-    for batch in hash_batches(hashes):
-        counts += np.bincount(batch[batch >= 0] >> (32 - HASH_BUCKET_BITS), minlength=len(counts))
-    return counts
-
-
-def held_out_rule(hashes: Dataset, counts: np.ndarray, n: int) -> HeldOut:
-    """The rule that holds out the ``n`` smallest hashes, in constant memory: the histogram ``counts``
-    finds the bucket the n-th smallest falls in; that bucket's hashes (about 1/65,536 of the corpus)
-    are then sorted."""
-    shift = 32 - HASH_BUCKET_BITS
-    bucket = int(np.searchsorted(np.cumsum(counts), n))  # the first bucket whose running count reaches n
-    below = int(counts[:bucket].sum())
-    members, rows, offset = [], [], 0
-    for batch in hash_batches(hashes):
-        found = np.flatnonzero((batch >= 0) & ((batch >> shift) == bucket))
-        members.append(batch[found])
-        rows.append(found + offset)
-        offset += len(batch)
-    members, rows = np.concatenate(members), np.concatenate(rows)
-    order = np.lexsort((rows, members))[: n - below]
-    return HeldOut(int(members[order[-1]]), int(rows[order[-1]]))
-
-
-def select_held(hashes: pa.ChunkedArray, rows: list[int], rule: HeldOut, held: bool) -> np.ndarray:
-    """``filter`` function: the rows that are (``held``) or are not held out."""
-    mask = rule.mask(hashes.to_numpy(), np.asarray(rows))
-    return mask if held else ~mask
-
-
-def hold_out_by_hash(train: Dataset, percentage: int, sample_by: str | None = None,
-                     num_proc: int | None = None) -> tuple[Dataset, Dataset]:
-    """``percentage``% of the non-empty documents become validation: those whose text has the
-    smallest CRC-32, so the choice depends on the documents, not on their order (the files sorting
-    last do not all go to validation), and repeats on every machine. Both splits keep the corpus's
-    order; empty documents (blank lines under ``sample_by: line``) stay in training, where they add
-    no token. Memory stays flat in the corpus size: hashes and both splits' row lists are Arrow
-    files in datasets' cache, read in batches."""
-    hashes = train.with_format("arrow").map(document_hashes, batched=True, batch_size=HASH_BATCH_ROWS,
-                                            remove_columns=train.column_names, num_proc=num_proc,
-                                            desc="Hashing documents for the held-out split")
-    counts = hash_histogram(hashes)
-    documents = int(counts.sum())
-    n_val = documents * percentage // 100
-    if n_val == 0:
-        split_files = ("; for .txt files, sample_by: paragraph (or line) makes each file several documents"
-                       if sample_by == "document" else "")
-        raise HfClmError(f"the corpus has {documents} document{'s' if documents != 1 else ''}, too few to hold out "
-                         f"{percentage}% for validation; give validation_files or more documents{split_files}")
-    rule = held_out_rule(hashes, counts, n_val)
-    with_hashes = datasets.concatenate_datasets([train, hashes.with_format(None)], axis=1).with_format("arrow")
-    splits = [with_hashes.filter(select_held, batched=True, batch_size=HASH_BATCH_ROWS, with_indices=True,
-                                 input_columns=[HASH], fn_kwargs={"rule": rule, "held": held}, num_proc=num_proc,
-                                 desc="Holding out validation documents" if held else "Keeping training documents"
-                                 ).with_format(None).remove_columns(HASH)
-              for held in (False, True)]
-    return splits[0], splits[1]
+HAS_TEXT_BATCH_ROWS = 1 << 16
 
 
 def has_text(split: Dataset) -> bool:
     """Whether any document has a character: batch by batch, up to the first that does."""
     return any(pc.max(pc.utf8_length(batch[TEXT])).as_py()
-               for batch in split.with_format("arrow").iter(HASH_BATCH_ROWS))
+               for batch in split.with_format("arrow").iter(HAS_TEXT_BATCH_ROWS))
 
 
 def load_corpus(data: DataArguments) -> DatasetDict:
@@ -421,6 +262,13 @@ def file_names(paths: list[str], shown: int = 3) -> str:
 
 def validation_text(data: dict[str, Any]) -> str:
     """The documents :func:`validation_split` gives for these data keys (a recipe's), in words."""
+    first = data.get("max_eval_samples")
+    return validation_source(data) + (f"; the first {first:,}" if first else "")
+
+
+def validation_source(data: dict[str, Any]) -> str:
+    """Where :func:`validation_split`'s documents come from, in words, without ``max_eval_samples``'s cap
+    (a run states the cap from the documents it scored)."""
     percentage, first = data.get("validation_split_percentage"), data.get("max_eval_samples")
     head = f"the first {first or STREAMING_EVAL_DOCUMENTS:,} documents of the stream"
     if data.get("builtin_corpus"):
@@ -442,7 +290,7 @@ def validation_text(data: dict[str, Any]) -> str:
                                       data.get("dataset_config_name"))))
         missing = head.replace("the stream", "train") if data.get("streaming") else f"{percentage}% of train held out"
         text = f"{name}, validation split (or, where it has none, {missing})"
-    return text + (f"; the first {first:,}" if first else "")
+    return text
 
 
 def head_documents(data_values: dict, split: str, n: int):

@@ -12,6 +12,7 @@ BOS first), used by training blocks, ``generate``, ``explain`` and ``perplexity`
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -22,7 +23,8 @@ import datasets
 from datasets import Dataset
 from datasets.fingerprint import Hasher
 from tokenizers import ByteLevelBPETokenizer
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+import transformers
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from hf_clm.errors import HfClmError, first_line
 from hf_clm.data.sources import TOKENIZER_ALTERNATIVE, offline_hint, require_hub
@@ -64,11 +66,36 @@ class UnreadableTokenizer(Exception):
         super().__init__(self.reason)
 
 
-def read_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
-    """``AutoTokenizer.from_pretrained(source)``, or a folder of a byte-level BPE's bare
-    ``vocab.json`` + ``merges.txt``; any failure as :class:`UnreadableTokenizer`."""
+def named_tokenizer_class(source: str | Path, local_only: bool = False) -> type | None:
+    """The tokenizer class ``tokenizer_config.json`` names, as AutoTokenizer would pick it, when
+    transformers has it (None otherwise, and for a source without that file). Loading through it
+    imports no torch: AutoTokenizer itself imports the model configurations, and they import torch."""
+    from transformers.utils import cached_file
+
     try:
-        return AutoTokenizer.from_pretrained(source)
+        file = cached_file(str(source), "tokenizer_config.json", _raise_exceptions_for_missing_entries=False,
+                           _raise_exceptions_for_connection_errors=False, local_files_only=local_only)
+        name = json.loads(Path(file).read_text(encoding="utf-8")).get("tokenizer_class") if file else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    cls = getattr(transformers, name, None) if isinstance(name, str) else None
+    return cls if isinstance(cls, type) and issubclass(cls, PreTrainedTokenizerBase) else None
+
+
+def read_tokenizer(source: str | Path, local_only: bool = False) -> PreTrainedTokenizerBase:
+    """``AutoTokenizer.from_pretrained(source)`` (through the class its tokenizer_config.json names,
+    when transformers has it), or a folder of a byte-level BPE's bare ``vocab.json`` + ``merges.txt``;
+    any failure as :class:`UnreadableTokenizer`. ``local_only``: a local folder or the Hugging Face
+    cache, never the network."""
+    folder = Path(str(source))
+    if not (folder / "config.json").is_file() and (tokenizer := bpe_files_tokenizer(folder)) is not None:
+        return tokenizer  # what AutoTokenizer cannot place (no config): read here without it
+    try:
+        if (cls := named_tokenizer_class(source, local_only)) is not None:
+            return cls.from_pretrained(source, local_files_only=local_only)
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     except Exception as err:  # tokenizers raises a bare Exception for a damaged tokenizer.json
         if (tokenizer := bpe_files_tokenizer(Path(str(source)))) is not None:
             return tokenizer

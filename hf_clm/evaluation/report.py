@@ -15,7 +15,7 @@ from typing import Any
 
 from hf_clm.run.artifacts import read_json, write_atomic, write_json, write_text_atomic
 from hf_clm.errors import HfClmError
-from hf_clm.run.figures import eval_sets_table, figures_table, fmt, markdown_table
+from hf_clm.run.figures import eval_sets_table, figures_table, fmt, markdown_table, mixture_table
 from hf_clm.run.files import PERPLEXITY_FILENAME, RECIPE_FILENAME, REPORT_JSON, REPORT_MD, TRAINER_STATE
 
 COMPARISON_KIND = "perplexity comparison"  # report.json of `hf-clm perplexity --output`
@@ -69,16 +69,47 @@ def read_run(run_dir: str | Path, summary: dict[str, Any] | None = None) -> dict
     if summary is None:
         summary = read_json(needed[0], "train the run to the end (or again) first")
     history = read_json(run_dir / TRAINER_STATE, "the run's Trainer state is damaged")["log_history"]
+    final = final_evaluation(summary)
     # Throughput as the run measured it (hf_clm.training.throughput); Trainer's train_runtime includes evaluation.
     return {
         "name": run_dir.resolve().name, "path": str(run_dir),
         "train_seconds": None, "train_tokens_per_second": None, **summary,
         "evaluated_on": summary.get("evaluated_on") or recipe_validation_text(run_dir),
         "train_curve": [e for e in history if "loss" in e and "eval_loss" not in e],
-        "eval_curve": [e for e in history if "eval_loss" in e],
-        "set_curve": [e for e in history if any(k.startswith("eval_") and k.endswith("_perplexity") and
-                                                k != "eval_perplexity" for k in e)],
+        "eval_curve": with_final_evaluation([e for e in history if "eval_loss" in e], final),
+        "set_curve": with_final_evaluation([e for e in history if is_set_entry(e)], final),
     }
+
+
+def is_set_entry(entry: dict[str, Any]) -> bool:
+    """A log entry of a named evaluation set (``eval_<name>_loss``), not the validation split's."""
+    return any(k.startswith("eval_") and k.endswith(("_perplexity", "_loss")) and k not in ("eval_perplexity",
+                                                                                            "eval_loss")
+               for k in entry)
+
+
+def final_evaluation(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The final evaluation as a log entry, from the record ``perplexity.json`` is written from: a run
+    whose last step is no evaluation step evaluates after training, when Trainer's log is saved."""
+    if not finite(summary.get("loss")) or summary.get("global_step") is None:
+        return None
+    entry = {"step": summary["global_step"], "eval_loss": summary["loss"], FINAL: True}
+    if summary.get("train_tokens_seen") is not None:
+        entry["num_input_tokens_seen"] = summary["train_tokens_seen"]
+    for name, figures in (summary.get("eval_sets") or {}).items():
+        if finite(figures.get("loss")):
+            entry[f"eval_{name}_loss"] = figures["loss"]
+    return entry
+
+
+FINAL = "final_evaluation"  # marks the entry with_final_evaluation added
+
+
+def with_final_evaluation(curve: list[dict[str, Any]], final: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The curve ending at the final evaluation: as logged when it was logged at the last step, else added."""
+    if final is None or (curve and curve[-1].get("step") == final["step"]):
+        return curve
+    return [*curve, final]
 
 
 def recipe_validation_text(run_dir: Path) -> str | None:
@@ -146,6 +177,39 @@ def label_final_values(ax, finals: list[tuple[float, str, str]]) -> None:
                     annotation_clip=False, arrowprops={"arrowstyle": "-", "color": color, "alpha": 0.4, "lw": 0.8})
 
 
+def evaluations_before_the_end(run: dict[str, Any]) -> int:
+    """Validation evaluations logged after a step and before the last (not the base model's at step 0)."""
+    last = run.get("global_step")
+    return sum(1 for e in run.get("eval_curve", []) if e.get("step") and (last is None or e["step"] < last))
+
+
+def plot_notes(run: dict[str, Any]) -> list[str]:
+    """What the curves hold, in words, from the run as it ran (its record: eval_strategy, eval_steps,
+    logging_steps): how often it was evaluated and where its last point comes from."""
+    record, step = run.get("run") or {}, run.get("global_step")
+    notes = []
+    if not run.get("train_curve") and record.get("logging_steps") is not None and step is not None:
+        notes.append(f"no training loss logged: the run's {step:,} steps are fewer than logging_steps "
+                     f"{record['logging_steps']:g}")
+    if not run.get("eval_curve"):
+        return notes + ["no evaluation logged; see perplexity.json"]
+    strategy, every, before = record.get("eval_strategy"), record.get("eval_steps"), evaluations_before_the_end(run)
+    if step is None or strategy is None:
+        return notes
+    end = f"step {step:,}" + (", after the time budget ended training" if run["eval_curve"][-1].get(FINAL)
+                               and record.get("max_train_seconds") else "")
+    if strategy == "no":
+        notes.append(f"validation: at the end only ({end}; eval_strategy: no)")
+    elif strategy == "steps" and before == 0 and every is not None and every > step:
+        notes.append(f"validation: at the end only ({end}; eval_steps {every:g} is past the run's {step:,} steps)")
+    elif strategy == "steps" and every is not None:
+        interval = f"{every:g} steps" if every >= 1 else f"{every:.0%} of the steps"
+        notes.append(f"validation: every {interval} and at the end ({end})")
+    elif strategy == "epoch":
+        notes.append(f"validation: each epoch and at the end ({end})")
+    return notes
+
+
 def say_empty(ax, what: str) -> None:
     ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes, color="0.4")
     ax.set(xticks=[], yticks=[])
@@ -182,9 +246,8 @@ def curves_figure(runs: list[dict[str, Any]], x_key: str, x_label: str):
             color = colors[index % len(colors)] if several else "0.35"
             ax.axhline(baseline, color=color, linestyle=":", linewidth=1.3, label=prefix + "unigram baseline")
             finals.append((baseline, f"unigram {baseline:.3f}", color))
-    if all(name == "training" for series in curves for name, *_ in series):
-        ax.text(0.01, 0.02, "no evaluation during training (eval_strategy: no); see perplexity.json",
-                transform=ax.transAxes, color="0.4", fontsize=8.5)
+    if notes := [(f"{run['name']}: " if several else "") + note for run in runs for note in plot_notes(run)]:
+        ax.text(0.01, 0.02, "\n".join(notes), transform=ax.transAxes, color="0.4", fontsize=8.5)
     label_final_values(ax, finals)
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:,.0f}"))
     ax.grid(alpha=0.3)
@@ -217,7 +280,7 @@ def markdown(runs: list[dict[str, Any]], plots: list[Path]) -> str:
     if any(r.get("base") for r in runs):
         lines += ["A → B: the pretrained base model evaluated before the first step (A), then the fine-tuned "
                   "model (B), on the same validation blocks."]
-    lines += eval_sets_table(summaries) + [""]
+    lines += eval_sets_table(summaries) + mixture_table(summaries) + [""]
     recorded = [r for r in runs if r.get("run")]
     if recorded:
         lines += ["How each run ran (as recorded by the run itself, not as configured):", ""]

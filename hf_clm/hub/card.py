@@ -3,13 +3,14 @@ model) and a body whose loading code and reproduce command work for anyone who r
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from hf_clm.run.figures import eval_sets_table, figure_rows, markdown_table
+from hf_clm.run.figures import eval_sets_table, figure_rows, markdown_table, mixture_table
 from hf_clm.hub.publish import Publication
 from hf_clm.recipe.parser import recipe_defaults
 from hf_clm.recipe.schema import DataArguments, ModelArguments, RunArguments
@@ -23,7 +24,7 @@ LOCAL_INPUT_NAMES = {"train_files": "the training files", "validation_files": "t
                      "model_name_or_path": "the base model, a local folder",
                      "tokenizer_name_or_path": "the tokenizer, a local folder",
                      "dataset_name": "the dataset, a local folder", "prepared_dataset": "the prepared dataset",
-                     "eval_sets": "the evaluation sets' files"}
+                     "eval_sets": "the evaluation sets' files", "mixture": "the mixture sources' files"}
 
 
 def evaluation_dataset(recipe: dict[str, Any]) -> tuple[str, str]:
@@ -35,6 +36,25 @@ def evaluation_dataset(recipe: dict[str, Any]) -> tuple[str, str]:
         return recipe["builtin_corpus"], f"{recipe['builtin_corpus']} (held-out files)"
     files = recipe.get("validation_files") or recipe.get("train_files") or []
     return "local-files", "local files: " + ", ".join(Path(f).name for f in files)
+
+
+# A split named in a file's name (wiki.test.raw, valid.txt, dev.jsonl): the split model-index states.
+SPLIT_IN_NAME = re.compile(r"(?:^|[^a-z])(test|valid|validation|dev|train)(?:[^a-z]|$)")
+SPLIT_NAMES = {"test": "test", "valid": "validation", "validation": "validation", "dev": "validation",
+               "train": "train"}
+
+
+def evaluation_split(recipe: dict[str, Any]) -> str:
+    """The split the run validated on, as model-index wants it: a dataset's validation split; the split
+    its validation files name (wiki.test.raw: test); the training text's held-out part."""
+    files = recipe.get("validation_files")
+    if files:
+        matches = [SPLIT_IN_NAME.search(Path(f).name.lower()) for f in files]
+        named = {SPLIT_NAMES[match.group(1)] for match in matches if match}
+        return named.pop() if all(matches) and len(named) == 1 else "validation"
+    if recipe.get("train_files") or recipe.get("builtin_corpus"):
+        return f"train ({recipe.get('validation_split_percentage', 10)}% held out)"
+    return "validation"
 
 
 def as_written(key: str, value: Any, defaults: dict[str, Any]) -> Any:
@@ -68,6 +88,9 @@ def reproduce_section(pub: Publication, repo_id: str) -> str:
 
 
 def training_data(recipe: dict[str, Any]) -> str:
+    if recipe.get("mixture"):
+        return "a mixture of " + ", ".join(f"{source_words(spec)} (weight {spec.get('weight')})"
+                                           for spec in recipe["mixture"])
     if recipe.get("dataset_name"):
         config = f" (configuration {recipe['dataset_config_name']})" if recipe.get("dataset_config_name") else ""
         return f"the dataset {recipe['dataset_name']}{config}"
@@ -77,6 +100,15 @@ def training_data(recipe: dict[str, Any]) -> str:
     validation = ", ".join(Path(str(f)).name for f in recipe.get("validation_files") or [])
     return f"local files: {names}" + (f" (validation: {validation})" if validation else "") + \
         ", which are not in this repository"
+
+
+def source_words(spec: dict[str, Any]) -> str:
+    """A mixture source of the recipe in words, naming no folder of this machine."""
+    if spec.get("dataset_name"):
+        return " ".join(filter(None, (Path(spec["dataset_name"]).name if Path(spec["dataset_name"]).is_absolute()
+                                      else spec["dataset_name"], spec.get("dataset_config_name"))))
+    files = spec.get("train_files") or [spec.get("prepared_dataset", "")]
+    return "local files " + ", ".join(Path(str(f)).name for f in files)
 
 
 def base_name(pub: Publication) -> str:
@@ -131,7 +163,8 @@ def card_body(pub: Publication, repo_id: str, plots: list[str]) -> str:
     vocab = summary.get("vocab_size", recipe.get("vocab_size"))  # what the BPE learned (vocab_size caps it)
     tokenizer = (f"byte-level BPE trained on the training split, vocab {vocab}" if recipe.get("train_tokenizer")
                  else recipe.get("tokenizer_name_or_path") or recipe.get("model_name_or_path"))
-    table = "\n".join(figure_rows_table(summary) + eval_sets_table({"this model": summary}))
+    table = "\n".join(figure_rows_table(summary) + eval_sets_table({"this model": summary})
+                      + mixture_table({"this model": summary}))
     headline = (f"\n\nPerplexity {summary['base']['perplexity']:.1f} → {summary['perplexity']:.1f} on {dataset_name} "
                 f"(the base model before fine-tuning → this model)." if summary.get("base") else "")
     figures = "\n".join(f"![{Path(p).stem}]({p})" for p in plots)
@@ -142,7 +175,7 @@ A causal language model trained with [hf_clm](https://github.com/hf-clm/hf_clm):
 
 ## Evaluation
 
-Perplexity = exp(token-weighted mean NLL) on the validation split of {dataset_name} ({dataset_type}),
+Perplexity = exp(token-weighted mean NLL) on the {evaluation_split(recipe)} split of {dataset_name} ({dataset_type}),
 blocks of {summary['block_size']} tokens.{headline}
 
 {table}
@@ -176,7 +209,7 @@ The recipe's settings (the whole resolved recipe is `recipe.yaml` in this reposi
 def eval_results(summary: dict[str, Any], recipe: dict[str, Any]) -> list[EvalResult]:
     dataset_type, dataset_name = evaluation_dataset(recipe)
     results = [EvalResult(task_type="text-generation", dataset_type=dataset_type, dataset_name=dataset_name,
-                          dataset_split="validation", dataset_config=recipe.get("dataset_config_name"),
+                          dataset_split=evaluation_split(recipe), dataset_config=recipe.get("dataset_config_name"),
                           metric_type=metric, metric_name=name, metric_value=round(float(summary[key]), 6))
                for metric, name, key in (("perplexity", "Perplexity", "perplexity"),
                                          ("bits_per_byte", "Bits per byte", "bits_per_byte"))]

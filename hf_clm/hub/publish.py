@@ -45,7 +45,7 @@ NOT_UPLOADED = ["checkpoint-*/**", TRAINER_STATE, TRAINING_ARGS, f"{MERGED_DIRNA
 # What a merged model's repository takes from the run beside the merged weights: its record and figures.
 RUN_RECORD = [RECIPE_FILENAME, PERPLEXITY_FILENAME, TOKEN_COUNTS_FILENAME, REPORT_MD, REPORT_JSON, "curves_by_*.png"]
 NO_LICENSE = "none"
-RECIPE_KEYS_WITH_LOCAL_FILES = [key for key in PATH_KEYS if key != "output_dir"] + [*PATH_OR_HUB_KEYS, "eval_sets"]
+RECIPE_KEYS_WITH_LOCAL_FILES = [key for key in PATH_KEYS if key != "output_dir"] + [*PATH_OR_HUB_KEYS, "eval_sets", "mixture"]
 
 
 @dataclass(frozen=True)
@@ -177,9 +177,10 @@ def model_kind(run_dir: Path, options: PublishOptions, recipe: dict[str, Any]) -
     if options.merged:
         return "merged"
     if not options.base_model and not hub_model_id(recipe.get("model_name_or_path")):
+        merge = "" if (run_dir / MERGED_DIRNAME).is_dir() else f"hf-clm merge {run_dir}, then "
         raise HfClmError(f"{run_dir} is a LoRA adapter on the local model {recipe.get('model_name_or_path')}, which "
-                         f"nobody else can load: push its merged model (hf-clm merge {run_dir}, then hf-clm push "
-                         f"{run_dir} --merged) or name the base model's Hub id (--base_model OWNER/NAME)")
+                         f"nobody else can load: push its merged model ({merge}hf-clm push {run_dir} --merged) or "
+                         f"name the base model's Hub id (--base_model OWNER/NAME)")
     return "adapter"
 
 

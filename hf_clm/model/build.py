@@ -43,17 +43,32 @@ def context_length(config: PretrainedConfig) -> int | None:
     return None
 
 
-def scratch_config(model: ModelArguments, tokenizer: PreTrainedTokenizerBase, block_size: int) -> GPT2Config:
+def scratch_config(model: ModelArguments, block_size: int, vocab_size: int,
+                   special_ids: dict[str, int | None] | None = None) -> GPT2Config:
+    """The GPT-2 a recipe trains from scratch: the one config train builds and plan sizes.
+    ``special_ids``: the tokenizer's (:func:`special_token_ids`); plan sizes the model without them."""
     n_positions = model.n_positions or block_size
     if n_positions < block_size:
         raise HfClmError(f"block_size {block_size} is larger than n_positions {n_positions}; "
                          f"raise n_positions or lower block_size")
     return GPT2Config(
-        vocab_size=len(tokenizer), n_positions=n_positions, n_layer=model.n_layer, n_head=model.n_head,
+        vocab_size=vocab_size, n_positions=n_positions, n_layer=model.n_layer, n_head=model.n_head,
         n_embd=model.n_embd, resid_pdrop=model.dropout, embd_pdrop=model.dropout, attn_pdrop=model.dropout,
-        bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
+        **(special_ids or {"bos_token_id": None, "eos_token_id": None}))
+
+
+def special_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int | None]:
+    """BOS (EOS where the tokenizer has none), EOS and pad ids for a model's config."""
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    return {"bos_token_id": bos, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+
+
+def check_context_holds_block(config: PretrainedConfig, block_size: int) -> None:
+    """A block no longer than the model's context: the one check train and plan make."""
+    context = context_length(config)
+    if context is not None and block_size > context:
+        raise HfClmError(f"block_size {block_size} is larger than the model's context of {context} "
+                         f"tokens; lower block_size to at most {context}")
 
 
 def check_4bit_possible(model: ModelArguments) -> None:
@@ -162,12 +177,9 @@ def build_model(model: ModelArguments, tokenizer: PreTrainedTokenizerBase, block
         lm = load_pretrained(model)
         check_embeddings_fit_tokenizer(lm, tokenizer)
     else:
-        lm = AutoModelForCausalLM.from_config(scratch_config(model, tokenizer, block_size),
-                                              attn_implementation=model.attn_implementation)
-    context = context_length(lm.config)
-    if context is not None and block_size > context:
-        raise HfClmError(f"block_size {block_size} is larger than the model's context of {context} "
-                         f"tokens; lower block_size to at most {context}")
+        config = scratch_config(model, block_size, len(tokenizer), special_token_ids(tokenizer))
+        lm = AutoModelForCausalLM.from_config(config, attn_implementation=model.attn_implementation)
+    check_context_holds_block(lm.config, block_size)
     sync_special_token_ids(lm, tokenizer)
     record_attention_scope(lm, model.attention_scope)
     if model.attention_scope == "document":

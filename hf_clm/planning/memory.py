@@ -1,7 +1,7 @@
 """``hf-clm plan``: what a recipe's run needs (parameters, memory per device, checkpoint size, tokens,
-time) without training or downloading anything. The model is built on the ``meta`` device from its
-config (a local folder's ``config.json``, a Hub model's cached config, else the recipe's shape keys),
-so the parameters are counted exactly and no weights are allocated.
+time) without training or downloading anything. The model is the one train builds, on the ``meta``
+device (:mod:`hf_clm.planning.meta`), so the parameters are counted exactly and no weights are
+allocated; the launch and the device come from :mod:`hf_clm.planning.launch`.
 
 Memory per device, in bytes (P = trainable parameters):
 
@@ -27,14 +27,20 @@ Memory per device, in bytes (P = trainable parameters):
   the one prefetched).
 * ``activations`` (per layer, bytes per token, Korthikanti et al. 2022, "Reducing Activation
   Recomputation in Large Transformer Models", eq. 2 without sequence parallelism): (34·d + 5·h·T)
-  bytes at 2 bytes per element, d the hidden size, h the heads, T the block; scaled by
-  (bytes per element / 2) for fp32. 34·d is 15·d for the attention block and the layer norms plus
+  bytes at 2 bytes per element, d the hidden size, h the heads, T the block; scaled by (bytes per
+  element / 2) in the dtype the run computes in: 2 bytes under autocast or for a checkpoint stored
+  in 16 bits, 4 in fp32. 34·d is 15·d for the attention block and the layer norms plus
   19·d for a 4·d MLP (3·d + 4·I for an MLP of width I; a gated MLP such as Llama's keeps 2·d + 8·I).
   5·h·T is the attention scores and their softmax; sdpa and flash attention never store them, only
   ``eager`` does. Gradient checkpointing keeps each layer's input (2·d bytes per token at 2 bytes per
   element) plus one layer's full activations, recomputed in the backward pass. Then the logits:
-  batch·T·vocab in fp32 twice (the logits the loss upcasts and the log-probabilities cross-entropy
-  saves; mixed precision adds the 16-bit logits the head produced), all alive while the loss runs.
+  batch·T·vocab in fp32 three times, at the start of the backward pass, when every layer's
+  activations are still alive: the log-probabilities cross-entropy saved, the gradient the loss
+  hands back for them and the gradient of the logits computed from it (transformers' loss upcasts
+  the logits to fp32 in any precision; the forward pass holds less: the logits, 16-bit under mixed
+  precision, their fp32 copy and the log-probabilities). Measured on CPU with PyTorch's profiler,
+  fp32, 4 x 256 GPT-2 of 50,257 tokens at batch 2 x 256: the peak is at that point, one fp32 copy of
+  the logits above the two the plan counted before.
 * ``fits``: the total against the device's memory less 10% for the CUDA context, NCCL's buffers and
   the caching allocator's fragmentation.
 
@@ -45,49 +51,15 @@ the one definition :func:`hf_clm.training.throughput.flops_per_token` uses for M
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import logging
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
-import yaml
 
-from hf_clm.errors import HfClmError, first_line
+from hf_clm.planning.launch import Launch
 from hf_clm.recipe.schema import Recipe
-from hf_clm.training.throughput import GPUS
-
-USABLE_FRACTION = 0.9  # of a device's memory; the rest: CUDA context, NCCL buffers, fragmentation
-DEFAULT_MFU = 0.40
-GIB = 2**30
 STATE_FILE_BYTES = 16 * 1024  # scheduler.pt, trainer_state.json, training_args.bin, one rng_state per process
-LOGITS_FP32_COPIES = 2
+LOGITS_FP32_COPIES = 3  # in the loss's backward: the saved log-probabilities and the two gradients
 QUANT_BLOCK, OPTIMIZER_8BIT_BLOCK = 64, 256  # values per fp32 scale: bitsandbytes' 4-bit weights, 8-bit states
-# Which memory terms each kind of launch divides by the processes.
-SHARDED_TERMS = {
-    "none": (), "ddp": (), "fsdp full_shard": ("weights", "gradients", "optimizer"),
-    "fsdp shard_grad_op": ("gradients", "optimizer"), "deepspeed zero-0": (), "deepspeed zero-1": ("optimizer",),
-    "deepspeed zero-2": ("gradients", "optimizer"), "deepspeed zero-3": ("weights", "gradients", "optimizer"),
-}
-
-
-class Launch(NamedTuple):
-    processes: int
-    parallelism: str  # a key of SHARDED_TERMS
-    activation_checkpointing: bool = False  # asked for by an FSDP accelerate config
-
-    def sharded(self, term: str) -> bool:
-        return term in SHARDED_TERMS[self.parallelism]
-
-
-class Device(NamedTuple):
-    name: str
-    memory_bytes: int
-    peak_flops: float | None
-
-    def usable_bytes(self) -> int:
-        return int(self.memory_bytes * USABLE_FRACTION)
 
 
 class Shape(NamedTuple):
@@ -108,182 +80,8 @@ class Shape(NamedTuple):
     checkpointing: bool
     eager_attention: bool
     mixed: bool
+    element: int  # bytes of one activation element, in the dtype the run computes in
     launch: Launch
-
-
-def known_gpus() -> dict[str, Any]:
-    return {name: gpu for name, gpu in GPUS.items() if gpu.memory_bytes}
-
-
-def normalized(name: str) -> str:
-    name = name.lower().replace("nvidia", "").replace("geforce", "")
-    return "".join(c for c in name if c.isalnum())
-
-
-def named_device(name: str) -> Device:
-    gpus = {normalized(key): (key, gpu) for key, gpu in GPUS.items()}
-    key, gpu = gpus.get(normalized(name), (None, None))
-    if gpu is None or not gpu.memory_bytes:
-        sizes = [k for k in known_gpus() if k.startswith(key + " ")] if key else []
-        hint = f"{key} comes in several sizes: name one of {', '.join(sizes)}" if sizes else \
-            f"unknown --gpu {name!r}; known: {', '.join(known_gpus())}"
-        raise HfClmError(f"{hint} (or give --gpu_memory_gb X --gpu_tflops Y)")
-    return Device(key, gpu.memory_bytes, gpu.peak_bf16_flops)
-
-
-def planned_device(gpu: str | None, memory_gb: float | None, tflops: float | None) -> Device | None:
-    if gpu and (memory_gb or tflops):
-        raise HfClmError("give --gpu NAME or --gpu_memory_gb X --gpu_tflops Y, not both")
-    if gpu:
-        return named_device(gpu)
-    if memory_gb is None:
-        if tflops is not None:
-            raise HfClmError("--gpu_tflops needs --gpu_memory_gb (the device's memory in GiB)")
-        return None
-    if not (memory_gb > 0 and (tflops is None or tflops > 0)):
-        raise HfClmError(f"--gpu_memory_gb and --gpu_tflops must be numbers > 0, not {memory_gb} and {tflops}")
-    return Device(f"{memory_gb:g} GiB device", int(memory_gb * GIB), tflops * 1e12 if tflops else None)
-
-
-# ---- the launch ----
-
-def accelerate_parallelism(config: dict) -> tuple[str | None, bool]:
-    """(parallelism, activation checkpointing) of an accelerate config file's distributed_type."""
-    kind = str(config.get("distributed_type", "NO")).upper()
-    if kind == "FSDP":
-        fsdp = config.get("fsdp_config") or {}
-        strategy = str(fsdp.get("fsdp_sharding_strategy", "")).upper()
-        reshard = fsdp.get("fsdp_reshard_after_forward", True)
-        grad_op = strategy in ("SHARD_GRAD_OP", "2") or str(reshard).upper() in ("FALSE", "SHARD_GRAD_OP")
-        no_shard = strategy in ("NO_SHARD", "3")
-        parallelism = "ddp" if no_shard else "fsdp shard_grad_op" if grad_op else "fsdp full_shard"
-        return parallelism, bool(fsdp.get("fsdp_activation_checkpointing", False))
-    if kind == "DEEPSPEED":
-        deepspeed = config.get("deepspeed_config") or {}
-        if deepspeed.get("deepspeed_config_file"):
-            return f"deepspeed zero-{zero_stage(deepspeed['deepspeed_config_file'])}", False
-        return f"deepspeed zero-{int(deepspeed.get('zero_stage', 0))}", False
-    return None, False
-
-
-def read_accelerate_config(path: str) -> dict:
-    try:
-        config = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise HfClmError(f"--accelerate_config {path}: {first_line(err)}") from None
-    if not isinstance(config, dict):
-        raise HfClmError(f"--accelerate_config {path} is not an accelerate config (a mapping of keys)")
-    return config
-
-
-def zero_stage(deepspeed: str | dict) -> int:
-    """The ZeRO stage of a DeepSpeed config (a JSON file or a dict)."""
-    if isinstance(deepspeed, str) and not deepspeed.lstrip().startswith("{"):
-        try:
-            deepspeed = json.loads(Path(deepspeed).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise HfClmError(f"deepspeed config {deepspeed}: {first_line(err)}") from None
-    elif isinstance(deepspeed, str):
-        deepspeed = json.loads(deepspeed)
-    return int((deepspeed.get("zero_optimization") or {}).get("stage", 0))
-
-
-def recipe_fsdp(recipe: Recipe) -> str | None:
-    args = recipe.training_args
-    if not args.fsdp:
-        return None
-    options = {str(getattr(o, "value", o)) for o in args.fsdp} if isinstance(args.fsdp, (list, tuple)) else set()
-    if "no_shard" in options:
-        return "ddp"
-    reshard = (args.fsdp_config or {}).get("reshard_after_forward", True)
-    grad_op = options & {"shard_grad_op", "hybrid_shard_zero2"} or str(reshard).lower() in ("false", "shard_grad_op")
-    return "fsdp shard_grad_op" if grad_op else "fsdp full_shard"
-
-
-def planned_launch(recipe: Recipe, processes: int | None, accelerate_config: str | None,
-                   deepspeed: Any) -> Launch:
-    """Processes: --processes, else the accelerate config's num_processes, else 1. Parallelism: the
-    recipe's deepspeed (its ZeRO stage) or fsdp, else the accelerate config's, else DDP over several
-    processes."""
-    if processes is not None and processes < 1:
-        raise HfClmError(f"--processes must be at least 1, not {processes}")
-    config = read_accelerate_config(accelerate_config) if accelerate_config else {}
-    processes = processes or int(config.get("num_processes") or 1)
-    parallelism, checkpointing = accelerate_parallelism(config)
-    if deepspeed:
-        parallelism = f"deepspeed zero-{zero_stage(deepspeed)}"
-    parallelism = recipe_fsdp(recipe) or parallelism or ("ddp" if processes > 1 else "none")
-    if parallelism not in SHARDED_TERMS:
-        raise HfClmError(f"{parallelism}: ZeRO stages are 0 to 3")
-    return Launch(processes, parallelism, checkpointing)
-
-
-# ---- the model, on the meta device ----
-
-def model_config(recipe: Recipe) -> tuple[Any, str]:
-    """The config the run's model is built from, and where it came from, in words."""
-    from transformers import AutoConfig
-
-    model = recipe.model_args
-    if model.model_name_or_path:
-        name = model.model_name_or_path
-        try:
-            return AutoConfig.from_pretrained(name, local_files_only=True), f"the config of {name}"
-        except (OSError, ValueError) as err:
-            if Path(name).exists():
-                raise HfClmError(f"cannot read the config of {name}: {first_line(err)}") from None
-        return scratch_config(recipe), (f"the recipe's n_layer/n_head/n_embd ({name}'s config is not in the local "
-                                        f"cache: a GPT-2 of those shapes stands for it)")
-    vocab, source = scratch_vocab(model)
-    return scratch_config(recipe, vocab), f"GPT-2 from the recipe's shape keys, vocabulary {vocab:,} ({source})"
-
-
-def scratch_vocab(model) -> tuple[int, str]:
-    from hf_clm.data.tokenizer import UnreadableTokenizer, read_tokenizer
-
-    if model.tokenizer_name_or_path and not model.train_tokenizer:
-        try:
-            return len(read_tokenizer(model.tokenizer_name_or_path)), f"the tokenizer {model.tokenizer_name_or_path}"
-        except UnreadableTokenizer:
-            return model.vocab_size, (f"vocab_size: the tokenizer {model.tokenizer_name_or_path} is not in the "
-                                      f"local cache; give --vocab_size N for its size")
-    return model.vocab_size, "vocab_size, the most a trained tokenizer gets"
-
-
-def scratch_config(recipe: Recipe, vocab: int | None = None):
-    from transformers import GPT2Config
-
-    model, block = recipe.model_args, recipe.data_args.block_size
-    return GPT2Config(vocab_size=vocab or model.vocab_size, n_positions=max(model.n_positions or block, block),
-                      n_layer=model.n_layer, n_head=model.n_head, n_embd=model.n_embd, bos_token_id=None,
-                      eos_token_id=None)
-
-
-def meta_model(recipe: Recipe, config):
-    """The model on the meta device: shapes and dtypes, no memory. (accelerate's init_empty_weights
-    unties GPT-2's tied head, doubling its embedding; the meta device keeps the tie.)"""
-    from transformers import AutoModelForCausalLM
-
-    dtype = getattr(config, "dtype", None) if recipe.model_args.model_name_or_path else None
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32,
-                                                attn_implementation=recipe.model_args.attn_implementation)
-
-
-def with_adapter(lm, recipe: Recipe):
-    from hf_clm.model.build import with_lora_adapter
-
-    if recipe.model_args.peft_method != "lora":
-        return lm
-    model_logger = logging.getLogger("hf_clm.model.build")
-    level = model_logger.level
-    model_logger.setLevel(logging.WARNING)  # its "LoRA r=... trainable" line is about a run, not a plan
-    try:
-        with torch.device("meta"):
-            return with_lora_adapter(lm, dataclasses.replace(recipe.model_args, load_in_4bit=False))
-    finally:
-        model_logger.setLevel(level)
 
 
 # ---- memory terms ----
@@ -343,6 +141,8 @@ def mlp_shape(config) -> tuple[int, bool]:
 def model_shape(lm, config, recipe: Recipe, launch: Launch) -> Shape:
     from accelerate.utils import calculate_maximum_sizes
 
+    from hf_clm.planning.meta import compute_element_bytes
+
     args = recipe.training_args
     trainable = [p for p in lm.parameters() if p.requires_grad]
     width, gated = mlp_shape(config)
@@ -355,7 +155,7 @@ def model_shape(lm, config, recipe: Recipe, launch: Launch) -> Shape:
         vocab=config.vocab_size, batch=args.per_device_train_batch_size, block=recipe.data_args.block_size,
         checkpointing=bool(args.gradient_checkpointing or launch.activation_checkpointing),
         eager_attention=recipe.model_args.attn_implementation == "eager", mixed=bool(args.bf16 or args.fp16),
-        launch=launch)
+        element=compute_element_bytes(lm, recipe), launch=launch)
 
 
 def training_terms(shape: Shape) -> dict[str, int]:
@@ -372,7 +172,7 @@ def training_terms(shape: Shape) -> dict[str, int]:
 
 def activation_bytes(shape: Shape) -> int:
     """Activations kept for the backward pass of one micro-batch (see the module doc)."""
-    element = 2 if shape.mixed else 4
+    element = shape.element
     mlp = 2 * shape.hidden + 8 * shape.mlp_width if shape.gated_mlp else 3 * shape.hidden + 4 * shape.mlp_width
     per_layer = (15 * shape.hidden + mlp + (5 * shape.heads * shape.block if shape.eager_attention else 0)) \
         * element / 2
@@ -381,7 +181,7 @@ def activation_bytes(shape: Shape) -> int:
         layers = shape.layers * shape.hidden * element + per_layer
     else:
         layers = shape.layers * per_layer
-    logits = shape.vocab * (4 * LOGITS_FP32_COPIES + (element if shape.mixed else 0))
+    logits = shape.vocab * 4 * LOGITS_FP32_COPIES
     return int(tokens * (layers + logits))
 
 

@@ -5,36 +5,36 @@ beside it."""
 
 from __future__ import annotations
 
-from hf_clm.planning.memory import (
-    GIB,
-    STATE_FILE_BYTES,
-    USABLE_FRACTION,
-    Device,
-    Launch,
-    Shape,
-    memory_per_device,
-    meta_model,
-    model_config,
-    model_shape,
-    with_adapter,
-)
+from hf_clm.planning.launch import GIB, USABLE_FRACTION, Device, Launch
+from hf_clm.planning.memory import STATE_FILE_BYTES, Shape, memory_per_device, model_shape
+from hf_clm.planning.meta import meta_model, model_config, with_adapter
 from hf_clm.recipe.schema import Recipe
+from hf_clm.training.throughput import flops_from_tflops
 
 FSDP_PROCESSES = (2, 4, 8, 16, 32, 64)  # tried when one process does not fit
 
 
-def planned_steps(recipe: Recipe, tokens_per_step: int) -> int | None:
-    """Optimizer steps: from max_tokens with the planned processes, else max_steps; None for epochs."""
+def planned_length(recipe: Recipe, tokens_per_step: int, tokens_per_second: float | None
+                   ) -> tuple[int | None, float | None]:
+    """(optimizer steps, seconds to finish): from max_tokens with the planned processes, else max_steps,
+    the seconds at the plan's throughput; a time budget (max_train_seconds) is the seconds, and its
+    steps those the plan's throughput fills it with (an estimate; None without a peak FLOP/s); None
+    steps for epochs."""
+    budget = recipe.run_args.max_train_seconds
+    if budget is not None:
+        return (int(budget * tokens_per_second // tokens_per_step) if tokens_per_second else None), budget
     if recipe.run_args.max_tokens is not None:
-        return -(-recipe.run_args.max_tokens // tokens_per_step)
-    steps = recipe.training_args.max_steps
-    return steps if steps > 0 else None
+        steps = -(-recipe.run_args.max_tokens // tokens_per_step)
+    else:
+        steps = recipe.training_args.max_steps if recipe.training_args.max_steps > 0 else None
+    seconds = steps * tokens_per_step / tokens_per_second if steps and tokens_per_second else None
+    return steps, seconds
 
 
 def peak_flops(recipe: Recipe, device: Device | None) -> float | None:
     if device is not None and device.peak_flops:
         return device.peak_flops
-    return recipe.run_args.peak_tflops * 1e12 if recipe.run_args.peak_tflops else None
+    return flops_from_tflops(recipe.run_args.peak_tflops)
 
 
 def checkpoint_bytes(lm, recipe: Recipe, shape: Shape) -> int:
@@ -46,28 +46,33 @@ def checkpoint_bytes(lm, recipe: Recipe, shape: Shape) -> int:
     return weights + shape.optimizer_bytes + STATE_FILE_BYTES * (1 + shape.launch.processes)
 
 
-def recipe_plan(recipe: Recipe, launch: Launch, device: Device | None, mfu: float) -> tuple[dict, Shape]:
+def recipe_plan(recipe: Recipe, launch: Launch, device: Device | None, mfu: float,
+                vocab_size: int | None = None) -> tuple[dict, Shape]:
+    """The plan and the shape its memory terms were computed from. ``vocab_size``: plan's
+    ``--vocab_size``, for a tokenizer that is not on this machine."""
     from hf_clm.training.throughput import flops_per_token
 
-    config, source = model_config(recipe)
+    config, source = model_config(recipe, vocab_size)
     base = meta_model(recipe, config)
     per_token = flops_per_token(base, recipe.data_args.block_size)
     lm = with_adapter(base, recipe)
     shape = model_shape(lm, config, recipe, launch)
     memory = memory_per_device(shape)
     tokens_per_step = recipe.tokens_per_step(launch.processes)
-    steps = planned_steps(recipe, tokens_per_step)
-    tokens_total = steps * tokens_per_step if steps else None
     peak = peak_flops(recipe, device)
-    seconds = tokens_total * per_token / (mfu * peak * launch.processes) if tokens_total and peak else None
+    tokens_per_second = mfu * peak * launch.processes / per_token if peak else None
+    steps, seconds = planned_length(recipe, tokens_per_step, tokens_per_second)
     args = recipe.training_args
     plan = {
         "model": source,
         "parameters": sum(p.numel() for p in lm.parameters()),
         "trainable_parameters": sum(p.numel() for p in lm.parameters() if p.requires_grad),
         "flops_per_token": per_token, "tokens_per_step": tokens_per_step, "steps": steps,
-        "tokens_total": tokens_total,
+        "tokens_total": steps * tokens_per_step if steps else None,
+        "time_budget_seconds": recipe.run_args.max_train_seconds,
+        "steps_estimated": recipe.run_args.max_train_seconds is not None,
         "processes": launch.processes, "parallelism": launch.parallelism,
+        "recipe_processes": launch.recipe_processes,
         "precision": "bf16 mixed" if args.bf16 else "fp16 mixed" if args.fp16 else "fp32",
         "optimizer": "muon" if recipe.uses_muon() else str(getattr(args.optim, "value", args.optim)),
         "per_device_train_batch_size": shape.batch, "gradient_accumulation_steps": args.gradient_accumulation_steps,
@@ -80,6 +85,22 @@ def recipe_plan(recipe: Recipe, launch: Launch, device: Device | None, mfu: floa
         "mfu": mfu, "peak_flops_per_device": peak, "seconds_to_finish": seconds,
     }
     return plan, shape
+
+
+def global_batch_note(plan: dict) -> str | None:
+    """When the planned processes differ from the launch the recipe is run with (an accelerate config's
+    num_processes, else one process), the global batch they change, in one line; None when they do not."""
+    processes, recipe_processes = plan["processes"], plan["recipe_processes"]
+    if processes == recipe_processes:
+        return None
+    per_process = plan["per_device_train_batch_size"] * plan["gradient_accumulation_steps"]
+    accumulation = plan["gradient_accumulation_steps"] * recipe_processes / processes
+    keep = (f"; --gradient_accumulation_steps {accumulation:.0f} keeps the recipe's"
+            if accumulation >= 1 and accumulation == int(accumulation) else "")
+    return (f"--processes {processes} changes the recipe's global batch: {per_process} blocks x {processes} "
+            f"processes = {per_process * processes:,} blocks ({plan['tokens_per_step']:,} tokens) per step, where "
+            f"{recipe_processes} process{'es' if recipe_processes > 1 else ''} "
+            f"{'give' if recipe_processes > 1 else 'gives'} {per_process * recipe_processes:,}{keep}")
 
 
 # ---- when it does not fit ----

@@ -35,7 +35,9 @@ from hf_clm.run.artifacts import write_json
 from hf_clm.errors import HfClmError
 from hf_clm.run.figures import byte_size, fmt
 from hf_clm.run.files import LOCK_FILENAME, PERPLEXITY_FILENAME, TRAINER_STATE
+from hf_clm.planning.meta import FLASH_KERNELS
 from hf_clm.training.record import cpu_model
+from hf_clm.training.throughput import TERA
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +48,6 @@ EVAL_BATCHES = 2
 # --rehearse they contradict it.
 FINISHED_RUN_FLAGS = ("push_to_hub", "merge_adapter", "resume_from_checkpoint", "max_steps", "max_tokens",
                       "max_train_seconds")
-FLASH_KERNELS = ("flash_attention_2", "flash_attention_3")
 FUSED_CPU_ADAMW_TORCH = (2, 4)  # torch.optim.AdamW(fused=True) runs on CPU tensors from torch 2.4
 C_COMPILERS = ("cc", "gcc", "clang")
 GIB = 2**30
@@ -117,15 +118,11 @@ def finished_run_settings(values: dict[str, Any]) -> list[str]:
         [key for key in ("push_to_hub", "merge_adapter") if values[key]]
 
 
-def training_device() -> str:
-    if torch.cuda.is_available():
-        return "cuda"
-    return "mps" if torch.backends.mps.is_available() else "cpu"
-
-
 def device_changes(values: dict[str, Any]) -> dict[str, Any]:
     """Settings this machine (without CUDA) cannot use, turned off, each named in one line."""
-    device = training_device()
+    from hf_clm.model.build import default_device
+
+    device = default_device()
     if device == "cuda":
         return {}
     changes: dict[str, Any] = {}
@@ -256,16 +253,17 @@ def rehearse_in(recipe, device, plan: dict) -> dict[str, Any]:
 def this_device(recipe):
     """The device the rehearsal trains on, as :mod:`hf_clm.planning.memory` sees one: its name, the memory it
     has free now, its peak FLOP/s (a known GPU's, or the recipe's ``peak_tflops``)."""
-    from hf_clm.planning.memory import Device
+    from hf_clm.model.build import default_device
+    from hf_clm.planning.launch import Device
     from hf_clm.training.throughput import device_peak_flops
 
-    if torch.cuda.is_available():
+    name = default_device()
+    peak = device_peak_flops(recipe.run_args, torch.device(name))
+    if name == "cuda":
         free, _ = torch.cuda.mem_get_info()
-        return Device(torch.cuda.get_device_name(), free, device_peak_flops(recipe.run_args, torch.device("cuda")))
-    name = training_device()
+        return Device(torch.cuda.get_device_name(), free, peak)
     if name == "cpu" and (model := cpu_model()):
         name = f"cpu ({model}, {torch.get_num_threads()} threads)"
-    peak = recipe.run_args.peak_tflops * 1e12 if recipe.run_args.peak_tflops else None
     return Device(name, available_memory(), peak)
 
 
@@ -282,7 +280,8 @@ def available_memory() -> int:
 
 def rehearsal_plan(recipe, device) -> tuple[dict, Any]:
     """``hf-clm plan``'s figures for one process of the recipe as rehearsed, on ``device``."""
-    from hf_clm.planning.memory import DEFAULT_MFU, planned_launch
+    from hf_clm.planning.launch import planned_launch
+    from hf_clm.run.gpus import DEFAULT_MFU
     from hf_clm.planning.plan import recipe_plan
 
     launch = planned_launch(recipe, 1, None, None)
@@ -436,7 +435,7 @@ def rehearsal_figures(recipe, device, plan: dict, times: tuple[list[float], list
         "measured_step_seconds": step_seconds, "measured_from": "steps 2 on" if len(steps) > 1 else
         "step 1, warm-up and any compilation included: rehearse 2 or more steps for a steady step time",
         "plan_step_seconds": plan_step, "plan_mfu": plan["mfu"], "peak_flops": plan["peak_flops_per_device"],
-        "measured_tflops": plan["tokens_per_step"] * plan["flops_per_token"] / step_seconds / 1e12,
+        "measured_tflops": plan["tokens_per_step"] * plan["flops_per_token"] / step_seconds / TERA,
         "memory_kind": "allocated (torch.cuda)" if torch.cuda.is_available() else "resident (RSS)",
         "memory_before_training_bytes": before, "peak_memory_bytes": peak,
         "measured_training_memory_bytes": max(peak - before, 0),

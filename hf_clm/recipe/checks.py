@@ -15,17 +15,20 @@ from typing import Any
 
 from hf_clm.recipe.ranges import MAX_CONTEXT, SEED, Range, between, finite, range_problems
 from hf_clm.errors import HfClmError
-from hf_clm.recipe.schema import DOCUMENT_SCOPE_KERNELS, MUON, RECIPE_CLASSES, WSD, Recipe, recipe_fields
+from hf_clm.recipe.mixture import mixture_sources
+from hf_clm.recipe.schema import DOCUMENT_SCOPE_KERNELS, MUON, WSD, Recipe, recipe_classes, recipe_fields
 from hf_clm.run.files import ADAPTER_CONFIG
 
 
 @functools.cache
-def field_types() -> dict[str, Any]:
-    """Each recipe key's declared type (from the annotations: HfArgumentParser narrows ``Field.type``)."""
+def field_types(classes: tuple[type, ...] | None = None) -> dict[str, Any]:
+    """Each recipe key's declared type (from the annotations: HfArgumentParser narrows ``Field.type``),
+    of every recipe class or of ``classes`` only (the data classes: no TrainingArguments, no torch)."""
+    classes = classes or recipe_classes()
     hints: dict[str, Any] = {}
-    for cls in RECIPE_CLASSES:
+    for cls in classes:
         hints.update(typing.get_type_hints(cls))
-    return {f.name: hints[f.name] for f in recipe_fields()}
+    return {f.name: hints[f.name] for f in recipe_fields(classes)}
 
 
 def type_members(kind) -> tuple:
@@ -76,6 +79,9 @@ def coerce_value(value: Any, kind) -> Any:
     elif origin is typing.Literal:
         if value in typing.get_args(kind):
             return value
+    elif origin is list and typing.get_origin((typing.get_args(kind) or (None,))[0]) is dict:
+        if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            return value  # a list of mappings (mixture:), each checked by its own key's rules
     elif origin is list or kind is list:
         items = [value] if isinstance(value, str) else value  # `train_files: data.txt` means a list of one
         if isinstance(items, list) and items and all(
@@ -97,6 +103,8 @@ def kind_words(kind) -> str:
         return "one of " + ", ".join(str(member.value) for member in kind)
     if origin is typing.Literal:
         return "one of " + ", ".join(map(str, typing.get_args(kind)))
+    if origin is list and typing.get_origin((typing.get_args(kind) or (None,))[0]) is dict:
+        return "a list of mappings"
     if origin is list or kind is list:
         return "text or a list of text"
     if origin is dict or kind is dict:
@@ -108,37 +116,41 @@ def shown_value(value: Any) -> str:
     return "an empty value" if value is None else repr(value)
 
 
-def checked_value(key: str, value: Any, name: str | None = None) -> Any:
+def checked_value(key: str, value: Any, name: str | None = None, classes: tuple[type, ...] | None = None) -> Any:
     """The recipe value converted to the key's type; HfClmError naming the key (as the recipe spells it,
-    ``name``), the value and what is allowed."""
+    ``name``), the value and what is allowed. ``classes``: the dataclasses the key is one of (default:
+    every recipe class)."""
     name = name or key
     if key == "optim" and value == MUON:  # not one of transformers' OptimizerNames: the package's own
         return value
-    members = type_members(field_types()[key])
+    members = type_members(field_types(classes)[key])
     if any(isinstance(m, type) and issubclass(m, enum.Enum) for m in members):
         members = tuple(m for m in members if m is not str)  # `IntervalStrategy | str`: the str is a member's name
     if isinstance(value, bool):  # true/false means a bool where the key takes one
         members = sorted(members, key=lambda m: m is not bool)
     for member in members:
         try:
-            return within_choices(key, coerce_value(value, member), name)
+            return within_choices(key, coerce_value(value, member), name, classes)
         except ValueError:
             continue
     if value is None:
         raise HfClmError(f"{name} has no value; give {kind_words(members[0])} or remove the line")
     allowed = " or ".join(dict.fromkeys(kind_words(m) for m in members))
-    raise HfClmError(f"{name} must be {allowed}, not {shown_value(value)}")
+    ranged = f" ({RANGES[key].allowed})" if key in RANGES else ""
+    unset = "; remove the line for its default" if isinstance(value, str) and value.strip().lower() in (
+        "none", "null") else ""
+    raise HfClmError(f"{name} must be {allowed}, not {shown_value(value)}{ranged}{unset}")
 
 
 @functools.cache
-def field_choices() -> dict[str, list]:
+def field_choices(classes: tuple[type, ...] | None = None) -> dict[str, list]:
     """The keys whose values are declared on their field (``metadata={"choices": [...]}``)."""
-    return {f.name: f.metadata["choices"] for f in recipe_fields() if "choices" in f.metadata}
+    return {f.name: f.metadata["choices"] for f in recipe_fields(classes) if "choices" in f.metadata}
 
 
-def within_choices(key: str, value: Any, name: str) -> Any:
+def within_choices(key: str, value: Any, name: str, classes: tuple[type, ...] | None = None) -> Any:
     """The value, when its field declares choices and it is one of them (or unset)."""
-    choices = field_choices().get(key)
+    choices = field_choices(classes).get(key)
     if value is not None and choices is not None and value not in choices:
         raise HfClmError(f"{name} must be one of {', '.join(map(str, choices))}, not {value!r}")
     return value
@@ -177,6 +189,7 @@ RANGES: dict[str, Range] = {
     "peak_tflops": Range(lambda v: finite(v) and v > 0, "a number > 0"),
     "max_tokens": Range(lambda v: v >= 1, "an integer >= 1"),
     "max_train_seconds": Range(lambda v: finite(v) and v > 0, "a number of seconds > 0"),
+    "tuned_for_tokens_per_second": Range(lambda v: finite(v) and v > 0, "a number of tokens/s > 0"),
     "muon_learning_rate": Range(lambda v: finite(v) and v > 0, "a number > 0"),
     "muon_momentum": Range(lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "rehearse": Range(lambda v: v >= 1, "an integer >= 1 (the optimizer steps to rehearse)"),
@@ -189,9 +202,34 @@ def recipe_range_problems(values: dict[str, Any]) -> list[str]:
 
 def recipe_problems(recipe: Recipe) -> list[str]:
     model, data = recipe.model_args, recipe.data_args
+    problems = corpus_problems(model, data)
+    if data.streaming and recipe.training_args.max_steps <= 0 and recipe.run_args.max_tokens is None \
+            and recipe.run_args.max_train_seconds is None:
+        problems.append("streaming: true needs max_steps, max_tokens or max_train_seconds (a stream has no length to "
+                        "count epochs by)")
+    if data.mixture is not None and recipe.training_args.max_steps <= 0 and recipe.run_args.max_tokens is None:
+        problems.append("mixture: needs max_steps or max_tokens (its interleaved order is laid out for the budget)")
+    problems += model_problems(recipe)
+    problems += training_switch_problems(recipe) + inapplicable_key_problems(recipe)
+    return problems
+
+
+def corpus_problems(model, data) -> list[str]:
+    """The corpus and tokenizer keys against each other: what ``hf-clm prepare`` checks of a recipe."""
     problems = []
     sources = [name for name in ("dataset_name", "train_files", "builtin_corpus") if getattr(data, name)]
-    if len(sources) != 1:
+    if data.mixture is not None:
+        if sources:
+            problems.append(f"mixture: names its sources itself; unset {', '.join(sources)} (--KEY none)")
+        if data.streaming:
+            problems.append("mixture: is not streamed; drop streaming: true")
+        try:
+            mixture_sources(data.mixture)
+        except HfClmError as err:
+            problems.append(str(err))
+    elif data.mixture_exhausted != "repeat":
+        problems.append(f"mixture_exhausted: {data.mixture_exhausted} applies to a mixture only; add mixture: or unset it")
+    if data.mixture is None and len(sources) != 1:
         problems.append("set exactly one of dataset_name, train_files or builtin_corpus"
                         + (f" (got {', '.join(sources)}; unset one with --KEY none)" if sources else ""))
     if model.train_tokenizer and model.tokenizer_name_or_path:
@@ -204,12 +242,14 @@ def recipe_problems(recipe: Recipe) -> list[str]:
         problems.append("no tokenizer: set train_tokenizer: true, tokenizer_name_or_path or model_name_or_path")
     if model.train_tokenizer and model.vocab_size < 260:
         problems.append(f"vocab_size must be at least 260 (256 bytes + special tokens), not {model.vocab_size}")
-    if data.streaming and recipe.training_args.max_steps <= 0 and recipe.run_args.max_tokens is None \
-            and recipe.run_args.max_train_seconds is None:
-        problems.append("streaming: true needs max_steps, max_tokens or max_train_seconds (a stream has no length to "
-                        "count epochs by)")
     if data.streaming and data.prepared_dataset:
         problems.append("set streaming: true or prepared_dataset, not both")
+    return problems
+
+
+def model_problems(recipe: Recipe) -> list[str]:
+    model = recipe.model_args
+    problems = []
     if model.model_name_or_path and (Path(model.model_name_or_path) / ADAPTER_CONFIG).is_file():
         problems.append(f"model_name_or_path {model.model_name_or_path} is a LoRA adapter ({ADAPTER_CONFIG}), not a "
                         f"model; merge it into its base model first (hf-clm merge {model.model_name_or_path}) and "
@@ -222,7 +262,6 @@ def recipe_problems(recipe: Recipe) -> list[str]:
         problems.append("merge_adapter: true needs a peft adapter (peft: {method: lora})")
     if not model.model_name_or_path and model.n_head > 0 and model.n_embd % model.n_head:
         problems.append(f"n_embd ({model.n_embd}) must be divisible by n_head ({model.n_head})")
-    problems += training_switch_problems(recipe) + inapplicable_key_problems(recipe)
     return problems
 
 
@@ -237,6 +276,8 @@ def training_switch_problems(recipe: Recipe) -> list[str]:
     if model.attention_scope == "document" and training.use_cache:
         problems.append("attention_scope: document needs use_cache: false (with a KV cache transformers ignores "
                         "the document boundaries)")
+    if training.fsdp and training.deepspeed:
+        problems.append(FSDP_AND_DEEPSPEED)
     if recipe.uses_muon() and (training.fsdp or training.deepspeed):
         problems.append("optim: muon needs whole weight matrices: not with fsdp or deepspeed (use DDP)")
     if run.max_tokens is not None and training.max_steps > 0:
@@ -276,6 +317,8 @@ def inapplicable_key_problems(recipe: Recipe) -> list[str]:
     return problems
 
 
+FSDP_AND_DEEPSPEED = ("set fsdp or deepspeed, not both: each shards the model its own way (FSDP through torch, "
+                      "ZeRO through DeepSpeed's engine); drop one")
 MUON_KEYS = ("muon_learning_rate", "muon_momentum")
 LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_modules_to_save")
 BNB_KEYS = ("bnb_4bit_quant_type", "bnb_4bit_compute_dtype", "bnb_4bit_use_double_quant")

@@ -15,9 +15,13 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+from hf_clm.recipe.aliases import ALIASES, MODEL_TYPE, PYTHON_CONFIG, foreign_key_hint, is_python_config
+
 OWN_CLASSES = ("ModelArguments", "DataArguments", "RunArguments")
-# The YAML `peft:` section: its keys are not flags.
+# The YAML `peft:` section: its keys are not flags. The `prepare:` section is hf-clm prepare's
+# (executor, tasks, workers...), checked by hf_clm.recipe.data_recipe.
 PEFT_SECTION_KEY = "peft"
+PREPARE_SECTION_KEY = "prepare"
 
 
 def dataclass_field_names(source: Path, class_names: tuple[str, ...]) -> list[str]:
@@ -37,10 +41,30 @@ def recipe_key_names() -> tuple[str, ...]:
                  + dataclass_field_names(training_args, ("TrainingArguments",)))
 
 
+@functools.cache
+def prepare_key_names() -> tuple[str, ...]:
+    """The keys of ``hf-clm prepare``'s own settings (:class:`hf_clm.recipe.data_recipe.PrepareArguments`)."""
+    return tuple(dataclass_field_names(Path(__file__).with_name("data_recipe.py"), ("PrepareArguments",)))
+
+
+# How alike a misspelt key and a recipe key must be (difflib's ratio) to be suggested: 'blok_size' ->
+# 'block_size' is 0.95, 'out_dir' -> 'output_dir' 0.82; axolotl's 'base_model' -> 'save_only_model' (0.64)
+# is no misspelling.
+SUGGESTION_CUTOFF = 0.8
+
+
 def unknown_key_message(key: str, where: str) -> str:
-    close = difflib.get_close_matches(key, recipe_key_names(), n=1, cutoff=0.6)
-    hint = f"; did you mean '{close[0]}'?" if close else "; see 'hf-clm train --help' for the keys"
+    """The unknown key named, with another trainer's equivalent, or the recipe key it is a misspelling of."""
+    close = difflib.get_close_matches(key, recipe_key_names(), n=1, cutoff=SUGGESTION_CUTOFF)
+    foreign = foreign_key_hint(key)
+    hint = f"; {foreign}" if foreign else f"; did you mean '{close[0]}'?" if close else \
+        "; see 'hf-clm train --help' for the keys"
     return f"unknown recipe key '{key}' in {where}{hint}"
+
+
+def accepted_key_names() -> set[str]:
+    """Recipe keys, and the run_clm.py names read as one (train_file, validation_file, model_type)."""
+    return {*recipe_key_names(), *ALIASES, MODEL_TYPE}
 
 
 def flag_key(arg: str) -> str | None:
@@ -58,14 +82,17 @@ def yaml_keys(path: Path) -> list[Any]:
         values = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return []
-    return [key for key in values if key != PEFT_SECTION_KEY] if isinstance(values, dict) else []
+    sections = (PEFT_SECTION_KEY, PREPARE_SECTION_KEY)
+    return [key for key in values if key not in sections] if isinstance(values, dict) else []
 
 
-def unknown_key_problems(argv: list[str]) -> list[str]:
-    """The flags and recipe-file keys of ``train``/``prepare`` that are no recipe key."""
-    known = {*recipe_key_names(), "help"}
-    problems = [unknown_key_message(key, "the command line") for key in map(flag_key, argv)
-                if key is not None and key not in known]
+def unknown_key_problems(argv: list[str], own_flags: tuple[str, ...] = ()) -> list[str]:
+    """The flags and recipe-file keys of ``train``/``prepare`` that are no recipe key (nor one of the
+    command's ``own_flags``)."""
+    known = {*accepted_key_names(), "help", *own_flags}
+    problems = [PYTHON_CONFIG] if argv and is_python_config(argv[0]) else []
+    problems += [unknown_key_message(key, "the command line") for key in map(flag_key, argv)
+                 if key is not None and key not in known]
     for arg in argv:
         if not arg.startswith("-") and arg.lower().endswith((".yaml", ".yml")):
             problems += [unknown_key_message(str(key), str(Path(arg))) for key in yaml_keys(Path(arg))

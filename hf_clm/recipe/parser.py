@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
+import functools
+import logging
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
-from transformers import HfArgumentParser, TrainingArguments
-from transformers.utils import is_torch_bf16_gpu_available
+from transformers import HfArgumentParser
 
 from hf_clm.run.artifacts import output_folder_problem
 from hf_clm.errors import HfClmError, first_line
@@ -27,16 +26,15 @@ from hf_clm.recipe.schema import (
     UNBOUNDED_STEPS,
     CORPUS_KEYS,
     MUON,
-    PACKAGE_DEFAULTS,
-    PATH_KEYS,
-    PATH_OR_HUB_KEYS,
     PEFT_SECTION,
-    RECIPE_CLASSES,
     SOURCE_KEYS,
     TOKENIZER_KEYS,
     Recipe,
+    package_defaults,
+    recipe_classes,
 )
 from hf_clm.recipe.checks import (
+    RANGES,
     checked_value,
     field_types,
     integration_problems,
@@ -44,14 +42,17 @@ from hf_clm.recipe.checks import (
     recipe_range_problems,
     recipe_problems,
 )
-from hf_clm.recipe.keys import recipe_key_names, unknown_key_message
+from hf_clm.recipe.aliases import ALIASES, PYTHON_CONFIG, is_python_config, renamed_flags, renamed_values
+from hf_clm.recipe.keys import PREPARE_SECTION_KEY, recipe_key_names, unknown_key_message
+from hf_clm.recipe.paths import check_relative_paths, from_current_directory, resolve_paths
+
+logger = logging.getLogger(__name__)
 
 # `--key none` (or null, or '') unsets an optional key; report_to's 'none' is a value of its own.
-NULL_SPELLINGS = ("none", "null", "")
 NULLABLE_EXCEPTIONS = {"report_to"}
+UNSET = ("none", "null")  # `--key none`: the key's default, as if the recipe did not give it
 # Values of the package's own that TrainingArguments' flags do not list.
 PACKAGE_VALUES = {"optim": (MUON,)}
-NOT_A_PATH = {"auto"}  # resume_from_checkpoint: auto
 RECIPE_USAGE = "%(prog)s [RECIPE] [--key value ...]"
 RECIPE_EPILOG = ("resume_from_checkpoint also takes 'auto': the newest complete checkpoint in output_dir, or a "
                  "fresh start when there is none; 'none' (the default): start fresh. optim also takes 'muon' "
@@ -70,7 +71,8 @@ def flag_error_message(message: str) -> str:
     bad = re.match(r"argument --([\w-]+)[^:]*: invalid (\w+) value: (.*)$", message)
     if bad:
         key, kind, value = bad.groups()
-        return f"{key.replace('-', '_')} must be {kinds.get(kind, kind)}, not {value}"
+        key = key.replace('-', '_')
+        return f"{key} must be {kinds.get(kind, kind)}, not {value}{range_words(key)}"
     choice = re.match(r"argument --([\w-]+)[^:]*: invalid choice: (.*?) \(choose from (.*)\)$", message)
     if choice:
         key, value, allowed = choice.groups()
@@ -86,11 +88,35 @@ def flag_error_message(message: str) -> str:
     return f"invalid recipe value: {message}"
 
 
-def package_values(flags: list[str]) -> tuple[list[str], dict[str, Any]]:
+def range_words(key: str) -> str:
+    """' (an integer >= 1, or -1 to train num_train_epochs)': what a key with a range takes, or nothing."""
+    return f" ({RANGES[key].allowed}; '--{key} none' gives its default)" if key in RANGES else ""
+
+
+@functools.cache
+def all_key_defaults() -> dict[str, Any]:
+    """Every recipe key's value when no recipe or flag gives it: its field's default, or the package's."""
+    return vars(recipe_parser().parse_args([]))
+
+
+def key_defaults(classes: tuple[type, ...] | None = None) -> dict[str, Any]:
+    """The defaults of ``classes``' keys (default: every recipe key's); the data classes' without
+    building Trainer's parser."""
+    if classes is None:
+        return all_key_defaults()
+    return {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            for cls in classes for f in dataclasses.fields(cls)}
+
+
+def package_values(flags: list[str], classes: tuple[type, ...] | None = None) -> tuple[list[str], dict[str, Any]]:
     """Flag values argparse cannot take as they are, taken out of ``flags`` and returned as values:
-    ``--key none`` (or null, or '') unsets an optional key, and ``--optim muon`` names the package's
-    own optimizer."""
-    nullable = {key for key, kind in field_types().items() if is_optional(kind)} - NULLABLE_EXCEPTIONS
+    ``--key none`` (or null) unsets a key, whatever the recipe file said: it gets the value a recipe
+    without it gets (``--max_steps none``: -1; ``--max_train_samples none``: unset); ``--key ''`` empties
+    an optional key; ``--optim muon`` names the package's own optimizer. ``classes``: the dataclasses
+    whose keys the flags set (default: all four)."""
+    types = field_types(classes)
+    optional = {key for key, kind in types.items() if is_optional(kind)}
+    unsettable = set(types) - NULLABLE_EXCEPTIONS
     kept: list[str] = []
     values: dict[str, Any] = {}
     index = 0
@@ -100,7 +126,10 @@ def package_values(flags: list[str]) -> tuple[list[str], dict[str, Any]]:
         if not has_value and index + 1 < len(flags):
             value = flags[index + 1]
         taken = 1 if has_value else 2
-        if name in nullable and (has_value or index + 1 < len(flags)) and value.strip().lower() in NULL_SPELLINGS:
+        given = has_value or index + 1 < len(flags)
+        if name in unsettable and given and value.strip().lower() in UNSET:
+            values[name] = key_defaults(classes)[name]
+        elif name in optional - NULLABLE_EXCEPTIONS and given and not value.strip():
             values[name] = None
         elif name in PACKAGE_VALUES and value in PACKAGE_VALUES[name]:
             values[name] = value
@@ -112,9 +141,9 @@ def package_values(flags: list[str]) -> tuple[list[str], dict[str, Any]]:
 
 
 def recipe_parser(command: str = "train") -> HfArgumentParser:
-    parser = RecipeArgumentParser(RECIPE_CLASSES, prog=f"hf-clm {command}", usage=RECIPE_USAGE,
+    parser = RecipeArgumentParser(recipe_classes(), prog=f"hf-clm {command}", usage=RECIPE_USAGE,
                                   description=COMMAND_DESCRIPTIONS[command], epilog=RECIPE_EPILOG)
-    parser.set_defaults(**PACKAGE_DEFAULTS)
+    parser.set_defaults(**package_defaults())
     return parser
 
 
@@ -125,7 +154,9 @@ COMMAND_DESCRIPTIONS = {
     "prepare": "Tokenize a recipe's corpus and cut it into blocks once, into its prepared_dataset folder. "
                "RECIPE and flags as for 'hf-clm train'. Its own flags: --shard I --num_shards N prepares the I-th "
                "of N parts of the training documents (one machine or process each, side by side); "
-               "--tokenizer_only trains (or copies) the tokenizer into the folder, once, before the shards.",
+               "--tokenizer_only trains (or copies) the tokenizer into the folder, once, before the shards. "
+               "--executor local|slurm|ray --tasks N runs the N parts as a datatrove pipeline (the keys below "
+               "under 'PrepareArguments', also a prepare: section of the recipe); a rerun skips finished tasks.",
     "plan": "Size a recipe's run without running it. RECIPE and flags as for 'hf-clm train'.",
     "perplexity": "The documents a recipe's training validates on.",
 }
@@ -171,11 +202,13 @@ def read_recipe_text(path: Path) -> str:
                          f"save it as UTF-8") from None
 
 
-def read_recipe_yaml(path: str | Path) -> dict[str, Any]:
-    """The recipe file's values, each checked against its key's type."""
+def recipe_mapping(path: str | Path) -> dict[str, Any]:
+    """The recipe file as YAML read it: a mapping, each key once."""
     path = Path(path)
+    if is_python_config(str(path)):
+        raise HfClmError(f"{path}: {PYTHON_CONFIG}")
     if not path.is_file():
-        raise HfClmError(f"recipe file {path} does not exist")
+        raise HfClmError(f"recipe file {path} does not exist{from_current_directory(str(path))}")
     text = read_recipe_text(path)
     try:
         values = yaml.load(text, Loader=UniqueKeyLoader) or {}
@@ -185,43 +218,34 @@ def read_recipe_yaml(path: str | Path) -> dict[str, Any]:
         raise HfClmError(f"recipe {path}: {err}") from None
     if not isinstance(values, dict):
         raise HfClmError(f"recipe {path} must be a mapping of key: value, not {type(values).__name__}")
+    return values
+
+
+def read_recipe_yaml(path: str | Path, classes: tuple[type, ...] | None = None,
+                     notes: list[str] | None = None) -> dict[str, Any]:
+    """The recipe file's values, each checked against its key's type; with ``classes`` (the data
+    classes), only those classes' keys are checked and the others are left as read; run_clm.py's
+    names read as this package's keys, their notes added to ``notes``. The ``prepare`` section is
+    ``hf-clm prepare``'s (:func:`hf_clm.recipe.data_recipe.prepare_section`)."""
+    path = Path(path)
+    values = recipe_mapping(path)
+    values.pop(PREPARE_SECTION_KEY, None)
     raw_keys = set(values)
     values = flatten_peft_section(values, path)
+    values, renamed = renamed_values(values, str(path))
+    if notes is not None:
+        notes += renamed
     known = set(recipe_key_names())
     problems = [unknown_key_message(str(key), str(path)) for key in values if key not in known]
     if problems:
         raise HfClmError("; ".join(problems))
     names = {flat: f"peft {key}" for key, flat in PEFT_SECTION.items()} if "peft" in raw_keys else {}
+    checked = None if classes is None else {f.name for cls in classes for f in dataclasses.fields(cls)}
     try:
-        return {key: checked_value(key, value, names.get(key)) for key, value in values.items()}
+        return {key: checked_value(key, value, names.get(key), classes) if checked is None or key in checked
+                else value for key, value in values.items()}
     except HfClmError as err:
         raise HfClmError(f"recipe {path}: {err}") from None
-
-
-def looks_local(value: str) -> bool:
-    """A path rather than a Hub id: written as one, or naming something that exists here (the
-    rule ``from_pretrained`` and ``load_dataset`` follow: an existing local folder wins)."""
-    return value.startswith(("~", "/", "./", "../")) or value in (".", "..") or Path(value).expanduser().exists()
-
-
-def absolute_path(value: str) -> str:
-    """``~`` expanded, then relative to the current directory; globs kept (``*.txt`` stays a glob)."""
-    return str(Path(os.path.abspath(os.path.expanduser(value))))
-
-
-def resolve_paths(values: dict[str, Any]) -> dict[str, Any]:
-    """Every path key resolved once, the same way, at parse time: ``~`` expanded and relative
-    paths taken from the current directory, made absolute. The saved ``recipe.yaml`` therefore
-    holds absolute paths and repeats the run from any directory."""
-    values = dict(values)
-    for key in PATH_KEYS + PATH_OR_HUB_KEYS:
-        value = values.get(key)
-        if isinstance(value, (list, tuple)):
-            values[key] = [absolute_path(v) if isinstance(v, str) else v for v in value]
-        elif isinstance(value, str) and value and value not in NOT_A_PATH and not value.lstrip().startswith("{") \
-                and (key in PATH_KEYS or looks_local(value)):
-            values[key] = absolute_path(value)
-    return values
 
 
 def canonical_flag(arg: str) -> str:
@@ -234,7 +258,8 @@ def canonical_flag(arg: str) -> str:
 
 
 def flag_names(flags: list[str]) -> set[str]:
-    return {a[2:].split("=")[0] for a in flags if a.startswith("--")}
+    """The keys the flags give, run_clm.py's names (``--train_file``) as this package's."""
+    return {ALIASES.get(name, name) for name in (a[2:].split("=")[0] for a in flags if a.startswith("--"))}
 
 
 def is_recipe_path(arg: str) -> bool:
@@ -257,10 +282,24 @@ def split_recipe_argv(argv: list[str], command: str = "train") -> tuple[str | No
     return None, argv
 
 
+def setting_flags(flags: list[str]) -> list[str]:
+    """The flags that give a key a value: not ``--key none``, which unsets it."""
+    kept, index = [], 0
+    while index < len(flags):
+        arg = flags[index]
+        name, has_value, value = arg.partition("=")
+        if not has_value and index + 1 < len(flags) and not flags[index + 1].startswith("--"):
+            value = flags[index + 1]
+        if not (arg.startswith("--") and value.strip().lower() in UNSET):
+            kept.append(arg)
+        index += 1
+    return kept
+
+
 def replaced_sources(values: dict[str, Any], flags: list[str]) -> dict[str, Any]:
     """The recipe's values without those a source flag replaces: a corpus flag drops the recipe's
     whole corpus source; a tokenizer or model_name_or_path flag drops its tokenizer choice."""
-    given = flag_names(flags)
+    given = flag_names(setting_flags(flags))
     dropped: set[str] = set()
     if given & set(SOURCE_KEYS):
         dropped |= set(CORPUS_KEYS)
@@ -272,13 +311,13 @@ def replaced_sources(values: dict[str, Any], flags: list[str]) -> dict[str, Any]
 def recipe_defaults(*classes: type) -> dict[str, Any]:
     """Each key's default as this package sets it (what a recipe without the key gets), of the
     recipe's dataclasses ``classes`` (default: all four)."""
-    parsed = vars(recipe_parser().parse_args([]))
-    return {f.name: parsed[f.name] for cls in classes or RECIPE_CLASSES for f in dataclasses.fields(cls) if f.init}
+    defaults = all_key_defaults()
+    return {f.name: defaults[f.name] for cls in classes or recipe_classes() for f in dataclasses.fields(cls) if f.init}
 
 
-def package_defaults() -> dict[str, Any]:
+def training_defaults() -> dict[str, Any]:
     """Every TrainingArguments key's default as this package sets it."""
-    return recipe_defaults(TrainingArguments)
+    return recipe_defaults(recipe_classes()[2])
 
 
 def parse_recipe(argv: list[str] | None = None, default_recipe: str | Path | None = None,
@@ -289,31 +328,43 @@ def parse_recipe(argv: list[str] | None = None, default_recipe: str | Path | Non
     path, flags = split_recipe_argv(argv, command)
     path = path or default_recipe
     parser = recipe_parser(command)
+    file_values: dict[str, Any] = {}
+    notes: list[str] = []
     if path is not None:
         # Values from the file become the parser's defaults, so flags override them.
-        parser.set_defaults(**replaced_sources(read_recipe_yaml(path), flags))
+        file_values = read_recipe_yaml(path, notes=notes)
+        parser.set_defaults(**replaced_sources(file_values, flags))
+    pretrained = bool(file_values.get("model_name_or_path")) or "model_name_or_path" in flag_names(flags)
+    flags, flag_notes = renamed_flags(flags, pretrained)
+    for note in dict.fromkeys(notes + flag_notes):
+        logger.info("%s", note)
     flags_given = flag_names(flags)
     flags, flag_values = package_values(flags)
     namespace, remaining = parser.parse_known_args(flags)
     if remaining:
         flag = next((s for s in remaining if s.startswith("--")), None)
+        if flag is None and is_python_config(remaining[0]):
+            raise HfClmError(f"{remaining[0]}: {PYTHON_CONFIG}")
         if flag is None:
             raise HfClmError(f"unexpected argument '{remaining[0]}'; the recipe file must end in .yaml or .yml")
         raise HfClmError(unknown_key_message(flag.lstrip("-").split("=")[0], "the command line"))
-    values = resolve_paths({**vars(namespace), **flag_values})
+    given_paths = {**vars(namespace), **flag_values}
+    values = resolve_paths(given_paths)
     if rehearsal is not None and (values["rehearse"] or 0) >= 1:  # below 1: a range problem, reported below
         values = rehearsal(values, flags_given)
     writes = command in RUNNING_COMMANDS
     problems = recipe_range_problems(values) + (output_dir_problems(values, command) if writes else [])
     if packages := integration_problems(values) if writes else []:
         raise HfClmError("invalid recipe: " + "; ".join(problems + packages))
+    if writes:
+        check_relative_paths(given_paths)
     given = {**values, **training_rewrites(values)}
     try:
         model_args, data_args, training_args, run_args = (
-            cls(**{f.name: given[f.name] for f in dataclasses.fields(cls) if f.init}) for cls in RECIPE_CLASSES)
+            cls(**{f.name: given[f.name] for f in dataclasses.fields(cls) if f.init}) for cls in recipe_classes())
     except ValueError as err:
         raise HfClmError("invalid recipe: " + "; ".join(problems or [first_line(err)])) from None
-    defaults = package_defaults()
+    defaults = training_defaults()
     training_values = {key: values[key] for key in defaults if values[key] != defaults[key]}
     recipe = Recipe(model_args, data_args, training_args, run_args, training_values)
     problems += recipe_problems(recipe)
@@ -342,6 +393,9 @@ def training_rewrites(values: dict[str, Any]) -> dict[str, Any]:
     ``optim: muon`` (Trainer gets the combined optimizer from :mod:`hf_clm.training.optimizer`), and
     ``use_cpu`` for bf16 on a machine without a GPU (transformers asks for it; autocast then
     runs on the CPU)."""
+    import torch
+    from transformers.utils import is_torch_bf16_gpu_available
+
     rewrites: dict[str, Any] = {}
     if str(values["optim"]) == MUON:
         rewrites["optim"] = "adamw_torch"

@@ -14,14 +14,15 @@ import dataclasses
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import torch
 import yaml
-from transformers import TrainingArguments
 
 from hf_clm.run.artifacts import write_text_atomic
 from hf_clm.run.files import RECIPE_FILENAME
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
 
 # A time-budget run's max_steps: Trainer needs a step count to loop on; the budget's callback stops it
 # long before.
@@ -129,22 +130,27 @@ class DataArguments:
     )
     sample_by: str = field(
         default="document",
-        metadata={"help": "How .txt files become documents: 'document' (one per file), 'paragraph' "
-                          "(split on blank lines) or 'line' (one per non-blank line, EOS in place of the newline).",
+        metadata={"help": "How .txt files become documents: 'document' (one per file), 'paragraph' (the "
+                          "text cut at every two consecutive newlines, as Python's text.split('\\n\\n') after "
+                          "reading \\r\\n as \\n: empty pieces dropped, single newlines and other whitespace "
+                          "kept, so three newlines start the next paragraph with one) or 'line' (one per "
+                          "non-blank line, EOS in place of the newline).",
                   "choices": ["document", "paragraph", "line"]},
     )
     validation_split_percentage: int = field(
         default=10,
-        metadata={"help": "When there is no validation split: N%% (1 to 99) of the training documents are "
-                          "held out, those with the smallest CRC-32 of their text, whatever their order and the "
-                          "same on every machine; both splits keep the corpus's order (python-stdlib: about N%% "
+        metadata={"help": "When there is no validation split: about N%% (1 to 99) of the training documents "
+                          "are held out, each one whose CRC-32 of its text is below N%% of 2**32, whatever their "
+                          "order and the same on every machine and part; both splits keep the corpus's order (python-stdlib: about N%% "
                           "of the files, chosen by a hash of their path)."},
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N training documents."}
     )
     max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Keep only the first N validation documents."}
+        default=None, metadata={"help": "Keep only the first N validation documents (of a prepared_dataset: the "
+                                        "blocks its first N non-empty documents fill, as tokenizing them would "
+                                        "give)."}
     )
     block_size: int = field(
         default=128, metadata={"help": "Tokens per training block. Larger than the model's context is an error."}
@@ -176,6 +182,25 @@ class DataArguments:
                           "dataset_config_name: ..., split: validation, text_column: text}}; on the "
                           "command line as JSON."},
     )
+    mixture: list[dict[str, Any]] | str | None = field(
+        default=None,
+        metadata={"help": "Train on several corpora mixed by weight instead of one: a list of sources, each "
+                          "{dataset_name: ... [, dataset_config_name: ...]} or {train_files: ...} or "
+                          "{prepared_dataset: FOLDER}, with weight (its share of the training blocks) and "
+                          "optional name, text_column, sample_by. Weights that do not sum to 1 are normalised "
+                          "(with a line saying so). Each source is tokenized with the recipe's tokenizer (a "
+                          "trained BPE learns from all sources' training text) and cut into blocks on its own; "
+                          "blocks are interleaved by stride scheduling, so every 1,000 blocks hold each source's "
+                          "share to within a block or two; each source's held-out text is an evaluation set of "
+                          "its name. Needs max_steps or max_tokens. See docs/mixtures.md; on the command line "
+                          "as JSON."},
+    )
+    mixture_exhausted: str = field(
+        default="repeat",
+        metadata={"help": "What a mixture does when a source has fewer blocks than its share of the budget: "
+                          "'repeat' (its blocks again, reshuffled) or 'stop' (training stops at the step where "
+                          "the first source runs out).", "choices": ["repeat", "stop"]},
+    )
 
 
 @dataclass
@@ -194,6 +219,14 @@ class RunArguments:
                           "excluded, continued on resume): training ends when another step would pass it, and "
                           "the learning-rate schedule (warm-up, decay) follows the fraction of the budget used, "
                           "so a run ends its decay on any machine. warmup_steps is then a fraction (< 1)."},
+    )
+    tuned_for_tokens_per_second: float | None = field(
+        default=None,
+        metadata={"help": "With max_train_seconds: the training throughput (tokens/s, as the run summary's "
+                          "'throughput') the recipe's settings were tuned at, so the budget held max_train_seconds "
+                          "x this tokens, i.e. that / (global batch x block_size) steps. The run summary then says "
+                          "when this run trained under half those steps: a slower machine gets a shorter run and "
+                          "a worse perplexity than the recipe's. Leave unset when the recipe was not tuned."},
     )
     muon_learning_rate: float | None = field(
         default=None,
@@ -251,14 +284,48 @@ class Recipe(NamedTuple):
         """Training tokens of one optimizer step: the global batch in blocks x block_size."""
         return self.global_batch_blocks(processes) * self.data_args.block_size
 
+    def tuned_steps(self) -> int | None:
+        """The optimizer steps the time budget held where the recipe was tuned (``tuned_for_tokens_per_second``)."""
+        run = self.run_args
+        if run.max_train_seconds is None or run.tuned_for_tokens_per_second is None:
+            return None
+        return round(run.max_train_seconds * run.tuned_for_tokens_per_second / self.tokens_per_step())
+
     def uses_muon(self) -> bool:
         return str(self.training_values.get("optim")) == MUON
 
 
-RECIPE_CLASSES = (ModelArguments, DataArguments, TrainingArguments, RunArguments)
+# The classes of the keys a corpus and its tokenizer are read by: parsed without transformers'
+# TrainingArguments (and so without torch) by hf_clm.recipe.data_recipe, for hf-clm prepare.
+DATA_CLASSES = (ModelArguments, DataArguments)
 
-# The package's own defaults for Trainer, where the library's suit a causal-LM run poorly.
-PACKAGE_DEFAULTS: dict[str, Any] = {
+
+def recipe_classes() -> tuple[type, ...]:
+    """The recipe's four dataclasses; importing TrainingArguments imports torch (seconds), so only here."""
+    from transformers import TrainingArguments
+
+    return ModelArguments, DataArguments, TrainingArguments, RunArguments
+
+
+def package_defaults() -> dict[str, Any]:
+    """The package's own defaults for Trainer, where the library's suit a causal-LM run poorly."""
+    import torch
+
+    return {**TRAINER_DEFAULTS,
+            "dataloader_pin_memory": torch.cuda.is_available()}  # pinning is only useful for host-to-GPU copies
+
+
+def __getattr__(name: str) -> Any:
+    """``RECIPE_CLASSES`` and ``PACKAGE_DEFAULTS``, made on first use: what imports only the data
+    classes (corpus, tokenizer, prepare) never imports torch."""
+    if name == "RECIPE_CLASSES":
+        return recipe_classes()
+    if name == "PACKAGE_DEFAULTS":
+        return package_defaults()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+TRAINER_DEFAULTS: dict[str, Any] = {
     "output_dir": "runs/default",
     "eval_strategy": "steps",
     "eval_steps": 100,
@@ -271,8 +338,10 @@ PACKAGE_DEFAULTS: dict[str, Any] = {
     # GPT-style models use every parameter in every step: DDP's search for unused ones is an extra
     # autograd traversal per step that finds nothing.
     "ddp_find_unused_parameters": False,
-    "dataloader_pin_memory": torch.cuda.is_available(),  # pinning is only useful for host-to-GPU copies
     "disable_tqdm": False,  # the training bar stays while the libraries' logs are quiet (Trainer ties it to them)
+    # The other processes of a launch keep the libraries' verbosity hf_clm.run.verbosity set (Trainer would
+    # set theirs to warning: transformers' "`loss_type=None` ... unrecognized" notice, once per process).
+    "log_level_replica": "passive",
 }
 
 # attention_scope: document needs a kernel whose mask transformers derives from restarting
@@ -282,8 +351,8 @@ MUON = "muon"  # optim: muon, the package's own addition to TrainingArguments' o
 WSD = "warmup_stable_decay"
 # The keys that say where the corpus comes from, and those of them that name a source on their own:
 # a source given as a flag replaces all of the recipe's corpus keys.
-CORPUS_KEYS = ("dataset_name", "dataset_config_name", "builtin_corpus", "train_files", "validation_files")
-SOURCE_KEYS = ("dataset_name", "train_files", "builtin_corpus")
+CORPUS_KEYS = ("dataset_name", "dataset_config_name", "builtin_corpus", "train_files", "validation_files", "mixture")
+SOURCE_KEYS = ("dataset_name", "train_files", "builtin_corpus", "mixture")
 # A tokenizer choice given as a flag replaces the recipe's; so does model_name_or_path (a pretrained
 # model keeps the tokenizer it was trained with).
 TOKENIZER_KEYS = ("tokenizer_name_or_path", "train_tokenizer")
@@ -297,8 +366,8 @@ PEFT_SECTION = {"method": "peft_method", "r": "lora_r", "lora_alpha": "lora_alph
                 "modules_to_save": "lora_modules_to_save"}
 
 
-def recipe_fields() -> list[dataclasses.Field]:
-    return [f for cls in RECIPE_CLASSES for f in dataclasses.fields(cls) if f.init]
+def recipe_fields(classes: tuple[type, ...] | None = None) -> list[dataclasses.Field]:
+    return [f for cls in classes or recipe_classes() for f in dataclasses.fields(cls) if f.init]
 
 
 def resolved_recipe(recipe: Recipe) -> dict[str, Any]:

@@ -84,7 +84,21 @@ def figure_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     if summary.get("train_tokens_per_second") is not None:
         mfu = f", MFU {summary['mfu']:.1%}" if summary.get("mfu") is not None else ""
         rows.append(("throughput", f"{summary['train_tokens_per_second']:,.0f} tokens/s{mfu}"))
+    if summary.get("budget"):
+        rows.append(("budget held", budget_text(summary["budget"], summary.get("train_tokens_seen"))))
     return rows
+
+
+def budget_text(budget: dict[str, Any], tokens: int | None) -> str:
+    """'this run trained 123 steps (251,904 tokens) at 839 tokens/s', and, when that is under half of what
+    the recipe was tuned for, the tuned figures and what to expect."""
+    rate = budget.get("tokens_per_second")
+    text = (f"this run trained {budget['steps']:,} steps" + (f" ({tokens:,} tokens)" if tokens is not None else "")
+            + (f" at {rate:,.0f} tokens/s" if rate else ""))
+    if budget.get("far_short"):
+        text += (f"; the recipe was tuned for ~{budget['tuned_for_steps']:,} steps at "
+                 f"{budget['tuned_for_tokens_per_second']:,.0f} tokens/s: expect a worse perplexity than the recipe's")
+    return text
 
 
 def console_summary(summary: dict[str, Any], output_dir: Path) -> str:
@@ -118,3 +132,19 @@ def eval_sets_table(summaries: dict[str, dict[str, Any]]) -> list[str]:
         return []
     return ["", "Named evaluation sets (final weights):", "",
             *markdown_table(["run", "set", "perplexity", "bits per byte", "tokens"], rows, numeric_from=2)]
+
+
+def mixture_table(summaries: dict[str, dict[str, Any]]) -> list[str]:
+    """Each mixture source of each run: its share, its own token counts, what training read of it,
+    and its held-out perplexity (final weights)."""
+    rows = [[name, row["name"], f"{row['weight']:.4g}", fmt(row["train"]["tokens"], ","),
+             fmt(row.get("trained_tokens"), ","), fmt(row.get("passes"), ".2f"),
+             fmt(row["validation"]["tokens"], ","),
+             fmt((summary.get("eval_sets") or {}).get(row["name"], {}).get("perplexity"), ".2f")]
+            for name, summary in summaries.items() for row in summary.get("mixture") or []]
+    if not rows:
+        return []
+    return ["", "Mixture sources (weight: share of the training blocks; trained: tokens of the blocks training "
+                "read from the source; passes: trained / its blocks):", "",
+            *markdown_table(["run", "source", "weight", "tokens", "trained tokens", "passes", "held-out tokens",
+                             "held-out perplexity"], rows, numeric_from=2)]

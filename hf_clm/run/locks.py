@@ -3,7 +3,10 @@
 The lock is a file created with ``O_EXCL`` in the folder, holding the holder's pid, host and
 command. A second job gets one line naming the holder. A lock whose process is gone (same host,
 pid not running, or running but started after the lock was taken: a reused pid) is stale and
-is taken over, so a job killed with SIGKILL does not block its own restart.
+is taken over, so a job killed with SIGKILL does not block its own restart. So is a lock taken by an
+earlier start of the same Slurm job, on any host: Slurm requeues a job (preemption, ``scontrol
+requeue``) only once every process of its earlier start has ended, and the requeued start may run
+on other nodes.
 """
 
 from __future__ import annotations
@@ -45,7 +48,25 @@ def is_running(pid: int) -> bool:
     return True
 
 
+def slurm_start() -> dict:
+    """The Slurm job and start (0, then one more per requeue) this process runs in; empty outside Slurm."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return {}
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "")
+    return {"slurm_job": job, "slurm_start": int(restarts) if restarts.isdigit() else 0}
+
+
+def earlier_start_of_this_job(holder: dict) -> bool:
+    """The holder ran in an earlier start of the Slurm job this process runs in (since requeued)."""
+    here = slurm_start()
+    return bool(here) and holder.get("slurm_job") == here["slurm_job"] and \
+        isinstance(holder.get("slurm_start"), int) and holder["slurm_start"] < here["slurm_start"]
+
+
 def holder_is_gone(holder: dict) -> bool:
+    if earlier_start_of_this_job(holder):
+        return True
     if holder.get("host") != socket.gethostname():
         return False  # cannot tell from here
     pid = holder.get("pid")
@@ -70,7 +91,8 @@ def describe(holder: dict) -> str:
     if not holder:
         return "an unknown process (unreadable lock)"
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("locked_at", 0)))
-    return f"pid {holder.get('pid')} on {holder.get('host')} since {since} ({holder.get('command', '?')})"
+    job = f" in Slurm job {holder['slurm_job']}" if holder.get("slurm_job") else ""
+    return f"pid {holder.get('pid')} on {holder.get('host')}{job} since {since} ({holder.get('command', '?')})"
 
 
 def masked_secrets(argv: list[str]) -> list[str]:
@@ -91,7 +113,7 @@ def try_create(path: Path) -> bool:
     except FileExistsError:
         return False
     record = {"pid": os.getpid(), "host": socket.gethostname(), "locked_at": time.time(),
-              "command": " ".join(["hf-clm", *masked_secrets(sys.argv[1:])])}
+              "command": " ".join(["hf-clm", *masked_secrets(sys.argv[1:])]), **slurm_start()}
     with os.fdopen(handle, "w", encoding="utf-8") as stream:
         json.dump(record, stream)
     return True

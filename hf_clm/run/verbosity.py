@@ -4,7 +4,9 @@ Quiet by default: transformers' and datasets' log messages below errors (``loss_
 deprecation notes), Python's FutureWarning/DeprecationWarning and the libraries' UserWarnings, and
 transformers' "Loading weights" bars say nothing a user of ``hf-clm`` can act on. The progress bars
 that measure the user's own work stay: reading and tokenizing the corpus (datasets), training and
-evaluation (Trainer). ``hf-clm --verbose`` (anywhere on the command line) shows everything.
+evaluation (Trainer). ``hf-clm --verbose`` (anywhere on the command line) shows everything. Under a
+launcher, every process keeps this choice: the package's default ``log_level_replica: passive``
+(``hf_clm.recipe.schema.PACKAGE_DEFAULTS``) stops Trainer from setting the other ranks to warnings.
 """
 
 from __future__ import annotations

@@ -107,6 +107,10 @@ def run_record(trainer: Trainer, recipe: Recipe) -> dict[str, Any]:
         "liger_kernel": bool(args.use_liger_kernel),
         "optimizer": optimizer_name(trainer, recipe),
         "max_train_seconds": recipe.run_args.max_train_seconds,
+        # what the curves hold: the report's notes say how often the run evaluated and logged
+        "eval_strategy": str(getattr(args.eval_strategy, "value", args.eval_strategy)),
+        "eval_steps": args.eval_steps,
+        "logging_steps": args.logging_steps,
         "global_batch_blocks": blocks,
         "global_batch_tokens": recipe.tokens_per_step(processes),
     }

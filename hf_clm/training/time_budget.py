@@ -77,6 +77,19 @@ class BudgetStop(TrainerCallback):
     def __init__(self, clock: BudgetClock, callbacks=None):
         self.clock, self.callbacks = clock, callbacks
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        """The training bar counts steps with no total (Trainer's is the unreachable step count it loops
+        on) and shows the budget, until a step's mean time gives the steps it holds."""
+        for bar in self.training_bars():
+            bar.total = None
+            bar.set_postfix_str(f"budget {self.clock.budget:g} s", refresh=True)
+
+    def training_bars(self) -> list:
+        if self.callbacks is None:
+            return []
+        return [callback.training_bar for callback in self.callbacks.callbacks
+                if isinstance(callback, ProgressCallback) and getattr(callback, "training_bar", None) is not None]
+
     def on_step_end(self, args, state, control, **kwargs):
         self.clock.step_ended()
         self.show_expected_steps(state.global_step)
@@ -90,11 +103,9 @@ class BudgetStop(TrainerCallback):
     def show_expected_steps(self, step: int) -> None:
         """The training bar's total: the steps the rest of the budget holds at the mean step time
         (Trainer's own total is the unreachable step count it loops on)."""
-        if self.callbacks is None or not self.clock.step_mean:
+        if not self.clock.step_mean:
             return
         left = max(self.clock.budget - self.clock.seconds(), 0.0) / self.clock.step_mean
-        for callback in self.callbacks.callbacks:
-            bar = getattr(callback, "training_bar", None)
-            if isinstance(callback, ProgressCallback) and bar is not None:
-                bar.total = step + int(left)
-                bar.refresh()
+        for bar in self.training_bars():
+            bar.total = step + int(left)
+            bar.refresh()

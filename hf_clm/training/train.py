@@ -11,7 +11,7 @@ from typing import Any
 from transformers import PreTrainedModel, TrainingArguments, set_seed
 
 from hf_clm.run.artifacts import write_finished_marker
-from hf_clm.data.blocks import TokenCounts, save_token_counts
+from hf_clm.data.blocks import TokenCounts, save_token_counts, scored_text
 from hf_clm.training.checkpoints import (
     check_output_dir,
     clear_incomplete_checkpoints,
@@ -20,7 +20,8 @@ from hf_clm.training.checkpoints import (
     remove_template_card,
     resume_checkpoint,
 )
-from hf_clm.data.corpus import validation_text
+from hf_clm.data.corpus import validation_source
+from hf_clm.data.mixture import mixture_validation_text
 from hf_clm.training.distributed import check_launch, check_resume_launch
 from hf_clm.training.divergence import TrainingDiverged
 from hf_clm.errors import HfClmError
@@ -36,6 +37,7 @@ from hf_clm.evaluation.report import write_report
 from hf_clm.run.files import PERPLEXITY_FILENAME
 from hf_clm.training.record import record_run
 from hf_clm.training.throughput import training_throughput
+from hf_clm.training.trackers import continue_tensorboard_folder
 from hf_clm.training.trainer import build_trainer, eval_set_figures, final_eval_metrics, train_to_the_end
 
 logger = logging.getLogger(__name__)
@@ -140,6 +142,8 @@ def locked_run(recipe: Recipe, push: PushPlan | None) -> dict[str, Any]:
         args.eval_on_start = True  # the base model's perplexity, for the before/after comparison
     trainer = build_trainer(recipe, model, data)  # refuses an optimizer that cannot work before any file is written
     start_output_dir(recipe, data, resume)  # everything is ready: only now may the previous contents go
+    if resume is not None:
+        continue_tensorboard_folder(trainer, output_dir)
     recorder = record_run(trainer, recipe)
     train_to_the_end(trainer, resume)
     remove_template_card(output_dir)
@@ -176,14 +180,33 @@ def run_summary(recipe: Recipe, trainer, model: PreTrainedModel, data: TrainingD
     metrics = final_eval_metrics(trainer)
     check_final_loss(metrics["eval_loss"])
     unigram = None if data.streamed else unigram_scores(data.train, data.validation, len(data.tokenizer)).perplexity
+    evaluated_on = mixture_validation_text(data.mixture) if data.mixture else scored_text(
+        validation_source(vars(recipe.data_args)), data.counts["validation"], recipe.data_args.max_eval_samples)
     summary = perplexity_summary(metrics, model, data, trainer.state.num_input_tokens_seen, unigram,
-                                 base_model_metrics(trainer.state.log_history), validation_text(vars(recipe.data_args)))
-    summary.update(training_throughput(trainer, trainer.meter), run=record)
+                                 base_model_metrics(trainer.state.log_history), evaluated_on)
+    summary.update(training_throughput(trainer, trainer.meter), run=record, global_step=trainer.state.global_step)
     if recipe.run_args.max_train_seconds is not None:
         summary["max_train_seconds"] = recipe.run_args.max_train_seconds
+        summary["budget"] = budget_held(recipe, trainer.state.global_step, summary.get("train_tokens_per_second"))
     if data.eval_sets:
         summary["eval_sets"] = eval_set_figures(trainer)
+    if data.mixture:
+        summary["mixture"] = data.mixture
     return summary
+
+
+def budget_held(recipe: Recipe, steps: int, tokens_per_second: float | None) -> dict[str, Any]:
+    """What a time budget held on this machine, beside what it held where the recipe was tuned
+    (``tuned_for_tokens_per_second``): the steps and tokens trained, and whether they fell under half."""
+    held: dict[str, Any] = {"steps": steps, "tokens_per_second": tokens_per_second}
+    tuned = recipe.tuned_steps()
+    if tuned is not None:
+        held.update(tuned_for_steps=tuned, tuned_for_tokens_per_second=recipe.run_args.tuned_for_tokens_per_second,
+                    far_short=steps < tuned / 2)
+        if held["far_short"]:
+            logger.warning("this run trained %d steps; the recipe was tuned for ~%d in its %g s budget: expect a "
+                           "worse perplexity than the recipe's", steps, tuned, recipe.run_args.max_train_seconds)
+    return held
 
 
 def finish_run(recipe: Recipe, summary: dict[str, Any], step: int, push: PushPlan | None) -> None:

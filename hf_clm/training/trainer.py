@@ -60,6 +60,8 @@ class CausalLMTrainer(Trainer):
         self.meter = ThroughputMeter(flops_per_token, peak_flops)
         self.divergence = DivergenceGuard()
         self.eval_seconds, self.eval_warned, self.max_eval_samples = 0.0, False, None
+        # tokens one evaluation scores (validation and named sets), and those training is to take (None: unknown)
+        self.eval_tokens, self.planned_train_tokens, self.final_evaluation = 0, None, False
         self.budget_clock: BudgetClock | None = None
         self.add_callback(self.meter)
         self.add_callback(self.divergence)
@@ -116,6 +118,8 @@ class CausalLMTrainer(Trainer):
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """The validation split as ``eval_*`` (as with one set), then each named set as ``eval_<name>_*``."""
+        if eval_dataset is None:
+            self.warn_before_a_long_evaluation()
         started = time.perf_counter()
         with self.meter.paused():
             metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
@@ -137,6 +141,25 @@ class CausalLMTrainer(Trainer):
                            "evaluate fewer documents (max_eval_samples, now %s) or less often (eval_steps, now %s)",
                            100 * share, self.eval_seconds, self.meter.train_seconds(),
                            self.max_eval_samples, self.args.eval_steps)
+
+    def warn_before_a_long_evaluation(self) -> None:
+        """Before the evaluation of the base model (``eval_on_start``) and the final one, from the token
+        counts: its tokens at a forward pass's cost against the tokens training takes (planned before
+        training, trained at the end), when it would be more than EVAL_SHARE of the time."""
+        step = self.state.global_step
+        if step == 0:
+            which, trained = "the evaluation before training (eval_on_start)", self.planned_train_tokens
+        elif self.final_evaluation or step >= self.state.max_steps:
+            which, trained = "the final evaluation", self.state.num_input_tokens_seen
+        else:
+            return
+        share = evaluation_share(self.eval_tokens, trained)
+        if share is None or share <= EVAL_SHARE or not self.is_world_process_zero():
+            return
+        logger.warning("%s scores %s tokens, about %.0f%% of the time of the %s tokens training %s (a token "
+                       "evaluated costs about a third of one trained); evaluate fewer documents (max_eval_samples, "
+                       "now %s)", which, f"{self.eval_tokens:,}", 100 * share, f"{trained:,}",
+                       "takes" if step == 0 else "took", self.max_eval_samples)
 
     def _save_checkpoint(self, *args, **kwargs):
         with self.meter.paused():
@@ -205,6 +228,29 @@ def tied_parameter_names(model: torch.nn.Module) -> set[str]:
 
 # The share of the time (training + evaluation) above which evaluation is worth a warning.
 EVAL_SHARE = 0.25
+# A token evaluated (forward pass) against one trained (forward and backward: about 3x the FLOPs).
+EVAL_COST = 1 / 3
+
+
+def evaluation_share(eval_tokens: int, train_tokens: int | None) -> float | None:
+    """The share of the time one evaluation of ``eval_tokens`` takes beside ``train_tokens`` of training,
+    from their FLOPs; None when the training tokens are unknown."""
+    if not train_tokens or not eval_tokens:
+        return None
+    return EVAL_COST * eval_tokens / (EVAL_COST * eval_tokens + train_tokens)
+
+
+def planned_train_tokens(recipe: Recipe, counts: dict) -> int | None:
+    """The tokens the run is to train: max_steps' (max_tokens'), a time budget's where the recipe says its
+    throughput (tuned_for_tokens_per_second), or the epochs' of the training blocks; None when unknown."""
+    args, run = recipe.training_args, recipe.run_args
+    if run.max_train_seconds is not None:
+        steps = recipe.tuned_steps()
+        return None if steps is None else steps * recipe.tokens_per_step()
+    if args.max_steps > 0:
+        return args.max_steps * recipe.tokens_per_step()
+    train = counts.get("train")
+    return None if train is None else round(args.num_train_epochs * train.kept)
 
 
 class ModelWriteFailed(HfClmError):
@@ -245,6 +291,8 @@ def corpus_figures(prediction: EvalPrediction) -> dict[str, float]:
 
 
 def build_trainer(recipe: Recipe, model: PreTrainedModel, data: TrainingData) -> CausalLMTrainer:
+    if data.mixture is not None:  # interleaved by weight and shuffled within each source: read in that order
+        recipe.training_args.train_sampling_strategy = "sequential"
     collator = run_collator(data.tokenizer, recipe.model_args.attention_scope)
     trainer = CausalLMTrainer(
         model=model, args=recipe.training_args, train_dataset=data.train, eval_dataset=data.validation,
@@ -255,6 +303,8 @@ def build_trainer(recipe: Recipe, model: PreTrainedModel, data: TrainingData) ->
     )
     trainer.eval_sets = data.eval_sets
     trainer.max_eval_samples = recipe.data_args.max_eval_samples or "all"
+    trainer.eval_tokens = sum(count.kept for name, count in data.counts.items() if name != "train")
+    trainer.planned_train_tokens = planned_train_tokens(recipe, data.counts)
     trainer.add_callback(TrackerLocations(trainer))
     if recipe.run_args.max_train_seconds is not None:
         trainer.budget_clock = BudgetClock(trainer.meter.train_seconds, recipe.run_args.max_train_seconds)
@@ -293,6 +343,7 @@ def final_eval_metrics(trainer: Trainer) -> dict[str, float]:
     last = next((entry for entry in reversed(trainer.state.log_history) if "eval_loss" in entry), None)
     if last is not None and last.get("step") == trainer.state.global_step:
         return last
+    trainer.final_evaluation = True
     return trainer.evaluate()
 
 
