@@ -72,6 +72,22 @@ def test_a_budget_shorter_than_the_first_step_is_one_line():
         stop.on_step_end(None, type("State", (), {"global_step": 1})(), type("Control", (), {})())
 
 
+def test_a_resumed_run_predicts_its_first_step_from_the_step_time_its_checkpoint_saved():
+    """Without the saved mean, the first steps after a resume look free, and the run passes its budget."""
+    from transformers import TrainerState
+
+    saved = TrainerState(stateful_callbacks={"BudgetStop": {"args": {}, "attributes": {"step_mean": 1.0}}})
+    clock_time = FakeClock()
+    stop = BudgetStop(BudgetClock(clock_time, budget=5.0))
+    stop.on_train_begin(None, saved, None)
+    clock_time.now = 4.5  # the first step after the resume ends with half a step's time left
+    control = type("Control", (), {"should_training_stop": False})()
+    stop.on_optimizer_step(None, None, control)
+    stop.on_step_end(None, type("State", (), {"global_step": 40})(), control)
+    assert control.should_training_stop
+    assert stop.state()["attributes"]["step_mean"] == 1.0  # what the next checkpoint saves
+
+
 def budget_run(text_files, run_dir, seconds: str, *extra: str) -> dict:
     argv = recipe_args(text_files, run_dir, "--max_steps", "-1", "--max_train_seconds", seconds,
                        "--lr_scheduler_type", "cosine", "--warmup_steps", "0.1", "--logging_steps", "1",
@@ -97,6 +113,8 @@ def test_a_resumed_run_continues_the_same_budget(tmp_path, text_files):
     checkpoint = sorted((tmp_path / "whole").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[0]
     spent = json.loads((checkpoint / "trainer_state.json").read_text())["stateful_callbacks"]["ThroughputMeter"]
     spent = (spent[-1] if isinstance(spent, list) else spent)["attributes"]["train_seconds"]
+    step_mean = json.loads((checkpoint / "trainer_state.json").read_text())["stateful_callbacks"]["BudgetStop"]
+    assert 0 < (step_mean[-1] if isinstance(step_mean, list) else step_mean)["attributes"]["step_mean"] < spent
     shutil.copytree(checkpoint, tmp_path / "resumed" / checkpoint.name)
     resumed = budget_run(text_files, tmp_path / "resumed", "4", "--save_steps", "5",
                          "--resume_from_checkpoint", "auto")
