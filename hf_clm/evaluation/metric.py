@@ -34,8 +34,9 @@ import torch
 from transformers import EvalPrediction, PreTrainedTokenizerBase
 
 from hf_clm.errors import HfClmError
-from hf_clm.evaluation.scoring import Scores, checked_window, evaluate_texts, rows_from_states, shifted_targets, token_text
-from hf_clm.model.build import context_length, device_description, load_for_inference
+from hf_clm.evaluation.perplexity import perplexity_row
+from hf_clm.evaluation.scoring import Scores, rows_from_states, shifted_targets, token_text
+from hf_clm.model.build import load_for_inference
 
 METRIC_PATH = str(Path(__file__).resolve())
 CONVENTIONS = ("strided", "rolling")
@@ -82,10 +83,7 @@ def texts_figures(texts: list[str], model_id: str, convention: str = "strided", 
     if batch_size < 1:
         raise HfClmError(f"batch_size must be at least 1, not {batch_size}")
     model, tokenizer = load_for_inference(model_id, device, dtype)
-    window, stride = checked_window(convention, window, stride, context_length(model.config))
-    evaluation = evaluate_texts(model, tokenizer, texts, convention, window, stride, batch_size, progress=False)
-    return {**evaluation.figures(), "device": device_description(model.device),
-            "dtype": str(model.dtype).removeprefix("torch.")}
+    return perplexity_row(model, tokenizer, texts, convention, window, stride, batch_size, progress=False)
 
 
 def rows_figures(rows: torch.Tensor | np.ndarray) -> dict:

@@ -3,7 +3,6 @@ model) and a body whose loading code and reproduce command work for anyone who r
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hf_clm.run.figures import eval_sets_table, figure_rows, markdown_table
 from hf_clm.hub.publish import Publication
+from hf_clm.recipe.parser import recipe_defaults
 from hf_clm.recipe.schema import DataArguments, ModelArguments, RunArguments
 from hf_clm.run.files import CARD_TAG, CURVES_GLOB
 
@@ -37,12 +37,6 @@ def evaluation_dataset(recipe: dict[str, Any]) -> tuple[str, str]:
     return "local-files", "local files: " + ", ".join(Path(f).name for f in files)
 
 
-def recipe_defaults() -> dict[str, Any]:
-    """The value of each model, data and run key when a recipe does not set it."""
-    fields = [f for cls in (ModelArguments, DataArguments, RunArguments) for f in dataclasses.fields(cls)]
-    return {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory() for f in fields}
-
-
 def as_written(key: str, value: Any, defaults: dict[str, Any]) -> Any:
     # Trainer declares step counts (warmup_steps, eval_steps, ...) as floats, so 50 comes back as 50.0.
     if key not in defaults and isinstance(value, float) and value.is_integer():
@@ -52,7 +46,7 @@ def as_written(key: str, value: Any, defaults: dict[str, Any]) -> Any:
 
 def shown_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     """The keys the recipe set (recipe.yaml holds Trainer keys only when they differ from the defaults)."""
-    defaults = recipe_defaults()
+    defaults = recipe_defaults(ModelArguments, DataArguments, RunArguments)
     return {key: as_written(key, value, defaults) for key, value in recipe.items()
             if key not in NOT_SHOWN and (key not in defaults or value != defaults[key])}
 

@@ -17,7 +17,7 @@ from huggingface_hub import CommitOperationAdd
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import filter_repo_objects, validate_repo_id
 
-from hf_clm.run.artifacts import finished_marker_problem, read_json, safetensors_problem, weights_files
+from hf_clm.run.artifacts import damaged_weights, finished_marker_problem, read_json, weights_files
 from hf_clm.errors import HfClmError, first_line
 from hf_clm.recipe.schema import PATH_KEYS, PATH_OR_HUB_KEYS
 from hf_clm.run.files import (
@@ -77,10 +77,10 @@ def read_recipe(run_dir: Path) -> dict[str, Any]:
 
 
 def check_weights_whole(folder: Path) -> None:
-    for path in weights_files(folder):
-        if problem := safetensors_problem(path):
-            raise HfClmError(f"{path} is damaged ({problem}); nothing was pushed: train the run again or "
-                             f"resume it from a checkpoint")
+    if damaged := damaged_weights(folder):
+        path, problem = damaged
+        raise HfClmError(f"{path} is damaged ({problem}); nothing was pushed: train the run again or "
+                         f"resume it from a checkpoint")
 
 
 def check_tokenizer_loads(folder: Path) -> None:

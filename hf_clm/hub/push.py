@@ -140,3 +140,23 @@ def push_run(run_dir: str | Path, target: PushTarget, token: str | None = None,
                          f"the upload may be incomplete, push again") from None
     logger.info("Pushed %s to %s", pub.model_dir, commit.commit_url)
     return commit.commit_url
+
+
+# What a run pushes when it ends: where, with which token, and what it publishes.
+PushPlan = tuple[PushTarget, str, PublishOptions]
+
+
+def push_target(recipe: Recipe) -> PushPlan | None:
+    """With push_to_hub: what is published, the repo and the token, checked now rather than after
+    training. The push itself happens once, at the end, with the package's model card, so Trainer
+    does not push. The token lives in this frame only: it is taken out of the arguments Trainer
+    saves (``training_args.bin`` in the run and every checkpoint) whether or not the run pushes."""
+    args = recipe.training_args
+    token, args.hub_token = args.hub_token, None
+    if not args.push_to_hub:
+        return None
+    checked_publish_recipe(recipe)
+    repo_id, token = check_hub_access(args.hub_model_id, token)
+    args.push_to_hub = False
+    return (PushTarget(repo_id, private=bool(args.hub_private_repo), revision=args.hub_revision), token,
+            recipe_push_options(recipe))

@@ -21,9 +21,9 @@ from transformers import AutoModelForCausalLM, GPT2Config, PretrainedConfig, Pre
 from transformers.pytorch_utils import Conv1D
 
 from hf_clm.run.artifacts import (
+    damaged_weights,
     json_text,
     output_folder_problem,
-    safetensors_problem,
     stale_temporaries,
     temporary_prefix,
     weights_digests,
@@ -85,15 +85,13 @@ def quantization_config(model: ModelArguments):
 def check_weights_files(path: Path) -> None:
     """A damaged weights file (cut short by a full disk or a kill) as one line naming it, before
     transformers fails on it somewhere inside."""
-    for weights in sorted(path.glob("*.safetensors")) if path.is_dir() else []:
-        if problem := safetensors_problem(weights):
-            raise HfClmError(f"{weights} is damaged ({problem}); train or download the model again")
+    if damaged := damaged_weights(path):
+        weights, problem = damaged
+        raise HfClmError(f"{weights} is damaged ({problem}); train or download the model again")
 
 
 def load_pretrained(model: ModelArguments) -> PreTrainedModel:
-    check_weights_files(Path(model.model_name_or_path))
-    require_hub("model_name_or_path", model.model_name_or_path, MODEL_ALTERNATIVE)
-    check_4bit_possible(model)
+    check_weights_files(Path(model.model_name_or_path))  # its Hub name and 4-bit support: train's preflight
     extra = {"quantization_config": quantization_config(model)} if model.load_in_4bit else {}
     try:
         return AutoModelForCausalLM.from_pretrained(model.model_name_or_path,

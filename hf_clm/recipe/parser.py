@@ -41,7 +41,7 @@ from hf_clm.recipe.checks import (
     field_types,
     integration_problems,
     is_optional,
-    range_problems,
+    recipe_range_problems,
     recipe_problems,
 )
 from hf_clm.recipe.keys import recipe_key_names, unknown_key_message
@@ -269,10 +269,16 @@ def replaced_sources(values: dict[str, Any], flags: list[str]) -> dict[str, Any]
     return {key: value for key, value in values.items() if key not in dropped or key in given}
 
 
-def package_defaults() -> dict[str, Any]:
-    """Every TrainingArguments key's default as this package sets it (what a recipe without the key gets)."""
+def recipe_defaults(*classes: type) -> dict[str, Any]:
+    """Each key's default as this package sets it (what a recipe without the key gets), of the
+    recipe's dataclasses ``classes`` (default: all four)."""
     parsed = vars(recipe_parser().parse_args([]))
-    return {f.name: parsed[f.name] for f in dataclasses.fields(TrainingArguments) if f.init}
+    return {f.name: parsed[f.name] for cls in classes or RECIPE_CLASSES for f in dataclasses.fields(cls) if f.init}
+
+
+def package_defaults() -> dict[str, Any]:
+    """Every TrainingArguments key's default as this package sets it."""
+    return recipe_defaults(TrainingArguments)
 
 
 def parse_recipe(argv: list[str] | None = None, default_recipe: str | Path | None = None,
@@ -298,7 +304,7 @@ def parse_recipe(argv: list[str] | None = None, default_recipe: str | Path | Non
     if rehearsal is not None and (values["rehearse"] or 0) >= 1:  # below 1: a range problem, reported below
         values = rehearsal(values, flags_given)
     writes = command in RUNNING_COMMANDS
-    problems = range_problems(values) + (output_dir_problems(values, command) if writes else [])
+    problems = recipe_range_problems(values) + (output_dir_problems(values, command) if writes else [])
     if packages := integration_problems(values) if writes else []:
         raise HfClmError("invalid recipe: " + "; ".join(problems + packages))
     given = {**values, **training_rewrites(values)}

@@ -153,6 +153,15 @@ def weights_files(run_dir: Path) -> list[Path]:
     return sorted(p for pattern in WEIGHTS_PATTERNS for p in run_dir.glob(pattern) if p.is_file())
 
 
+def damaged_weights(folder: Path) -> tuple[Path, str] | None:
+    """The first weights file of ``folder`` that is not whole (cut short by a full disk or a kill),
+    with why; None when every one is (or the folder holds none)."""
+    for path in weights_files(folder) if folder.is_dir() else []:
+        if problem := safetensors_problem(path):
+            return path, problem
+    return None
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:

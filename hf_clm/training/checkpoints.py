@@ -11,10 +11,11 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hf_clm.run.artifacts import (
+    damaged_weights,
     finished_marker_problem,
     read_json,
-    safetensors_problem,
     sharded_folder_problem,
+    weights_files,
     zip_archive_problem,
 )
 from hf_clm.errors import HfClmError
@@ -37,7 +38,7 @@ def checkpoint_problem(path: Path) -> str | None:
         int(state["global_step"])
     except (OSError, ValueError, KeyError, TypeError):
         return f"no readable {TRAINER_STATE}"
-    weights = sorted(path.glob("*.safetensors"))
+    weights = weights_files(path)
     binaries = sorted(path.glob("*.bin"))
     if not weights and not any(p.name != "training_args.bin" for p in binaries) and not sharded_weights(path):
         return "no weights"
@@ -48,9 +49,8 @@ def checkpoint_problem(path: Path) -> str | None:
     rng = sorted(path.glob("rng_state*.pth"))
     if not rng:
         return "no rng_state*.pth"
-    for part in weights:
-        if problem := safetensors_problem(part):
-            return f"{part.name}: {problem}"
+    if damaged := damaged_weights(path):
+        return f"{damaged[0].name}: {damaged[1]}"
     for folder in sharded_folders(path):
         if problem := sharded_folder_problem(folder):
             return f"{folder.name}/: {problem}"

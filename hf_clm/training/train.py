@@ -26,12 +26,11 @@ from hf_clm.training.divergence import TrainingDiverged
 from hf_clm.errors import HfClmError
 from hf_clm.evaluation.scoring import perplexity_from_loss, unigram_scores
 from hf_clm.run.figures import console_summary, logged_figures
-from hf_clm.hub.push import PushTarget, check_hub_access, checked_publish_recipe, push_run, recipe_push_options
+from hf_clm.hub.push import PushPlan, push_run, push_target
 from hf_clm.data.sources import check_hub_sources
 from hf_clm.run.locks import folder_lock
 from hf_clm.model.build import build_model, check_4bit_possible, merge_adapter
 from hf_clm.data.prepare import TrainingData, training_data
-from hf_clm.hub.publish import PublishOptions
 from hf_clm.recipe.schema import Recipe, save_recipe
 from hf_clm.evaluation.report import write_report
 from hf_clm.run.files import PERPLEXITY_FILENAME
@@ -106,22 +105,6 @@ def perplexity_summary(metrics: dict[str, float], model: PreTrainedModel, data: 
     }
 
 
-def hub_push_target(recipe: Recipe) -> tuple[PushTarget, str, PublishOptions] | None:
-    """With push_to_hub: what is published, the repo and the token, checked now rather than after
-    training. The push itself happens once, at the end, with the package's model card, so Trainer
-    does not push. The token lives in this frame only: it is taken out of the arguments Trainer
-    saves (``training_args.bin`` in the run and every checkpoint) whether or not the run pushes."""
-    args = recipe.training_args
-    token, args.hub_token = args.hub_token, None
-    if not args.push_to_hub:
-        return None
-    checked_publish_recipe(recipe)
-    repo_id, token = check_hub_access(args.hub_model_id, token)
-    args.push_to_hub = False
-    return (PushTarget(repo_id, private=bool(args.hub_private_repo), revision=args.hub_revision), token,
-            recipe_push_options(recipe))
-
-
 def output_dir_lock(args: TrainingArguments):
     """The main process holds output_dir's lock for the whole run; the other ranks are its helpers."""
     return folder_lock(args.output_dir, "output_dir") if args.process_index == 0 else contextlib.nullcontext()
@@ -132,13 +115,13 @@ def run(recipe: Recipe) -> dict[str, Any]:
     (the finished-run marker) to output_dir."""
     args = recipe.training_args
     check_hub_sources(recipe.model_args, recipe.data_args)
-    push = hub_push_target(recipe)
+    push = push_target(recipe)
     check_4bit_possible(recipe.model_args)
     with output_dir_lock(args):
         return locked_run(recipe, push)
 
 
-def locked_run(recipe: Recipe, push: tuple[PushTarget, str, PublishOptions] | None) -> dict[str, Any]:
+def locked_run(recipe: Recipe, push: PushPlan | None) -> dict[str, Any]:
     args = recipe.training_args
     check_launch(args)
     output_dir = Path(args.output_dir)
@@ -203,7 +186,7 @@ def run_summary(recipe: Recipe, trainer, model: PreTrainedModel, data: TrainingD
     return summary
 
 
-def finish_run(recipe: Recipe, summary: dict[str, Any], step: int, push: tuple[PushTarget, str, PublishOptions] | None) -> None:
+def finish_run(recipe: Recipe, summary: dict[str, Any], step: int, push: PushPlan | None) -> None:
     """Main process: merged adapter, report, then the finished-run marker; the summary; the push."""
     output_dir = Path(recipe.training_args.output_dir)
     if recipe.run_args.merge_adapter:
