@@ -186,8 +186,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs, measures nothing")
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help="where to write the table as JSON")
-    parser.add_argument("--only", nargs="+", choices=("data", "train", "ddp", "checkpoint", "eval", "nanogpt", "ab"),
-                        default=["data", "train", "ddp", "checkpoint", "eval"],
+    parser.add_argument("--only", nargs="+",
+                        choices=("data", "train", "ddp", "checkpoint", "eval", "processes", "nanogpt", "ab"),
+                        default=["data", "train", "ddp", "checkpoint", "eval", "processes"],
                         help="stages to run; 'ab' (the training switches' A/B, about an hour) only when named")
     parser.add_argument("--nanogpt", type=Path, default=None, metavar="CHECKOUT",
                         help="a checkout of github.com/karpathy/nanoGPT: --only nanogpt runs its CPU baby GPT beside "
@@ -231,6 +232,10 @@ def main() -> int:
             rows += checkpoint_rows(args.quick, repeated_corpus(0.2 if args.quick else 1, folder), TOKENIZER, folder)
         if "eval" in args.only:
             rows += evaluation_rows(args.quick)
+        if "processes" in args.only:
+            from bench.processes import processes_rows
+
+            rows += processes_rows(args.quick, repeated_corpus(0.05 if args.quick else 1, folder), TOKENIZER, folder)
         if "nanogpt" in args.only:
             if args.nanogpt is None:
                 parser.error("--only nanogpt needs --nanogpt CHECKOUT (git clone https://github.com/karpathy/nanoGPT)")

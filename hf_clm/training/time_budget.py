@@ -28,7 +28,7 @@ import math
 from collections.abc import Callable
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast
 from transformers import ProgressCallback, TrainerCallback, TrainingArguments, get_scheduler
 from transformers.trainer_callback import ExportableState
@@ -46,9 +46,9 @@ def own_reading(used: float, mean: float | None) -> Reading:
     return used, mean
 
 
-def rank_zero_reading(accelerator: Accelerator) -> Callable[[float, float | None], Reading]:
+def rank_zero_reading(accelerator: Accelerator | PartialState) -> Callable[[float, float | None], Reading]:
     """Every process's reading replaced by rank 0's: one broadcast of two numbers (a process alone
-    keeps its own)."""
+    keeps its own). Its cost per step: ``python -m bench --only processes``."""
     if accelerator.num_processes == 1:
         return own_reading
 
