@@ -34,7 +34,7 @@ def scoring_model(folder: Path, tokenizer: Path, quick: bool) -> Path:
 
     model_dir = folder / ("perplexity-model-quick" if quick else "perplexity-model")
     tok = AutoTokenizer.from_pretrained(tokenizer)
-    sizes = dict(n_layer=1, n_head=2, n_embd=32) if quick else dict(n_layer=4, n_head=4, n_embd=256)
+    sizes = {"n_layer": 1, "n_head": 2, "n_embd": 32} if quick else {"n_layer": 4, "n_head": 4, "n_embd": 256}
     config = GPT2Config(vocab_size=len(tok), n_positions=256, **sizes)
     AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)

@@ -19,7 +19,8 @@ from hf_clm.run.verbosity import quiet_libraries
 
 HELP = "corpus perplexity, bits per byte and bits per character of a trained model"
 DEFAULT_SPLIT = "test"  # of --dataset_name
-RANGES = {"window": at_least(2), "stride": at_least(1), "batch_size": at_least(1), "limit": at_least(1)}
+RANGES = {"window": at_least(2), "stride": at_least(1), "batch_size": at_least(1), "limit": at_least(1),
+          "ddp_timeout": at_least(1)}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -54,6 +55,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None,
                    help="folder for report.md, report.json and a bar chart comparing the models")
     p.add_argument("--json", action="store_true", help="print the figures as JSON (one object per model)")
+    p.add_argument("--ddp_timeout", type=int, default=1800,
+                   help="under a launcher: seconds to wait for the other processes (to reach the rendezvous, and "
+                        "at each gather), as train's recipe key")
     return p
 
 
@@ -135,7 +139,7 @@ def main(argv: list[str], verbose: bool = False) -> int:
     texts, text_fields = evaluation_text(args)
     end_with_the_launcher()
     use_cpu_collectives_without_gpu()
-    processes = launched_processes()
+    processes = launched_processes(args.ddp_timeout)
     # under a launcher each process scores on its own device (cuda:LOCAL_RANK), unless --device says otherwise
     device = args.device or (str(PartialState().device) if processes.count > 1 else None)
     rows = []

@@ -52,14 +52,16 @@ class Processes:
 ONE_PROCESS = Processes()
 
 
-def launched_processes() -> Processes:
+def launched_processes(timeout_seconds: int = 1800) -> Processes:
     """The processes of this launch (accelerate's state, which sets up the process group: gloo
-    where ``ACCELERATE_USE_CPU`` is set, as ``AcceleratorState`` reads it), or :data:`ONE_PROCESS`
-    outside a launcher."""
+    where ``ACCELERATE_USE_CPU`` is set, as ``AcceleratorState`` reads it; ``timeout_seconds`` to
+    reach the rendezvous and at each collective), or :data:`ONE_PROCESS` outside a launcher."""
+    from datetime import timedelta
+
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), timeout=timedelta(seconds=timeout_seconds))
     if state.num_processes == 1:
         return ONE_PROCESS
     return Processes(state.process_index, state.num_processes)
