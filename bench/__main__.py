@@ -55,6 +55,7 @@ STAGES = (
     Stage("ddp", "ddp"),
     Stage("checkpoint", "checkpoint"),
     Stage("eval", "evaluate"),
+    Stage("processes", "processes"),
     Stage("nanogpt", "nanogpt", by_default=False, options=lambda args: {"checkout": args.nanogpt}),
     Stage("ab", "ab", by_default=False, options=lambda args: {"recipes": args.ab_recipes, "steps": args.ab_steps}),
 )

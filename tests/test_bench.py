@@ -23,6 +23,18 @@ def test_bench_quick_runs_and_writes_its_table(tmp_path):
 
 
 @pytest.mark.full
+@requires_shared_data
+def test_bench_processes_rows_run_two_processes_and_agree(tmp_path):
+    output = tmp_path / "bench.json"
+    result = run_python_module("bench", "--quick", "--only", "processes", "--output", output, cwd=REPO, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    perplexity, broadcast = json.loads(output.read_text())["rows"]
+    assert perplexity["stage"] == "perplexity, 2 CPU processes" and perplexity["met"] is True  # figures equal
+    assert perplexity["ratio"] > 0
+    assert broadcast["stage"] == "max_train_seconds, 2 CPU processes" and " µs per optimizer step" in broadcast["context"]
+
+
+@pytest.mark.full
 def test_gpu_check_without_a_gpu_says_so_and_exits_0():
     import torch
 

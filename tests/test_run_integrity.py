@@ -162,6 +162,46 @@ def test_a_write_that_fails_on_a_full_disk_leaves_the_old_file_whole(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["perplexity.json"]
 
 
+WRITES = 300
+
+
+@pytest.mark.full
+def test_two_processes_writing_one_file_at_once_end_with_one_whole_file_and_no_traceback(tmp_path):
+    """Each writer used to remove every earlier temporary of the file, a live writer's among them."""
+    path, go = tmp_path / "report.json", tmp_path / "go"
+    code = ("import sys, time; from pathlib import Path; from hf_clm.run.artifacts import write_json\n"
+            f"while not Path({str(go)!r}).exists(): time.sleep(0.01)\n"
+            f"for n in range({WRITES}): write_json({{'writer': sys.argv[1], 'n': n, 'padding': 'x' * 20000}}, "
+            f"{str(path)!r})")
+    writers = [subprocess.Popen([sys.executable, "-c", code, name], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for name in ("a", "b")]
+    time.sleep(3)  # both imported and waiting
+    go.touch()
+    results = [(writer.wait(timeout=300), writer.stderr.read()) for writer in writers]
+    assert results == [(0, ""), (0, "")]
+    last = json.loads(path.read_text())
+    assert last["writer"] in ("a", "b") and last["n"] == WRITES - 1 and len(last["padding"]) == 20000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["go", "report.json"]
+
+
+def test_a_write_removes_a_killed_writers_temporary_and_keeps_a_live_ones(tmp_path):
+    path = tmp_path / "report.json"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    try:
+        host = socket.gethostname()
+        live = tmp_path / f".report.json.{host}.{sleeper.pid}.abc.tmp"
+        killed = tmp_path / f".report.json.{host}.{ended.stdout.strip()}.abc.tmp"
+        elsewhere = tmp_path / f".report.json.another-host.{sleeper.pid}.abc.tmp"
+        for temporary in (live, killed, elsewhere):
+            temporary.write_text("{")
+        write_json({"perplexity": 2.0}, path)
+        assert live.exists() and elsewhere.exists() and not killed.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
 @pytest.mark.full
 def test_a_full_disk_during_training_is_one_line_and_a_rerun_finishes(corpus, tmp_path, train):
     run_dir = tmp_path / "run"

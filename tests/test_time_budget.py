@@ -1,11 +1,15 @@
 """max_train_seconds: training ends by the clock and the schedule follows the clock."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import recipe_args
+from conftest import recipe_args, run_launch
 from transformers import TrainingArguments
 
 from hf_clm.commands.cli import main
@@ -23,13 +27,12 @@ class FakeClock:
 
 def schedule_at(fractions, budget=100.0, **args):
     """The learning rate a budget schedule gives when the clock reads each fraction of the budget."""
-    clock_time = FakeClock()
-    clock = BudgetClock(clock_time, budget)
+    clock = BudgetClock(FakeClock(), budget)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     scheduler = budget_schedule(TrainingArguments(output_dir="unused", report_to=[], **args), optimizer, clock)
     rates = []
     for fraction in fractions:
-        clock_time.now = fraction * budget
+        clock.used = fraction * budget  # the reading at a step's end, no step mean yet
         scheduler.step()
         rates.append(optimizer.param_groups[0]["lr"])
     return rates
@@ -54,6 +57,7 @@ def test_training_stops_when_another_step_would_pass_the_budget():
     while not control.should_training_stop:
         clock_time.now += 1.0  # each step takes a second
         steps += 1
+        stop.on_optimizer_step(None, None, control)
         stop.on_step_end(None, type("State", (), {"global_step": steps})(), control)
     assert steps == 5  # 5 s used: a sixth step would end at 6 s, past the 5.5 s budget
 
@@ -62,9 +66,26 @@ def test_a_budget_shorter_than_the_first_step_is_one_line():
     clock_time = FakeClock()
     stop = BudgetStop(BudgetClock(clock_time, budget=0.5))
     clock_time.now = 2.0
+    stop.on_optimizer_step(None, None, None)
     with pytest.raises(HfClmError, match="the budget ends before the first step does: max_train_seconds 0.5 s, "
                                          "and one step took 2.0 s; raise it"):
         stop.on_step_end(None, type("State", (), {"global_step": 1})(), type("Control", (), {})())
+
+
+def test_a_resumed_run_predicts_its_first_step_from_the_step_time_its_checkpoint_saved():
+    """Without the saved mean, the first steps after a resume look free, and the run passes its budget."""
+    from transformers import TrainerState
+
+    saved = TrainerState(stateful_callbacks={"BudgetStop": {"args": {}, "attributes": {"step_mean": 1.0}}})
+    clock_time = FakeClock()
+    stop = BudgetStop(BudgetClock(clock_time, budget=5.0))
+    stop.on_train_begin(None, saved, None)
+    clock_time.now = 4.5  # the first step after the resume ends with half a step's time left
+    control = type("Control", (), {"should_training_stop": False})()
+    stop.on_optimizer_step(None, None, control)
+    stop.on_step_end(None, type("State", (), {"global_step": 40})(), control)
+    assert control.should_training_stop
+    assert stop.state()["attributes"]["step_mean"] == 1.0  # what the next checkpoint saves
 
 
 def budget_run(text_files, run_dir, seconds: str, *extra: str) -> dict:
@@ -92,6 +113,8 @@ def test_a_resumed_run_continues_the_same_budget(tmp_path, text_files):
     checkpoint = sorted((tmp_path / "whole").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[0]
     spent = json.loads((checkpoint / "trainer_state.json").read_text())["stateful_callbacks"]["ThroughputMeter"]
     spent = (spent[-1] if isinstance(spent, list) else spent)["attributes"]["train_seconds"]
+    step_mean = json.loads((checkpoint / "trainer_state.json").read_text())["stateful_callbacks"]["BudgetStop"]
+    assert 0 < (step_mean[-1] if isinstance(step_mean, list) else step_mean)["attributes"]["step_mean"] < spent
     shutil.copytree(checkpoint, tmp_path / "resumed" / checkpoint.name)
     resumed = budget_run(text_files, tmp_path / "resumed", "4", "--save_steps", "5",
                          "--resume_from_checkpoint", "auto")
@@ -143,3 +166,32 @@ def test_the_training_bar_of_a_budget_run_starts_without_the_virtual_step_count(
         assert bar.total is None and "budget 300 s" in str(bar) and "1099511627776" not in str(bar)
     finally:
         bar.close()
+
+
+PROBE = Path(__file__).parent / "helpers" / "training_probe.py"
+HELD_BACK = 3.0  # seconds rank 1's clock starts after rank 0's
+
+
+@pytest.mark.full
+def test_two_processes_whose_clocks_disagree_stop_after_the_same_step_at_the_same_rates(tmp_path, text_files):
+    """Rank 1 starts its clock late, so its own clock reads HELD_BACK seconds less than rank 0's: were
+    each process to decide alone, rank 0 would stop first and rank 1 wait forever in the next all-reduce."""
+    flags = recipe_args(text_files, tmp_path / "run", "--max_steps", "-1", "--max_train_seconds", "8",
+                        "--lr_scheduler_type", "cosine", "--warmup_steps", "0.1", "--logging_steps", "1",
+                        "--eval_steps", "100000", "--save_steps", "100000")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(PROBE),
+               str(tmp_path / "record"), *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PROBE_HOLD_BACK_SECONDS": str(HELD_BACK)}
+    try:
+        result = run_launch(command, env=env, timeout=300)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the launch hung: one process stopped while the other took another step")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (json.loads((tmp_path / "record" / f"rank{r}.json").read_text()) for r in (0, 1))
+    steps = json.loads((tmp_path / "run" / "trainer_state.json").read_text())["global_step"]
+    assert len(rank0["learning_rates"]) == len(rank1["learning_rates"]) == steps > 5
+    assert rank0["learning_rates"] == rank1["learning_rates"]  # every step, exactly
+    assert rank0["weights"] == rank1["weights"]
+    summary = json.loads((tmp_path / "run" / "perplexity.json").read_text())
+    assert summary["train_seconds"] <= 8 * 1.25  # rank 0's clock, the one that decides
+    assert rank0["learning_rates"][-1] < 0.05 * max(rank0["learning_rates"])

@@ -17,6 +17,9 @@ COMMANDS: dict[str, ModuleType] = {
     "train": train, "prepare": prepare, "perplexity": perplexity, "generate": generate, "report": report,
     "push": push, "merge": merge, "explain": explain, "plan": plan,
 }
+# Commands that run in one process: under a launcher every process would repeat the work, print it
+# again and write the same files (train and perplexity share the work out; see docs/several-processes.md).
+ONE_PROCESS_COMMANDS = ("prepare", "generate", "explain", "merge", "push", "report", "plan")
 # what the top-level help adds to a command's own line
 HELP_NOTES = {"train": "; 'hf-clm train --help' lists every recipe key",
               "prepare": "; takes the same RECIPE and flags as train"}
@@ -33,8 +36,17 @@ def top_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def launched_processes() -> int:
+    """How many processes this launch started (torchrun and ``accelerate launch`` set WORLD_SIZE)."""
+    size = os.environ.get("WORLD_SIZE", "1")
+    return int(size) if size.isdigit() else 1
+
+
 def dispatch(argv: list[str], verbose: bool = False) -> int:
     if argv and argv[0] in COMMANDS:
+        if argv[0] in ONE_PROCESS_COMMANDS and (processes := launched_processes()) > 1:
+            raise HfClmError(f"hf-clm {argv[0]} runs in one process, and this launch started {processes} (torchrun or "
+                             f"accelerate launch): run 'hf-clm {argv[0]} ...' without a launcher")
         return COMMANDS[argv[0]].main(argv[1:], verbose)
     top_parser().parse_args(argv)  # --help, --version, or a usage error
     return 2
@@ -47,6 +59,18 @@ def unreadable_message(err: OSError) -> str | None:
     if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not err.filename:
         return None
     return f"{err.filename}: {err.strerror}; check its permissions (or the folder's) and run the command again"
+
+
+def rendezvous_message(err: RuntimeError) -> str | None:
+    """One line for a process that could not reach its launch's rendezvous (the first node's
+    MASTER_ADDR:MASTER_PORT) in time: torch's DistNetworkError, which names the timeout and address."""
+    if type(err).__name__ not in ("DistNetworkError", "DistStoreError"):
+        return None
+    where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    return (f"this process (rank {os.environ.get('RANK', '?')} of {os.environ.get('WORLD_SIZE', '?')}) could not "
+            f"reach the rendezvous at {where}: {str(err).strip().splitlines()[0].rstrip('.')}; check that the first node "
+            f"(rank 0) is running and that this address and port are reachable from here (MASTER_ADDR, MASTER_PORT; "
+            f"ddp_timeout sets how long to wait)")
 
 
 def live_progress_bars() -> list:
@@ -80,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     except HfClmError as err:
         print_error(str(err))
         return getattr(err, "exit_status", 2)
+    except RuntimeError as err:
+        if (message := rendezvous_message(err)) is None:
+            raise
+        print_error(message)
+        return 2
     except OSError as err:
         from hf_clm.run.artifacts import disk_full_message
 

@@ -1,5 +1,9 @@
 """``hf-clm perplexity MODEL [MODEL ...] (--data FILE ... | --dataset_name NAME | --recipe RECIPE)``:
-corpus perplexity, bits per byte and bits per character of one or several models on the same text."""
+corpus perplexity, bits per byte and bits per character of one or several models on the same text.
+
+Under a launcher (``torchrun``, ``accelerate launch``) the processes score the text together, each
+its share of the windows on its own device, and rank 0 alone prints and writes the figures one
+process would have (:mod:`hf_clm.evaluation.processes`)."""
 
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ from hf_clm.run.verbosity import quiet_libraries
 
 HELP = "corpus perplexity, bits per byte and bits per character of a trained model"
 DEFAULT_SPLIT = "test"  # of --dataset_name
-RANGES = {"window": at_least(2), "stride": at_least(1), "batch_size": at_least(1), "limit": at_least(1)}
+RANGES = {"window": at_least(2), "stride": at_least(1), "batch_size": at_least(1), "limit": at_least(1),
+          "ddp_timeout": at_least(1)}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -50,6 +55,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None,
                    help="folder for report.md, report.json and a bar chart comparing the models")
     p.add_argument("--json", action="store_true", help="print the figures as JSON (one object per model)")
+    p.add_argument("--ddp_timeout", type=int, default=1800,
+                   help="under a launcher: seconds to wait for the other processes (to reach the rendezvous, and "
+                        "at each gather), as train's recipe key")
     return p
 
 
@@ -116,24 +124,35 @@ def main(argv: list[str], verbose: bool = False) -> int:
     args = parser().parse_args(argv)
     check_flag_ranges(args, RANGES)
     quiet_libraries(verbose)
+    from accelerate import PartialState
+
     from hf_clm.evaluation.perplexity import perplexity_row
-    from hf_clm.model.build import load_for_inference
+    from hf_clm.evaluation.processes import launched_processes
     from hf_clm.evaluation.report import write_comparison
+    from hf_clm.model.build import load_for_inference
+    from hf_clm.training.distributed import end_with_the_launcher, use_cpu_collectives_without_gpu
 
     if problem := source_flag_problem(args):
         raise HfClmError(problem)
     if args.output:
         check_output_folder(args.output, refuse_run=True)
     texts, text_fields = evaluation_text(args)
+    end_with_the_launcher()
+    use_cpu_collectives_without_gpu()
+    processes = launched_processes(args.ddp_timeout)
+    # under a launcher each process scores on its own device (cuda:LOCAL_RANK), unless --device says otherwise
+    device = args.device or (str(PartialState().device) if processes.count > 1 else None)
     rows = []
     for name in args.models:
-        model, tokenizer = load_for_inference(name, args.device, args.dtype)
+        model, tokenizer = load_for_inference(name, device, args.dtype)
         row = {"model": name, **perplexity_row(model, tokenizer, texts, args.convention, args.window, args.stride,
-                                               args.batch_size, progress=not args.json), **text_fields}
+                                               args.batch_size, progress=not args.json and processes.leads,
+                                               processes=processes), **text_fields}
         rows.append(row)
-        print(json_text(row, indent=None) if args.json else format_perplexity(row))
+        if processes.leads:
+            print(json_text(row, indent=None) if args.json else format_perplexity(row))
         del model
-    if args.output:
+    if args.output and processes.leads:
         for path in write_comparison(rows, args.output):
             print(path, file=sys.stderr if args.json else sys.stdout)
     return 0

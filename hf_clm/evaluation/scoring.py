@@ -41,6 +41,7 @@ from hf_clm.data.attention import attention_scope, document_position_ids
 from hf_clm.data.collator import IGNORE_INDEX
 from hf_clm.errors import HfClmError
 from hf_clm.data.tokenizer import document_prefix
+from hf_clm.evaluation.processes import ONE_PROCESS, Processes
 
 # Logit elements computed at once (32M = 128 MB in float32): GPT-2's 50,257-token vocabulary at
 # batch 8 x 1,024 positions would otherwise need 1.6 GB, twice over inside cross-entropy. Smaller
@@ -309,17 +310,22 @@ def window_rows(sequences: Sequence[torch.Tensor], windows: list[Window], pad_id
 
 
 def windows_scores(model, sequences: Sequence[torch.Tensor], windows: list[Window], text: TokenText | None,
-                   batch_size: int, pad_id: int, progress: bool = True) -> dict[int, Scores]:
-    """Scores per sequence of all its windows."""
+                   batch_size: int, pad_id: int, progress: bool = True, processes: Processes = ONE_PROCESS
+                   ) -> dict[int, Scores]:
+    """Scores per sequence of all its windows; with several ``processes``, each scores its share of
+    the batches and all get every batch's rows (:mod:`hf_clm.evaluation.processes`)."""
     model.eval()
     device = model_device(model)
-    result = {index: Scores() for index in range(len(sequences))}
     batches = list(batched(windows, batch_size))
-    for batch in tqdm(batches, desc="Evaluating", disable=not progress):
-        inputs, targets = window_rows(sequences, batch, pad_id)
+    rows = {}
+    for index in tqdm(processes.share(range(len(batches))), desc="Evaluating", disable=not progress):
+        inputs, targets = window_rows(sequences, batches[index], pad_id)
         with torch.inference_mode():
-            rows = score_rows(model, inputs.to(device), targets.to(device), text).cpu()
-        for w, row in zip(batch, rows):
+            rows[index] = score_rows(model, inputs.to(device), targets.to(device), text).cpu()
+    rows = processes.gathered(rows)
+    result = {index: Scores() for index in range(len(sequences))}
+    for index, batch in enumerate(batches):  # one process's order, whoever scored the batch
+        for w, row in zip(batch, rows[index]):
             result[w.sequence] += Scores.from_rows(row)
     return result
 
@@ -357,32 +363,34 @@ class Evaluation:
 
 
 def stream_scores(model, stream: torch.Tensor, window: int, stride: int, batch_size: int = 8,
-                  text: TokenText | None = None, pad_id: int = 0, progress: bool = False) -> Scores:
+                  text: TokenText | None = None, pad_id: int = 0, progress: bool = False,
+                  processes: Processes = ONE_PROCESS) -> Scores:
     """Scores of a 1-D token stream in strided windows."""
     windows = list(strided_windows(len(stream), window, stride))
-    return windows_scores(model, [stream], windows, text, batch_size, pad_id, progress)[0]
+    return windows_scores(model, [stream], windows, text, batch_size, pad_id, progress, processes)[0]
 
 
 def evaluate_strided(model, tokenizer: PreTrainedTokenizerBase, texts: list[str], window: int, stride: int,
-                     batch_size: int = 8, progress: bool = True) -> Evaluation:
+                     batch_size: int = 8, progress: bool = True, processes: Processes = ONE_PROCESS) -> Evaluation:
     """Documents + EOS as one stream (a Llama-style BOS before each, as in training blocks), scored
     in strided windows."""
     prefix = document_prefix(tokenizer)
     ids = [token for doc in document_ids(tokenizer, texts) if doc
            for token in (*prefix, *doc, tokenizer.eos_token_id)]
     scores = stream_scores(model, torch.tensor(ids, dtype=torch.long), window, stride, batch_size,
-                           token_text(tokenizer), tokenizer.eos_token_id, progress)
+                           token_text(tokenizer), tokenizer.eos_token_id, progress, processes)
     return Evaluation("strided", window, stride, scores, sum(1 for t in texts if t))
 
 
 def evaluate_rolling(model, tokenizer: PreTrainedTokenizerBase, texts: list[str], window: int,
-                     batch_size: int = 8, progress: bool = True) -> Evaluation:
+                     batch_size: int = 8, progress: bool = True, processes: Processes = ONE_PROCESS) -> Evaluation:
     """Each document scored whole after the prefix token, every token once (lm-evaluation-harness)."""
     texts = [t for t in texts if t]
     prefix = prefix_token_id(tokenizer)
     sequences = [torch.tensor([prefix, *doc], dtype=torch.long) for doc in document_ids(tokenizer, texts)]
     windows = [w for index, seq in enumerate(sequences) for w in rolling_windows(index, len(seq) - 1, window)]
-    per_document = windows_scores(model, sequences, windows, token_text(tokenizer), batch_size, prefix, progress)
+    per_document = windows_scores(model, sequences, windows, token_text(tokenizer), batch_size, prefix, progress,
+                                  processes)
     total = Scores()
     for scores in per_document.values():
         total += scores
@@ -411,10 +419,13 @@ def checked_window(convention: str, window: int | None, stride: int | None, cont
 
 
 def evaluate_texts(model, tokenizer: PreTrainedTokenizerBase, texts: list[str], convention: str, window: int,
-                   stride: int | None = None, batch_size: int = 8, progress: bool = True) -> Evaluation:
+                   stride: int | None = None, batch_size: int = 8, progress: bool = True,
+                   processes: Processes = ONE_PROCESS) -> Evaluation:
+    """``texts`` scored under ``convention``; by several ``processes`` together when given (each
+    window once, the figures those of one process)."""
     if convention == "rolling":
-        return evaluate_rolling(model, tokenizer, texts, window, batch_size, progress)
-    return evaluate_strided(model, tokenizer, texts, window, stride or window, batch_size, progress)
+        return evaluate_rolling(model, tokenizer, texts, window, batch_size, progress, processes)
+    return evaluate_strided(model, tokenizer, texts, window, stride or window, batch_size, progress, processes)
 
 
 # --- the Trainer's evaluation hook ------------------------------------------------------------

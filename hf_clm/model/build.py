@@ -8,7 +8,6 @@ model's tokenizer."""
 from __future__ import annotations
 
 import fnmatch
-import glob
 import importlib.util
 import json
 import logging
@@ -21,7 +20,14 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
-from hf_clm.run.artifacts import damaged_weights, json_text, output_folder_problem, weights_digests
+from hf_clm.run.artifacts import (
+    damaged_weights,
+    json_text,
+    output_folder_problem,
+    stale_temporaries,
+    temporary_prefix,
+    weights_digests,
+)
 from hf_clm.data.attention import check_document_isolation, record_attention_scope
 from hf_clm.errors import HfClmError, first_line
 from hf_clm.data.sources import MODEL_ALTERNATIVE, offline_hint, require_hub
@@ -235,16 +241,17 @@ def replace_folder(staging: Path, target: Path) -> None:
     if not target.exists():
         os.replace(staging, target)
         return
-    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
+    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=temporary_prefix(target), suffix=".old"))
     os.replace(target, old / target.name)
     os.replace(staging, target)
     shutil.rmtree(old, ignore_errors=True)
 
 
 def remove_stale_folders(target: Path) -> None:
-    """Temporary folders beside ``target`` left by an earlier merge that was killed."""
-    for stale in target.parent.glob(f".{glob.escape(target.name)}.*"):
-        if stale.is_dir() and stale.suffix in (".tmp", ".old"):
+    """Temporary folders beside ``target`` left by an earlier merge that was killed (never those of
+    a merge still at work)."""
+    for stale in stale_temporaries(target):
+        if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -263,7 +270,7 @@ def merge_adapter(run_dir: str | Path, output_dir: str | Path | None = None, fla
     merged = load_adapter_model(run_dir).merge_and_unload()
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_folders(output_dir)
-    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.", suffix=".tmp"))
+    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=temporary_prefix(output_dir), suffix=".tmp"))
     try:
         merged.save_pretrained(staging)
         read_tokenizer(run_dir).save_pretrained(staging)

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import pickle
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 
 from hf_clm.errors import HfClmError, first_line
 from hf_clm.run.files import PERPLEXITY_FILENAME
+from hf_clm.run.locks import is_running, process_start_time
 
 # Where the marker records the non-finite numbers it stores as null, and why.
 NON_FINITE_KEY = "non_finite"
@@ -30,10 +32,12 @@ DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Have ``write(temporary)`` write a file, then rename it to ``path``, so readers see the old
-    file or the whole new one, never a part (a full disk or a kill leaves the old one)."""
+    file or the whole new one, never a part (a full disk or a kill leaves the old one). Writers of
+    one file side by side (two processes, two shells) each rename a whole file of their own: the
+    file ends as the last rename's."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=".tmp")
     os.close(handle)
     try:
         write(Path(temporary))
@@ -55,10 +59,45 @@ def umask_file_mode() -> int:
     return 0o666 & ~mask
 
 
+def temporary_prefix(target: Path) -> str:
+    """The start of the name of a temporary beside ``target``: ``.<target>.<host>.<pid>.``, so a
+    later writer can tell whether the one that made it is still at work."""
+    return f".{target.name}.{socket.gethostname()}.{os.getpid()}."
+
+
+def writer_is_gone(temporary: Path, target: Path) -> bool:
+    """Whether the process that made ``temporary`` (named by :func:`temporary_prefix`) has ended: on
+    this host its pid is not running, or is a process started after the temporary was last written
+    (a reused pid). A name without host and pid (an older writer's) counts as ended; a writer on
+    another host cannot be seen from here and is left alone."""
+    middle = temporary.name[len(target.name) + 2:].rsplit(".", 3)  # host (may hold dots), pid, random, suffix
+    if len(middle) != 4 or not middle[1].isdigit():
+        return True
+    if middle[0] != socket.gethostname():
+        return False
+    pid = int(middle[1])
+    if not is_running(pid):
+        return True
+    try:
+        written = temporary.stat().st_mtime
+    except OSError:  # renamed or removed meanwhile: not ours to remove
+        return False
+    started = process_start_time(pid)
+    return started is not None and started > written + 1
+
+
+def stale_temporaries(target: Path) -> list[Path]:
+    """Temporaries beside ``target`` (files or folders) whose writer was killed before its rename."""
+    return [p for p in target.parent.glob(f".{glob.escape(target.name)}.*")
+            if p.suffix in (".tmp", ".old") and writer_is_gone(p, target)]
+
+
 def remove_stale_temporaries(path: Path) -> None:
-    """Temporary files of ``path`` left by an earlier writer that was killed before its rename."""
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        stale.unlink(missing_ok=True)
+    """Temporary files of ``path`` left by an earlier writer that was killed before its rename;
+    never one a live writer holds."""
+    for stale in stale_temporaries(path):
+        if stale.suffix == ".tmp" and not stale.is_dir():
+            stale.unlink(missing_ok=True)
 
 
 def output_folder_problem(path: Path) -> str | None:

@@ -12,6 +12,14 @@ step's rate is (up to one step's share of the budget) the schedule's end value. 
 slower than the mean (a checkpoint write is paused out of the clock, a machine hiccup is not)
 only moves the run further along its schedule: it never overshoots the end of the decay, as the
 fraction is clipped at 1.
+
+Under a launcher every process must take the same decisions: if one stops while another takes
+one more step, that one waits forever in the step's all-reduce, and rates that differ make the
+replicas drift apart. So the clock's reading (seconds used, a step's mean) is taken once per
+step, on rank 0, and broadcast to every process (:func:`rank_zero_reading`: one collective of two
+numbers per optimizer step); every decision is then a function of that shared reading alone. The
+step's mean is saved in each checkpoint (``BudgetStop``'s state) so a resumed run predicts its
+first steps' ends instead of overshooting the budget.
 """
 
 from __future__ import annotations
@@ -20,7 +28,10 @@ import math
 from collections.abc import Callable
 
 import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import broadcast
 from transformers import ProgressCallback, TrainerCallback, TrainingArguments, get_scheduler
+from transformers.trainer_callback import ExportableState
 
 from hf_clm.errors import HfClmError
 
@@ -28,27 +39,57 @@ from hf_clm.errors import HfClmError
 VIRTUAL_STEPS = 1_000_000
 
 
-class BudgetClock:
-    """The budget's view of the training clock: seconds used, a step's mean, the predicted fraction."""
+Reading = tuple[float, float | None]  # (seconds used, a step's mean time) at the end of a step
 
-    def __init__(self, seconds: Callable[[], float], budget: float):
-        self.seconds, self.budget = seconds, budget
-        self.step_mean: float | None = None
+
+def own_reading(used: float, mean: float | None) -> Reading:
+    return used, mean
+
+
+def rank_zero_reading(accelerator: Accelerator | PartialState) -> Callable[[float, float | None], Reading]:
+    """Every process's reading replaced by rank 0's: one broadcast of two numbers (a process alone
+    keeps its own). Its cost per step: ``python -m bench --only processes``."""
+    if accelerator.num_processes == 1:
+        return own_reading
+
+    def shared(used: float, mean: float | None) -> Reading:
+        reading = torch.tensor([used, -1.0 if mean is None else mean], dtype=torch.float64, device=accelerator.device)
+        used, mean = broadcast(reading, from_process=0).tolist()
+        return used, None if mean < 0 else mean
+
+    return shared
+
+
+class BudgetClock:
+    """The budget's view of the training clock. Each process measures its own steps
+    (``measured_mean``); the decisions read ``used`` and ``step_mean``, the reading ``share`` makes
+    of it at the end of the latest step (rank 0's under a launcher, so they agree everywhere)."""
+
+    def __init__(self, seconds: Callable[[], float], budget: float,
+                 share: Callable[[float, float | None], Reading] = own_reading):
+        self.seconds, self.budget, self.share = seconds, budget, share
+        self.measured_mean: float | None = None
         self.steps = 0
         self.last = None
+        self.used, self.step_mean = 0.0, None
+
+    def restore_step_mean(self, mean: float | None) -> None:
+        """A resumed run starts from the step time its checkpoint recorded."""
+        self.measured_mean = self.step_mean = mean
 
     def step_ended(self) -> None:
         now = self.seconds()
         if self.last is not None:
             took = now - self.last
-            self.step_mean = took if self.step_mean is None else 0.9 * self.step_mean + 0.1 * took
+            self.measured_mean = took if self.measured_mean is None else 0.9 * self.measured_mean + 0.1 * took
         self.last, self.steps = now, self.steps + 1
+        self.used, self.step_mean = self.share(now, self.measured_mean)
 
     def fraction_at_next_step_end(self) -> float:
-        return min(1.0, (self.seconds() + (self.step_mean or 0.0)) / self.budget)
+        return min(1.0, (self.used + (self.step_mean or 0.0)) / self.budget)
 
     def another_step_fits(self) -> bool:
-        return self.seconds() + (self.step_mean or 0.0) <= self.budget
+        return self.used + (self.step_mean or 0.0) <= self.budget
 
 
 def budget_schedule(args: TrainingArguments, optimizer: torch.optim.Optimizer, clock: BudgetClock
@@ -70,16 +111,26 @@ def budget_schedule(args: TrainingArguments, optimizer: torch.optim.Optimizer, c
         optimizer, lambda _step: shapes[0](round(clock.fraction_at_next_step_end() * VIRTUAL_STEPS)))
 
 
-class BudgetStop(TrainerCallback):
-    """Stops training when another step would pass the budget; refuses a budget that ends before
-    the first step of the run has."""
+class BudgetStop(TrainerCallback, ExportableState):
+    """Reads the clock when a step's update is done (before the schedule sets the next step's rate),
+    stops training when another step would pass the budget, and refuses a budget that ends before
+    the first step of the run has. Its state in a checkpoint: the step's mean time."""
 
     def __init__(self, clock: BudgetClock, callbacks=None):
         self.clock, self.callbacks = clock, callbacks
 
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"step_mean": self.clock.step_mean}}
+
     def on_train_begin(self, args, state, control, **kwargs):
-        """The training bar counts steps with no total (Trainer's is the unreachable step count it loops
-        on) and shows the budget, until a step's mean time gives the steps it holds."""
+        """The step mean saved in the checkpoint a run resumes from; the training bar counts steps with
+        no total (Trainer's is the unreachable step count it loops on) and shows the budget, until a
+        step's mean time gives the steps it holds."""
+        saved = state.stateful_callbacks.get(type(self).__name__, {})
+        saved = saved[-1] if isinstance(saved, list) and saved else saved
+        if saved and saved.get("attributes", {}).get("step_mean") is not None:
+            self.clock.restore_step_mean(float(saved["attributes"]["step_mean"]))
+        state.stateful_callbacks.setdefault(type(self).__name__, self.state())
         for bar in self.training_bars():
             bar.total = None
             bar.set_postfix_str(f"budget {self.clock.budget:g} s", refresh=True)
@@ -90,12 +141,14 @@ class BudgetStop(TrainerCallback):
         return [callback.training_bar for callback in self.callbacks.callbacks
                 if isinstance(callback, ProgressCallback) and getattr(callback, "training_bar", None) is not None]
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_optimizer_step(self, args, state, control, **kwargs):
         self.clock.step_ended()
+
+    def on_step_end(self, args, state, control, **kwargs):
         self.show_expected_steps(state.global_step)
-        if self.clock.steps == 1 and self.clock.seconds() >= self.clock.budget and state.global_step == 1:
+        if self.clock.steps == 1 and self.clock.used >= self.clock.budget and state.global_step == 1:
             raise HfClmError(f"the budget ends before the first step does: max_train_seconds "
-                             f"{self.clock.budget:g} s, and one step took {self.clock.seconds():.1f} s; raise it")
+                             f"{self.clock.budget:g} s, and one step took {self.clock.used:.1f} s; raise it")
         if not self.clock.another_step_fits():
             control.should_training_stop = True
         return control
@@ -105,7 +158,7 @@ class BudgetStop(TrainerCallback):
         (Trainer's own total is the unreachable step count it loops on)."""
         if not self.clock.step_mean:
             return
-        left = max(self.clock.budget - self.clock.seconds(), 0.0) / self.clock.step_mean
+        left = max(self.clock.budget - self.clock.used, 0.0) / self.clock.step_mean
         for bar in self.training_bars():
             bar.total = step + int(left)
             bar.refresh()

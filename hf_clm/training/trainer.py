@@ -35,7 +35,7 @@ from hf_clm.training.optimizer import MuonFactory, muon_parameter_groups
 from hf_clm.data.prepare import TrainingData
 from hf_clm.recipe.schema import Recipe
 from hf_clm.training.throughput import ThroughputMeter, flops_per_token, total_peak_flops
-from hf_clm.training.time_budget import BudgetClock, BudgetStop, budget_schedule
+from hf_clm.training.time_budget import BudgetClock, BudgetStop, budget_schedule, rank_zero_reading
 from hf_clm.training.trackers import TrackerLocations
 
 logger = logging.getLogger(__name__)
@@ -307,7 +307,8 @@ def build_trainer(recipe: Recipe, model: PreTrainedModel, data: TrainingData) ->
     trainer.planned_train_tokens = planned_train_tokens(recipe, data.counts)
     trainer.add_callback(TrackerLocations(trainer))
     if recipe.run_args.max_train_seconds is not None:
-        trainer.budget_clock = BudgetClock(trainer.meter.train_seconds, recipe.run_args.max_train_seconds)
+        trainer.budget_clock = BudgetClock(trainer.meter.train_seconds, recipe.run_args.max_train_seconds,
+                                           rank_zero_reading(trainer.accelerator))
         trainer.add_callback(BudgetStop(trainer.budget_clock, trainer.callback_handler))
     return trainer
 
