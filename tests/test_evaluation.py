@@ -14,14 +14,13 @@ from hf_clm.evaluation.scoring import (
     blocks_scores,
     evaluate_rolling,
     perplexity_from_loss,
-    rolling_windows,
     score_rows,
     shifted_targets,
     stream_scores,
-    strided_windows,
-    token_text,
     unigram_scores,
 )
+from hf_clm.evaluation.token_text import token_text
+from hf_clm.evaluation.windows import rolling_windows, strided_windows
 from hf_clm.model.build import build_model
 from hf_clm.recipe.schema import ModelArguments
 

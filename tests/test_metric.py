@@ -11,7 +11,8 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, Trainer, Tr
 
 from hf_clm.commands.cli import main
 from hf_clm.errors import HfClmError
-from hf_clm.evaluation.scoring import blocks_scores, score_rows, shifted_targets, token_text
+from hf_clm.evaluation.scoring import blocks_scores, score_rows, shifted_targets
+from hf_clm.evaluation.token_text import token_text
 from hf_clm.evaluation.metric import METRIC_PATH, compute_metrics, score_rows_preprocessor, texts_figures
 from hf_clm.training.trainer import TOKEN_WEIGHTED_LOSS, corpus_figures
 

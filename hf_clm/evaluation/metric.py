@@ -35,7 +35,8 @@ from transformers import EvalPrediction, PreTrainedTokenizerBase
 
 from hf_clm.errors import HfClmError
 from hf_clm.evaluation.perplexity import perplexity_row
-from hf_clm.evaluation.scoring import Scores, rows_from_states, shifted_targets, token_text
+from hf_clm.evaluation.scoring import Scores, rows_from_states, shifted_targets
+from hf_clm.evaluation.token_text import token_text
 from hf_clm.model.build import load_for_inference
 
 METRIC_PATH = str(Path(__file__).resolve())

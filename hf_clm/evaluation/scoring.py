@@ -27,7 +27,6 @@ import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -35,13 +34,14 @@ import torch.nn.functional as F
 from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from hf_clm.data.attention import attention_scope, document_position_ids
 from hf_clm.data.collator import IGNORE_INDEX
 from hf_clm.errors import HfClmError
 from hf_clm.data.tokenizer import document_prefix
 from hf_clm.evaluation.processes import ONE_PROCESS, Processes
+from hf_clm.evaluation.token_text import TokenText, token_text
+from hf_clm.evaluation.windows import Window, batched, rolling_windows, strided_windows
 
 # Logit elements computed at once (32M = 128 MB in float32): GPT-2's 50,257-token vocabulary at
 # batch 8 x 1,024 positions would otherwise need 1.6 GB, twice over inside cross-entropy. Smaller
@@ -109,49 +109,6 @@ class Scores:
 
 # --- what each token stands for ---------------------------------------------------------------
 
-@dataclass(frozen=True)
-class TokenText:
-    """UTF-8 bytes and characters each vocabulary id stands for (0 for special tokens)."""
-
-    bytes: torch.Tensor
-    chars: torch.Tensor
-
-
-def token_bytes(token: str, byte_level: bool) -> bytes:
-    """The bytes one vocabulary entry decodes to, without the context-dependent clean-ups of
-    ``decode`` (byte-level BPE maps each byte to one printable character; SentencePiece writes a
-    space as '▁' and unknown bytes as '<0xNN>')."""
-    if byte_level:
-        return bytes(byte_decoder()[c] for c in token)
-    match = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", token)
-    if match:
-        return bytes([int(match.group(1), 16)])
-    return token.replace("▁", " ").encode("utf-8")
-
-
-@lru_cache(maxsize=1)
-def byte_decoder() -> dict[str, int]:
-    return {c: b for b, c in bytes_to_unicode().items()}
-
-
-def is_byte_level(tokenizer: PreTrainedTokenizerBase) -> bool:
-    return '"ByteLevel"' in tokenizer.backend_tokenizer.to_str()
-
-
-def token_text(tokenizer: PreTrainedTokenizerBase) -> TokenText:
-    vocab = tokenizer.get_vocab()
-    size = max(len(tokenizer), max(vocab.values()) + 1)
-    n_bytes, n_chars = np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64)
-    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
-    added = set(tokenizer.added_tokens_decoder)
-    byte_level = is_byte_level(tokenizer)
-    for token, index in vocab.items():
-        if index in special:
-            continue
-        raw = token.encode("utf-8") if index in added else token_bytes(token, byte_level)
-        n_bytes[index] = len(raw)
-        n_chars[index] = sum((b & 0xC0) != 0x80 for b in raw)  # bytes that start a UTF-8 character
-    return TokenText(torch.from_numpy(n_bytes), torch.from_numpy(n_chars))
 
 
 # --- the scoring core -------------------------------------------------------------------------
@@ -255,44 +212,6 @@ def blocks_scores(model, blocks: Dataset, text: TokenText | None = None, batch_s
     return result
 
 
-@dataclass(frozen=True)
-class Window:
-    """Rows of ``sequence[begin:end]`` scoring the targets ``sequence[i + 1]`` for i in [first, end)."""
-
-    sequence: int
-    begin: int
-    end: int
-    first: int
-
-
-def strided_windows(n_tokens: int, window: int, stride: int) -> Iterator[Window]:
-    """The Hugging Face guide's windows over one stream, each target counted once: a window of
-    ``window`` tokens predicts its last ``window - 1``; the part already scored is context."""
-    scored_until = 1  # the stream's first token has no context
-    for begin in range(0, n_tokens, stride):
-        end = min(begin + window, n_tokens)
-        if end - begin >= 2 and end > scored_until:
-            yield Window(0, begin, end - 1, max(scored_until - 1, begin))
-            scored_until = end
-        if end == n_tokens:
-            return
-
-
-def rolling_windows(sequence: int, n_tokens: int, window: int) -> Iterator[Window]:
-    """lm-evaluation-harness's rolling windows over ``prefix + document`` (``n_tokens`` document
-    tokens): each window predicts up to ``window`` new tokens, with as much left context as fits."""
-    predicted = 0
-    while predicted < n_tokens:
-        end = predicted + min(window, n_tokens - predicted)  # input positions [begin, end) predict tokens
-        yield Window(sequence, max(0, end - window), end, predicted)
-        predicted = end
-
-
-def batched(windows: Sequence[Window], batch_size: int) -> Iterator[list[Window]]:
-    """Batches of windows of similar length (longest first), so little padding is computed."""
-    order = sorted(windows, key=lambda w: w.end - w.begin, reverse=True)
-    for start in range(0, len(order), batch_size):
-        yield order[start:start + batch_size]
 
 
 def window_rows(sequences: Sequence[torch.Tensor], windows: list[Window], pad_id: int

@@ -28,7 +28,8 @@ from hf_clm.training.distributed import (
 )
 from hf_clm.training.divergence import DivergenceGuard
 from hf_clm.errors import HfClmError, first_line
-from hf_clm.evaluation.scoring import NLL, TARGETS, TokenText, perplexity_from_loss, token_text, trainer_scores
+from hf_clm.evaluation.scoring import NLL, TARGETS, perplexity_from_loss, trainer_scores
+from hf_clm.evaluation.token_text import TokenText, token_text
 from hf_clm.run.figures import logged_figures
 from hf_clm.evaluation.metric import compute_metrics
 from hf_clm.training.optimizer import MuonFactory, muon_parameter_groups
