@@ -12,6 +12,7 @@ import yaml
 from conftest import REPO, SHARED_DATA, recipe_args, requires_shared_data, run_hf_clm, write_corpus
 
 from hf_clm.planning import rehearsal
+from hf_clm.planning.rehearsal_values import rehearsal_values
 from hf_clm.recipe.parser import parse_recipe
 
 FLAGSHIP = REPO / "recipes" / "gpt2-124m-fineweb.yaml"
@@ -71,15 +72,17 @@ def test_a_rehearsal_replaces_the_last_one_and_nothing_else(tmp_path, hf_clm_mai
 @no_cuda
 @requires_shared_data
 def test_the_flagship_rehearses_on_local_text_without_what_this_machine_cannot_use(monkeypatch, caplog):
-    monkeypatch.setattr(rehearsal, "c_compiler", lambda: None)
-    monkeypatch.setattr(rehearsal, "cpu_has_fast", lambda dtype: False)
-    monkeypatch.setattr(rehearsal, "torch_version", lambda: (2, 3))
+    import hf_clm.planning.rehearsal_values as values_module
+
+    monkeypatch.setattr(values_module, "c_compiler", lambda: None)
+    monkeypatch.setattr(values_module, "cpu_has_fast", lambda dtype: False)
+    monkeypatch.setattr(values_module, "torch_version", lambda: (2, 3))
     local = ["--train_files", str(SHARED_DATA / "tinyshakespeare" / "input.txt"), "--validation_files",
              str(SHARED_DATA / "wikitext-2" / "valid.txt"), "--tokenizer_name_or_path", str(SHARED_DATA / "tiny-gpt2")]
-    with caplog.at_level(logging.WARNING, logger="hf_clm.planning.rehearsal"):
+    with caplog.at_level(logging.WARNING, logger="hf_clm.planning.rehearsal_values"):
         recipe = parse_recipe([str(FLAGSHIP), "--rehearse", "2", *local, "--tf32", "true", "--dataloader_pin_memory",
                                "true", "--attn_implementation", "flash_attention_2", "--report_to", "wandb"],
-                              rehearsal=rehearsal.rehearsal_values)
+                              rehearsal=rehearsal_values)
     args, model, data = recipe.training_args, recipe.model_args, recipe.data_args
     assert args.output_dir.endswith("runs/gpt2-124m-fineweb-rehearsal") and args.max_steps == 2
     assert (args.tf32, args.bf16, args.torch_compile, args.dataloader_pin_memory) == (False, False, False, False)
@@ -98,7 +101,7 @@ def test_a_too_large_batch_is_lowered_to_the_largest_the_plan_fits(tmp_path, cap
     from hf_clm.planning.launch import Device
 
     recipe = parse_recipe([str(small_recipe(tmp_path)), "--rehearse", "2", "--per_device_eval_batch_size", "16"],
-                          rehearsal=rehearsal.rehearsal_values)
+                          rehearsal=rehearsal_values)
     plan, _ = rehearsal.rehearsal_plan(recipe, Device("cpu", 10**12, None))
     small = Device("small cpu", int(plan["memory_per_device"]["total"] / 0.9 * 0.6), None)
     with caplog.at_level(logging.WARNING, logger="hf_clm.planning.rehearsal"):

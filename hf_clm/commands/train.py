@@ -33,7 +33,8 @@ def main(argv: list[str], verbose: bool = False) -> int:
         recipe_parser("train").print_help()
         return 0
     quiet_libraries(verbose)
-    from hf_clm.planning.rehearsal import rehearsal_values, rehearse
+    from hf_clm.planning.rehearsal import rehearse
+    from hf_clm.planning.rehearsal_values import rehearsal_values
     from hf_clm.recipe.parser import flag_names, parse_recipe, split_recipe_argv
     from hf_clm.recipe.schema import SOURCE_KEYS
     from hf_clm.training.distributed import end_with_the_launcher, use_cpu_collectives_without_gpu
