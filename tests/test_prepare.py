@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import recipe_args, run_in_process, write_corpus
+from conftest import lock_held_by_another_process, recipe_args, run_in_process, write_corpus
 from datasets import load_from_disk
 
 from hf_clm.commands.cli import main
@@ -124,10 +124,7 @@ def test_train_reads_every_shard_in_order(sharded):
 def test_sharded_sets_that_train_refuses(sharded, tmp_path, capsys):
     """An incomplete set names the missing shards; a shard of another split or block size is refused
     when it is written; a second writer of one shard meets the shard's lock."""
-    import os
     import shutil
-    import socket
-    import time
 
     root, files, _, target = sharded
     partial = tmp_path / "partial"
@@ -149,11 +146,9 @@ def test_sharded_sets_that_train_refuses(sharded, tmp_path, capsys):
     assert fewer.returncode == 2 and "of a training split of 120 documents, and this recipe's has 60" in fewer.stderr
     over_blocks = run_in_process("prepare", *argv, "--vocab_size", "300", "--tokenizer_only")
     assert over_blocks.returncode == 2 and "holds blocks made with another tokenizer" in over_blocks.stderr
-    lock = partial / ".hf_clm.lock-00001-of-00002"
-    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "locked_at": time.time(),
-                                "command": "hf-clm prepare"}))
-    busy = run_in_process("prepare", *argv, "--shard", "1", "--num_shards", "2")
-    assert busy.returncode == 2 and f"shard 1 of prepared_dataset {partial} is in use by pid {os.getpid()}" in busy.stderr
+    with lock_held_by_another_process(partial, part="00001-of-00002") as holder:
+        busy = run_in_process("prepare", *argv, "--shard", "1", "--num_shards", "2")
+    assert busy.returncode == 2 and f"shard 1 of prepared_dataset {partial} is in use by pid {holder.pid}" in busy.stderr
     assert not (partial / "shard-00001-of-00002.json").exists()
 
 

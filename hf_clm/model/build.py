@@ -21,7 +21,8 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
-from hf_clm.run.artifacts import json_text, output_folder_problem, safetensors_problem, weights_digests
+from hf_clm.run.artifacts import (json_text, output_folder_problem, safetensors_problem, weights_digests,
+                                  with_umask_modes)
 from hf_clm.data.attention import check_document_isolation, record_attention_scope
 from hf_clm.errors import HfClmError, first_line
 from hf_clm.data.sources import MODEL_ALTERNATIVE, offline_hint, require_hub
@@ -258,6 +259,7 @@ def merge_adapter(run_dir: str | Path, output_dir: str | Path | None = None, fla
         merged.save_pretrained(staging)
         read_tokenizer(run_dir).save_pretrained(staging)
         (staging / MERGED_FROM).write_text(json_text({"adapter_sha256": weights_digests(run_dir)}), encoding="utf-8")
+        with_umask_modes(staging)  # mkdtemp's 0700, safetensors' 0600
         replace_folder(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -193,6 +193,22 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+# A rehearsal measures a few steps; more than this is a real run started by mistake.
+REHEARSE_MAX_STEPS = 10_000
+
+
+def rehearse_problem(values: dict[str, Any]) -> str | None:
+    """``rehearse`` K above the recipe's own max_steps, or above REHEARSE_MAX_STEPS: not a rehearsal."""
+    steps, own = values["rehearse"], values.get("max_steps")
+    if isinstance(own, int) and own > 0 and steps > own:
+        return (f"rehearse {steps:,} is more steps than the run itself trains (max_steps {own:,}); rehearse at "
+                f"most {own:,} steps (a rehearsal measures a few)")
+    if steps > REHEARSE_MAX_STEPS:
+        return (f"rehearse must be at most {REHEARSE_MAX_STEPS:,} steps, not {steps:,}: a rehearsal measures a "
+                f"few steps; train the run itself without --rehearse")
+    return None
+
+
 def range_problems(values: dict[str, Any]) -> list[str]:
     return [f"{key} must be {allowed}, not {values[key]!r}" for key, (accepts, allowed) in RANGES.items()
             if values.get(key) is not None and not accepts(values[key])]

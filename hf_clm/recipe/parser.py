@@ -22,6 +22,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from transformers.utils import is_torch_bf16_gpu_available
 
 from hf_clm.run.artifacts import output_folder_problem
+from hf_clm.run.files import REHEARSAL_FILENAME
 from hf_clm.errors import HfClmError, first_line
 from hf_clm.recipe.schema import (
     UNBOUNDED_STEPS,
@@ -43,6 +44,7 @@ from hf_clm.recipe.checks import (
     is_optional,
     range_problems,
     recipe_problems,
+    rehearse_problem,
 )
 from hf_clm.recipe.keys import recipe_key_names, unknown_key_message
 
@@ -296,6 +298,8 @@ def parse_recipe(argv: list[str] | None = None, default_recipe: str | Path | Non
         raise HfClmError(unknown_key_message(flag.lstrip("-").split("=")[0], "the command line"))
     values = resolve_paths({**vars(namespace), **flag_values})
     if rehearsal is not None and (values["rehearse"] or 0) >= 1:  # below 1: a range problem, reported below
+        if problem := rehearse_problem(values):
+            raise HfClmError(problem)
         values = rehearsal(values, flags_given)
     writes = command in RUNNING_COMMANDS
     problems = range_problems(values) + (output_dir_problems(values, command) if writes else [])
@@ -328,6 +332,10 @@ def output_dir_problems(values: dict[str, Any], command: str) -> list[str]:
     if folder in (None, "") and key == "output_dir":
         return ["output_dir is empty; give the folder the run is written to"]
     problem = output_folder_problem(Path(folder)) if folder else None
+    if problem is None and key == "output_dir" and not values.get("rehearse") and \
+            (Path(folder) / REHEARSAL_FILENAME).is_file():
+        return [f"output_dir {folder} is a rehearsal's folder ({REHEARSAL_FILENAME}: trained at a constant rate, "
+                f"on the head of the data); train the run into its own output_dir"]
     return [f"{key} {folder} {problem}; choose another folder"] if problem else []
 
 
