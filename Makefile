@@ -1,7 +1,7 @@
 # make demo   set up .venv and train the embedded default (python-stdlib, ~6 min on 2 CPU cores)
 # make test   set up .venv and run the test suite, both tiers (what CI runs)
 # make test-fast  set up .venv and run the fast tier only (pure functions and in-process tests)
-# make bench  the benchmark table (README's Performance section), written to bench/results.json
+# make bench  the benchmark table (docs/performance.md), written to bench/results.json
 # make gpu-check  on a new GPU machine, first: each speed switch's tokens/s, MFU and memory, GPU vs CPU loss
 VENV ?= .venv
 PYTHON ?= python3

@@ -282,14 +282,14 @@ def test_bfloat16_on_cpu_agrees_with_float32(trained_dir, hf_clm):
         assert result.returncode == 0, result.stderr[-2000:]
         figures[dtype] = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["bfloat16"]["dtype"] == "bfloat16"
-    # bf16 keeps 8 bits of mantissa: within 2% on perplexity and bits per byte (measured: see README)
+    # bf16 keeps 8 bits of mantissa: within 2% on perplexity and bits per byte (measured: see docs/commands/perplexity.md)
     assert figures["bfloat16"]["perplexity"] == pytest.approx(figures["float32"]["perplexity"], rel=2e-2)
     assert figures["bfloat16"]["bits_per_byte"] == pytest.approx(figures["float32"]["bits_per_byte"], rel=2e-2)
     explained = hf_clm("explain", str(run_dir), "the cat sat on a mat", "--dtype", "bfloat16", "--json")
     assert explained.returncode == 0 and json.loads(explained.stdout)["dtype"] == "bfloat16"
 
 
-def station_failing_mid_bar(args):
+def station_failing_mid_bar(argv, verbose=False):
     """A command that fails with a progress bar open, as training does on a full disk."""
     from tqdm.auto import tqdm
 
@@ -299,9 +299,9 @@ def station_failing_mid_bar(args):
 
 
 def test_the_error_is_the_last_line_with_a_progress_bar_open(monkeypatch, capsys):
-    import hf_clm.commands.cli
+    import hf_clm.commands.report
 
-    monkeypatch.setattr(hf_clm.commands.cli, "report_command", station_failing_mid_bar)
+    monkeypatch.setattr(hf_clm.commands.report, "main", station_failing_mid_bar)
     assert main(["report", "run"]) == 2
     err = capsys.readouterr().err
     assert "Training:  30%" in err
@@ -309,7 +309,7 @@ def test_the_error_is_the_last_line_with_a_progress_bar_open(monkeypatch, capsys
 
 
 def test_the_error_is_the_last_line_of_a_process_that_exits_with_a_bar_open(tmp_path):
-    code = ("import sys, hf_clm.commands.cli, test_cli; hf_clm.commands.cli.report_command = test_cli.station_failing_mid_bar; "
+    code = ("import sys, hf_clm.commands.cli, test_cli; hf_clm.commands.report.main = test_cli.station_failing_mid_bar; "
             "sys.exit(hf_clm.commands.cli.main(['report', 'run']))")
     result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=600,
                             cwd=Path(__file__).parent)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.full  # accelerate launches of two processes
 
 PROBE = Path(__file__).parent / "helpers" / "training_probe.py"
 FSDP_CONFIG = REPO / "recipes" / "accelerate" / "fsdp.yaml"
-# The GPU config adapted to CPU by flags: two processes, no bf16 (the README's CPU line).
+# The GPU config adapted to CPU by flags: two processes, no bf16 (the CPU line of docs/distributed.md).
 CPU_FLAGS = ["--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "0"]
 # Within the first epoch (297 blocks of 32, 16 per step): the epoch's short last batch is topped up
 # differently under 2 processes (accelerate's even_batches), as in the DDP test.
@@ -251,7 +251,7 @@ def test_sharded_checkpoints_end_in_one_full_model_that_from_pretrained_loads(sh
 
 
 def export_sharded_checkpoint(checkpoint: Path, out: Path) -> dict[str, torch.Tensor]:
-    """README's way to one model.safetensors from a sharded checkpoint, in one plain process."""
+    """docs/distributed.md's way to one model.safetensors from a sharded checkpoint, in one plain process."""
     from safetensors.torch import load_file
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

@@ -10,9 +10,9 @@ from typing import Any
 
 from hf_clm.errors import HfClmError
 from hf_clm.run.figures import byte_size
-from hf_clm.planning.memory import DEFAULT_MFU, planned_device, planned_launch
-from hf_clm.planning.plan import duration, gib, not_fitting_message, recipe_plan
+from hf_clm.run.verbosity import quiet_libraries
 
+HELP = "size a recipe's run without running it: parameters, memory per device, fit, checkpoint, time"
 PLAN_USAGE = ("%(prog)s RECIPE [--key value ...] [--processes N] [--accelerate_config PATH] "
               "[--gpu NAME | --gpu_memory_gb X --gpu_tflops Y] [--mfu F] [--json]")
 
@@ -22,7 +22,9 @@ class PlanArgumentParser(argparse.ArgumentParser):
         raise HfClmError(f"plan: {message}")
 
 
-def plan_parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
+    from hf_clm.planning.memory import DEFAULT_MFU
+
     parser = PlanArgumentParser(
         prog="hf-clm plan", usage=PLAN_USAGE, allow_abbrev=False,
         description="Size a recipe's run without running it: parameters, FLOPs and tokens, memory per device, "
@@ -59,12 +61,15 @@ def recipe_deepspeed(recipe_argv: list[str]) -> Any:
     return read_recipe_yaml(path).get("deepspeed") if path else None
 
 
-def plan_command(argv: list[str]) -> int:
+def main(argv: list[str], verbose: bool = False) -> int:
+    quiet_libraries(verbose)
+    from hf_clm.planning.memory import planned_device, planned_launch
+    from hf_clm.planning.plan import not_fitting_message, recipe_plan
     from hf_clm.run.artifacts import json_text
     from hf_clm.recipe.keys import unknown_key_problems
     from hf_clm.recipe.parser import parse_recipe
 
-    args, recipe_argv = plan_parser().parse_known_args(argv)
+    args, recipe_argv = parser().parse_known_args(argv)
     device = planned_device(args.gpu, args.gpu_memory_gb, args.gpu_tflops)
     if not 0 < args.mfu <= 1:
         raise HfClmError(f"--mfu must be a fraction in (0, 1], not {args.mfu}")
@@ -81,6 +86,8 @@ def plan_command(argv: list[str]) -> int:
 
 
 def plan_table(plan: dict) -> str:
+    from hf_clm.planning.plan import duration, gib
+
     memory = plan["memory_per_device"]
     steps = f"{plan['steps']:,} steps = {plan['tokens_total']:,} tokens" if plan["steps"] else \
         "steps depend on the corpus (epochs): give max_steps or max_tokens"

@@ -7,7 +7,6 @@ import dataclasses
 import enum
 import functools
 import importlib.util
-import math
 import re
 import types
 import typing
@@ -15,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hf_clm.recipe.ranges import MAX_CONTEXT, SEED, Range, between, finite, range_problems
 from hf_clm.errors import HfClmError
 from hf_clm.recipe.schema import DOCUMENT_SCOPE_KERNELS, MUON, RECIPE_CLASSES, WSD, Recipe, recipe_fields
 from hf_clm.run.files import ADAPTER_CONFIG
@@ -145,51 +145,42 @@ def within_choices(key: str, value: Any, name: str) -> Any:
     return value
 
 
-def finite(value: float) -> bool:
-    return not (math.isnan(value) or math.isinf(value))
-
-
-MAX_SEED = 2**32 - 1  # numpy's and torch's seeds
-# The longest block (and position table) a recipe may ask for: 1M positions, far past any model
-# trained with this package, where a larger number is a typo that would allocate gigabytes.
-MAX_CONTEXT = 1 << 20
-
 # Range of each numeric key the recipe checks: (accepts the value, what is allowed, in words).
 # Checked on the parsed values before any dataclass is built, so before any data work.
-RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    **{key: (lambda v: v >= 1, "an integer >= 1") for key in (
+RANGES: dict[str, Range] = {
+    **{key: Range(lambda v: v >= 1, "an integer >= 1") for key in (
         "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "n_layer",
         "n_head", "n_embd", "tokenize_batch_size", "shuffle_buffer_size", "max_train_samples", "max_eval_samples",
         "preprocessing_num_workers", "lora_r", "save_total_limit")},
-    "block_size": (lambda v: 2 <= v <= MAX_CONTEXT, f"an integer from 2 (one input and one target) to {MAX_CONTEXT:,}"),
-    "n_positions": (lambda v: 2 <= v <= MAX_CONTEXT, f"an integer from 2 to {MAX_CONTEXT:,}"),
-    "seed": (lambda v: 0 <= v <= MAX_SEED, f"an integer from 0 to {MAX_SEED:,} (2**32 - 1)"),
-    "data_seed": (lambda v: 0 <= v <= MAX_SEED, f"an integer from 0 to {MAX_SEED:,} (2**32 - 1)"),
-    "vocab_size": (lambda v: v >= 1, "an integer >= 1"),
-    "validation_split_percentage": (lambda v: 1 <= v <= 99, "an integer from 1 to 99 (perplexity needs held-out "
+    "block_size": between(2, MAX_CONTEXT, f"an integer from 2 (one input and one target) to {MAX_CONTEXT:,}"),
+    "n_positions": between(2, MAX_CONTEXT, f"an integer from 2 to {MAX_CONTEXT:,}"),
+    "seed": SEED,
+    "data_seed": SEED,
+    "vocab_size": Range(lambda v: v >= 1, "an integer >= 1"),
+    "validation_split_percentage": Range(lambda v: 1 <= v <= 99, "an integer from 1 to 99 (perplexity needs held-out "
                                                             "text; to train on every document give validation_files)"),
-    "max_steps": (lambda v: v == -1 or v >= 1, "an integer >= 1, or -1 to train num_train_epochs"),
-    "num_train_epochs": (lambda v: finite(v) and v > 0, "a number > 0"),
-    "learning_rate": (lambda v: finite(v) and v > 0, "a number > 0"),
-    "weight_decay": (lambda v: finite(v) and v >= 0, "a number >= 0"),
-    "max_grad_norm": (lambda v: finite(v) and v >= 0, "a number >= 0 (0 = no clipping)"),
-    "warmup_steps": (lambda v: finite(v) and v >= 0, "a number >= 0"),
-    "adam_beta1": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "adam_beta2": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "adam_epsilon": (lambda v: finite(v) and v > 0, "a number > 0"),
-    "dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "lora_dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "lora_alpha": (lambda v: v > 0, "an integer > 0"),
-    "logging_steps": (lambda v: finite(v) and v > 0, "a number > 0 (below 1: a fraction of the training steps)"),
-    "eval_steps": (lambda v: finite(v) and v > 0, "a number > 0 (below 1: a fraction of the training steps)"),
-    "save_steps": (lambda v: finite(v) and v > 0, "a number > 0 (below 1: a fraction of the training steps)"),
-    "dataloader_num_workers": (lambda v: v >= 0, "an integer >= 0"),
-    "peak_tflops": (lambda v: finite(v) and v > 0, "a number > 0"),
-    "max_tokens": (lambda v: v >= 1, "an integer >= 1"),
-    "max_train_seconds": (lambda v: finite(v) and v > 0, "a number of seconds > 0"),
-    "muon_learning_rate": (lambda v: finite(v) and v > 0, "a number > 0"),
-    "muon_momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "rehearse": (lambda v: v >= 1, "an integer >= 1 (the optimizer steps to rehearse)"),
+    "max_steps": Range(lambda v: v == -1 or v >= 1, "an integer >= 1, or -1 to train num_train_epochs"),
+    "num_train_epochs": Range(lambda v: finite(v) and v > 0, "a number > 0"),
+    "learning_rate": Range(lambda v: finite(v) and v > 0, "a number > 0"),
+    "weight_decay": Range(lambda v: finite(v) and v >= 0, "a number >= 0"),
+    "max_grad_norm": Range(lambda v: finite(v) and v >= 0, "a number >= 0 (0 = no clipping)"),
+    "warmup_steps": Range(lambda v: finite(v) and v >= 0, "a number >= 0"),
+    "adam_beta1": Range(lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "adam_beta2": Range(lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "adam_epsilon": Range(lambda v: finite(v) and v > 0, "a number > 0"),
+    "dropout": Range(lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "lora_dropout": Range(lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "lora_alpha": Range(lambda v: v > 0, "an integer > 0"),
+    "logging_steps": Range(lambda v: finite(v) and v > 0, "a number > 0 (below 1: a fraction of the training steps)"),
+    "eval_steps": Range(lambda v: finite(v) and v > 0, "a number > 0 (below 1: a fraction of the training steps)"),
+    "save_steps": Range(lambda v: finite(v) and v > 0, "a number > 0 (below 1: a fraction of the training steps)"),
+    "dataloader_num_workers": Range(lambda v: v >= 0, "an integer >= 0"),
+    "peak_tflops": Range(lambda v: finite(v) and v > 0, "a number > 0"),
+    "max_tokens": Range(lambda v: v >= 1, "an integer >= 1"),
+    "max_train_seconds": Range(lambda v: finite(v) and v > 0, "a number of seconds > 0"),
+    "muon_learning_rate": Range(lambda v: finite(v) and v > 0, "a number > 0"),
+    "muon_momentum": Range(lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "rehearse": Range(lambda v: v >= 1, "an integer >= 1 (the optimizer steps to rehearse)"),
 }
 
 
@@ -209,9 +200,8 @@ def rehearse_problem(values: dict[str, Any]) -> str | None:
     return None
 
 
-def range_problems(values: dict[str, Any]) -> list[str]:
-    return [f"{key} must be {allowed}, not {values[key]!r}" for key, (accepts, allowed) in RANGES.items()
-            if values.get(key) is not None and not accepts(values[key])]
+def recipe_range_problems(values: dict[str, Any]) -> list[str]:
+    return range_problems(RANGES, values)
 
 
 def recipe_problems(recipe: Recipe) -> list[str]:

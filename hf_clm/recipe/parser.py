@@ -42,7 +42,7 @@ from hf_clm.recipe.checks import (
     field_types,
     integration_problems,
     is_optional,
-    range_problems,
+    recipe_range_problems,
     recipe_problems,
     rehearse_problem,
 )
@@ -302,7 +302,7 @@ def parse_recipe(argv: list[str] | None = None, default_recipe: str | Path | Non
             raise HfClmError(problem)
         values = rehearsal(values, flags_given)
     writes = command in RUNNING_COMMANDS
-    problems = range_problems(values) + (output_dir_problems(values, command) if writes else [])
+    problems = recipe_range_problems(values) + (output_dir_problems(values, command) if writes else [])
     if packages := integration_problems(values) if writes else []:
         raise HfClmError("invalid recipe: " + "; ".join(problems + packages))
     given = {**values, **training_rewrites(values)}

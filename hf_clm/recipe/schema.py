@@ -89,7 +89,7 @@ class ModelArguments:
     load_in_4bit: bool = field(
         default=False,
         metadata={"help": "QLoRA: load model_name_or_path quantized to 4 bits (bitsandbytes, CUDA only; "
-                          "pip install 'hf-clm[qlora]') and train LoRA adapters on it."},
+                          "pip install 'hf-clm[qlora]') and train LoRA adapters on it; needs peft_method lora."},
     )
     bnb_4bit_quant_type: str = field(default="nf4", metadata={"help": "4-bit data type.", "choices": ["nf4", "fp4"]})
     bnb_4bit_compute_dtype: str = field(
@@ -123,7 +123,10 @@ class DataArguments:
     validation_files: list[str] | None = field(
         default=None, metadata={"help": "Validation files, same forms as train_files."}
     )
-    text_column: str = field(default="text", metadata={"help": "Column holding the text."})
+    text_column: str = field(
+        default="text",
+        metadata={"help": "Column holding the text. A missing column is an error listing the columns there are."},
+    )
     sample_by: str = field(
         default="document",
         metadata={"help": "How .txt files become documents: 'document' (one per file), 'paragraph' "
@@ -133,9 +136,9 @@ class DataArguments:
     validation_split_percentage: int = field(
         default=10,
         metadata={"help": "When there is no validation split: N%% (1 to 99) of the training documents are "
-                          "held out, those with the smallest CRC-32 of their text, whatever their order "
-                          "(python-stdlib: about N%% of the files, chosen by a "
-                          "hash of their path)."},
+                          "held out, those with the smallest CRC-32 of their text, whatever their order and the "
+                          "same on every machine; both splits keep the corpus's order (python-stdlib: about N%% "
+                          "of the files, chosen by a hash of their path)."},
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N training documents."}
@@ -143,7 +146,9 @@ class DataArguments:
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N validation documents."}
     )
-    block_size: int = field(default=128, metadata={"help": "Tokens per training block."})
+    block_size: int = field(
+        default=128, metadata={"help": "Tokens per training block. Larger than the model's context is an error."}
+    )
     preprocessing_num_workers: int | None = field(
         default=None, metadata={"help": "Processes for tokenization (datasets.map num_proc)."}
     )
@@ -177,12 +182,15 @@ class DataArguments:
 class RunArguments:
     max_tokens: int | None = field(
         default=None,
-        metadata={"help": "Training budget in tokens instead of max_steps: max_steps becomes max_tokens / "
-                          "(global batch x block_size), rounded up."},
+        metadata={"help": "Training budget in tokens instead of max_steps (setting both is an error): max_steps "
+                          "becomes max_tokens / (global batch x block_size), rounded up. The recipe records "
+                          "max_tokens, so a resumed run derives the same steps and its learning-rate schedule "
+                          "matches the checkpoint's."},
     )
     max_train_seconds: float | None = field(
         default=None,
-        metadata={"help": "Training budget in seconds instead of max_steps/max_tokens (evaluation and saving "
+        metadata={"help": "Training budget in seconds instead of max_steps/max_tokens (setting another length "
+                          "too is an error; evaluation and saving "
                           "excluded, continued on resume): training ends when another step would pass it, and "
                           "the learning-rate schedule (warm-up, decay) follows the fraction of the budget used, "
                           "so a run ends its decay on any machine. warmup_steps is then a fraction (< 1)."},
@@ -196,7 +204,8 @@ class RunArguments:
     muon_momentum: float = field(default=0.95, metadata={"help": "optim: muon: Muon's Nesterov momentum."})
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Train into an output_dir that holds a finished run or checkpoints, replacing them."},
+        metadata={"help": "Train into an output_dir that holds a finished run or checkpoints, replacing them. "
+                          "Without it, such an output_dir is an error."},
     )
     merge_adapter: bool = field(
         default=False,
@@ -210,14 +219,15 @@ class RunArguments:
     peak_tflops: float | None = field(
         default=None,
         metadata={"help": "Peak dense TFLOP/s of one device, for model FLOPs utilisation (MFU); known "
-                          "NVIDIA GPUs are looked up when unset."},
+                          "NVIDIA GPUs (H100, H200, A100, L4, ...; bf16 data-sheet figures) are looked up when unset."},
     )
     rehearse: int | None = field(
         default=None,
         metadata={"help": "Rehearse the run on this machine instead of training it: K optimizer steps of the "
                           "recipe's model and batch on the head of its (local) data, a checkpoint, a resume from "
                           "it, one evaluation of a few batches, then measured step time and peak memory beside "
-                          "the plan's (hf-clm plan); written to OUTPUT_DIR-rehearsal, nothing marked finished."},
+                          "the plan's (hf-clm plan); written to OUTPUT_DIR-rehearsal, nothing marked finished. At "
+                          "least 1."},
     )
 
 
