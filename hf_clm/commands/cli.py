@@ -10,7 +10,9 @@ from types import ModuleType
 
 from hf_clm import __version__
 from hf_clm.commands import explain, generate, merge, perplexity, plan, prepare, push, report, train
+from hf_clm.commands.arguments import CommandArgumentParser
 from hf_clm.errors import HfClmError
+from hf_clm.run.secrets import masked_text
 from hf_clm.run.verbosity import VERBOSE_FLAG, configure_logging, split_verbose
 
 COMMANDS: dict[str, ModuleType] = {
@@ -23,7 +25,7 @@ HELP_NOTES = {"train": "; 'hf-clm train --help' lists every recipe key",
 
 
 def top_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-clm", description="Causal language modeling on the Hugging Face stack.")
+    parser = CommandArgumentParser(prog="hf-clm", description="Causal language modeling on the Hugging Face stack.")
     parser.add_argument("--version", action="version", version=f"hf-clm {__version__}")
     parser.add_argument(VERBOSE_FLAG, action="store_true",
                         help="show the libraries' warnings, notices and loading bars (anywhere on the command line)")
@@ -65,11 +67,12 @@ def live_progress_bars() -> list:
 
 def print_error(message: str) -> None:
     """The error line, as the last line on stderr: an open progress bar would redraw itself after
-    it (when it is collected, or at exit), so every bar is closed first."""
+    it (when it is collected, or at exit), so every bar is closed first. Every error of every
+    command passes here, argparse's included: token values are masked here, once."""
     for bar in live_progress_bars():
         bar.close()
     if os.environ.get("LOCAL_RANK", "0") == "0":  # under a launcher, once per machine, not once per process
-        print(f"hf-clm: error: {message}", file=sys.stderr)
+        print(f"hf-clm: error: {masked_text(message)}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

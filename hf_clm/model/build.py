@@ -186,10 +186,14 @@ def is_adapter_dir(path: Path) -> bool:
 def load_adapter_model(path: Path, **kwargs) -> PreTrainedModel:
     from peft import AutoPeftModelForCausalLM
 
+    base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if isinstance(base, str) and base.startswith(("/", "./", "../", "~")) and not Path(base).expanduser().exists():
+        raise HfClmError(f"the base model folder {base} named in {path / ADAPTER_CONFIG} is missing (moved or "
+                         f"deleted); put the base model back there, or set base_model_name_or_path in "
+                         f"{ADAPTER_CONFIG} to where it is now")
     try:
         return AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
-        base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
         raise HfClmError(f"cannot load the base model '{base}' of the adapter in {path}: "
                          f"{first_line(err)}") from None
 

@@ -12,6 +12,7 @@ import ast
 import difflib
 import functools
 import importlib.util
+import re
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,10 @@ def yaml_keys(path: Path) -> list[Any]:
     import yaml
 
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+        text = path.read_text(encoding="utf-8-sig")
+        if re.search(r"^\s*<<\s*:", text, re.MULTILINE):
+            return []  # a merge key: the full parser refuses it, naming its line
+        values = yaml.safe_load(text)
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return []
     return [key for key in values if key != PEFT_SECTION_KEY] if isinstance(values, dict) else []
@@ -63,6 +67,9 @@ def yaml_keys(path: Path) -> list[Any]:
 
 def unknown_key_problems(argv: list[str]) -> list[str]:
     """The flags and recipe-file keys of ``train``/``prepare`` that are no recipe key."""
+    if "--" in argv:
+        return ["'--' is not a recipe key (nothing ends the flags): drop it, and give the recipe file first, "
+                "e.g. 'hf-clm train RECIPE.yaml --key value'"]
     known = {*recipe_key_names(), "help"}
     problems = [unknown_key_message(key, "the command line") for key in map(flag_key, argv)
                 if key is not None and key not in known]

@@ -157,6 +157,9 @@ class UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise HfClmError(f"line {key_node.start_mark.line + 1}: the merge key '<<' is not supported in a "
+                                 f"recipe; write the keys out")
             key = self.construct_object(key_node, deep=deep)
             line = key_node.start_mark.line + 1
             if key in seen:
@@ -173,6 +176,21 @@ def read_recipe_text(path: Path) -> str:
                          f"save it as UTF-8") from None
 
 
+YAML_KEY_LIMIT = 1024  # PyYAML's longest simple key
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's complaint in one line, with the line and column it points at (and a hint for a tab)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or first_line(err)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    if "'\\t'" in problem:
+        problem += " (a tab: YAML indents and separates with spaces only)"
+    elif mark is not None and mark.column > YAML_KEY_LIMIT and "mapping values" in problem:
+        problem = f"a key of more than {YAML_KEY_LIMIT:,} characters (YAML's limit for a key; a lost line break?)"
+    return f"{where}{problem[:200]}"
+
+
 def read_recipe_yaml(path: str | Path) -> dict[str, Any]:
     """The recipe file's values, each checked against its key's type."""
     path = Path(path)
@@ -182,7 +200,7 @@ def read_recipe_yaml(path: str | Path) -> dict[str, Any]:
     try:
         values = yaml.load(text, Loader=UniqueKeyLoader) or {}
     except yaml.YAMLError as err:
-        raise HfClmError(f"recipe {path} is not valid YAML: {first_line(err)}") from None
+        raise HfClmError(f"recipe {path} is not valid YAML: {yaml_problem(err)}") from None
     except HfClmError as err:
         raise HfClmError(f"recipe {path}: {err}") from None
     if not isinstance(values, dict):

@@ -116,6 +116,9 @@ def resume_checkpoint(args: TrainingArguments) -> str | None:
                     found or args.output_dir)
         return str(found) if found else None
     path = Path(wanted)
+    if path.exists() and not path.is_dir():
+        raise HfClmError(f"resume_from_checkpoint {wanted} is a file, not a checkpoint folder; give the folder "
+                         f"(OUTPUT_DIR/checkpoint-N) or 'auto'")
     if not path.is_dir():
         raise HfClmError(f"resume_from_checkpoint {wanted} does not exist; give a checkpoint folder or 'auto'")
     problem = checkpoint_problem(path)
