@@ -45,6 +45,7 @@ from hf_clm.recipe.checks import (
     recipe_range_problems,
     recipe_problems,
     rehearse_problem,
+    tracker_names,
 )
 from hf_clm.recipe.keys import recipe_key_names, unknown_key_message
 
@@ -315,6 +316,7 @@ def parse_recipe(argv: list[str] | None = None, default_recipe: str | Path | Non
             raise HfClmError(f"unexpected argument '{remaining[0]}'; the recipe file must end in .yaml or .yml")
         raise HfClmError(unknown_key_message(flag.lstrip("-").split("=")[0], "the command line"))
     values = resolve_paths({**vars(namespace), **flag_values})
+    values["report_to"] = tracker_names(values["report_to"])
     if rehearsal is not None and (values["rehearse"] or 0) >= 1:  # below 1: a range problem, reported below
         if problem := rehearse_problem(values):
             raise HfClmError(problem)

@@ -17,7 +17,7 @@ from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hf_clm.run.artifacts import disk_full_message, with_umask_modes
-from hf_clm.training.checkpoints import trains_no_further
+from hf_clm.training.checkpoints import damaged_checkpoint, trains_no_further
 from hf_clm.data.collator import run_collator
 from hf_clm.training.distributed import (
     check_parallelism_took_effect,
@@ -102,11 +102,12 @@ class CausalLMTrainer(Trainer):
         return loss, rows, rows
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        with loading_in_saved_form(self.accelerator, resume_from_checkpoint):
+        with loading_in_saved_form(self.accelerator, resume_from_checkpoint), \
+                damaged_checkpoint(resume_from_checkpoint):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-        with loading_in_saved_form(self.accelerator, checkpoint):
+        with loading_in_saved_form(self.accelerator, checkpoint), damaged_checkpoint(checkpoint):
             super()._load_optimizer_and_scheduler(checkpoint)
 
     def _save(self, output_dir: str | None = None, state_dict=None):
