@@ -11,7 +11,7 @@ from types import ModuleType
 from hf_clm import __version__
 from hf_clm.commands import explain, generate, merge, perplexity, plan, prepare, push, report, train
 from hf_clm.commands.arguments import CommandArgumentParser
-from hf_clm.errors import HfClmError
+from hf_clm.errors import HfClmError, first_line
 from hf_clm.run.secrets import masked_text
 from hf_clm.run.verbosity import VERBOSE_FLAG, configure_logging, split_verbose
 
@@ -51,6 +51,23 @@ def unreadable_message(err: OSError) -> str | None:
     return f"{err.filename}: {err.strerror}; check its permissions (or the folder's) and run the command again"
 
 
+def disk_full_in_chain(err: BaseException) -> str | None:
+    """The full-disk line when ``err`` or an error it was raised from or during is a full disk
+    (safetensors reports one in its own error's text)."""
+    from hf_clm.run.artifacts import disk_full_message
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and (message := disk_full_message(err)):
+            return message
+        if any(words in str(err) for words in ("File too large", "No space left", "Disk quota exceeded")):
+            return (f"no space left ({first_line(err)[:160]}); free some space and run the command again "
+                    f"(finished files are written whole or not at all, so a rerun sees no partial result)")
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def live_progress_bars() -> list:
     """The tqdm bars not yet closed, of tqdm and of its subclasses (tqdm.auto, the Hub's)."""
     if "tqdm" not in sys.modules:
@@ -88,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
 
         message = disk_full_message(err) or unreadable_message(err)
         if message is None:
+            raise
+        print_error(message)
+        return 2
+    except Exception as err:  # a library's error over a full disk (datasets, safetensors): the cause, in one line
+        if (message := disk_full_in_chain(err)) is None:
             raise
         print_error(message)
         return 2

@@ -251,13 +251,16 @@ def save_shard(data: PreparedShard, recipe: Recipe, shard: Shard, root: Path) ->
     (root / PREPARED_FILENAME).unlink(missing_ok=True)  # the folder no longer holds one whole preparation
     (root / "dataset_dict.json").unlink(missing_ok=True)
     shutil.rmtree(root / "train", ignore_errors=True)
-    shutil.rmtree(shard.blocks_dir(root), ignore_errors=True)
-    data.blocks["train"].save_to_disk(str(shard.blocks_dir(root)))
-    with_umask_modes(shard.blocks_dir(root))
-    if shard.index == 0:
-        shutil.rmtree(root / VALIDATION_DIRNAME, ignore_errors=True)
-        data.blocks["validation"].save_to_disk(str(root / VALIDATION_DIRNAME))
-        with_umask_modes(root / VALIDATION_DIRNAME)
+    written = [shard.blocks_dir(root)] + ([root / VALIDATION_DIRNAME] if shard.index == 0 else [])
+    try:
+        for folder, split in zip(written, ("train", "validation")):
+            shutil.rmtree(folder, ignore_errors=True)
+            data.blocks[split].save_to_disk(str(folder))
+            with_umask_modes(folder)
+    except BaseException:  # a full disk, a kill: no half-written blocks are left
+        for folder in written:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     write_json(blocks_description(data.tokenizer, data.counts, recipe, dict(data.blocks), shard=shard.index,
                                   num_shards=shard.count, training_documents=data.training_documents,
                                   corpus_digest=data.corpus_digest, shard_digest=data.shard_digest),
