@@ -351,6 +351,8 @@ def output_dir_problems(values: dict[str, Any], command: str) -> list[str]:
     folder = values.get(key)
     if folder in (None, "") and key == "output_dir":
         return ["output_dir is empty; give the folder the run is written to"]
+    if folder and any(char in folder for char in "\n\r"):
+        return [f"{key} {folder!r} holds a line break; choose a folder name without one"]
     problem = output_folder_problem(Path(folder)) if folder else None
     if problem is None and key == "output_dir" and not values.get("rehearse") and \
             (Path(folder) / REHEARSAL_FILENAME).is_file():
