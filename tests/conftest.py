@@ -155,6 +155,23 @@ def train_losses(run_dir: Path) -> list[float]:
     return [entry["loss"] for entry in history if "loss" in entry]
 
 
+@contextlib.contextmanager
+def lock_held_by_another_process(folder: Path, part: str | None = None):
+    """A real process holding ``folder``'s lock (its part ``part``, shared, when given) until the
+    block ends; yields that process."""
+    code = ("import sys; from hf_clm.run.locks import folder_lock\n"
+            f"with folder_lock({str(folder)!r}, 'folder', part={part!r}):\n"
+            "    print('held', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env=subprocess_env({"PYTHONPATH": str(REPO)}))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
 # ---- the command line in process ----------------------------------------------------------------
 
 @dataclass

@@ -64,6 +64,9 @@ def bad_inputs(tmp_path):
     hidden_only = tmp_path / "hidden-only"
     hidden_only.mkdir()
     (hidden_only / ".notes").write_text("a hidden file is not a document")
+    rehearsal_folder = tmp_path / "out-rehearsal"
+    rehearsal_folder.mkdir()
+    (rehearsal_folder / "rehearsal.json").write_text('{"steps": 2, "finished": false}\n')
     fifo = tmp_path / "pipe.txt"
     os.mkfifo(fifo)
     flags = ["--train_files", str(corpus), "--sample_by", "paragraph", "--train_tokenizer", "true",
@@ -192,6 +195,8 @@ def bad_inputs(tmp_path):
         "output_dir a broken link": (["train", *flags, "--output_dir", str(dangling)],
                                      "which does not exist; choose another folder"),
         "output_dir in /proc": (["train", *flags, "--output_dir", "/proc/self/hf_clm_out"], "cannot be written to"),
+        "output_dir with a line break": (["train", *flags, "--output_dir", str(tmp_path / "out\nx")],
+                                         "holds a line break; choose a folder name without one"),
         "output_dir empty": (["train", *flags, "--output_dir", ""], "output_dir is empty"),
         "prepared_dataset is a file": (["prepare", *flags, "--prepared_dataset", str(a_file)],
                                        f"prepared_dataset {a_file} is a file, not a folder"),
@@ -246,6 +251,29 @@ def bad_inputs(tmp_path):
                                   ("rehearse reads local text, and the recipe's corpus is dataset_name "
                                    "HuggingFaceFW/fineweb-edu (streamed from the Hub); pass --train_files FILE (and "
                                    "--validation_files FILE) with a local sample of it")),
+        "rehearse above the run's own steps": (["train", recipe_with(tmp_path, corpus, "rh", max_steps=2),
+                                                "--rehearse", "10"],
+                                               "rehearse 10 is more steps than the run itself trains (max_steps 2)"),
+        "rehearse 10^13": (["train", *flags, "--rehearse", "10000000000000"],
+                           "rehearse must be at most 10,000 steps, not 10,000,000,000,000"),
+        "a real run into a rehearsal's folder": (["train", *flags, "--output_dir", str(rehearsal_folder),
+                                                  "--resume_from_checkpoint", "auto"],
+                                                 "is a rehearsal's folder (rehearsal.json"),
+        # trackers, spelt every way
+        "report_to bogus": (["train", *flags, "--report_to", "bogus"],
+                            "report_to must be none, all, or trackers among azure_ml"),
+        "report_to [bogus]": (["train", *flags, "--report_to", "[tensorboard, bogus]"], "not 'bogus'"),
+        # recipe files and flags that read as something else
+        "a -- before the recipe": (["train", "--", base], "'--' is not a recipe key"),
+        "a tab in the YAML": (["train", write_recipe(tmp_path, "tab", f"train_files: {corpus}\nblock_size:\t32\n")],
+                              "line 2, column 12: found character '\\t' that cannot start any token (a tab"),
+        "a YAML merge key": (["train", write_recipe(tmp_path, "merge", f"common: &c {{block_size: 32}}\n<<: *c\n"
+                                                                      f"train_files: {corpus}\n")],
+                             "merge.yaml: line 2: the merge key '<<' is not supported in a recipe"),
+        "a 1 MB key": (["train", write_recipe(tmp_path, "long", "k" * 1_000_000 + ": 1\n")],
+                       "a key of more than 1,024 characters"),
+        "resume from a file": (["train", *flags, "--resume_from_checkpoint", str(a_file)],
+                               f"resume_from_checkpoint {a_file} is a file, not a checkpoint folder"),
         # keys that do not apply, inputs that are not what they seem
         "muon key without muon": (["train", recipe_with(tmp_path, corpus, "mu", muon_learning_rate=0.02)],
                                   "muon_learning_rate applies to optim: muon only"),
@@ -340,6 +368,11 @@ def command_bad_inputs(tmp_path):
     no_weights = tmp_path / "no-weights"
     AutoModelForCausalLM.from_config(GPT2Config(n_layer=1, n_head=2, n_embd=16)).config.save_pretrained(no_weights)
     (no_weights / "tokenizer_config.json").write_text("{}\n")
+    orphan_adapter = Path(lora_adapter(shutil.copytree(checkpoint, tmp_path / "gone-base"), tmp_path / "orphan"))
+    word_level_model(tmp_path / "orphan-words")  # the adapter's own tokenizer, as a LoRA run saves it
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tmp_path / "orphan-words" / name, orphan_adapter)
+    shutil.rmtree(tmp_path / "gone-base")  # the base model folder moved away after training
     one_byte = tmp_path / "one-byte.txt"
     one_byte.write_text("a")
     blank = tmp_path / "blank.txt"
@@ -376,6 +409,18 @@ def command_bad_inputs(tmp_path):
                                               "holds the run directory"),
         "merge over another model": (["merge", lora, "--output", checkpoint],
                                      "already holds files (config.json"),
+        "a comparison report into one of its runs": (["report", str(finished_run), str(finished_run),
+                                                      "--output", str(finished_run)], "is a run directory"),
+        "a LoRA whose local base folder is gone": (["generate", str(orphan_adapter), "hello"],
+                                                   f"the base model folder {tmp_path / 'gone-base'} named in "),
+        # argparse's own errors, one line each
+        "perplexity --limit 1.5": ([*perplexity, "--limit", "1.5"],
+                                   "--limit must be an integer, not '1.5'; see 'hf-clm perplexity --help'"),
+        "perplexity --sample_by sentence": ([*perplexity, "--sample_by", "sentence"],
+                                            "--sample_by must be one of document, paragraph, line, not 'sentence'"),
+        "report without a run": (["report"], "hf-clm report needs RUN_DIR; see 'hf-clm report --help'"),
+        "an unknown flag": ([*generate, "--bogus", "1"], "hf-clm generate: unrecognized arguments: --bogus 1"),
+        "an unknown command": (["bogus"], "COMMAND must be one of train, prepare"),
         # numeric flags, in the libraries' ranges
         "seed -1": ([*generate, "--seed", "-1"], "--seed must be an integer from 0 to 4,294,967,295, not -1"),
         "seed 2**40": ([*generate, "--seed", str(2 ** 40)],
@@ -475,6 +520,14 @@ def publish_bad_inputs(tmp_path):
                                                     "the run was trained from scratch and has no base model"),
         "push --base_model that is no Hub id": (["push", lora, "--base_model", "not/a/hub id", *push],
                                                 "--base_model not/a/hub id is not a Hub model id"),
+        "push --license not a license": (["push", scratch, "--repo-id", "tester/x", "--license", "not a license",
+                                          "--dry_run"], "license 'not a license' is not a license id the Hub accepts"),
+        "push --license MIT": (["push", scratch, "--repo-id", "tester/x", "--license", "MIT", "--dry_run"],
+                               "license 'MIT' is spelt 'mit' on the Hub (lowercase)"),
+        "push --license with a newline": (["push", scratch, "--repo-id", "tester/x", "--license", "mit\nextra: 1",
+                                           "--dry_run"], "is not a license id the Hub accepts"),
+        "push --revision bad..branch": (["push", scratch, *push, "--revision", "bad..branch", "--dry_run"],
+                                        "--revision 'bad..branch' is not a valid git branch name"),
         "push_to_hub without a license": (train, "push_to_hub publishes the model: set its license in the recipe"),
         "push_to_hub of an adapter on a local base": ([*train, "--license", "mit", "--model_name_or_path",
                                                        str(checkpoint), "--train_tokenizer", "false",
@@ -668,3 +721,29 @@ def test_pipeline_bad_inputs_name_what_is_missing(tmp_path, capsys, monkeypatch)
     assert not failures, "\n".join(map(str, failures))
     assert f"its log: {tmp_path / 'a-task-fails' / '.pipeline' / 'logs' / 'task_00000.log'}" in last
     assert (tmp_path / "a-task-fails" / ".pipeline" / "logs" / "task_00000.log").is_file()
+
+
+SECRET = "hf_SECRETsecret1234567890"
+
+
+def test_no_error_line_shows_a_token(tmp_path, capsys):
+    """A token typed where it does not belong (every command's unknown-flag path) or given a wrong
+    type in a recipe is masked in every message, argparse's included."""
+    corpus = tmp_path / "ok.txt"
+    corpus.write_text("\n\n".join(make_documents(20)))
+    unknown_flag = [["push", str(tmp_path), "--repo-id", "me/t", "--license", "mit", "--hub_token", SECRET],
+                    *([command, str(tmp_path), *extra, "--hub_token", SECRET] for command, extra in
+                      (("perplexity", ["--data", str(corpus)]), ("generate", ["hi"]), ("explain", ["hi"]),
+                       ("report", []), ("merge", []))),
+                    ["merge", str(tmp_path), f"--hub-token={SECRET}"],
+                    ["train", str(corpus), "--my_token", SECRET],
+                    ["prepare", "--my-token", SECRET, "--train_files", str(corpus)],
+                    ["bogus", "--hub_token", SECRET]]
+    recipes = [["train", recipe_with(tmp_path, corpus, f"secret{i}", hub_token=value)]
+               for i, value in enumerate(([SECRET], {"a": SECRET}, [{"x": [SECRET]}]))]
+    recipes.append(["train", write_recipe(tmp_path, "bare", f"train_files: {corpus}\nhub_token: [{SECRET}]\n")])
+    for argv in unknown_flag + recipes:
+        code = main(argv)
+        out, err = capsys.readouterr()
+        assert code == 2 and err.strip().splitlines()[-1].startswith("hf-clm: error: "), (argv, err[-300:])
+        assert SECRET not in out + err and SECRET[3:] not in out + err, (argv, err[-300:])

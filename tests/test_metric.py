@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -138,3 +139,18 @@ def test_preprocessor_without_tokenizer_scores_tokens_but_no_bytes(model_dir, bl
     figures = compute_metrics(type("Prediction", (), {"predictions": rows.numpy()})())
     assert rows.shape == (2, 5) and figures["tokens"] == 2 * 23
     assert figures["bytes"] == 0 and figures["bits_per_byte"] is None
+
+
+@pytest.mark.parametrize("predictions, message", [
+    ([], "a non-empty list of texts (str), not []"),
+    ([""], "hold no text to score (1 document(s), all empty)"),
+    ([3], "not int (3)"),
+])
+def test_compute_refuses_predictions_with_nothing_to_score(metric, model_dir, predictions, message):
+    with pytest.raises(HfClmError, match=re.escape(message)):
+        metric.compute(model_id=str(model_dir), predictions=predictions, device="cpu")
+
+
+def test_compute_refuses_a_window_that_is_no_integer(metric, model_dir):
+    with pytest.raises(HfClmError, match=re.escape("window must be an integer, not '64'")):
+        metric.compute(model_id=str(model_dir), predictions=["some text"], device="cpu", window="64")

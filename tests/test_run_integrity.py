@@ -24,6 +24,7 @@ from conftest import (
     REPO,
     SHARED_DATA,
     hf_clm_command,
+    lock_held_by_another_process,
     recipe_args,
     requires_shared_data,
     run_hf_clm,
@@ -328,11 +329,10 @@ def test_a_second_training_into_a_busy_output_dir_is_refused_and_a_stale_lock_ta
 def test_prepare_into_a_locked_folder_names_the_holder(corpus, tmp_path, hf_clm):
     target = tmp_path / "blocks"
     target.mkdir()
-    (target / LOCK_FILENAME).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                                    "locked_at": time.time(), "command": "hf-clm prepare"}))
     args = recipe_args(corpus, tmp_path / "run", "--prepared_dataset", str(target))
-    result = hf_clm("prepare", *args)
-    assert result.returncode == 2 and f"is in use by pid {os.getpid()}" in last_line(result)
+    with lock_held_by_another_process(target) as holder:
+        result = hf_clm("prepare", *args)
+    assert result.returncode == 2 and f"is in use by pid {holder.pid}" in last_line(result)
     assert not (target / "prepared.json").exists()
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (target / LOCK_FILENAME).write_text(json.dumps({"pid": int(gone.stdout), "host": socket.gethostname(),

@@ -4,6 +4,7 @@ import, the model and device flags, output folders, and flag ranges through :mod
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from hf_clm.errors import HfClmError
@@ -12,9 +13,32 @@ from hf_clm.run.artifacts import output_folder_problem
 from hf_clm.run.files import PERPLEXITY_FILENAME
 
 
+class CommandArgumentParser(argparse.ArgumentParser):
+    """Every command's parser (and the top one): a usage error is one line ``hf-clm: error: ...``
+    saying what is wrong and where the flags are listed, not argparse's usage block."""
+
+    def error(self, message: str):
+        raise HfClmError(flag_error_line(message, self.prog))
+
+
+def flag_error_line(message: str, prog: str) -> str:
+    """argparse's complaint as one line: ``--limit must be an integer, not '1.5'; see 'hf-clm perplexity --help'``."""
+    see = f"see '{prog} --help'"
+    bad = re.match(r"argument ([^/:\s]+)[^:]*: invalid (int|float) value: (.*)$", message)
+    if bad:
+        return f"{bad[1]} must be {'an integer' if bad[2] == 'int' else 'a number'}, not {bad[3]}; {see}"
+    choice = re.match(r"argument ([^/:\s]+)[^:]*: invalid choice: (.*?) \(choose from (.*)\)$", message)
+    if choice:
+        return f"{choice[1]} must be one of {choice[3].replace(chr(39), '')}, not {choice[2]}; {see}"
+    required = re.match(r"the following arguments are required: (.*)$", message)
+    if required:
+        return f"{prog} needs {required[1]}; {see}"
+    return f"{prog}: {message}; {see}"
+
+
 def command_parser(name: str, description: str, **kwargs) -> argparse.ArgumentParser:
     """The parser of ``hf-clm NAME``: every command builds its own with this."""
-    return argparse.ArgumentParser(prog=f"hf-clm {name}", description=description, **kwargs)
+    return CommandArgumentParser(prog=f"hf-clm {name}", description=description, **kwargs)
 
 
 def check_recipe_keys(argv: list[str], own_flags: tuple[str, ...] = ()) -> None:

@@ -10,7 +10,9 @@ from types import ModuleType
 
 from hf_clm import __version__
 from hf_clm.commands import explain, generate, merge, perplexity, plan, prepare, push, report, train
-from hf_clm.errors import HfClmError
+from hf_clm.commands.arguments import CommandArgumentParser
+from hf_clm.errors import HfClmError, first_line
+from hf_clm.run.secrets import masked_text
 from hf_clm.run.verbosity import VERBOSE_FLAG, configure_logging, split_verbose
 
 COMMANDS: dict[str, ModuleType] = {
@@ -26,7 +28,7 @@ HELP_NOTES = {"train": "; 'hf-clm train --help' lists every recipe key",
 
 
 def top_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-clm", description="Causal language modeling on the Hugging Face stack.")
+    parser = CommandArgumentParser(prog="hf-clm", description="Causal language modeling on the Hugging Face stack.")
     parser.add_argument("--version", action="version", version=f"hf-clm {__version__}")
     parser.add_argument(VERBOSE_FLAG, action="store_true",
                         help="show the libraries' warnings, notices and loading bars (anywhere on the command line)")
@@ -73,6 +75,23 @@ def rendezvous_message(err: RuntimeError) -> str | None:
             f"ddp_timeout sets how long to wait)")
 
 
+def disk_full_in_chain(err: BaseException) -> str | None:
+    """The full-disk line when ``err`` or an error it was raised from or during is a full disk
+    (safetensors reports one in its own error's text)."""
+    from hf_clm.run.artifacts import disk_full_message
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and (message := disk_full_message(err)):
+            return message
+        if any(words in str(err) for words in ("File too large", "No space left", "Disk quota exceeded")):
+            return (f"no space left ({first_line(err)[:160]}); free some space and run the command again "
+                    f"(finished files are written whole or not at all, so a rerun sees no partial result)")
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def live_progress_bars() -> list:
     """The tqdm bars not yet closed, of tqdm and of its subclasses (tqdm.auto, the Hub's)."""
     if "tqdm" not in sys.modules:
@@ -89,11 +108,12 @@ def live_progress_bars() -> list:
 
 def print_error(message: str) -> None:
     """The error line, as the last line on stderr: an open progress bar would redraw itself after
-    it (when it is collected, or at exit), so every bar is closed first."""
+    it (when it is collected, or at exit), so every bar is closed first. Every error of every
+    command passes here, argparse's included: token values are masked here, once."""
     for bar in live_progress_bars():
         bar.close()
     if os.environ.get("LOCAL_RANK", "0") == "0":  # under a launcher, once per machine, not once per process
-        print(f"hf-clm: error: {message}", file=sys.stderr)
+        print(f"hf-clm: error: {masked_text(message)}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
 
         message = disk_full_message(err) or unreadable_message(err)
         if message is None:
+            raise
+        print_error(message)
+        return 2
+    except Exception as err:  # a library's error over a full disk (datasets, safetensors): the cause, in one line
+        if (message := disk_full_in_chain(err)) is None:
             raise
         print_error(message)
         return 2

@@ -21,6 +21,10 @@ def main(argv: list[str], verbose: bool = False) -> int:
     args = parser().parse_args(argv)
     quiet_libraries(verbose)
     from hf_clm.model.build import merge_adapter
+    from hf_clm.run.locks import folder_lock
 
-    print(merge_adapter(args.run_dir, args.output, flag="--output" if args.output else None))
+    # shared on the run (a training into it holds it exclusively), exclusive among merges of it
+    with folder_lock(args.run_dir, "the run", part="merge"):
+        merged = merge_adapter(args.run_dir, args.output, flag="--output" if args.output else None)
+    print(merged)
     return 0

@@ -116,7 +116,9 @@ def evaluation_text(args: argparse.Namespace) -> tuple[list[str], dict]:
     texts = [t for t in split["text"] if t][:args.limit]
     if not texts:
         raise HfClmError("the evaluation text is empty: no document holds any text")
-    first = f", the first {args.limit:,} documents" if args.limit else ""
+    # the documents actually scored: --limit may name more than there are
+    first = f", the first {len(texts):,} documents" if args.limit and args.limit < len(split) else \
+        (f", all {len(texts):,} documents (--limit {args.limit:,})" if args.limit else "")
     return texts, {"evaluated_on": source + first, "sample_by": sample_by, "limit": args.limit}
 
 

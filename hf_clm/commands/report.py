@@ -24,9 +24,14 @@ def main(argv: list[str], verbose: bool = False) -> int:
     quiet_libraries(verbose)
     from hf_clm.evaluation.report import write_report
 
+    from hf_clm.run.locks import folder_lock
+
     if args.output:
-        check_output_folder(args.output)
+        # a comparison written into a run directory would replace that run's own report
+        check_output_folder(args.output, refuse_run=len(args.run_dirs) > 1)
     output = args.output or (args.run_dirs[0] if len(args.run_dirs) == 1 else "report")
-    for path in write_report(args.run_dirs, output):
+    with folder_lock(output, "--output" if args.output else "report folder", part="report"):
+        paths = write_report(args.run_dirs, output)
+    for path in paths:
         print(path)
     return 0

@@ -29,6 +29,7 @@ from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from hf_clm.errors import HfClmError, first_line
 from hf_clm.data.sources import TOKENIZER_ALTERNATIVE, offline_hint, require_hub
 from hf_clm.recipe.schema import ModelArguments
+from hf_clm.run.artifacts import with_umask_modes
 from hf_clm.run.files import TOKENIZER_FILE
 
 logger = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ def cached_bpe_tokenizer(train: Dataset, vocab_size: int) -> PreTrainedTokenizer
     cache.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=cache.parent))
     tokenizer.save_pretrained(staging)
+    with_umask_modes(staging)
     try:
         os.replace(staging, cache)
     except OSError:  # another process cached the same tokenizer first

@@ -69,6 +69,15 @@ class CorpusPerplexity(evaluate.Metric):
             features=datasets.Features({"predictions": datasets.Value("string")}),
             reference_urls=["https://huggingface.co/docs/transformers/perplexity"])
 
+    def compute(self, *, predictions=None, **kwargs) -> dict:
+        """As ``evaluate``'s, but texts checked first: ``evaluate`` casts 3 to "3" and has no rows for []."""
+        texts = list(predictions) if isinstance(predictions, (list, tuple)) else predictions
+        if not isinstance(texts, list) or not texts or any(not isinstance(text, str) for text in texts):
+            bad = texts if not isinstance(texts, list) else next((t for t in texts if not isinstance(t, str)), None)
+            raise HfClmError("predictions must be a non-empty list of texts (str)" +
+                             (f", not {type(bad).__name__} ({bad!r})" if bad is not None else ", not []"))
+        return super().compute(predictions=texts, **kwargs)
+
     def _compute(self, predictions: list[str], model_id: str, convention: str = "strided", window: int | None = None,
                  stride: int | None = None, batch_size: int = 8, device: str | None = None,
                  dtype: str = "auto") -> dict:
@@ -81,6 +90,14 @@ def texts_figures(texts: list[str], model_id: str, convention: str = "strided", 
     """``hf-clm perplexity``'s row for ``texts``, without its ``model`` key; checked as the command checks."""
     if convention not in CONVENTIONS:
         raise HfClmError(f"convention must be one of {', '.join(CONVENTIONS)}, not {convention!r}")
+    for name, value in (("window", window), ("stride", stride), ("batch_size", batch_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise HfClmError(f"{name} must be an integer, not {value!r}")
+    if not_text := [text for text in texts if not isinstance(text, str)]:
+        raise HfClmError(f"predictions must be texts (str), not {type(not_text[0]).__name__} ({not_text[0]!r})")
+    if not any(text.strip() for text in texts):
+        raise HfClmError(f"predictions hold no text to score ({len(texts)} document(s), all empty); give at least "
+                         f"one non-empty text")
     if batch_size < 1:
         raise HfClmError(f"batch_size must be at least 1, not {batch_size}")
     model, tokenizer = load_for_inference(model_id, device, dtype)

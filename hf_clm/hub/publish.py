@@ -18,6 +18,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import filter_repo_objects, validate_repo_id
 
 from hf_clm.run.artifacts import damaged_weights, finished_marker_problem, read_json, weights_files
+from hf_clm.recipe.licenses import license_problem
 from hf_clm.errors import HfClmError, first_line
 from hf_clm.recipe.schema import PATH_KEYS, PATH_OR_HUB_KEYS
 from hf_clm.run.files import (
@@ -164,7 +165,11 @@ def checked_license(options: PublishOptions, recipe: dict[str, Any]) -> str | No
     if not license_:
         raise HfClmError("no license for the model card: pass --license SPDX-ID (e.g. apache-2.0 or mit; the "
                          "recipe's license key sets it for every push), or --license none to publish without one")
-    return None if license_.lower() == NO_LICENSE else license_
+    if license_.lower() == NO_LICENSE:
+        return None
+    if problem := license_problem(license_):
+        raise HfClmError(f"{problem}; pass --license ID (the recipe's license key sets it for every push)")
+    return license_
 
 
 def model_kind(run_dir: Path, options: PublishOptions, recipe: dict[str, Any]) -> str:

@@ -22,6 +22,7 @@ from hf_clm.errors import HfClmError, first_line
 from hf_clm.run.figures import byte_size
 from hf_clm.data.sources import NETWORK_ERRORS
 from hf_clm.hub.publish import PublishOptions, hub_model_id, publication, upload_operations
+from hf_clm.recipe.licenses import license_problem, revision_problem
 from hf_clm.recipe.schema import Recipe
 from hf_clm.run.files import MODEL_CARD
 
@@ -87,6 +88,8 @@ def checked_publish_recipe(recipe: Recipe) -> None:
         raise HfClmError("push_to_hub publishes the model: set its license in the recipe (license: apache-2.0, or "
                          "another SPDX id), or train without push_to_hub and push with 'hf-clm push RUN --license "
                          "none' to publish it without one")
+    if run.license.lower() != "none" and (problem := license_problem(run.license)):
+        raise HfClmError(f"push_to_hub: {problem}; set the recipe's license key to one")
     if model.peft_method and not run.merge_adapter and not hub_model_id(model.model_name_or_path):
         raise HfClmError(f"push_to_hub: a LoRA adapter on the local model {model.model_name_or_path} cannot be "
                          f"loaded by anyone else; set merge_adapter: true to push the merged model, or train "
@@ -114,6 +117,8 @@ def push_run(run_dir: str | Path, target: PushTarget, token: str | None = None,
     """Upload a finished run's model with its model card; returns the commit URL (with ``dry_run``,
     the list of files it would upload, and no request is made). What is published is checked
     (:func:`hf_clm.hub.publish.publication`) before any request."""
+    if target.revision is not None and (problem := revision_problem(target.revision)):
+        raise HfClmError(problem)
     pub = publication(run_dir, options or PublishOptions())
     repo_id = checked_repo_id(target.repo_id)
     if not dry_run:

@@ -27,6 +27,7 @@ from hf_clm.run.artifacts import (
     stale_temporaries,
     temporary_prefix,
     weights_digests,
+    with_umask_modes,
 )
 from hf_clm.data.attention import check_document_isolation, record_attention_scope
 from hf_clm.errors import HfClmError, first_line
@@ -201,10 +202,14 @@ def is_adapter_dir(path: Path) -> bool:
 def load_adapter_model(path: Path, **kwargs) -> PreTrainedModel:
     from peft import AutoPeftModelForCausalLM
 
+    base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if isinstance(base, str) and base.startswith(("/", "./", "../", "~")) and not Path(base).expanduser().exists():
+        raise HfClmError(f"the base model folder {base} named in {path / ADAPTER_CONFIG} is missing (moved or "
+                         f"deleted); put the base model back there, or set base_model_name_or_path in "
+                         f"{ADAPTER_CONFIG} to where it is now")
     try:
         return AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
-        base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
         raise HfClmError(f"cannot load the base model '{base}' of the adapter in {path}: "
                          f"{first_line(err)}") from None
 
@@ -275,6 +280,7 @@ def merge_adapter(run_dir: str | Path, output_dir: str | Path | None = None, fla
         merged.save_pretrained(staging)
         read_tokenizer(run_dir).save_pretrained(staging)
         (staging / MERGED_FROM).write_text(json_text({"adapter_sha256": weights_digests(run_dir)}), encoding="utf-8")
+        with_umask_modes(staging)  # mkdtemp's 0700, safetensors' 0600
         replace_folder(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -196,6 +196,22 @@ RANGES: dict[str, Range] = {
 }
 
 
+# A rehearsal measures a few steps; more than this is a real run started by mistake.
+REHEARSE_MAX_STEPS = 10_000
+
+
+def rehearse_problem(values: dict[str, Any]) -> str | None:
+    """``rehearse`` K above the recipe's own max_steps, or above REHEARSE_MAX_STEPS: not a rehearsal."""
+    steps, own = values["rehearse"], values.get("max_steps")
+    if isinstance(own, int) and own > 0 and steps > own:
+        return (f"rehearse {steps:,} is more steps than the run itself trains (max_steps {own:,}); rehearse at "
+                f"most {own:,} steps (a rehearsal measures a few)")
+    if steps > REHEARSE_MAX_STEPS:
+        return (f"rehearse must be at most {REHEARSE_MAX_STEPS:,} steps, not {steps:,}: a rehearsal measures a "
+                f"few steps; train the run itself without --rehearse")
+    return None
+
+
 def recipe_range_problems(values: dict[str, Any]) -> list[str]:
     return range_problems(RANGES, values)
 
@@ -336,13 +352,35 @@ def installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
+def tracker_names(value: Any) -> str | list[str]:
+    """``report_to`` as Trainer takes it: 'none', 'all', or a list of trackers, whichever way it was
+    spelt (``tensorboard,wandb``, ``[tensorboard]``, a YAML list; '' is 'none')."""
+    if isinstance(value, str):
+        names = [name.strip().strip("'\"") for name in value.strip().strip("[]").split(",")]
+        names = [name for name in names if name]
+        if not names:
+            return "none"
+        return names[0] if len(names) == 1 and names[0] in ("none", "all") else names
+    return [str(name) for name in value] if isinstance(value, (list, tuple)) else value
+
+
+def tracker_problems(report_to: Any) -> list[str]:
+    trackers = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    unknown = [t for t in trackers if t not in TRACKER_PACKAGES and t not in ("none", "all")]
+    if not unknown:
+        return []
+    return [f"report_to must be none, all, or trackers among {', '.join(sorted(TRACKER_PACKAGES))} (a list, or "
+            f"comma-separated), not {', '.join(map(repr, unknown))}"]
+
+
 def integration_problems(values: dict[str, Any]) -> list[str]:
     """Optional packages the recipe's values need (trackers, DeepSpeed, attention kernels), checked
     before anything is built (TrainingArguments itself imports DeepSpeed), with the line that
     installs each."""
     report_to = values.get("report_to") or []
+    if problems := tracker_problems(report_to):
+        return problems
     trackers = [report_to] if isinstance(report_to, str) else list(report_to)
-    problems = []
     for tracker in trackers:
         packages = TRACKER_PACKAGES.get(tracker)
         if packages and not any(installed(p) for p in packages):

@@ -12,6 +12,7 @@ import ast
 import difflib
 import functools
 import importlib.util
+import re
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,10 @@ def yaml_keys(path: Path) -> list[Any]:
     import yaml
 
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+        text = path.read_text(encoding="utf-8-sig")
+        if re.search(r"^\s*<<\s*:", text, re.MULTILINE):
+            return []  # a merge key: the full parser refuses it, naming its line
+        values = yaml.safe_load(text)
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return []
     sections = (PEFT_SECTION_KEY, PREPARE_SECTION_KEY)
@@ -89,6 +93,9 @@ def yaml_keys(path: Path) -> list[Any]:
 def unknown_key_problems(argv: list[str], own_flags: tuple[str, ...] = ()) -> list[str]:
     """The flags and recipe-file keys of ``train``/``prepare`` that are no recipe key (nor one of the
     command's ``own_flags``)."""
+    if "--" in argv:
+        return ["'--' is not a recipe key (nothing ends the flags): drop it, and give the recipe file first, "
+                "e.g. 'hf-clm train RECIPE.yaml --key value'"]
     known = {*accepted_key_names(), "help", *own_flags}
     problems = [PYTHON_CONFIG] if argv and is_python_config(argv[0]) else []
     problems += [unknown_key_message(key, "the command line") for key in map(flag_key, argv)

@@ -21,6 +21,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from hf_clm.run.artifacts import output_folder_problem
+from hf_clm.run.files import REHEARSAL_FILENAME
 from hf_clm.errors import HfClmError, first_line
 from hf_clm.recipe.schema import (
     UNBOUNDED_STEPS,
@@ -41,6 +42,8 @@ from hf_clm.recipe.checks import (
     is_optional,
     recipe_range_problems,
     recipe_problems,
+    rehearse_problem,
+    tracker_names,
 )
 from hf_clm.recipe.aliases import ALIASES, PYTHON_CONFIG, is_python_config, renamed_flags, renamed_values
 from hf_clm.recipe.keys import PREPARE_SECTION_KEY, recipe_key_names, unknown_key_message
@@ -186,6 +189,9 @@ class UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise HfClmError(f"line {key_node.start_mark.line + 1}: the merge key '<<' is not supported in a "
+                                 f"recipe; write the keys out")
             key = self.construct_object(key_node, deep=deep)
             line = key_node.start_mark.line + 1
             if key in seen:
@@ -202,6 +208,21 @@ def read_recipe_text(path: Path) -> str:
                          f"save it as UTF-8") from None
 
 
+YAML_KEY_LIMIT = 1024  # PyYAML's longest simple key
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's complaint in one line, with the line and column it points at (and a hint for a tab)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or first_line(err)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    if "'\\t'" in problem:
+        problem += " (a tab: YAML indents and separates with spaces only)"
+    elif mark is not None and mark.column > YAML_KEY_LIMIT and "mapping values" in problem:
+        problem = f"a key of more than {YAML_KEY_LIMIT:,} characters (YAML's limit for a key; a lost line break?)"
+    return f"{where}{problem[:200]}"
+
+
 def recipe_mapping(path: str | Path) -> dict[str, Any]:
     """The recipe file as YAML read it: a mapping, each key once."""
     path = Path(path)
@@ -213,7 +234,7 @@ def recipe_mapping(path: str | Path) -> dict[str, Any]:
     try:
         values = yaml.load(text, Loader=UniqueKeyLoader) or {}
     except yaml.YAMLError as err:
-        raise HfClmError(f"recipe {path} is not valid YAML: {first_line(err)}") from None
+        raise HfClmError(f"recipe {path} is not valid YAML: {yaml_problem(err)}") from None
     except HfClmError as err:
         raise HfClmError(f"recipe {path}: {err}") from None
     if not isinstance(values, dict):
@@ -350,7 +371,10 @@ def parse_recipe(argv: list[str] | None = None, default_recipe: str | Path | Non
         raise HfClmError(unknown_key_message(flag.lstrip("-").split("=")[0], "the command line"))
     given_paths = {**vars(namespace), **flag_values}
     values = resolve_paths(given_paths)
+    values["report_to"] = tracker_names(values["report_to"])
     if rehearsal is not None and (values["rehearse"] or 0) >= 1:  # below 1: a range problem, reported below
+        if problem := rehearse_problem(values):
+            raise HfClmError(problem)
         values = rehearsal(values, flags_given)
     writes = command in RUNNING_COMMANDS
     problems = recipe_range_problems(values) + (output_dir_problems(values, command) if writes else [])
@@ -384,7 +408,13 @@ def output_dir_problems(values: dict[str, Any], command: str) -> list[str]:
     folder = values.get(key)
     if folder in (None, "") and key == "output_dir":
         return ["output_dir is empty; give the folder the run is written to"]
+    if folder and any(char in folder for char in "\n\r"):
+        return [f"{key} {folder!r} holds a line break; choose a folder name without one"]
     problem = output_folder_problem(Path(folder)) if folder else None
+    if problem is None and key == "output_dir" and not values.get("rehearse") and \
+            (Path(folder) / REHEARSAL_FILENAME).is_file():
+        return [f"output_dir {folder} is a rehearsal's folder ({REHEARSAL_FILENAME}: trained at a constant rate, "
+                f"on the head of the data); train the run into its own output_dir"]
     return [f"{key} {folder} {problem}; choose another folder"] if problem else []
 
 

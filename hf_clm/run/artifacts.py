@@ -52,11 +52,41 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def process_umask() -> int:
+    """The process's umask, read from /proc where it can be (setting it to read it races with threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def umask_file_mode() -> int:
     """The mode ``open()`` gives a new file under the process's umask (0644 under umask 022)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    return 0o666 & ~process_umask()
+
+
+def with_umask_modes(path: str | Path) -> Path:
+    """Give ``path`` and everything below it the modes the umask gives new files and folders (0644
+    and 0755 under umask 022). Libraries write some files their own way (safetensors' ``save_file``
+    0600, ``tempfile.mkdtemp`` 0700): applied after each save, so every file a job writes is as
+    readable as the user's umask says, whichever library wrote it."""
+    path = Path(path)
+    mask = process_umask()
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if item.is_symlink() or not item.exists():
+            continue
+        wanted = (0o777 if item.is_dir() else 0o666) & ~mask
+        try:
+            if item.stat().st_mode & 0o777 != wanted:
+                os.chmod(item, wanted)
+        except OSError:  # another user's file in a shared folder: left as it is
+            continue
+    return path
 
 
 def temporary_prefix(target: Path) -> str:

@@ -1,23 +1,33 @@
-"""Locks: one writer per folder (a run's output_dir, a prepared_dataset target).
+"""Locks: one protocol per folder (a run's output_dir, a prepared_dataset target, a merge's or a
+report's output folder).
 
-The lock is a file created with ``O_EXCL`` in the folder, holding the holder's pid, host and
-command. A second job gets one line naming the holder. A lock whose process is gone (same host,
-pid not running, or running but started after the lock was taken: a reused pid) is stale and
-is taken over, so a job killed with SIGKILL does not block its own restart. So is a lock taken by an
-earlier start of the same Slurm job, on any host: Slurm requeues a job (preemption, ``scontrol
-requeue``) only once every process of its earlier start has ended, and the requeued start may run
-on other nodes.
+Every writer of a folder holds ``fcntl.flock`` on the folder's one lock file, ``.hf_clm.lock``:
+
+* exclusively (``LOCK_EX``) when its job replaces the folder's contents as a whole: a training, a
+  whole ``prepare``, a merge into its output folder, a report into its output folder;
+* shared (``LOCK_SH``) when it writes one part beside others: a shard of a prepared folder
+  (``--shard I --num_shards N``), the tokenizer of a sharded preparation (``--tokenizer_only``).
+  A part writer also holds its part's own lock file, ``.hf_clm.lock-PART``, exclusively, so two
+  writers of one part meet there.
+
+So a whole preparation cannot start while a shard is written (and remove it), a shard cannot
+start while a whole preparation runs (and delete its ``prepared.json``), and two writers of one
+part refuse each other. A job meeting a lock fails at once with one line naming the holder (each
+holder writes its pid, host and command, secrets masked, into the file it holds exclusively). The
+kernel releases a lock when its process ends, however it ends: a SIGKILL leaves a file behind but
+no lock, and the next job takes it over.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import socket
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from hf_clm.errors import HfClmError
@@ -107,40 +117,95 @@ def masked_secrets(argv: list[str]) -> list[str]:
     return masked
 
 
-def try_create(path: Path) -> bool:
+def holder_record() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "locked_at": time.time(),
+            "command": " ".join(["hf-clm", *masked_secrets(sys.argv[1:])])}
+
+
+def locked_file(path: Path, mode: int) -> int | None:
+    """An open descriptor of ``path`` holding ``flock(mode)``, or None when another process holds
+    a conflicting lock. Retried when the file was removed or replaced between opening and locking."""
+    while True:
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(handle, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(handle)
+            return None
+        try:
+            if os.stat(path).st_ino == os.fstat(handle).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
+        os.close(handle)  # the file we locked was unlinked by its last holder: lock the new one
+
+
+def write_record(handle: int, path: Path, folder: Path) -> None:
+    """The holder's record, into the file this process holds exclusively (a stale one is named first)."""
+    previous = read_holder(path)
+    if previous and previous.get("pid") != os.getpid():
+        logger.warning("Taking over the stale lock of %s from %s", folder, describe(previous))
+    os.ftruncate(handle, 0)
+    os.pwrite(handle, json.dumps(holder_record()).encode(), 0)
+
+
+def live_holders(folder: Path) -> list[dict]:
+    """The records in ``folder``'s lock files of processes still running (for the error line)."""
+    holders = []
+    for path in sorted(folder.glob(f"{LOCK_FILENAME}*")):
+        holder = read_holder(path)
+        if holder and not holder_is_gone(holder):
+            holders.append(holder)
+    return holders
+
+
+def in_use_error(folder: Path, what: str, path: Path) -> HfClmError:
+    holders = [read_holder(path) or {}] if path.name != LOCK_FILENAME else live_holders(folder)
+    named = "; ".join(describe(holder) for holder in holders if holder) or "another process"
+    return HfClmError(f"{what} {folder} is in use by {named}; wait for that job to finish (the lock is released "
+                      f"when its process ends)")
+
+
+def release(handle: int, path: Path, exclusive: bool) -> None:
+    """Unlock and close; the lock file is removed by its last holder (when this one, holding it
+    shared, can take it exclusively; a process that opened it meanwhile locks the new one)."""
     try:
-        handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
+        if exclusive or _try_upgrade(handle):
+            path.unlink(missing_ok=True)
+    finally:
+        os.close(handle)
+
+
+def _try_upgrade(handle: int) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
         return False
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "locked_at": time.time(),
-              "command": " ".join(["hf-clm", *masked_secrets(sys.argv[1:])]), **slurm_start()}
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        json.dump(record, stream)
-    return True
 
 
 @contextmanager
 def folder_lock(folder: str | Path, what: str, part: str | None = None):
-    """Hold the lock of ``folder`` (created when missing; removed again on the way out when this
-    job created it and left nothing in it), or of one ``part`` of it (a shard of a prepared
-    folder: writers of different parts run side by side)."""
+    """Hold ``folder``'s lock (created when missing; the folder is removed again on the way out
+    when this job created it and left nothing in it): exclusively, or, for a writer of one
+    ``part`` (a shard, the shared tokenizer), shared with the other parts' writers and with the
+    part's own lock held exclusively."""
     folder = Path(folder)
     created = [p for p in (folder, *folder.parents) if not p.exists()]  # innermost first
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / (LOCK_FILENAME if part is None else f"{LOCK_FILENAME}-{part}")
-    while not try_create(path):
-        holder = read_holder(path)
-        if holder is None:
-            continue  # released between the two calls
-        if holder and not holder_is_gone(holder) or not holder and time.time() - path.stat().st_mtime < 10:
-            raise HfClmError(f"{what} {folder} is in use by {describe(holder)}; wait for that job to finish, or "
-                             f"if it is no longer running delete {path}")
-        logger.warning("Taking over the stale lock of %s from %s", folder, describe(holder))
-        path.unlink(missing_ok=True)
+    main_path = folder / LOCK_FILENAME
+    paths = [(main_path, part is None)] + ([(folder / f"{LOCK_FILENAME}-{part}", True)] if part else [])
     try:
-        yield path
+        with ExitStack() as held:
+            for path, exclusive in paths:
+                handle = locked_file(path, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+                if handle is None:
+                    raise in_use_error(folder, what, path)
+                held.callback(release, handle, path, exclusive)
+                if exclusive:
+                    write_record(handle, path, folder)
+            yield paths[-1][0]
     finally:
-        path.unlink(missing_ok=True)
         for path in created:  # only while empty: a job that failed before writing leaves nothing
             try:
                 path.rmdir()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import pickle
 import shutil
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from hf_clm.run.artifacts import (
     weights_files,
     zip_archive_problem,
 )
-from hf_clm.errors import HfClmError
+from hf_clm.errors import HfClmError, first_line
 from hf_clm.run.files import CARD_TAG, MODEL_CARD, PACKAGE_OUTPUTS, PERPLEXITY_FILENAME, TRAINER_STATE
 
 logger = logging.getLogger(__name__)
@@ -116,6 +118,9 @@ def resume_checkpoint(args: TrainingArguments) -> str | None:
                     found or args.output_dir)
         return str(found) if found else None
     path = Path(wanted)
+    if path.exists() and not path.is_dir():
+        raise HfClmError(f"resume_from_checkpoint {wanted} is a file, not a checkpoint folder; give the folder "
+                         f"(OUTPUT_DIR/checkpoint-N) or 'auto'")
     if not path.is_dir():
         raise HfClmError(f"resume_from_checkpoint {wanted} does not exist; give a checkpoint folder or 'auto'")
     problem = checkpoint_problem(path)
@@ -224,3 +229,22 @@ def finished_summary(output_dir: Path, resume: str | None, args: TrainingArgumen
         return None
     summary = read_json(output_dir / PERPLEXITY_FILENAME, "")
     return summary if summary.get("global_step") == checkpoint_step(resume) else None
+
+
+@contextlib.contextmanager
+def damaged_checkpoint(checkpoint: str | None):
+    """A checkpoint whose files pass the size checks but do not load (flipped bytes in a ``.distcp``
+    or a ``torch.save`` archive): one line naming it, instead of every rank's traceback."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        yield
+    except (CheckpointException, RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as err:
+        if checkpoint is None or isinstance(err, OSError) and err.errno is not None:
+            raise  # a disk or permission failure says itself
+        detail = next((line.strip() for line in str(err).splitlines() if "Error" in line or "failed" in line),
+                      first_line(err))
+        raise HfClmError(f"checkpoint {checkpoint} cannot be loaded ({detail[:200]}): its files are damaged; resume "
+                         f"from an earlier checkpoint (--resume_from_checkpoint {Path(checkpoint).parent}/"
+                         f"checkpoint-N) or delete it and use 'auto'") from None
+

@@ -16,8 +16,8 @@ from transformers import EvalPrediction, PreTrainedModel, Trainer, TrainerState
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from hf_clm.run.artifacts import disk_full_message
-from hf_clm.training.checkpoints import trains_no_further
+from hf_clm.run.artifacts import disk_full_message, with_umask_modes
+from hf_clm.training.checkpoints import damaged_checkpoint, trains_no_further
 from hf_clm.data.collator import run_collator
 from hf_clm.training.distributed import (
     check_parallelism_took_effect,
@@ -105,11 +105,12 @@ class CausalLMTrainer(Trainer):
         return loss, rows, rows
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        with loading_in_saved_form(self.accelerator, resume_from_checkpoint):
+        with loading_in_saved_form(self.accelerator, resume_from_checkpoint), \
+                damaged_checkpoint(resume_from_checkpoint):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-        with loading_in_saved_form(self.accelerator, checkpoint):
+        with loading_in_saved_form(self.accelerator, checkpoint), damaged_checkpoint(checkpoint):
             super()._load_optimizer_and_scheduler(checkpoint)
 
     def _save(self, output_dir: str | None = None, state_dict=None):
@@ -165,7 +166,8 @@ class CausalLMTrainer(Trainer):
     def _save_checkpoint(self, *args, **kwargs):
         with self.meter.paused():
             try:
-                return super()._save_checkpoint(*args, **kwargs)
+                super()._save_checkpoint(*args, **kwargs)
+                with_umask_modes(Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             except (*WRITE_ERRORS, ModelWriteFailed) as err:
                 raise checkpoint_write_error(Path(self.args.output_dir), self.state.global_step, err) from None
 
@@ -175,10 +177,13 @@ class CausalLMTrainer(Trainer):
         sharded with the optimizer state, and the final model is gathered into one full state dict."""
         try:
             if not saves_sharded_checkpoints(self.accelerator):
-                return super().save_model(output_dir, _internal_call)
-            if _internal_call:
-                return self.save_model_description(output_dir or self.args.output_dir)
-            return self._save(output_dir, state_dict=self.accelerator.get_state_dict(self.model))
+                super().save_model(output_dir, _internal_call)
+            elif _internal_call:
+                self.save_model_description(output_dir or self.args.output_dir)
+            else:
+                self._save(output_dir, state_dict=self.accelerator.get_state_dict(self.model))
+            if not _internal_call and self.args.should_save:
+                with_umask_modes(output_dir or self.args.output_dir)
         except WRITE_ERRORS as err:
             reason = disk_full_message(err) if isinstance(err, OSError) else None
             raise ModelWriteFailed(f"saving the model to {self.args.output_dir} failed ({reason or first_line(err)}); "

@@ -1,14 +1,24 @@
 """Fault sweep: SIGKILL a training at many points and fill the disk at several sizes, then rerun
-with ``resume_from_checkpoint: auto`` and check the run directory is trustworthy.
+with ``resume_from_checkpoint: auto`` and check the run directory is trustworthy; then the
+protections of docs/faults.md under real faults: concurrent writers of one folder, a full disk
+during a shard preparation and a merge, damaged bytes read back, and file modes under two umasks.
 
-Usage: python tests/helpers/fault_sweep.py WORK_DIR
+Run by hand (it trains dozens of seconds-long runs and takes many minutes):
+
+    PYTHONPATH=. python tests/helpers/fault_sweep.py WORK_DIR
 
 A fault point survives when, after the fault, (a) the folder holds no finished-run marker unless
 that marker is valid for the weights beside it, and (b) the rerun exits 0 with a valid marker and
-weights byte-identical to an uninterrupted run. Prints one line per point and the counts.
+weights byte-identical to an uninterrupted run. A protection survives when the faulty job ends in
+one ``hf-clm: error:`` line (no traceback), leaves nothing half-written, and the folder is usable
+by the next job. Prints one line per point (survived / FAILED, what happened) and then
+
+    faults tried N, survived S
 """
 
+import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -85,7 +95,88 @@ def main(work: Path) -> None:
               f"{rerun.returncode})", flush=True)
         if not ok:
             print(rerun.stderr[-1500:])
-    print(f"faults tried {len(faults)}, survived {survived}")
+    protections = protection_faults(work, files)
+    for name, ok, what in protections:
+        survived += ok
+        print(f"{'survived' if ok else 'FAILED  '} {name} ({what})", flush=True)
+    print(f"faults tried {len(faults) + len(protections)}, survived {survived}")
+
+
+def hf_clm(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(hf_clm_command(*args), env=ENV, capture_output=True, text=True, **kwargs)
+
+
+def one_line(result: subprocess.CompletedProcess) -> bool:
+    lines = result.stderr.strip().splitlines()
+    return result.returncode == 2 and "Traceback" not in result.stderr and bool(lines) and \
+        lines[-1].startswith("hf-clm: error:")
+
+
+def prepare_args(files, target: Path) -> list[str]:
+    return recipe_args(files, target.parent / "unused", *FLAGS, "--prepared_dataset", str(target))
+
+
+def protection_faults(work: Path, files) -> list[tuple[str, bool, str]]:
+    """(name, survived, what happened) for each protection under its fault."""
+    results = []
+    # concurrent writers: a whole preparation and a shard started together into one folder
+    for first, second in ((["--shard", "0", "--num_shards", "2"], []), ([], ["--shard", "0", "--num_shards", "2"])):
+        target = work / f"race-{len(first)}"
+        a = subprocess.Popen(hf_clm_command("prepare", *prepare_args(files, target), *first), env=ENV,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)  # inside its work, holding the lock
+        b = hf_clm("prepare", *prepare_args(files, target), *second)
+        a_err = a.communicate()[1]
+        one_refused = (a.returncode == 0) != (b.returncode == 0) and ("in use by" in b.stderr or "in use by" in a_err)
+        readable = hf_clm("train", *recipe_args(files, work / f"race-run-{len(first)}", *FLAGS, "--max_steps", "2",
+                                                "--prepared_dataset", str(target)))
+        ok = (one_refused or a.returncode == b.returncode == 0) and readable.returncode in (0, 2) and \
+            "Traceback" not in readable.stderr
+        results.append((f"{'shard' if first else 'whole'} prepare, then {'whole' if first else 'shard'} prepare "
+                        f"into one folder", ok, f"exits {a.returncode}/{b.returncode}, train from it exit "
+                        f"{readable.returncode}"))
+    # a full disk during a shard preparation, then the rerun
+    for limit in (20_000, 80_000):
+        target = work / f"full-shard-{limit}"
+        result = hf_clm("prepare", *prepare_args(files, target), "--shard", "0", "--num_shards", "2",
+                        preexec_fn=file_size_limit(limit))
+        left = [p.name for p in target.iterdir() if p.name.startswith((".tokenizer", "train-", "validation"))] \
+            if target.exists() else []
+        rerun = hf_clm("prepare", *prepare_args(files, target), "--shard", "0", "--num_shards", "2")
+        results.append((f"full disk at {limit:,} bytes in a shard preparation",
+                        (one_line(result) or result.returncode == 0) and not (result.returncode and left)
+                        and rerun.returncode == 0, f"exit {result.returncode}, left {left}, rerun {rerun.returncode}"))
+    # a full disk during a merge
+    lora = work / "lora"
+    trained = hf_clm("train", *recipe_args(files, lora, *FLAGS, "--max_steps", "2", "--model_name_or_path",
+                                           str(work / "reference"), "--train_tokenizer", "false", "--peft_method",
+                                           "lora", "--lora_r", "2"))
+    for limit in (30_000, 100_000):
+        result = hf_clm("merge", str(lora), preexec_fn=file_size_limit(limit))
+        left = [p.name for p in lora.iterdir() if p.name.startswith(".merged")]
+        results.append((f"full disk at {limit:,} bytes in a merge", trained.returncode == 0 and one_line(result)
+                        and not left and not (lora / "merged").exists(), f"exit {result.returncode}, left {left}"))
+    # damaged bytes read back: a prepared Arrow file, a checkpoint archive whose sizes match
+    target = work / "flipped-blocks"
+    hf_clm("prepare", *prepare_args(files, target))
+    arrow = next((target / "train").glob("*.arrow"))
+    data = bytearray(arrow.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 4] = (1_000_000).to_bytes(4, "little")
+    arrow.write_bytes(bytes(data))
+    result = hf_clm("train", *recipe_args(files, work / "flipped-run", *FLAGS, "--prepared_dataset", str(target)))
+    results.append(("flipped bytes in a prepared Arrow file", one_line(result) and "flipped-blocks" in result.stderr,
+                    result.stderr.strip().splitlines()[-1][:120] if result.stderr.strip() else ""))
+    # file modes under two umasks (safetensors writes 0600, mkdtemp 0700)
+    for umask in (0o022, 0o002):
+        out = work / f"umask-{umask:03o}"
+        hf_clm("train", *recipe_args(files, out / "run", *FLAGS, "--max_steps", "10"), preexec_fn=lambda m=umask: os.umask(m))
+        hf_clm("merge", str(lora), "--output", str(out / "merged"), preexec_fn=lambda m=umask: os.umask(m))
+        hf_clm("prepare", *prepare_args(files, out / "blocks"), preexec_fn=lambda m=umask: os.umask(m))
+        wrong = [str(p) for p in out.rglob("*") if stat.S_IMODE(p.stat().st_mode) !=
+                 ((0o777 if p.is_dir() else 0o666) & ~umask)]
+        results.append((f"file modes under umask {umask:03o}", not wrong and any(out.rglob("*.safetensors")),
+                        f"{len(wrong)} wrong" + (f", e.g. {wrong[0]}" if wrong else "")))
+    return results
 
 
 if __name__ == "__main__":
