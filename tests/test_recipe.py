@@ -9,7 +9,9 @@ import yaml
 
 from hf_clm.errors import HfClmError
 from hf_clm.recipe.schema import save_recipe
-from hf_clm.recipe.parser import parse_recipe, read_recipe_yaml, resolve_paths
+from hf_clm.recipe.parser import parse_recipe
+from hf_clm.recipe.paths import resolve_paths
+from hf_clm.recipe.yaml_file import read_recipe_yaml
 from hf_clm.run.files import RECIPE_FILENAME
 
 REPO = Path(__file__).resolve().parent.parent

@@ -20,7 +20,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str], verbose: bool = False) -> int:
     args = parser().parse_args(argv)
     quiet_libraries(verbose)
-    from hf_clm.model.build import merge_adapter
+    from hf_clm.model.merge import merge_adapter
     from hf_clm.run.locks import folder_lock
 
     # shared on the run (a training into it holds it exclusively), exclusive among merges of it

@@ -58,7 +58,8 @@ def known_names() -> list[str]:
 
 def recipe_deepspeed(recipe_argv: list[str]) -> Any:
     """The recipe file's deepspeed key: read here, as TrainingArguments would import deepspeed for it."""
-    from hf_clm.recipe.parser import read_recipe_yaml, split_recipe_argv
+    from hf_clm.recipe.parser import split_recipe_argv
+    from hf_clm.recipe.yaml_file import read_recipe_yaml
 
     path, _ = split_recipe_argv(recipe_argv, "plan")
     return read_recipe_yaml(path).get("deepspeed") if path else None

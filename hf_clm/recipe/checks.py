@@ -4,196 +4,17 @@ each other. Every problem is a message naming the key, the value and what is all
 from __future__ import annotations
 
 import dataclasses
-import enum
-import functools
 import importlib.util
-import re
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
-from hf_clm.recipe.ranges import MAX_CONTEXT, SEED, Range, between, finite, range_problems
+from hf_clm.recipe.ranges import RANGES, range_problems
 from hf_clm.errors import HfClmError
 from hf_clm.recipe.mixture import mixture_sources
-from hf_clm.recipe.schema import DOCUMENT_SCOPE_KERNELS, MUON, WSD, Recipe, recipe_classes, recipe_fields
+from hf_clm.recipe.schema import DOCUMENT_SCOPE_KERNELS, WSD, Recipe
 from hf_clm.run.files import ADAPTER_CONFIG
 
 
-@functools.cache
-def field_types(classes: tuple[type, ...] | None = None) -> dict[str, Any]:
-    """Each recipe key's declared type (from the annotations: HfArgumentParser narrows ``Field.type``),
-    of every recipe class or of ``classes`` only (the data classes: no TrainingArguments, no torch)."""
-    classes = classes or recipe_classes()
-    hints: dict[str, Any] = {}
-    for cls in classes:
-        hints.update(typing.get_type_hints(cls))
-    return {f.name: hints[f.name] for f in recipe_fields(classes)}
-
-
-def type_members(kind) -> tuple:
-    origin = typing.get_origin(kind)
-    return typing.get_args(kind) if origin in (typing.Union, types.UnionType) else (kind,)
-
-
-def is_optional(kind) -> bool:
-    return type(None) in type_members(kind)
-
-
-def coerce_value(value: Any, kind) -> Any:
-    """``value`` as the type member ``kind`` accepts it, or ValueError. Strings are read as on the
-    command line (PyYAML reads `3e-4` as text)."""
-    origin = typing.get_origin(kind)
-    if kind is type(None):
-        if value is None:
-            return None
-    elif kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.strip().lower() in ("true", "yes", "1")
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
-            return int(value)
-    elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif kind is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-    elif isinstance(kind, type) and issubclass(kind, enum.Enum):
-        choices = [member.value for member in kind]
-        if value is False and "no" in choices:  # YAML 1.1 reads an unquoted `no` as false
-            return "no"
-        if isinstance(value, str) and value in choices:
-            return value
-    elif origin is typing.Literal:
-        if value in typing.get_args(kind):
-            return value
-    elif origin is list and typing.get_origin((typing.get_args(kind) or (None,))[0]) is dict:
-        if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
-            return value  # a list of mappings (mixture:), each checked by its own key's rules
-    elif origin is list or kind is list:
-        items = [value] if isinstance(value, str) else value  # `train_files: data.txt` means a list of one
-        if isinstance(items, list) and items and all(
-                isinstance(item, (str, int, float)) and not isinstance(item, bool) for item in items):
-            return [str(item) for item in items]
-    elif origin is dict or kind is dict:
-        if isinstance(value, dict):
-            return value
-    else:
-        return value  # a type the recipe does not check (e.g. accelerate's ParallelismConfig)
-    raise ValueError(value)
-
-
-def kind_words(kind) -> str:
-    origin = typing.get_origin(kind)
-    if kind is type(None):
-        return "null"
-    if isinstance(kind, type) and issubclass(kind, enum.Enum):
-        return "one of " + ", ".join(str(member.value) for member in kind)
-    if origin is typing.Literal:
-        return "one of " + ", ".join(map(str, typing.get_args(kind)))
-    if origin is list and typing.get_origin((typing.get_args(kind) or (None,))[0]) is dict:
-        return "a list of mappings"
-    if origin is list or kind is list:
-        return "text or a list of text"
-    if origin is dict or kind is dict:
-        return "a mapping"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "text"}.get(kind, str(kind))
-
-
-def shown_value(value: Any) -> str:
-    return "an empty value" if value is None else repr(value)
-
-
-def checked_value(key: str, value: Any, name: str | None = None, classes: tuple[type, ...] | None = None) -> Any:
-    """The recipe value converted to the key's type; HfClmError naming the key (as the recipe spells it,
-    ``name``), the value and what is allowed. ``classes``: the dataclasses the key is one of (default:
-    every recipe class)."""
-    name = name or key
-    if key == "optim" and value == MUON:  # not one of transformers' OptimizerNames: the package's own
-        return value
-    members = type_members(field_types(classes)[key])
-    if any(isinstance(m, type) and issubclass(m, enum.Enum) for m in members):
-        members = tuple(m for m in members if m is not str)  # `IntervalStrategy | str`: the str is a member's name
-    if isinstance(value, bool):  # true/false means a bool where the key takes one
-        members = sorted(members, key=lambda m: m is not bool)
-    for member in members:
-        try:
-            return within_choices(key, coerce_value(value, member), name, classes)
-        except ValueError:
-            continue
-    if value is None:
-        raise HfClmError(f"{name} has no value; give {kind_words(members[0])} or remove the line")
-    allowed = " or ".join(dict.fromkeys(kind_words(m) for m in members))
-    ranged = f" ({RANGES[key].allowed})" if key in RANGES else ""
-    unset = "; remove the line for its default" if isinstance(value, str) and value.strip().lower() in (
-        "none", "null") else ""
-    raise HfClmError(f"{name} must be {allowed}, not {shown_value(value)}{ranged}{unset}")
-
-
-@functools.cache
-def field_choices(classes: tuple[type, ...] | None = None) -> dict[str, list]:
-    """The keys whose values are declared on their field (``metadata={"choices": [...]}``)."""
-    return {f.name: f.metadata["choices"] for f in recipe_fields(classes) if "choices" in f.metadata}
-
-
-def within_choices(key: str, value: Any, name: str, classes: tuple[type, ...] | None = None) -> Any:
-    """The value, when its field declares choices and it is one of them (or unset)."""
-    choices = field_choices(classes).get(key)
-    if value is not None and choices is not None and value not in choices:
-        raise HfClmError(f"{name} must be one of {', '.join(map(str, choices))}, not {value!r}")
-    return value
-
-
-# Range of each numeric key the recipe checks: (accepts the value, what is allowed, in words).
-# Checked on the parsed values before any dataclass is built, so before any data work.
-RANGES: dict[str, Range] = {
-    **{key: Range(lambda v: v >= 1, "an integer >= 1") for key in (
-        "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "n_layer",
-        "n_head", "n_embd", "tokenize_batch_size", "shuffle_buffer_size", "max_train_samples", "max_eval_samples",
-        "preprocessing_num_workers", "lora_r", "save_total_limit")},
-    "block_size": between(2, MAX_CONTEXT, f"an integer from 2 (one input and one target) to {MAX_CONTEXT:,}"),
-    "n_positions": between(2, MAX_CONTEXT, f"an integer from 2 to {MAX_CONTEXT:,}"),
-    "seed": SEED,
-    "data_seed": SEED,
-    "vocab_size": Range(lambda v: v >= 1, "an integer >= 1"),
-    "validation_split_percentage": Range(lambda v: 1 <= v <= 99, "an integer from 1 to 99 (perplexity needs held-out "
-                                                            "text; to train on every document give validation_files)"),
-    "max_steps": Range(lambda v: v == -1 or v >= 1, "an integer >= 1, or -1 to train num_train_epochs"),
-    "num_train_epochs": Range(lambda v: finite(v) and v > 0, "a number > 0"),
-    "learning_rate": Range(lambda v: finite(v) and v > 0, "a number > 0"),
-    "weight_decay": Range(lambda v: finite(v) and v >= 0, "a number >= 0"),
-    "max_grad_norm": Range(lambda v: finite(v) and v >= 0, "a number >= 0 (0 = no clipping)"),
-    "warmup_steps": Range(lambda v: finite(v) and v >= 0, "a number >= 0"),
-    "adam_beta1": Range(lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "adam_beta2": Range(lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "adam_epsilon": Range(lambda v: finite(v) and v > 0, "a number > 0"),
-    "dropout": Range(lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "lora_dropout": Range(lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "lora_alpha": Range(lambda v: v > 0, "an integer > 0"),
-    "logging_steps": Range(lambda v: finite(v) and v > 0, "a number > 0 (below 1: a fraction of the training steps)"),
-    "eval_steps": Range(lambda v: finite(v) and v > 0, "a number > 0 (below 1: a fraction of the training steps)"),
-    "save_steps": Range(lambda v: finite(v) and v > 0, "a number > 0 (below 1: a fraction of the training steps)"),
-    "dataloader_num_workers": Range(lambda v: v >= 0, "an integer >= 0"),
-    "peak_tflops": Range(lambda v: finite(v) and v > 0, "a number > 0"),
-    "max_tokens": Range(lambda v: v >= 1, "an integer >= 1"),
-    "max_train_seconds": Range(lambda v: finite(v) and v > 0, "a number of seconds > 0"),
-    "tuned_for_tokens_per_second": Range(lambda v: finite(v) and v > 0, "a number of tokens/s > 0"),
-    "muon_learning_rate": Range(lambda v: finite(v) and v > 0, "a number > 0"),
-    "muon_momentum": Range(lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "rehearse": Range(lambda v: v >= 1, "an integer >= 1 (the optimizer steps to rehearse)"),
-}
 
 
 # A rehearsal measures a few steps; more than this is a real run started by mistake.
@@ -309,8 +130,6 @@ def training_switch_problems(recipe: Recipe) -> list[str]:
             problems.append("lr_scheduler_kwargs decay_ratio needs max_steps, max_tokens or max_train_seconds")
     problems += time_budget_problems(recipe)
     return problems
-
-
 
 
 def changed_keys(values: Any, keys: tuple[str, ...]) -> list[str]:

@@ -30,7 +30,8 @@ from hf_clm.run.figures import console_summary, logged_figures
 from hf_clm.hub.push import PushPlan, push_run, push_target
 from hf_clm.data.sources import check_hub_sources
 from hf_clm.run.locks import folder_lock
-from hf_clm.model.build import build_model, check_4bit_possible, merge_adapter
+from hf_clm.model.build import build_model, check_4bit_possible
+from hf_clm.model.merge import merge_adapter
 from hf_clm.data.prepare import TrainingData, training_data
 from hf_clm.recipe.schema import Recipe, save_recipe
 from hf_clm.evaluation.report import write_report
