@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, IterableDataset
 from datasets.exceptions import DatasetGenerationError
 
+from hf_clm.run.artifacts import disk_full_message
 from hf_clm.errors import HfClmError, first_line
 from hf_clm.data.files import (  # builder_for, expand_files: also read from here by perplexity
     BUILDER_BY_SUFFIX,
@@ -86,6 +87,8 @@ def load_local_files(data: DataArguments, streaming: bool = False) -> DatasetDic
             return load_dataset_rebuilding_cache(builder, data_files=data_files, streaming=streaming, **kwargs)
     except DatasetGenerationError as err:
         cause = err.__cause__ or err
+        if isinstance(cause, OSError) and (full := disk_full_message(cause)):
+            raise HfClmError(f"{full} (the datasets cache, writing the {builder} files as Arrow)") from None
         raise HfClmError(f"cannot read the {builder} files: {first_line(cause)}") from None
 
 

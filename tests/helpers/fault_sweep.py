@@ -119,32 +119,38 @@ def prepare_args(files, target: Path) -> list[str]:
 def protection_faults(work: Path, files) -> list[tuple[str, bool, str]]:
     """(name, survived, what happened) for each protection under its fault."""
     results = []
-    # concurrent writers: a whole preparation and a shard started together into one folder
-    for first, second in ((["--shard", "0", "--num_shards", "2"], []), ([], ["--shard", "0", "--num_shards", "2"])):
-        target = work / f"race-{len(first)}"
-        a = subprocess.Popen(hf_clm_command("prepare", *prepare_args(files, target), *first), env=ENV,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        time.sleep(3)  # inside its work, holding the lock
-        b = hf_clm("prepare", *prepare_args(files, target), *second)
-        a_err = a.communicate()[1]
-        one_refused = (a.returncode == 0) != (b.returncode == 0) and ("in use by" in b.stderr or "in use by" in a_err)
-        readable = hf_clm("train", *recipe_args(files, work / f"race-run-{len(first)}", *FLAGS, "--max_steps", "2",
-                                                "--prepared_dataset", str(target)))
-        ok = (one_refused or a.returncode == b.returncode == 0) and readable.returncode in (0, 2) and \
-            "Traceback" not in readable.stderr
-        results.append((f"{'shard' if first else 'whole'} prepare, then {'whole' if first else 'shard'} prepare "
-                        f"into one folder", ok, f"exits {a.returncode}/{b.returncode}, train from it exit "
-                        f"{readable.returncode}"))
-    # a full disk during a shard preparation, then the rerun
+    # concurrent writers of one folder: each job meets another holding the folder (a real process)
+    for held_part, argv, name in ((None, ["--shard", "0", "--num_shards", "2"], "a shard under a whole prepare"),
+                                  (None, ["--tokenizer_only"], "--tokenizer_only under a whole prepare"),
+                                  ("00001-of-00002", [], "a whole prepare beside a shard being written")):
+        target = work / f"race-{len(results)}"
+        target.mkdir()
+        (target / "keep.txt").write_text("another job's work\n")
+        code = ("import sys; from hf_clm.run.locks import folder_lock\n"
+                f"with folder_lock({str(target)!r}, 'prepared_dataset', part={held_part!r}):\n"
+                "    print('held', flush=True); sys.stdin.read()")
+        holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True, env=ENV)
+        holder.stdout.readline()
+        result = hf_clm("prepare", *prepare_args(files, target), *argv)
+        holder.stdin.close()
+        holder.wait()
+        untouched = sorted(p.name for p in target.iterdir()) == ["keep.txt"]
+        results.append((name, one_line(result) and "in use by" in result.stderr and untouched,
+                        f"exit {result.returncode}, folder untouched: {untouched}"))
+    # a full disk during a shard preparation (a fresh datasets cache: every map is written), then the rerun
     for limit in (20_000, 80_000):
         target = work / f"full-shard-{limit}"
-        result = hf_clm("prepare", *prepare_args(files, target), "--shard", "0", "--num_shards", "2",
-                        preexec_fn=file_size_limit(limit))
+        fresh = {**ENV, "HF_DATASETS_CACHE": str(work / f"cache-{limit}")}
+        result = subprocess.run(hf_clm_command("prepare", *prepare_args(files, target), "--shard", "0",
+                                               "--num_shards", "2"), env=fresh, capture_output=True, text=True,
+                                preexec_fn=file_size_limit(limit))
         left = [p.name for p in target.iterdir() if p.name.startswith((".tokenizer", "train-", "validation"))] \
             if target.exists() else []
-        rerun = hf_clm("prepare", *prepare_args(files, target), "--shard", "0", "--num_shards", "2")
-        results.append((f"full disk at {limit:,} bytes in a shard preparation",
-                        (one_line(result) or result.returncode == 0) and not (result.returncode and left)
+        rerun = subprocess.run(hf_clm_command("prepare", *prepare_args(files, target), "--shard", "0",
+                                              "--num_shards", "2"), env=fresh, capture_output=True, text=True)
+        whole = result.returncode == 0 and (target / "shard-00000-of-00002.json").is_file()  # the limit was enough
+        results.append((f"full disk at {limit:,} bytes in a shard preparation", (whole or one_line(result) and not left)
                         and rerun.returncode == 0, f"exit {result.returncode}, left {left}, rerun {rerun.returncode}"))
     # a full disk during a merge
     lora = work / "lora"
