@@ -136,20 +136,20 @@ def tiny_lora_run(tmp_path, bpe_tokenizer):
 
 
 def test_a_failed_merge_leaves_no_merged_folder(tiny_lora_run, monkeypatch, capsys):
-    import hf_clm.model.build
+    import hf_clm.model.merge
 
     def fail(*_):
         raise HfClmError("no space left writing tokenizer.json")
 
-    monkeypatch.setattr(hf_clm.model.build, "read_tokenizer", fail)  # after the weights are written
+    monkeypatch.setattr(hf_clm.model.merge, "read_tokenizer", fail)  # after the weights are written
     assert main(["merge", str(tiny_lora_run)]) == 2
     assert sorted(p.name for p in tiny_lora_run.iterdir() if p.name.startswith((".", "merged"))) == []
 
 
 def killed_merge(run: Path) -> None:
     """``hf-clm merge run``, SIGKILLed once the merged weights are written, before the tokenizer and the rename."""
-    code = ("import os, signal, sys, hf_clm.model.build; "
-            "hf_clm.model.build.read_tokenizer = lambda *_: os.kill(os.getpid(), signal.SIGKILL); "
+    code = ("import os, signal, sys, hf_clm.model.merge; "
+            "hf_clm.model.merge.read_tokenizer = lambda *_: os.kill(os.getpid(), signal.SIGKILL); "
             "from hf_clm.commands.cli import main; main(['merge', sys.argv[1]])")
     result = subprocess.run([sys.executable, "-c", code, str(run)], check=False, capture_output=True, text=True,
                             timeout=600)
