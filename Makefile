@@ -1,6 +1,6 @@
 # make demo   set up .venv and train the embedded default (python-stdlib, ~6 min on 2 CPU cores)
 # make test   set up .venv and run the test suite, both tiers (what CI runs)
-# make test-fast  set up .venv and run the fast tier only (pure functions and in-process tests)
+# make test-fast  set up .venv and run the fast tier only: tests/unit (pure functions and in-process tests)
 # make bench  the benchmark table (docs/performance.md), written to bench/results.json
 # make gpu-check  on a new GPU machine, first: each speed switch's tokens/s, MFU and memory, GPU vs CPU loss
 VENV ?= .venv
@@ -24,7 +24,7 @@ test: $(BIN)/hf-clm
 	$(BIN)/python -m pytest -q
 
 test-fast: $(BIN)/hf-clm
-	$(BIN)/python -m pytest -q -m "not slow and not full"
+	$(BIN)/python -m pytest -q tests/unit
 
 test-slow: $(BIN)/hf-clm
 	$(BIN)/python -m pytest -q -m slow

@@ -1,0 +1,1 @@
+"""Code shared by a unit test module and its integration half."""
