@@ -20,8 +20,8 @@ from pathlib import Path
 import torch.distributed as dist
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from hf_clm.training import train
 from hf_clm.commands.cli import main
+from hf_clm.training import train
 
 
 def status_kib(field: str) -> int:

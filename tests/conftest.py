@@ -268,7 +268,7 @@ def hub_env(endpoint: str, token: str | None = TOKEN) -> dict[str, str | None]:
 
 
 @pytest.fixture
-def hf_clm(hf_clm_main, monkeypatch):
+def hub_cli(hf_clm_main, monkeypatch):
     """hf_clm(env, *args): the command line in process with ``env`` (from hub_env) in effect for that call."""
     from huggingface_hub import constants
 

@@ -23,7 +23,6 @@ def main(argv: list[str], verbose: bool = False) -> int:
     args = parser().parse_args(argv)
     quiet_libraries(verbose)
     from hf_clm.evaluation.report import write_report
-
     from hf_clm.run.locks import folder_lock
 
     if args.output:

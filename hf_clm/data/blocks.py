@@ -28,11 +28,11 @@ from datasets.distributed import split_dataset_by_node
 from datasets.fingerprint import Hasher
 from transformers import PreTrainedTokenizerBase
 
-from hf_clm.run.artifacts import write_json
+from hf_clm.data.tokenizer import document_prefix
 from hf_clm.errors import first_line
 from hf_clm.recipe.schema import DataArguments
+from hf_clm.run.artifacts import write_json
 from hf_clm.run.files import TOKEN_COUNTS_FILENAME
-from hf_clm.data.tokenizer import document_prefix
 
 logger = logging.getLogger(__name__)
 

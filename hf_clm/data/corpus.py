@@ -21,8 +21,6 @@ import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, IterableDataset
 from datasets.exceptions import DatasetGenerationError
 
-from hf_clm.run.artifacts import disk_full_message
-from hf_clm.errors import HfClmError, first_line
 from hf_clm.data.files import (  # builder_for, expand_files: also read from here by perplexity
     BUILDER_BY_SUFFIX,
     TEXT_BUILDERS,
@@ -34,7 +32,9 @@ from hf_clm.data.files import (  # builder_for, expand_files: also read from her
 )
 from hf_clm.data.heldout import hold_out_by_hash, is_stdlib_validation_file
 from hf_clm.data.sources import DATASET_ALTERNATIVE, offline_hint, require_hub
+from hf_clm.errors import HfClmError, first_line
 from hf_clm.recipe.schema import DataArguments
+from hf_clm.run.artifacts import disk_full_message
 
 logger = logging.getLogger(__name__)
 

@@ -24,11 +24,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hf_clm.data.prepare import check_preparable, print_counts
+from hf_clm.data.blocks import TokenCounts
 from hf_clm.data.parts import parts_without_documents
+from hf_clm.data.prepare import check_preparable, print_counts
 from hf_clm.data.prepared import tokenizer_source
 from hf_clm.data.shards import Shard, decide_tokenizer, prepare_shard, sharded_description
-from hf_clm.data.blocks import TokenCounts
 from hf_clm.errors import HfClmError, first_line
 from hf_clm.recipe.data_recipe import DataRecipe, PrepareArguments
 from hf_clm.recipe.schema import DataArguments, ModelArguments

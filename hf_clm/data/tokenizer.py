@@ -20,14 +20,14 @@ import tempfile
 from pathlib import Path
 
 import datasets
+import transformers
 from datasets import Dataset
 from datasets.fingerprint import Hasher
 from tokenizers import ByteLevelBPETokenizer
-import transformers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from hf_clm.errors import HfClmError, first_line
 from hf_clm.data.sources import TOKENIZER_ALTERNATIVE, offline_hint, require_hub
+from hf_clm.errors import HfClmError, first_line
 from hf_clm.recipe.schema import ModelArguments
 from hf_clm.run.artifacts import with_umask_modes
 from hf_clm.run.files import TOKENIZER_FILE

@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from hf_clm.data.tokenizer import encode_document
 from hf_clm.errors import HfClmError
 from hf_clm.evaluation.scoring import Scores, model_device, next_token_log_probs, score_rows, shifted_targets
 from hf_clm.model.build import context_length
-from hf_clm.data.tokenizer import encode_document
 
 
 @dataclass

@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hf_clm.run.artifacts import read_json, write_atomic, write_json, write_text_atomic
 from hf_clm.errors import HfClmError
+from hf_clm.run.artifacts import read_json, write_atomic, write_json, write_text_atomic
 from hf_clm.run.figures import eval_sets_table, figures_table, fmt, markdown_table, mixture_table
 from hf_clm.run.files import PERPLEXITY_FILENAME, RECIPE_FILENAME, REPORT_JSON, REPORT_MD, TRAINER_STATE
 

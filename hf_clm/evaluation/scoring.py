@@ -37,8 +37,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from hf_clm.data.attention import attention_scope, document_position_ids
 from hf_clm.data.collator import IGNORE_INDEX
-from hf_clm.errors import HfClmError
 from hf_clm.data.tokenizer import document_prefix
+from hf_clm.errors import HfClmError
 from hf_clm.evaluation.processes import ONE_PROCESS, Processes
 from hf_clm.evaluation.token_text import TokenText, token_text
 from hf_clm.evaluation.windows import Window, batched, rolling_windows, strided_windows

@@ -10,10 +10,10 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from hf_clm.run.figures import eval_sets_table, figure_rows, markdown_table, mixture_table
 from hf_clm.hub.publish import Publication
 from hf_clm.recipe.parser import recipe_defaults
 from hf_clm.recipe.schema import DataArguments, ModelArguments, RunArguments
+from hf_clm.run.figures import eval_sets_table, figure_rows, markdown_table, mixture_table
 from hf_clm.run.files import CARD_TAG, CURVES_GLOB
 
 CARD_TAGS = [CARD_TAG, "causal-lm"]

@@ -17,10 +17,11 @@ from huggingface_hub import CommitOperationAdd
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import filter_repo_objects, validate_repo_id
 
-from hf_clm.run.artifacts import damaged_weights, finished_marker_problem, read_json, weights_files
-from hf_clm.recipe.licenses import license_problem
+from hf_clm.data.tokenizer import UnreadableTokenizer, read_tokenizer
 from hf_clm.errors import HfClmError, first_line
+from hf_clm.recipe.licenses import license_problem
 from hf_clm.recipe.schema import PATH_KEYS, PATH_OR_HUB_KEYS
+from hf_clm.run.artifacts import damaged_weights, finished_marker_problem, read_json, weights_files
 from hf_clm.run.files import (
     ADAPTER_CONFIG,
     MERGED_DIRNAME,
@@ -35,7 +36,6 @@ from hf_clm.run.files import (
     TRAINER_STATE,
     TRAINING_ARGS,
 )
-from hf_clm.data.tokenizer import UnreadableTokenizer, read_tokenizer
 
 PORTABLE_RECIPE_HEADER = ("# The recipe of this model. Local paths are given by file name only: point train_files,\n"
                           "# validation_files (and a local model_name_or_path) at your copies before running it.\n")

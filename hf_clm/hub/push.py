@@ -16,14 +16,14 @@ from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from hf_clm.run.artifacts import write_text_atomic
-from hf_clm.hub.card import model_card
-from hf_clm.errors import HfClmError, first_line
-from hf_clm.run.figures import byte_size
 from hf_clm.data.sources import NETWORK_ERRORS
+from hf_clm.errors import HfClmError, first_line
+from hf_clm.hub.card import model_card
 from hf_clm.hub.publish import PublishOptions, hub_model_id, publication, upload_operations
 from hf_clm.recipe.licenses import license_problem, revision_problem
 from hf_clm.recipe.schema import Recipe
+from hf_clm.run.artifacts import write_text_atomic
+from hf_clm.run.figures import byte_size
 from hf_clm.run.files import MODEL_CARD
 
 logger = logging.getLogger(__name__)

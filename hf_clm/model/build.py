@@ -16,15 +16,13 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
-from hf_clm.run.artifacts import (
-    damaged_weights,
-)
 from hf_clm.data.attention import check_document_isolation, record_attention_scope
-from hf_clm.errors import HfClmError, first_line
 from hf_clm.data.sources import MODEL_ALTERNATIVE, offline_hint, require_hub
-from hf_clm.recipe.schema import ModelArguments
-from hf_clm.run.files import ADAPTER_CONFIG, TOKENIZER_FILE
 from hf_clm.data.tokenizer import UnreadableTokenizer, read_tokenizer
+from hf_clm.errors import HfClmError, first_line
+from hf_clm.recipe.schema import ModelArguments
+from hf_clm.run.artifacts import damaged_weights
+from hf_clm.run.files import ADAPTER_CONFIG, TOKENIZER_FILE
 
 logger = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextStreamer, set_seed
 
+from hf_clm.data.tokenizer import encode_document
 from hf_clm.errors import HfClmError
 from hf_clm.model.build import context_length
-from hf_clm.data.tokenizer import encode_document
 
 logger = logging.getLogger(__name__)
 

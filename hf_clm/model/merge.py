@@ -10,7 +10,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-
+from hf_clm.data.tokenizer import read_tokenizer
+from hf_clm.errors import HfClmError
+from hf_clm.model.build import is_adapter_dir, load_adapter_model
 from hf_clm.run.artifacts import (
     json_text,
     output_folder_problem,
@@ -19,10 +21,7 @@ from hf_clm.run.artifacts import (
     weights_digests,
     with_umask_modes,
 )
-from hf_clm.model.build import is_adapter_dir, load_adapter_model
-from hf_clm.errors import HfClmError
 from hf_clm.run.files import ADAPTER_CONFIG, MERGED_DIRNAME, MERGED_FROM, MODEL_CARD, TOKENIZER_FILE
-from hf_clm.data.tokenizer import read_tokenizer
 
 logger = logging.getLogger(__name__)
 

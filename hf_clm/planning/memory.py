@@ -57,6 +57,7 @@ import torch
 
 from hf_clm.planning.launch import Launch
 from hf_clm.recipe.schema import Recipe
+
 STATE_FILE_BYTES = 16 * 1024  # scheduler.pt, trainer_state.json, training_args.bin, one rng_state per process
 LOGITS_FP32_COPIES = 3  # in the loss's backward: the saved log-probabilities and the two gradients
 QUANT_BLOCK, OPTIMIZER_8BIT_BLOCK = 64, 256  # values per fp32 scale: bitsandbytes' 4-bit weights, 8-bit states

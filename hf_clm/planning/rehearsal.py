@@ -31,9 +31,9 @@ import torch
 from transformers import TrainerCallback, set_seed
 from transformers.trainer_utils import SaveStrategy
 
+from hf_clm.errors import HfClmError
 from hf_clm.planning.rehearsal_values import REHEARSAL_SUFFIX
 from hf_clm.run.artifacts import write_json
-from hf_clm.errors import HfClmError
 from hf_clm.run.figures import byte_size, fmt
 from hf_clm.run.files import LOCK_FILENAME, PERPLEXITY_FILENAME, TRAINER_STATE
 from hf_clm.training.record import cpu_model
@@ -69,8 +69,8 @@ class StepTimer(TrainerCallback):
 def rehearse(recipe) -> dict[str, Any]:
     """Run the rehearsal, print its table and return its figures (also in ``rehearsal.json``)."""
     from hf_clm.data.sources import check_hub_sources
-    from hf_clm.run.locks import folder_lock
     from hf_clm.model.build import check_4bit_possible
+    from hf_clm.run.locks import folder_lock
 
     args = recipe.training_args
     if args.world_size > 1:
@@ -141,8 +141,8 @@ def available_memory() -> int:
 def rehearsal_plan(recipe, device) -> tuple[dict, Any]:
     """``hf-clm plan``'s figures for one process of the recipe as rehearsed, on ``device``."""
     from hf_clm.planning.launch import planned_launch
-    from hf_clm.run.gpus import DEFAULT_MFU
     from hf_clm.planning.plan import recipe_plan
+    from hf_clm.run.gpus import DEFAULT_MFU
 
     launch = planned_launch(recipe, 1, None, None)
     return recipe_plan(recipe, launch, device, DEFAULT_MFU)

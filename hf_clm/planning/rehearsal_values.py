@@ -153,7 +153,7 @@ def c_compiler() -> str | None:
 
 
 def bnb_defaults() -> dict[str, Any]:
-    from hf_clm.recipe.schema import ModelArguments
     from hf_clm.recipe.checks import BNB_KEYS
+    from hf_clm.recipe.schema import ModelArguments
 
     return {f.name: f.default for f in dataclasses.fields(ModelArguments) if f.name in BNB_KEYS}

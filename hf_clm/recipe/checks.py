@@ -8,14 +8,11 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from hf_clm.recipe.ranges import RANGES, range_problems
 from hf_clm.errors import HfClmError
 from hf_clm.recipe.mixture import mixture_sources
+from hf_clm.recipe.ranges import RANGES, range_problems
 from hf_clm.recipe.schema import DOCUMENT_SCOPE_KERNELS, WSD, Recipe
 from hf_clm.run.files import ADAPTER_CONFIG
-
-
-
 
 # A rehearsal measures a few steps; more than this is a real run started by mistake.
 REHEARSE_MAX_STEPS = 10_000

@@ -19,7 +19,6 @@ from typing import Any, NamedTuple
 
 from hf_clm.errors import HfClmError
 from hf_clm.recipe.checks import corpus_problems, recipe_range_problems
-from hf_clm.recipe.types import checked_value
 from hf_clm.recipe.keys import PREPARE_SECTION_KEY, flag_key, recipe_key_names, unknown_key_message
 from hf_clm.recipe.parser import (
     COMMAND_DESCRIPTIONS,
@@ -32,9 +31,10 @@ from hf_clm.recipe.parser import (
     replaced_sources,
 )
 from hf_clm.recipe.paths import resolve_paths
-from hf_clm.recipe.yaml_file import read_recipe_yaml, recipe_mapping
 from hf_clm.recipe.ranges import at_least, range_problems
 from hf_clm.recipe.schema import DATA_CLASSES, PATH_KEYS, DataArguments, ModelArguments
+from hf_clm.recipe.types import checked_value
+from hf_clm.recipe.yaml_file import read_recipe_yaml, recipe_mapping
 
 EXECUTORS = ("local", "slurm", "ray")
 

@@ -18,26 +18,32 @@ from typing import Any
 
 from transformers import HfArgumentParser
 
-from hf_clm.run.artifacts import output_folder_problem
-from hf_clm.run.files import REHEARSAL_FILENAME
 from hf_clm.errors import HfClmError, first_line
+from hf_clm.recipe.aliases import ALIASES, PYTHON_CONFIG, is_python_config, renamed_flags
+from hf_clm.recipe.checks import (
+    integration_problems,
+    recipe_problems,
+    recipe_range_problems,
+    rehearse_problem,
+    tracker_names,
+)
+from hf_clm.recipe.keys import unknown_key_message
+from hf_clm.recipe.paths import check_relative_paths, resolve_paths
+from hf_clm.recipe.ranges import RANGES
 from hf_clm.recipe.schema import (
-    UNBOUNDED_STEPS,
     CORPUS_KEYS,
     MUON,
     SOURCE_KEYS,
     TOKENIZER_KEYS,
+    UNBOUNDED_STEPS,
     Recipe,
     package_defaults,
     recipe_classes,
 )
-from hf_clm.recipe.checks import integration_problems, recipe_range_problems, recipe_problems, rehearse_problem, tracker_names
 from hf_clm.recipe.types import field_types, is_optional
-from hf_clm.recipe.aliases import ALIASES, PYTHON_CONFIG, is_python_config, renamed_flags
-from hf_clm.recipe.ranges import RANGES
-from hf_clm.recipe.keys import unknown_key_message
 from hf_clm.recipe.yaml_file import read_recipe_yaml
-from hf_clm.recipe.paths import check_relative_paths, resolve_paths
+from hf_clm.run.artifacts import output_folder_problem
+from hf_clm.run.files import REHEARSAL_FILENAME
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import types
 import typing
 from typing import Any
 
-from hf_clm.recipe.ranges import RANGES
 from hf_clm.errors import HfClmError
+from hf_clm.recipe.ranges import RANGES
 from hf_clm.recipe.schema import MUON, recipe_classes, recipe_fields
 
 

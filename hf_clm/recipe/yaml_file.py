@@ -12,14 +12,11 @@ from typing import Any
 import yaml
 
 from hf_clm.errors import HfClmError, first_line
-from hf_clm.recipe.schema import (
-    PEFT_SECTION,
-)
-from hf_clm.recipe.types import checked_value
 from hf_clm.recipe.aliases import PYTHON_CONFIG, is_python_config, renamed_values
 from hf_clm.recipe.keys import PREPARE_SECTION_KEY, recipe_key_names, unknown_key_message
 from hf_clm.recipe.paths import from_current_directory
-
+from hf_clm.recipe.schema import PEFT_SECTION
+from hf_clm.recipe.types import checked_value
 
 
 def flatten_peft_section(values: dict[str, Any], path: Path) -> dict[str, Any]:

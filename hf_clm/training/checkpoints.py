@@ -12,6 +12,7 @@ from pathlib import Path
 from transformers import TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from hf_clm.errors import HfClmError, first_line
 from hf_clm.run.artifacts import (
     damaged_weights,
     finished_marker_problem,
@@ -20,7 +21,6 @@ from hf_clm.run.artifacts import (
     weights_files,
     zip_archive_problem,
 )
-from hf_clm.errors import HfClmError, first_line
 from hf_clm.run.files import CARD_TAG, MODEL_CARD, PACKAGE_OUTPUTS, PERPLEXITY_FILENAME, TRAINER_STATE
 
 logger = logging.getLogger(__name__)

@@ -25,8 +25,8 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, str_to_bool
 from transformers import PreTrainedModel, TrainingArguments
 
-from hf_clm.training.checkpoints import saved_by_fsdp, sharded_weights
 from hf_clm.errors import HfClmError
+from hf_clm.training.checkpoints import saved_by_fsdp, sharded_weights
 
 
 def env_flag(name: str) -> bool:

@@ -18,9 +18,9 @@ from accelerate.utils import DistributedType
 from transformers import Trainer, TrainerCallback
 
 from hf_clm.data.attention import attention_scope
-from hf_clm.training.optimizer import built_optimizer_name
 from hf_clm.evaluation.report import describe
 from hf_clm.recipe.schema import Recipe
+from hf_clm.training.optimizer import built_optimizer_name
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ import torch
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
-from hf_clm.run.gpus import PEAK_BF16_FLOPS
 from hf_clm.model.build import context_length
 from hf_clm.recipe.schema import RunArguments
+from hf_clm.run.gpus import PEAK_BF16_FLOPS
 
 
 class ThroughputMeter(TrainerCallback, ExportableState):

@@ -10,8 +10,22 @@ from typing import Any
 
 from transformers import PreTrainedModel, TrainingArguments, set_seed
 
-from hf_clm.run.artifacts import write_finished_marker
 from hf_clm.data.blocks import TokenCounts, save_token_counts, scored_text
+from hf_clm.data.corpus import validation_source
+from hf_clm.data.mixture import mixture_validation_text
+from hf_clm.data.prepare import TrainingData, training_data
+from hf_clm.data.sources import check_hub_sources
+from hf_clm.errors import HfClmError
+from hf_clm.evaluation.report import write_report
+from hf_clm.evaluation.scoring import perplexity_from_loss, unigram_scores
+from hf_clm.hub.push import PushPlan, push_run, push_target
+from hf_clm.model.build import build_model, check_4bit_possible
+from hf_clm.model.merge import merge_adapter
+from hf_clm.recipe.schema import Recipe, save_recipe
+from hf_clm.run.artifacts import write_finished_marker
+from hf_clm.run.figures import console_summary, logged_figures
+from hf_clm.run.files import PERPLEXITY_FILENAME
+from hf_clm.run.locks import folder_lock
 from hf_clm.training.checkpoints import (
     check_output_dir,
     clear_incomplete_checkpoints,
@@ -20,22 +34,8 @@ from hf_clm.training.checkpoints import (
     remove_template_card,
     resume_checkpoint,
 )
-from hf_clm.data.corpus import validation_source
-from hf_clm.data.mixture import mixture_validation_text
 from hf_clm.training.distributed import check_launch, check_resume_launch
 from hf_clm.training.divergence import TrainingDiverged
-from hf_clm.errors import HfClmError
-from hf_clm.evaluation.scoring import perplexity_from_loss, unigram_scores
-from hf_clm.run.figures import console_summary, logged_figures
-from hf_clm.hub.push import PushPlan, push_run, push_target
-from hf_clm.data.sources import check_hub_sources
-from hf_clm.run.locks import folder_lock
-from hf_clm.model.build import build_model, check_4bit_possible
-from hf_clm.model.merge import merge_adapter
-from hf_clm.data.prepare import TrainingData, training_data
-from hf_clm.recipe.schema import Recipe, save_recipe
-from hf_clm.evaluation.report import write_report
-from hf_clm.run.files import PERPLEXITY_FILENAME
 from hf_clm.training.record import record_run
 from hf_clm.training.throughput import training_throughput
 from hf_clm.training.trackers import continue_tensorboard_folder

@@ -16,9 +16,16 @@ from transformers import EvalPrediction, PreTrainedModel, Trainer, TrainerState
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from hf_clm.run.artifacts import disk_full_message, with_umask_modes
-from hf_clm.training.checkpoints import damaged_checkpoint, trains_no_further
 from hf_clm.data.collator import run_collator
+from hf_clm.data.prepare import TrainingData
+from hf_clm.errors import HfClmError, first_line
+from hf_clm.evaluation.metric import compute_metrics
+from hf_clm.evaluation.scoring import NLL, TARGETS, perplexity_from_loss, trainer_scores
+from hf_clm.evaluation.token_text import TokenText, token_text
+from hf_clm.recipe.schema import Recipe
+from hf_clm.run.artifacts import disk_full_message, with_umask_modes
+from hf_clm.run.figures import logged_figures
+from hf_clm.training.checkpoints import damaged_checkpoint, trains_no_further
 from hf_clm.training.distributed import (
     check_parallelism_took_effect,
     loading_in_saved_form,
@@ -27,14 +34,7 @@ from hf_clm.training.distributed import (
     with_tied_weights_aliased,
 )
 from hf_clm.training.divergence import DivergenceGuard
-from hf_clm.errors import HfClmError, first_line
-from hf_clm.evaluation.scoring import NLL, TARGETS, perplexity_from_loss, trainer_scores
-from hf_clm.evaluation.token_text import TokenText, token_text
-from hf_clm.run.figures import logged_figures
-from hf_clm.evaluation.metric import compute_metrics
 from hf_clm.training.optimizer import MuonFactory, muon_parameter_groups
-from hf_clm.data.prepare import TrainingData
-from hf_clm.recipe.schema import Recipe
 from hf_clm.training.throughput import ThroughputMeter, flops_per_token, total_peak_flops
 from hf_clm.training.time_budget import BudgetClock, BudgetStop, budget_schedule, rank_zero_reading
 from hf_clm.training.trackers import TrackerLocations

@@ -3,13 +3,16 @@
 keeps the scope."""
 
 import json
+
 import pytest
 from conftest import recipe_args, write_corpus
+
 from hf_clm.data.attention import record_attention_scope
 from hf_clm.evaluation.scoring import blocks_scores
 from hf_clm.model.build import load_for_inference
 from hf_clm.recipe.parser import parse_recipe
 from hf_clm.training.train import run
+
 
 @pytest.fixture(scope="module")
 def document_run(tmp_path_factory, offline_hf_cache):
@@ -17,6 +20,7 @@ def document_run(tmp_path_factory, offline_hf_cache):
     output_dir = root / "run"
     recipe = parse_recipe(recipe_args(write_corpus(root), output_dir, "--attention_scope", "document"))
     return recipe, output_dir, run(recipe)
+
 
 def test_a_document_scope_run_records_it_and_trainer_evaluation_follows_it(document_run):
     recipe, output_dir, summary = document_run

@@ -1,8 +1,10 @@
 """The benchmark runs end to end on tiny inputs (it measures nothing meaningful at this size)."""
 
 import json
+
 import pytest
 from conftest import REPO, requires_shared_data, run_python_module
+
 
 @requires_shared_data
 def test_bench_quick_runs_and_writes_its_table(tmp_path):
@@ -18,6 +20,7 @@ def test_bench_quick_runs_and_writes_its_table(tmp_path):
     assert all(row["ratio"] is None or row["ratio"] > 0 for row in rows)
     assert "| stage | comparison | ratio |" in result.stdout
 
+
 @requires_shared_data
 def test_bench_processes_rows_run_two_processes_and_agree(tmp_path):
     output = tmp_path / "bench.json"
@@ -28,6 +31,7 @@ def test_bench_processes_rows_run_two_processes_and_agree(tmp_path):
     assert perplexity["ratio"] > 0
     assert broadcast["stage"] == "max_train_seconds, 2 CPU processes" and " µs per optimizer step" in broadcast["context"]
 
+
 def test_gpu_check_without_a_gpu_says_so_and_exits_0():
     import torch
 
@@ -37,6 +41,7 @@ def test_gpu_check_without_a_gpu_says_so_and_exits_0():
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("GPU check: not run:") and len(result.stdout.strip().splitlines()) == 1
     assert "CPU build" in result.stdout or "no CUDA GPU is visible" in result.stdout
+
 
 @pytest.mark.slow
 def test_bench_ab_runs_every_switch_alone_against_the_baseline(tmp_path):
@@ -51,7 +56,10 @@ def test_bench_ab_runs_every_switch_alone_against_the_baseline(tmp_path):
     assert all(row["steps"] == 6 and 0 < row["bits_per_char"] < 16 for row in rows)
     assert "| A/B default | + muon |" in result.stdout
 
+
 @requires_shared_data
+
+
 # train runs six Trainers (minutes on 2 busy cores): with the slow tests; data, ddp and checkpoint run above
 @pytest.mark.parametrize("stage_name", ["eval", pytest.param("train", marks=pytest.mark.slow)])
 def test_a_stage_module_gives_rows(stage_name, tmp_path):

@@ -3,6 +3,7 @@
 
 from conftest import run_hf_clm
 
+
 def test_bad_input_as_subprocess_has_no_traceback(tmp_path):
     result = run_hf_clm("train", "--train_files", str(tmp_path / "nothing-*.txt"), "--train_tokenizer", "true",
                     cwd=tmp_path)

@@ -4,13 +4,16 @@ one tokenization convention end to end, other model families, and the bad inputs
 import json
 import os
 from pathlib import Path
+
 import pytest
 import torch
 from conftest import SHARED_DATA, requires_shared_data, run_hf_clm, write_corpus
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config
-from hf_clm.commands.cli import main
 from support.finetune import GPT2_VOCAB, embedding_rows, finetune_args, lora_args, perplexity_of
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config
+
+from hf_clm.commands.cli import main
+
 
 @pytest.fixture(scope="module")
 def gpt2_runs(tmp_path_factory):
@@ -28,11 +31,13 @@ def gpt2_runs(tmp_path_factory):
                               "--merge_adapter", "true")) == 0
     return root, base, corpus
 
+
 def fake_bitsandbytes(root: Path) -> dict[str, str]:
     """An importable (empty) bitsandbytes, so that the missing-GPU check is the one that speaks."""
     (root / "fake" / "bitsandbytes").mkdir(parents=True)
     (root / "fake" / "bitsandbytes" / "__init__.py").write_text("")
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "fake"), os.environ.get("PYTHONPATH", "")])}
+
 
 @requires_shared_data
 def test_full_fine_tune_keeps_the_base_vocabulary_and_tokenizer(gpt2_runs):
@@ -43,6 +48,7 @@ def test_full_fine_tune_keeps_the_base_vocabulary_and_tokenizer(gpt2_runs):
     assert saved.get_vocab() == original.get_vocab() and len(saved) == GPT2_VOCAB
     assert saved.pad_token is None and saved.eos_token == original.eos_token
     assert AutoModelForCausalLM.from_pretrained(run).config.vocab_size == GPT2_VOCAB
+
 
 @requires_shared_data
 def test_lora_adapter_holds_the_lora_matrices_only(gpt2_runs):
@@ -56,6 +62,7 @@ def test_lora_adapter_holds_the_lora_matrices_only(gpt2_runs):
     expected = 4 * summary["trainable_parameters"]  # fp32
     assert abs(adapter.stat().st_size - expected) <= 0.1 * expected, (adapter.stat().st_size, expected)
 
+
 @requires_shared_data
 def test_merged_model_keeps_the_base_vocabulary_and_loads_without_peft(gpt2_runs, capsys):
     root, _, corpus = gpt2_runs
@@ -66,6 +73,7 @@ def test_merged_model_keeps_the_base_vocabulary_and_loads_without_peft(gpt2_runs
     assert len(AutoTokenizer.from_pretrained(merged)) == GPT2_VOCAB
     adapted = perplexity_of(root / "lora", corpus["validation"], capsys)["perplexity"]
     assert perplexity_of(merged, corpus["validation"], capsys)["perplexity"] == pytest.approx(adapted, rel=1e-4)
+
 
 @requires_shared_data
 def test_before_after_in_summary_report_curves_and_card(gpt2_runs):
@@ -91,6 +99,7 @@ def test_before_after_in_summary_report_curves_and_card(gpt2_runs):
         assert "| figure | base model → fine-tuned |" in card
         assert f"Perplexity {base['perplexity']:.1f} → {summary['perplexity']:.1f}" in card
     assert (root / "full" / "curves_by_steps.png").is_file()
+
 
 @pytest.mark.full  # a real process: the fake bitsandbytes is imported from its PYTHONPATH
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without a CUDA GPU")

@@ -3,6 +3,7 @@
 from conftest import run_hf_clm
 from support.generate import prompt_of
 
+
 def test_default_max_new_tokens_on_a_small_model_as_a_subprocess(small_context_model, bpe_tokenizer, tmp_path):
     """Also: the libraries are quiet unless --verbose (their config warnings, "Loading weights" bars)."""
     small_context_model.config.bos_token_id = 10 ** 6  # a config transformers warns about on loading

@@ -2,21 +2,26 @@
 
 import json
 from pathlib import Path
+
 import pytest
 import torch
 from conftest import REPO, recipe_args, requires_shared_data, write_corpus
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
+
 from hf_clm.commands.cli import main
+
 
 def perplexity_of(model_dir: Path, data: Path, capsys) -> float:
     capsys.readouterr()
     assert main(["perplexity", str(model_dir), "--data", str(data), "--json"]) == 0
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])["perplexity"]
 
+
 def lora_flags(base_dir: Path, *extra: str) -> list[str]:
     return ["--model_name_or_path", str(base_dir), "--train_tokenizer", "false", "--peft_method", "lora",
             "--lora_r", "8", "--lora_alpha", "16", "--lora_dropout", "0.0", *extra]
+
 
 @pytest.fixture(scope="module")
 def base_and_adapter(tmp_path_factory, offline_hf_cache):
@@ -27,6 +32,7 @@ def base_and_adapter(tmp_path_factory, offline_hf_cache):
                  *lora_flags(root / "base", "--lora_target_modules", "c_attn", "c_fc", "--merge_adapter", "true")]) == 0
     return root, corpus_b
 
+
 def test_lora_lowers_perplexity_on_the_new_corpus(base_and_adapter, capsys):
     root, corpus_b = base_and_adapter
     before = perplexity_of(root / "base", corpus_b["validation"], capsys)
@@ -34,6 +40,7 @@ def test_lora_lowers_perplexity_on_the_new_corpus(base_and_adapter, capsys):
     assert after < 0.8 * before, (before, after)
     summary = json.loads((root / "adapted" / "perplexity.json").read_text())
     assert 0 < summary["trainable_parameters"] < summary["parameters"] / 5
+
 
 def test_only_adapter_weights_change_and_are_saved_small(base_and_adapter):
     from peft import AutoPeftModelForCausalLM
@@ -49,6 +56,7 @@ def test_only_adapter_weights_change_and_are_saved_small(base_and_adapter):
         key = name if name in tuned else name.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
         assert torch.equal(tuned[key], tensor), name
 
+
 def test_merged_model_loads_without_peft_and_scores_like_base_plus_adapter(base_and_adapter, capsys):
     root, corpus_b = base_and_adapter
     merged = root / "adapted" / "merged"
@@ -60,6 +68,7 @@ def test_merged_model_loads_without_peft_and_scores_like_base_plus_adapter(base_
     assert main(["merge", str(root / "adapted"), "--output", str(root / "merged-again")]) == 0
     assert perplexity_of(root / "merged-again", corpus_b["validation"], capsys) == pytest.approx(adapted, rel=1e-4)
 
+
 def test_target_modules_matching_no_layer_list_the_layers(base_and_adapter, tmp_path, capsys):
     root, corpus_b = base_and_adapter
     code = main(["train", *recipe_args(corpus_b, tmp_path / "run"), *lora_flags(root / "base"),
@@ -68,6 +77,7 @@ def test_target_modules_matching_no_layer_list_the_layers(base_and_adapter, tmp_
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "lora target_modules q_proj, v_proj match no layer of GPT2LMHeadModel" in err
     assert "c_attn, c_fc, c_proj" in err
+
 
 @requires_shared_data
 def test_ci_sized_lora_recipe_on_tiny_gpt2(tmp_path, monkeypatch):

@@ -6,16 +6,19 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+
 import pytest
 from conftest import ONE_THREAD, hf_clm_command, run_hf_clm, subprocess_env
-from hf_clm.training.checkpoints import newest_complete_checkpoint
 from support.mixture import mixture_recipe, write_sources
+
+from hf_clm.training.checkpoints import newest_complete_checkpoint
 
 WEIGHTS = {"words": 0.75, "digits": 0.25}
 
 STEPS = 200
 
 RUN = {"max_steps": STEPS, "save_steps": 20, "eval_steps": STEPS, "logging_steps": 5, "save_total_limit": 3}
+
 
 def kill_after_first_checkpoint(command: list[str], output_dir: Path) -> int:
     process = subprocess.Popen(command, env=subprocess_env(ONE_THREAD), stdout=subprocess.DEVNULL,
@@ -27,6 +30,7 @@ def kill_after_first_checkpoint(command: list[str], output_dir: Path) -> int:
             break
         time.sleep(0.01)
     return process.wait()
+
 
 @pytest.fixture(scope="module")
 def killed_and_resumed(tmp_path_factory):
@@ -43,6 +47,7 @@ def killed_and_resumed(tmp_path_factory):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return root / "whole", killed_dir, step
 
+
 def test_a_resumed_mixture_run_ends_with_the_uninterrupted_weights(killed_and_resumed):
     whole, killed, step = killed_and_resumed
     assert 0 < step < STEPS
@@ -50,6 +55,7 @@ def test_a_resumed_mixture_run_ends_with_the_uninterrupted_weights(killed_and_re
     losses = [{e["step"]: e["loss"] for e in json.loads((d / "trainer_state.json").read_text())["log_history"]
                if "loss" in e and e["step"] > step} for d in (whole, killed)]
     assert losses[0] == losses[1] and len(losses[0]) == (STEPS - step) // 5
+
 
 def test_the_report_and_record_list_each_source(killed_and_resumed):
     whole, _, _ = killed_and_resumed

@@ -4,18 +4,22 @@ through real Trainer runs that resume from a checkpoint."""
 import json
 import math
 import shutil
+
 import pytest
 import torch
 from conftest import recipe_args, write_corpus
+
 from hf_clm.commands.cli import main
 
 SWITCHES = ("--optim", "muon", "--muon_learning_rate", "0.03", "--max_tokens", "5000",
             "--lr_scheduler_type", "warmup_stable_decay", "--lr_scheduler_kwargs", '{"decay_ratio": 0.5}',
             "--bf16", "true", "--attention_scope", "document", "--save_steps", "10", "--eval_steps", "20")
 
+
 def logged(run_dir, key: str) -> dict[int, float]:
     history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
     return {entry["step"]: entry[key] for entry in history if key in entry}
+
 
 @pytest.fixture(scope="module")
 def whole_and_resumed(tmp_path_factory, offline_hf_cache):
@@ -31,6 +35,7 @@ def whole_and_resumed(tmp_path_factory, offline_hf_cache):
     assert main(["train", *argv, "--resume_from_checkpoint", "auto"]) == 0
     return root / "whole", resumed
 
+
 def test_a_token_budget_sets_the_steps_and_the_schedule_decays_to_zero_at_its_end(whole_and_resumed):
     whole, _ = whole_and_resumed
     state = json.loads((whole / "trainer_state.json").read_text())
@@ -43,6 +48,7 @@ def test_a_token_budget_sets_the_steps_and_the_schedule_decays_to_zero_at_its_en
     losses = logged(whole, "loss")
     assert losses[20] < losses[5] - 0.5
 
+
 def test_the_checkpoint_holds_both_optimizers_each_group_at_its_own_learning_rate(whole_and_resumed):
     whole, _ = whole_and_resumed
     state = torch.load(whole / "checkpoint-10" / "optimizer.pt", weights_only=False)
@@ -50,6 +56,7 @@ def test_the_checkpoint_holds_both_optimizers_each_group_at_its_own_learning_rat
     assert all(s["momentum_buffer"].ndim == 2 for s in state["muon"]["state"].values())
     assert [g["lr"] for g in state["adamw"]["param_groups"]] == pytest.approx([1e-2, 1e-2])
     assert [g["lr"] for g in state["muon"]["param_groups"]] == pytest.approx([0.03])
+
 
 def test_resuming_a_muon_run_on_a_token_budget_ends_where_the_uninterrupted_run_does(whole_and_resumed):
     whole, resumed = whole_and_resumed
@@ -59,6 +66,7 @@ def test_resuming_a_muon_run_on_a_token_budget_ends_where_the_uninterrupted_run_
     assert {s: v for s, v in logged(resumed, "loss").items() if s > 10} == \
         {s: v for s, v in logged(whole, "loss").items() if s > 10}
     assert (resumed / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
+
 
 def test_the_run_record_names_the_optimizer_trainer_built_and_the_attention_scope(whole_and_resumed):
     whole, resumed = whole_and_resumed

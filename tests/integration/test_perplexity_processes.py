@@ -42,6 +42,8 @@ def perplexity_launch(processes: int, run_dir, data, output, *flags) -> tuple[li
     ("rolling", ["--window", "16", "--batch_size", "3"]),
     ("strided", ["--window", "32", "--batch_size", "64", "--limit", "1"]),  # one batch: rank 1 scores nothing
 ], ids=["strided", "rolling", "an-idle-rank"])
+
+
 def test_two_processes_give_the_figures_of_one_and_write_one_report(finished_run, tmp_path, convention, flags):
     data = finished_run.files["validation"]
     flags = ["--convention", convention, *flags]

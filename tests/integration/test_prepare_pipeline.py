@@ -118,6 +118,8 @@ def test_ray_executor_gives_the_local_blocks(prepared, tmp_path):
 
 @pytest.mark.skipif(shutil.which("sbatch") is None, reason="no sbatch on PATH: no Slurm here (.ci/slurm-up starts "
                                                            "a one-host Slurm)")
+
+
 def test_slurm_executor_gives_the_local_blocks(prepared, tmp_path):
     """One host is one Slurm node: the job array's tasks run side by side on it, standing in for nodes."""
     _, files, _, three = prepared

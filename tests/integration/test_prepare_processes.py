@@ -2,9 +2,11 @@
 
 import pytest
 from conftest import recipe_args
+from support.prepare import prepare_argv
+
 from hf_clm.recipe.parser import parse_recipe
 from hf_clm.training.train import run
-from support.prepare import prepare_argv
+
 
 def test_train_from_prepared_blocks_equals_training_from_the_corpus(prepared):
     root, files, target, _ = prepared
@@ -12,6 +14,7 @@ def test_train_from_prepared_blocks_equals_training_from_the_corpus(prepared):
     from_corpus = run(parse_recipe(recipe_args(files, root / "from-corpus", "--max_steps", "10", "--eval_steps", "10")))
     assert from_disk["perplexity"] == pytest.approx(from_corpus["perplexity"], rel=1e-6)
     assert from_disk["bits_per_byte"] == pytest.approx(from_corpus["bits_per_byte"], rel=1e-6)
+
 
 def test_train_from_shards_runs(sharded):
     _, files, _, target = sharded

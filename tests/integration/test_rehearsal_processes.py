@@ -3,9 +3,11 @@ short evaluation and the measured figures beside the plan's, in OUTPUT_DIR-rehea
 
 import json
 import re
+
 import torch
 from conftest import run_hf_clm
 from support.rehearsal import small_recipe
+
 
 def test_rehearsal_measures_beside_the_plan_resumes_and_finishes_nothing(tmp_path):
     recipe = small_recipe(tmp_path, push_to_hub=True, license="mit", hub_model_id="tester/x")
@@ -30,6 +32,7 @@ def test_rehearsal_measures_beside_the_plan_resumes_and_finishes_nothing(tmp_pat
     assert figures["eval_blocks"] == 2 * 8  # two evaluation batches (per_device_eval_batch_size 8)
     assert not (folder / "perplexity.json").exists() and not (folder / "model.safetensors").exists()
     assert not (tmp_path / "out").exists()  # the real run's output_dir is left alone
+
 
 def test_a_rehearsal_replaces_the_last_one_and_nothing_else(tmp_path, hf_clm_main):
     recipe = small_recipe(tmp_path)

@@ -1,9 +1,12 @@
 """Recipes and output folders that cannot make a sensible run: one error line, exit 2, nothing written."""
 
 import json
+
 import pytest
 from conftest import recipe_args
+
 from hf_clm.commands.cli import main
+
 
 def test_throughput_counts_training_time_across_a_resume(text_files, tmp_path):
     run = tmp_path / "run"

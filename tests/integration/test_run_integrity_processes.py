@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
 from conftest import (
     ONE_THREAD,
     REPO,
@@ -24,17 +25,20 @@ from conftest import (
     run_hf_clm,
     subprocess_env,
 )
-from hf_clm.run.artifacts import finished_marker_problem
-from hf_clm.run.files import LOCK_FILENAME, PERPLEXITY_FILENAME
 from support.run_integrity import copy_of, last_line, train_args, truncate
 
+from hf_clm.run.artifacts import finished_marker_problem
+from hf_clm.run.files import LOCK_FILENAME, PERPLEXITY_FILENAME
+
 WRITES = 300
+
 
 def wait_for(condition, process: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert process.poll() is None and time.monotonic() < deadline, "the run ended before the kill point"
         time.sleep(0.01)
+
 
 def start_training(files, run_dir: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(hf_clm_command("train", *recipe_args(files, run_dir, *extra)), env=subprocess_env(ONE_THREAD),
@@ -55,6 +59,7 @@ build_blocks(raw, tokenizer, DataArguments(block_size=8))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
+
 def test_a_write_that_fails_on_a_full_disk_leaves_the_old_file_whole(tmp_path):
     path = tmp_path / "perplexity.json"
     path.write_text('{"perplexity": 3.0}\n')
@@ -65,6 +70,7 @@ def test_a_write_that_fails_on_a_full_disk_leaves_the_old_file_whole(tmp_path):
     assert result.returncode != 0 and "File too large" in result.stderr
     assert json.loads(path.read_text()) == {"perplexity": 3.0}
     assert [p.name for p in tmp_path.iterdir()] == ["perplexity.json"]
+
 
 def test_two_processes_writing_one_file_at_once_end_with_one_whole_file_and_no_traceback(tmp_path):
     """Each writer used to remove every earlier temporary of the file, a live writer's among them."""
@@ -83,6 +89,7 @@ def test_two_processes_writing_one_file_at_once_end_with_one_whole_file_and_no_t
     assert last["writer"] in ("a", "b") and last["n"] == WRITES - 1 and len(last["padding"]) == 20000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["go", "report.json"]
 
+
 def test_a_full_disk_during_training_is_one_line_and_a_rerun_finishes(corpus, tmp_path, train):
     run_dir = tmp_path / "run"
     # the model fits, the first checkpoint's optimizer does not; the progress bar is on, and is open then
@@ -94,6 +101,7 @@ def test_a_full_disk_during_training_is_one_line_and_a_rerun_finishes(corpus, tm
     assert result.returncode == 0, result.stderr[-3000:]
     assert finished_marker_problem(run_dir) is None
 
+
 def test_a_kill_while_extending_a_finished_run_leaves_no_finished_marker(finished, tmp_path, corpus):
     run_dir = copy_of(finished, tmp_path)
     process = start_training(corpus, run_dir, "--max_steps", "400", "--save_steps", "2", "--eval_steps", "400",
@@ -102,6 +110,7 @@ def test_a_kill_while_extending_a_finished_run_leaves_no_finished_marker(finishe
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (run_dir / PERPLEXITY_FILENAME).exists()
+
 
 def test_a_second_training_into_a_busy_output_dir_is_refused_and_a_stale_lock_taken_over(corpus, tmp_path, train):
     run_dir = tmp_path / "run"
@@ -123,17 +132,19 @@ def test_a_second_training_into_a_busy_output_dir_is_refused_and_a_stale_lock_ta
     assert "Taking over the stale lock" in third.stderr
     assert not (run_dir / LOCK_FILENAME).exists()
 
+
 @requires_shared_data
-def test_a_lora_adapter_records_its_base_model_and_loads_from_anywhere(tmp_path, hf_clm):
+def test_a_lora_adapter_records_its_base_model_and_loads_from_anywhere(tmp_path, hf_clm_main):
     run_dir = tmp_path / "lora"
-    result = hf_clm("train", "recipes/lora-tiny-gpt2.yaml", "--output_dir", str(run_dir), "--max_steps", "2",
+    result = hf_clm_main("train", "recipes/lora-tiny-gpt2.yaml", "--output_dir", str(run_dir), "--max_steps", "2",
                     "--save_steps", "2", "--eval_steps", "2", "--max_train_samples", "200", "--merge_adapter", "false",
                     cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     base = json.loads((run_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
     assert Path(base).is_absolute() and Path(base).resolve() == (SHARED_DATA / "tiny-gpt2").resolve()
-    result = hf_clm("generate", str(run_dir), "To be", "--max_new_tokens", "3", cwd=tmp_path)
+    result = hf_clm_main("generate", str(run_dir), "To be", "--max_new_tokens", "3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+
 
 def test_damaged_caches_are_rebuilt(corpus, tmp_path):
     """Real processes: the cache files are cut short under this session's datasets cache, which no
@@ -151,6 +162,7 @@ def test_damaged_caches_are_rebuilt(corpus, tmp_path):
     result = run_hf_clm("prepare", *args, env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Rebuilding" in result.stderr
+
 
 @requires_shared_data
 def test_one_long_line_needs_no_more_memory_than_the_same_text_in_lines(tmp_path):

@@ -4,12 +4,15 @@ across processes: tests/test_perplexity_processes.py, test_time_budget.py, test_
 
 import socket
 import sys
+
 from conftest import ONE_THREAD, run_hf_clm, run_launch, subprocess_env
+
 
 def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]  # free once the probe closes: nothing listens there
+
 
 def test_generate_launched_on_two_processes_is_refused_once_and_generates_nothing(finished_run):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "hf_clm",
@@ -21,6 +24,7 @@ def test_generate_launched_on_two_processes_is_refused_once_and_generates_nothin
                 "accelerate launch): run 'hf-clm generate ...' without a launcher")
     assert errors == [expected]
     assert "the cat" not in result.stdout
+
 
 def test_a_process_that_cannot_reach_the_rendezvous_says_where_and_how_long_in_one_line(finished_run):
     port = closed_port()

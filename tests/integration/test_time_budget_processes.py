@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
 import pytest
 from conftest import recipe_args, run_launch
 from support.time_budget import budget_run
@@ -13,6 +14,7 @@ from support.time_budget import budget_run
 PROBE = Path(__file__).parent.parent / "helpers" / "training_probe.py"
 
 HELD_BACK = 3.0  # seconds rank 1's clock starts after rank 0's
+
 
 def test_a_resumed_run_continues_the_same_budget(tmp_path, text_files):
     whole = budget_run(text_files, tmp_path / "whole", "4", "--save_steps", "5")
@@ -26,6 +28,7 @@ def test_a_resumed_run_continues_the_same_budget(tmp_path, text_files):
                          "--resume_from_checkpoint", "auto")
     # the time before the resume counts: the two halves together keep one budget (a step's noise aside)
     assert spent < resumed["train_seconds"] <= 4 * 1.25 and whole["train_seconds"] <= 4 * 1.25
+
 
 def test_two_processes_whose_clocks_disagree_stop_after_the_same_step_at_the_same_rates(tmp_path, text_files):
     """Rank 1 starts its clock late, so its own clock reads HELD_BACK seconds less than rank 0's: were

@@ -1,10 +1,13 @@
 """A real Trainer run, end to end, on a model and corpus small enough for seconds on a CPU."""
 
 import json
+
 import pytest
 from conftest import recipe_args, write_corpus
+
 from hf_clm.recipe.parser import parse_recipe
 from hf_clm.training.train import run
+
 
 def test_named_evaluation_sets_are_evaluated_and_reported_by_name(text_files, tmp_path):
     """The validation split keeps its eval_* figures; each named set gets eval_<name>_* everywhere."""

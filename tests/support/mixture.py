@@ -2,12 +2,15 @@
 
 import random
 from pathlib import Path
+
 import yaml
 from conftest import make_documents
+
 
 def digit_documents(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     return [" ".join(str(rng.randrange(1000)) for _ in range(rng.randint(20, 60))) + "." for _ in range(n)]
+
 
 def write_sources(root: Path, words: int = 400, digits: int = 40) -> dict[str, Path]:
     """A large source of English words and a small one of numbers (about 10x fewer tokens)."""
@@ -16,6 +19,7 @@ def write_sources(root: Path, words: int = 400, digits: int = 40) -> dict[str, P
     files["words"].write_text("\n\n".join(make_documents(words, seed=1)) + "\n", encoding="utf-8")
     files["digits"].write_text("\n\n".join(digit_documents(digits, seed=2)) + "\n", encoding="utf-8")
     return files
+
 
 def mixture_recipe(root: Path, files: dict[str, Path], output_dir: Path, **changes) -> Path:
     values = {"mixture": [{"train_files": str(files["words"]), "weight": 3},

@@ -3,6 +3,7 @@
 import pytest
 from conftest import recipe_args, run_in_process, write_corpus
 
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, offline_hf_cache):
     root = tmp_path_factory.mktemp("prepare")
@@ -13,9 +14,11 @@ def prepared(tmp_path_factory, offline_hf_cache):
     assert result.returncode == 0, result.stderr[-3000:]
     return root, files, target, result.stdout
 
+
 def prepare_argv(files, output_dir, target, *extra):
     return recipe_args(files, output_dir, "--max_steps", "10", "--eval_steps", "10",
                        "--prepared_dataset", str(target), *extra)
+
 
 @pytest.fixture(scope="module")
 def sharded(prepared, tmp_path_factory):

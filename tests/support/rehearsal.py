@@ -1,8 +1,10 @@
 """Shared by tests/unit/test_rehearsal.py and tests/integration/test_rehearsal_processes.py."""
 
 from pathlib import Path
+
 import yaml
 from conftest import recipe_args, write_corpus
+
 
 def small_recipe(tmp_path, **changes) -> Path:
     """The tests' seconds-long run as a recipe file (its max_steps is the real run's, 30)."""

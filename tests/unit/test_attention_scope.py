@@ -3,17 +3,20 @@
 keeps the scope."""
 
 import json
+
 import pytest
 import torch
 from conftest import make_documents
 from transformers import AutoModelForCausalLM, DataCollatorForLanguageModeling, GPT2Config, LlamaConfig
+
 from hf_clm.data.attention import document_position_ids, record_attention_scope
 from hf_clm.data.collator import DocumentCollator
-from hf_clm.evaluation.scoring import IGNORE_INDEX, Scores, score_rows, shifted_targets
 from hf_clm.evaluation.explain import explain
+from hf_clm.evaluation.scoring import IGNORE_INDEX, Scores, score_rows, shifted_targets
 from hf_clm.model.build import load_for_inference
 
 EOS = 9
+
 
 def tiny_model(family: str, kernel: str, tokenizer):
     common = dict(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
@@ -25,6 +28,7 @@ def tiny_model(family: str, kernel: str, tokenizer):
     model.config.use_cache = False  # as Trainer sets it (TrainingArguments.use_cache, false)
     return model
 
+
 def packed_block(tokenizer) -> tuple[list[int], slice]:
     """Three documents as the blocks station packs them (EOS after each), and where the second
     one lies, its opening EOS included."""
@@ -32,6 +36,7 @@ def packed_block(tokenizer) -> tuple[list[int], slice]:
     eos = tokenizer.eos_token_id
     ids = [*first[:10], eos, *second[:12], eos, *third[:8]]
     return ids, slice(10, 10 + 1 + 12)
+
 
 def scored_second_document(model, ids: list[int], second: slice) -> tuple[float, float]:
     """NLL of the second document's targets: inside the packed block, and fed alone."""
@@ -46,12 +51,16 @@ def scored_second_document(model, ids: list[int], second: slice) -> tuple[float,
         return (Scores.from_rows(score_rows(model, packed, shifted_targets(labels))).nll,
                 Scores.from_rows(score_rows(model, alone, shifted_targets(alone_labels))).nll)
 
+
 def test_positions_restart_at_each_eos_which_opens_the_next_document():
     ids = torch.tensor([[5, 6, EOS, 7, 8, 3, EOS, 4], [EOS, 1, 2, 3, 4, 5, 6, EOS]])
     assert document_position_ids(ids, EOS).tolist() == [[0, 1, 0, 1, 2, 3, 0, 1], [0, 1, 2, 3, 4, 5, 6, 0]]
 
+
 @pytest.mark.parametrize("family,kernel", [("gpt2", "sdpa"), ("gpt2", "eager"), ("llama", "sdpa"),
                                            ("llama", "eager")])
+
+
 def test_second_document_of_a_packed_block_scores_as_if_alone(family, kernel, bpe_tokenizer):
     model = tiny_model(family, kernel, bpe_tokenizer)
     ids, second = packed_block(bpe_tokenizer)
@@ -61,6 +70,7 @@ def test_second_document_of_a_packed_block_scores_as_if_alone(family, kernel, bp
         block = model(**DataCollatorForLanguageModeling(bpe_tokenizer, mlm=False)([{"input_ids": ids}])).logits[0, second]
     torch.testing.assert_close(document, alone, atol=1e-5, rtol=1e-5)
     assert (block - alone).abs().max() > 1e-2  # without the switch the first document leaks in
+
 
 def test_an_attention_mask_or_a_kv_cache_silently_turns_the_document_mask_off(bpe_tokenizer):
     model = tiny_model("gpt2", "sdpa", bpe_tokenizer)
@@ -72,6 +82,7 @@ def test_an_attention_mask_or_a_kv_cache_silently_turns_the_document_mask_off(bp
         with_mask = model(**batch, attention_mask=torch.ones_like(batch["input_ids"])).logits[0, second]
         with_cache = model(**batch, use_cache=True).logits[0, second]
     assert (with_mask - alone).abs().max() > 1e-2 and (with_cache - alone).abs().max() > 1e-2
+
 
 def test_evaluation_and_explain_follow_the_scope_recorded_in_a_saved_model(bpe_tokenizer, tmp_path):
     model = tiny_model("gpt2", "sdpa", bpe_tokenizer)

@@ -1,7 +1,9 @@
 """The benchmark runs end to end on tiny inputs (it measures nothing meaningful at this size)."""
 
 import json
+
 from conftest import REPO, run_python_module
+
 
 def test_gpu_check_table_and_correctness_verdict():
     from bench.gpu import LOSS_TOLERANCE, format_table
@@ -16,6 +18,7 @@ def test_gpu_check_table_and_correctness_verdict():
     assert table[4] == "| + use_liger_kernel | – | – | – | – | unavailable: liger-kernel not installed |"
     assert 0 < LOSS_TOLERANCE <= 0.02
 
+
 def test_ratio_targets_render_their_text_and_judge_the_ratio():
     from bench.rows import AtLeast, AtMost, Within
 
@@ -26,6 +29,7 @@ def test_ratio_targets_render_their_text_and_judge_the_ratio():
     # limit / package: the package within 1.3x of its limit
     assert Within(1.3).met(1.0 / 1.25) and not Within(1.3).met(1.0 / 1.35)
 
+
 def test_a_row_is_met_by_its_one_target():
     from bench.rows import AtLeast, Basis, Row
 
@@ -35,6 +39,7 @@ def test_a_row_is_met_by_its_one_target():
     assert Row("s", "w", 1.5, None, "c").met is None and Row("s", "w", 1.5, None, "c").target_text == ""
     compared_at = Row("A/B x", "+ muon", 1.1, Basis("equal steps (6)"), "c")
     assert (compared_at.target_text, compared_at.met) == ("equal steps (6)", None)
+
 
 def test_a_target_over_named_figures_judges_them_not_the_ratio():
     from bench.rows import Row
@@ -51,6 +56,7 @@ def test_a_target_over_named_figures_judges_them_not_the_ratio():
     assert row(2.14, 72.2).met is False
     assert "figures" not in row(2.14, 70.1).as_dict()
 
+
 def test_about_judges_a_share_with_a_relative_and_an_absolute_slack():
     from bench.rows import Row
     from bench.stages.data import TASK_SHARE
@@ -64,6 +70,7 @@ def test_about_judges_a_share_with_a_relative_and_an_absolute_slack():
     assert row(1_000_000 + 10_000 + 16_385, 1_000_000).met is False
     assert row(30_000, 10_000).met is False and row(20_000, 10_000).met is True  # 3× the share: too much
 
+
 def test_rows_are_written_with_the_keys_of_the_published_results():
     from bench.rows import AtLeast, Basis, Row
 
@@ -75,6 +82,7 @@ def test_rows_are_written_with_the_keys_of_the_published_results():
     ab = Row("A/B default", "+ muon", 1.1, Basis("equal wall time (375 s)"), "context",
              extra={"bits_per_char": 1.3, "steps": 1400, "wall_s": 375.0})
     assert list(ab.as_dict()) == list(published_ab)
+
 
 def test_help_documents_every_stage():
     from bench.__main__ import STAGES

@@ -5,20 +5,20 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
 import pytest
 from conftest import recipe_args, write_corpus
 from transformers import AutoModelForCausalLM, GPT2Config
+
 from hf_clm.commands.cli import main
 from hf_clm.errors import HfClmError
 
-@pytest.fixture
-def hf_clm(hf_clm_main):
-    return hf_clm_main
 
 @pytest.fixture(scope="module")
 def trained_dir(finished_run):
     assert "validation perplexity" in finished_run.stdout
     return finished_run.run_dir, finished_run.files
+
 
 def tiny_checkpoint(path, vocab_size, n_positions, tokenizer=None):
     AutoModelForCausalLM.from_config(GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_layer=1,
@@ -26,6 +26,7 @@ def tiny_checkpoint(path, vocab_size, n_positions, tokenizer=None):
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     return str(path)
+
 
 def bad_inputs(tmp_path, bpe_tokenizer):
     """(argv, expected fragment of the one error line) for each kind of bad input."""
@@ -93,6 +94,7 @@ def bad_inputs(tmp_path, bpe_tokenizer):
                             "--batch_size must be at least 1"),
     }
 
+
 def station_failing_mid_bar(argv, verbose=False):
     """A command that fails with a progress bar open, as training does on a full disk."""
     from tqdm.auto import tqdm
@@ -101,26 +103,28 @@ def station_failing_mid_bar(argv, verbose=False):
     bar.update(3)
     raise HfClmError("writing checkpoint-2/optimizer.pt failed; is the disk full?")
 
-def test_train_then_perplexity_and_generate(trained_dir, hf_clm):
+
+def test_train_then_perplexity_and_generate(trained_dir, hf_clm_main):
     run_dir, files = trained_dir
-    result = hf_clm("perplexity", str(run_dir), "--data", str(files["validation"]), "--json")
+    result = hf_clm_main("perplexity", str(run_dir), "--data", str(files["validation"]), "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["tokens"] > 100 and report["stride"] == report["window"] == 32
     assert report["device"] == "cpu" and report["dtype"] == "float32" and report["convention"] == "strided"
     text_bytes = len(files["validation"].read_bytes())
     assert 0.9 * text_bytes < report["bytes"] < text_bytes  # each window's first token is context only
-    rolling = json.loads(hf_clm("perplexity", str(run_dir), "--data", str(files["validation"]), "--json",
+    rolling = json.loads(hf_clm_main("perplexity", str(run_dir), "--data", str(files["validation"]), "--json",
                                 "--convention", "rolling").stdout.strip().splitlines()[-1])
     assert rolling["bytes"] == text_bytes and rolling["chars"] == len(files["validation"].read_text())
-    half = hf_clm("perplexity", str(run_dir), "--data", str(files["validation"]), "--json", "--stride", "16")
+    half = hf_clm_main("perplexity", str(run_dir), "--data", str(files["validation"]), "--json", "--stride", "16")
     assert json.loads(half.stdout.strip().splitlines()[-1])["stride"] == 16
 
-    first = hf_clm("generate", str(run_dir), "the cat", "--max_new_tokens", "12", "--seed", "3")
-    again = hf_clm("generate", str(run_dir), "the cat", "--max_new_tokens", "12", "--seed", "3")
+    first = hf_clm_main("generate", str(run_dir), "the cat", "--max_new_tokens", "12", "--seed", "3")
+    again = hf_clm_main("generate", str(run_dir), "the cat", "--max_new_tokens", "12", "--seed", "3")
     assert first.returncode == 0, first.stderr[-2000:]
     assert first.stdout.startswith("the cat") and len(first.stdout) > len("the cat")
     assert first.stdout == again.stdout  # same seed, same text
+
 
 @pytest.mark.parametrize("command", [[], ["train"], ["perplexity"], ["generate"]])
 def test_help_lists_options(command, capsys):
@@ -134,6 +138,7 @@ def test_help_lists_options(command, capsys):
         for default in ("(default 100)", "(default 1.0)", "(default 50)", "(default 0)"):
             assert default in " ".join(out.split()), default
 
+
 def test_each_bad_input_is_one_clear_line_and_nonzero_exit(tmp_path, bpe_tokenizer, capsys):
     for name, (argv, fragment) in bad_inputs(tmp_path, bpe_tokenizer).items():
         code = main(argv)
@@ -143,22 +148,24 @@ def test_each_bad_input_is_one_clear_line_and_nonzero_exit(tmp_path, bpe_tokeniz
         assert not any("Traceback" in line for line in err), name
         assert not (tmp_path / "out" / "perplexity.json").exists()
 
-def test_explain_table_and_json(trained_dir, hf_clm):
+
+def test_explain_table_and_json(trained_dir, hf_clm_main):
     run_dir, _ = trained_dir
-    table = hf_clm("explain", str(run_dir), "the cat sat on the mat")
+    table = hf_clm_main("explain", str(run_dir), "the cat sat on the mat")
     assert table.returncode == 0, table.stderr[-2000:]
     assert "top predictions" in table.stdout and "mean loss" in table.stdout
-    as_json = hf_clm("explain", str(run_dir), "the cat sat on the mat", "--json", "--top_k", "2")
+    as_json = hf_clm_main("explain", str(run_dir), "the cat sat on the mat", "--json", "--top_k", "2")
     data = json.loads(as_json.stdout)
     assert len(data["positions"][0]["top"]) == 2
     assert data["perplexity"] == pytest.approx(2.718281828 ** data["mean_loss"], rel=1e-6)
 
-def test_report_compares_several_runs(trained_dir, tmp_path, hf_clm):
+
+def test_report_compares_several_runs(trained_dir, tmp_path, hf_clm_main):
     run_dir, files = trained_dir
     second = tmp_path / "second"
-    result = hf_clm("train", *recipe_args(files, second, "--max_steps", "10", "--eval_steps", "5", "--n_embd", "16"))
+    result = hf_clm_main("train", *recipe_args(files, second, "--max_steps", "10", "--eval_steps", "5", "--n_embd", "16"))
     assert result.returncode == 0, result.stderr[-2000:]
-    report = hf_clm("report", str(run_dir), str(second), "--output", str(tmp_path / "cmp"))
+    report = hf_clm_main("report", str(run_dir), str(second), "--output", str(tmp_path / "cmp"))
     assert report.returncode == 0, report.stderr[-2000:]
     runs = json.loads((tmp_path / "cmp" / "report.json").read_text())["runs"]
     assert [r["name"] for r in runs] == ["run", "second"]
@@ -166,10 +173,11 @@ def test_report_compares_several_runs(trained_dir, tmp_path, hf_clm):
     table = (tmp_path / "cmp" / "report.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert len(rows) == 3 and rows[2].startswith("| second |")  # header, then one row per run
-    bad = hf_clm("report", str(tmp_path))
+    bad = hf_clm_main("report", str(tmp_path))
     assert bad.returncode == 2 and "is not a finished run" in bad.stderr
 
-def test_perplexity_reads_any_text_files_and_datasets(trained_dir, tmp_path, hf_clm):
+
+def test_perplexity_reads_any_text_files_and_datasets(trained_dir, tmp_path, hf_clm_main):
     run_dir, files = trained_dir
     docs = tmp_path / "docs"
     (docs / ".git").mkdir(parents=True)
@@ -177,7 +185,7 @@ def test_perplexity_reads_any_text_files_and_datasets(trained_dir, tmp_path, hf_
     (docs / "README.md").write_text("# quick brown foxes\n\nbirds sang over green hills\n", encoding="utf-8")
     (docs / "NOTES").write_text("dogs ran past old stone walls", encoding="utf-8")
     (docs / ".git" / "config").write_text("[core]", encoding="utf-8")  # hidden: not a document
-    result = hf_clm("perplexity", str(run_dir), "--data", str(docs), "--json", "--convention", "rolling")
+    result = hf_clm_main("perplexity", str(run_dir), "--data", str(docs), "--json", "--convention", "rolling")
     assert result.returncode == 0, result.stderr[-2000:]
     row = json.loads(result.stdout.strip().splitlines()[-1])
     texts = [p.read_text() for p in (docs / "module.py", docs / "README.md", docs / "NOTES")]
@@ -189,18 +197,19 @@ def test_perplexity_reads_any_text_files_and_datasets(trained_dir, tmp_path, hf_
     lines = [json.dumps({"body": t}) for t in texts]
     (dataset / "test.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (dataset / "validation.jsonl").write_text(lines[0] + "\n", encoding="utf-8")
-    from_dataset = hf_clm("perplexity", str(run_dir), "--dataset_name", str(dataset), "--text_column", "body",
+    from_dataset = hf_clm_main("perplexity", str(run_dir), "--dataset_name", str(dataset), "--text_column", "body",
                           "--json", "--convention", "rolling")
     assert from_dataset.returncode == 0, from_dataset.stderr[-2000:]
     same = json.loads(from_dataset.stdout.strip().splitlines()[-1])
     assert same["perplexity"] == pytest.approx(row["perplexity"], rel=1e-6) and same["bytes"] == row["bytes"]
 
-def test_several_models_make_a_comparison_report_that_report_accepts(trained_dir, tmp_path, hf_clm):
+
+def test_several_models_make_a_comparison_report_that_report_accepts(trained_dir, tmp_path, hf_clm_main):
     run_dir, files = trained_dir
     from transformers import AutoTokenizer
 
     other = tiny_checkpoint(tmp_path / "other", 400, 64, tokenizer=AutoTokenizer.from_pretrained(run_dir))
-    result = hf_clm("perplexity", str(run_dir), other, "--data", str(files["validation"]),
+    result = hf_clm_main("perplexity", str(run_dir), other, "--data", str(files["validation"]),
                     "--output", str(tmp_path / "compare"))
     assert result.returncode == 0, result.stderr[-2000:]
     content = json.loads((tmp_path / "compare" / "report.json").read_text())
@@ -215,7 +224,7 @@ def test_several_models_make_a_comparison_report_that_report_accepts(trained_dir
     # each model at its own default window, its context length: the run's 32, the other's 64
     rows = {line.split(" | ")[0].removeprefix("| "): line for line in markdown.splitlines() if line.startswith("| ")}
     assert "| strided | 32 | 32 |" in rows[str(run_dir)] and "| strided | 64 | 64 |" in rows[other]
-    combined = hf_clm("report", str(run_dir), str(tmp_path / "compare"), "--output", str(tmp_path / "both"))
+    combined = hf_clm_main("report", str(run_dir), str(tmp_path / "compare"), "--output", str(tmp_path / "both"))
     assert combined.returncode == 0, combined.stderr[-2000:]
     table = json.loads((tmp_path / "both" / "report.json").read_text())["runs"]
     assert len(table) == 3
@@ -226,6 +235,7 @@ def test_several_models_make_a_comparison_report_that_report_accepts(trained_dir
     assert f"| {run_text} | strided, window 32, stride 32 (validation blocks) |" in both
     assert "| valid.txt | strided, window 64, stride 64 |" in both
 
+
 def test_a_run_records_and_prints_the_text_it_was_validated_on(trained_dir, finished_run):
     run_dir, _ = trained_dir
     summary = json.loads((run_dir / "perplexity.json").read_text())
@@ -233,6 +243,7 @@ def test_a_run_records_and_prints_the_text_it_was_validated_on(trained_dir, fini
     assert summary["evaluated_on"] == (f"the paragraphs of valid.txt: {counts['documents']} documents -> "
                                        f"{counts['blocks']} blocks of 32 tokens, {summary['tokens']:,} tokens scored")
     assert f"evaluated on           {summary['evaluated_on']}" in finished_run.stdout
+
 
 def test_perplexity_scores_paragraphs_or_lines_of_text_files_and_the_first_n(tmp_path, bpe_tokenizer, capsys):
     model = tiny_checkpoint(tmp_path / "model", len(bpe_tokenizer), 32, bpe_tokenizer)
@@ -260,11 +271,12 @@ def test_perplexity_scores_paragraphs_or_lines_of_text_files_and_the_first_n(tmp
     saved = json.loads((tmp_path / "cmp" / "report.json").read_text())["models"][0]
     assert (saved["sample_by"], saved["limit"], saved["documents"]) == ("line", 3, 3)
 
-def test_bfloat16_on_cpu_agrees_with_float32(trained_dir, hf_clm):
+
+def test_bfloat16_on_cpu_agrees_with_float32(trained_dir, hf_clm_main):
     run_dir, files = trained_dir
     figures = {}
     for dtype in ("float32", "bfloat16"):
-        result = hf_clm("perplexity", str(run_dir), "--data", str(files["validation"]), "--json", "--dtype", dtype,
+        result = hf_clm_main("perplexity", str(run_dir), "--data", str(files["validation"]), "--json", "--dtype", dtype,
                         "--device", "cpu")
         assert result.returncode == 0, result.stderr[-2000:]
         figures[dtype] = json.loads(result.stdout.strip().splitlines()[-1])
@@ -272,8 +284,9 @@ def test_bfloat16_on_cpu_agrees_with_float32(trained_dir, hf_clm):
     # bf16 keeps 8 bits of mantissa: within 2% on perplexity and bits per byte (measured: see docs/commands/perplexity.md)
     assert figures["bfloat16"]["perplexity"] == pytest.approx(figures["float32"]["perplexity"], rel=2e-2)
     assert figures["bfloat16"]["bits_per_byte"] == pytest.approx(figures["float32"]["bits_per_byte"], rel=2e-2)
-    explained = hf_clm("explain", str(run_dir), "the cat sat on a mat", "--dtype", "bfloat16", "--json")
+    explained = hf_clm_main("explain", str(run_dir), "the cat sat on a mat", "--dtype", "bfloat16", "--json")
     assert explained.returncode == 0 and json.loads(explained.stdout)["dtype"] == "bfloat16"
+
 
 def test_the_error_is_the_last_line_with_a_progress_bar_open(monkeypatch, capsys):
     import hf_clm.commands.report
@@ -284,6 +297,7 @@ def test_the_error_is_the_last_line_with_a_progress_bar_open(monkeypatch, capsys
     assert "Training:  30%" in err
     assert err.strip().splitlines()[-1] == "hf-clm: error: writing checkpoint-2/optimizer.pt failed; is the disk full?"
 
+
 def test_the_error_is_the_last_line_of_a_process_that_exits_with_a_bar_open(tmp_path):
     code = ("import sys, hf_clm.commands.cli, test_cli; hf_clm.commands.report.main = test_cli.station_failing_mid_bar; "
             "sys.exit(hf_clm.commands.cli.main(['report', 'run']))")
@@ -291,6 +305,7 @@ def test_the_error_is_the_last_line_of_a_process_that_exits_with_a_bar_open(tmp_
                             cwd=Path(__file__).parent)
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith("hf-clm: error: writing checkpoint-2/optimizer.pt")
+
 
 def test_perplexity_of_a_one_byte_text_prints_a_dash_for_the_figures_it_has_no_text_for(tmp_path, bpe_tokenizer,
                                                                                          capsys):
@@ -306,6 +321,7 @@ def test_perplexity_of_a_one_byte_text_prints_a_dash_for_the_figures_it_has_no_t
     eos_only.write_text(bpe_tokenizer.eos_token)
     assert main(["perplexity", model, "--data", str(eos_only), "--convention", "rolling"]) == 0
     assert "word perplexity –" in capsys.readouterr().out
+
 
 def test_perplexity_scores_the_text_column_and_the_recipe_it_is_given(tmp_path, bpe_tokenizer, capsys):
     model = tiny_checkpoint(tmp_path / "model", len(bpe_tokenizer), 32, bpe_tokenizer)
@@ -329,8 +345,11 @@ def test_perplexity_scores_the_text_column_and_the_recipe_it_is_given(tmp_path, 
     recipe.write_text(recipe.read_text() + f"output_dir: {table}\nreport_to: wandb\n")
     assert figures("--recipe", str(recipe))["documents"] == 20
 
+
 @pytest.mark.parametrize("command, not_imported", [("plan", ["torch", "transformers", "datasets"]),
                                                    ("train", ["datasets", "transformers.trainer", "hf_clm.training.train"])])
+
+
 def test_help_imports_only_what_it_prints(command, not_imported):
     """plan's help imports no library; train's lists TrainingArguments' fields, so it imports transformers
     (and torch, accelerate and peft under it) for them, and nothing else: no datasets, no Trainer (a loaded 2-core machine took 20-25 s for every import)."""

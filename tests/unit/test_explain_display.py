@@ -1,7 +1,7 @@
 """explain's table: probabilities that are never a misleading 0.00, newlines escaped once, special tokens whole."""
 
-from hf_clm.evaluation.scoring import Scores
 from hf_clm.evaluation.explain import Explanation, Position, format_explanation
+from hf_clm.evaluation.scoring import Scores
 
 
 def test_table_shows_small_probabilities_newlines_and_special_tokens():

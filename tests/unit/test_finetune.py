@@ -4,17 +4,20 @@ one tokenization convention end to end, other model families, and the bad inputs
 import importlib.util
 import json
 from pathlib import Path
+
 import pytest
 import torch
 from conftest import SHARED_DATA, recipe_args, requires_shared_data
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from hf_clm.data.blocks import DocumentTokenizer
-from hf_clm.commands.cli import main
-from hf_clm.data.collator import causal_lm_collator
-from hf_clm.evaluation.explain import explain
-from hf_clm.data.tokenizer import document_prefix, encode_document
 from support.finetune import GPT2_VOCAB, bos_tokenizer, embedding_rows, finetune_args, lora_args, perplexity_of
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hf_clm.commands.cli import main
+from hf_clm.data.blocks import DocumentTokenizer
+from hf_clm.data.collator import causal_lm_collator
+from hf_clm.data.tokenizer import document_prefix, encode_document
+from hf_clm.evaluation.explain import explain
+
 
 def no_eos_tokenizer_dir(root: Path) -> Path:
     path = root / "no-eos"
@@ -39,6 +42,7 @@ BAD_INPUTS = [
      "bnb_4bit_quant_type must be one of nf4, fp4, not 'int4'"),
 ]
 
+
 @requires_shared_data
 def test_gpt2_tokenizer_keeps_its_vocabulary_eos_labels_supervised_padding_ignored():
     tokenizer = AutoTokenizer.from_pretrained(SHARED_DATA / "tiny-gpt2")
@@ -55,12 +59,14 @@ def test_gpt2_tokenizer_keeps_its_vocabulary_eos_labels_supervised_padding_ignor
     assert padding.sum() == len(first) and (labels[padding] == -100).all()  # padding never is
     assert (labels[~padding] == ids_[~padding]).all()
 
+
 def test_from_scratch_run_has_no_base_figures(tmp_path, text_files):
     assert main(["train", *recipe_args(text_files, tmp_path / "run", "--max_steps", "4", "--eval_steps", "4")]) == 0
     summary = json.loads((tmp_path / "run" / "perplexity.json").read_text())
     assert "base" not in summary
     assert AutoTokenizer.from_pretrained(tmp_path / "run").pad_token == "<|pad|>"  # the trained BPE's own pad
     assert "→" not in (tmp_path / "run" / "report.md").read_text()
+
 
 def test_bos_tokenizer_gets_the_same_bos_at_training_and_inference(llama_runs, capsys):
     root, base, corpus = llama_runs
@@ -99,6 +105,7 @@ def test_bos_tokenizer_gets_the_same_bos_at_training_and_inference(llama_runs, c
                          pad_token_id=eos)
     assert continuation == tokenizer.decode(own[0, prompt.shape[1]:], skip_special_tokens=True)
 
+
 def test_llama_full_fine_tune_lora_merge_and_perplexity(llama_runs, capsys):
     root, base, corpus = llama_runs
     rows = embedding_rows(base / "model.safetensors")
@@ -116,6 +123,7 @@ def test_llama_full_fine_tune_lora_merge_and_perplexity(llama_runs, capsys):
     adapted = perplexity_of(root / "lora", corpus["validation"], capsys)["perplexity"]
     assert perplexity_of(merged, corpus["validation"], capsys)["perplexity"] == pytest.approx(adapted, rel=1e-4)
 
+
 def test_modules_to_save_are_trained_and_saved_with_the_adapter(llama_runs, tmp_path):
     root, base, corpus = llama_runs
     run = tmp_path / "run"
@@ -127,6 +135,7 @@ def test_modules_to_save_are_trained_and_saved_with_the_adapter(llama_runs, tmp_
     summary = json.loads((run / "perplexity.json").read_text())
     expected = 4 * summary["trainable_parameters"]
     assert abs((run / "adapter_model.safetensors").stat().st_size - expected) <= 0.1 * expected
+
 
 @pytest.mark.parametrize("extra, message", [case[1:] for case in BAD_INPUTS], ids=[case[0] for case in BAD_INPUTS])
 def test_bad_fine_tuning_input_is_one_line_and_writes_nothing(llama_runs, tmp_path, capsys, extra, message):

@@ -16,7 +16,7 @@ from hf_clm.recipe.schema import PATH_KEYS
 
 
 @pytest.fixture(scope="module")
-def finished_run(finished_run):
+def finished_run_dir(finished_run):
     """The session's finished run (trained with --license apache-2.0): pushed as it is, never changed."""
     return finished_run.run_dir
 
@@ -35,32 +35,32 @@ def assert_token_absent(run_dir: Path, *outputs: str) -> None:
         assert TOKEN not in output
 
 
-def test_push_uploads_the_run_byte_for_byte_with_flags(hub, finished_run, hf_clm):
+def test_push_uploads_the_run_byte_for_byte_with_flags(hub, finished_run_dir, hub_cli):
     state, endpoint = hub
-    result = hf_clm(hub_env(endpoint), "push", str(finished_run), "--repo-id", "tester/tiny-clm", "--private",
+    result = hub_cli(hub_env(endpoint), "push", str(finished_run_dir), "--repo-id", "tester/tiny-clm", "--private",
                     "--revision", "experiment", "--commit-message", "First tiny model")
     assert result.returncode == 0, result.stderr[-3000:]
     assert state.repos["tester/tiny-clm"]["private"] is True
     assert "experiment" in state.branches["tester/tiny-clm"]
     (commit,) = state.commits
     assert (commit.repo_id, commit.revision, commit.summary) == ("tester/tiny-clm", "experiment", "First tiny model")
-    assert set(commit.files) == files_in_repo(finished_run)
+    assert set(commit.files) == files_in_repo(finished_run_dir)
     for name, content in commit.files.items():
         if name != "recipe.yaml":  # pushed with file names instead of this machine's paths
-            assert content == (finished_run / name).read_bytes(), name
-        assert str(finished_run.parent).encode() not in content, name  # no absolute local path
+            assert content == (finished_run_dir / name).read_bytes(), name
+        assert str(finished_run_dir.parent).encode() not in content, name  # no absolute local path
     pushed = yaml.safe_load(commit.files["recipe.yaml"])
-    local = yaml.safe_load((finished_run / "recipe.yaml").read_text())
+    local = yaml.safe_load((finished_run_dir / "recipe.yaml").read_text())
     assert pushed["train_files"] == ["train.txt"] and pushed["output_dir"] == "run"
     assert {k: v for k, v in pushed.items() if k not in PATH_KEYS} == {k: v for k, v in local.items() if k not in PATH_KEYS}
-    assert_token_absent(finished_run, result.stdout, result.stderr)
+    assert_token_absent(finished_run_dir, result.stdout, result.stderr)
 
 
-def test_model_card_parses_back_with_the_run_figures(hub, finished_run, hf_clm):
+def test_model_card_parses_back_with_the_run_figures(hub, finished_run_dir, hub_cli):
     state, endpoint = hub
-    assert hf_clm(hub_env(endpoint), "push", str(finished_run), "--repo-id", "tester/card").returncode == 0
+    assert hub_cli(hub_env(endpoint), "push", str(finished_run_dir), "--repo-id", "tester/card").returncode == 0
     card = ModelCard(state.commits[-1].files["README.md"].decode())
-    summary = json.loads((finished_run / "perplexity.json").read_text())
+    summary = json.loads((finished_run_dir / "perplexity.json").read_text())
     data = card.data
     assert (data.library_name, data.pipeline_tag, data.license) == ("transformers", "text-generation", "apache-2.0")
     figures = {result.metric_type: result for result in data.eval_results}
@@ -74,10 +74,10 @@ def test_model_card_parses_back_with_the_run_figures(hub, finished_run, hf_clm):
     assert f"{summary['train_tokens_seen']:,}" in card.text
 
 
-def test_push_to_hub_in_the_recipe_pushes_at_the_end_of_training(hub, tmp_path, hf_clm):
+def test_push_to_hub_in_the_recipe_pushes_at_the_end_of_training(hub, tmp_path, hub_cli):
     state, endpoint = hub
     files = write_corpus(tmp_path / "corpus")
-    result = hf_clm(hub_env(endpoint), "train", *recipe_args(files, tmp_path / "run", "--max_steps", "4",
+    result = hub_cli(hub_env(endpoint), "train", *recipe_args(files, tmp_path / "run", "--max_steps", "4",
                                                              "--eval_steps", "4", "--push_to_hub", "true",
                                                              "--hub_model_id", "tester/trained", "--license", "mit"))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -89,10 +89,10 @@ def test_push_to_hub_in_the_recipe_pushes_at_the_end_of_training(hub, tmp_path, 
     assert_token_absent(tmp_path / "run", result.stdout, result.stderr)
 
 
-def test_a_token_in_the_recipe_is_not_written_either(hub, tmp_path, hf_clm):
+def test_a_token_in_the_recipe_is_not_written_either(hub, tmp_path, hub_cli):
     state, endpoint = hub
     files = write_corpus(tmp_path / "corpus")
-    result = hf_clm(hub_env(endpoint, token=None), "train", *recipe_args(
+    result = hub_cli(hub_env(endpoint, token=None), "train", *recipe_args(
         files, tmp_path / "run", "--max_steps", "2", "--eval_steps", "2", "--push_to_hub", "true",
         "--hub_model_id", "tester/with-token", "--hub_token", TOKEN, "--license", "mit"))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -106,10 +106,12 @@ def test_a_token_in_the_recipe_is_not_written_either(hub, tmp_path, hf_clm):
     (TOKEN, "not a repo id!", "invalid Hub repository id 'not a repo id!'"),
     (TOKEN, "just-a-name", "use OWNER/NAME"),
 ])
-def test_training_with_a_bad_push_setup_fails_before_training(hub, tmp_path, token, repo_id, message, hf_clm):
+
+
+def test_training_with_a_bad_push_setup_fails_before_training(hub, tmp_path, token, repo_id, message, hub_cli):
     state, endpoint = hub
     files = write_corpus(tmp_path / "corpus")
-    result = hf_clm(hub_env(endpoint, token), "train", *recipe_args(
+    result = hub_cli(hub_env(endpoint, token), "train", *recipe_args(
         files, tmp_path / "run", "--push_to_hub", "true", "--hub_model_id", repo_id, "--license", "mit"))
     assert result.returncode == 2
     assert message in result.stderr.strip().splitlines()[-1]
@@ -117,12 +119,12 @@ def test_training_with_a_bad_push_setup_fails_before_training(hub, tmp_path, tok
     assert not state.commits and not state.repos
 
 
-def test_pushing_an_unfinished_run_uploads_nothing(hub, finished_run, tmp_path, hf_clm):
+def test_pushing_an_unfinished_run_uploads_nothing(hub, finished_run_dir, tmp_path, hub_cli):
     state, endpoint = hub
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
-    (unfinished / "recipe.yaml").write_text((finished_run / "recipe.yaml").read_text())
-    result = hf_clm(hub_env(endpoint), "push", str(unfinished), "--repo-id", "tester/x")
+    (unfinished / "recipe.yaml").write_text((finished_run_dir / "recipe.yaml").read_text())
+    result = hub_cli(hub_env(endpoint), "push", str(unfinished), "--repo-id", "tester/x")
     assert result.returncode == 2
     assert "is not a finished run (perplexity.json, tokenizer.json, *.safetensors missing)" in result.stderr
     assert state.requests == []
@@ -142,20 +144,22 @@ def swap_weights(run_dir: Path) -> None:  # weights of another step beside the m
     (lambda d: (d / "perplexity.json").write_text(""), "perplexity.json is unreadable or not valid JSON"),
     (lambda d: (d / "perplexity.json").write_text('{"perplexity": 3.0}'), "does not record the run's weights"),
 ])
-def test_push_verifies_the_run_before_any_request(hub, finished_run, tmp_path, damage, message, hf_clm):
+
+
+def test_push_verifies_the_run_before_any_request(hub, finished_run_dir, tmp_path, damage, message, hub_cli):
     state, endpoint = hub
-    run_dir = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    run_dir = Path(shutil.copytree(finished_run_dir, tmp_path / "run"))
     damage(run_dir)
-    result = hf_clm(hub_env(endpoint), "push", str(run_dir), "--repo-id", "tester/x")
+    result = hub_cli(hub_env(endpoint), "push", str(run_dir), "--repo-id", "tester/x")
     assert result.returncode == 2, result.stderr[-3000:]
     assert message in result.stderr.strip().splitlines()[-1]
     assert state.requests == []
 
 
-def test_a_diverged_run_is_not_pushed(hub, tmp_path, hf_clm):
+def test_a_diverged_run_is_not_pushed(hub, tmp_path, hub_cli):
     state, endpoint = hub
     files = write_corpus(tmp_path / "corpus")
-    result = hf_clm(hub_env(endpoint), "train", *recipe_args(files, tmp_path / "run", "--learning_rate", "1e6",
+    result = hub_cli(hub_env(endpoint), "train", *recipe_args(files, tmp_path / "run", "--learning_rate", "1e6",
                                                              "--push_to_hub", "true", "--hub_model_id", "tester/nan",
                                                              "--license", "mit"))
     assert result.returncode == 3 and "training diverged" in result.stderr.strip().splitlines()[-1]
@@ -171,6 +175,8 @@ def test_a_diverged_run_is_not_pushed(hub, tmp_path, hf_clm):
     ({"train_files": ["/d/a.txt"], "validation_split_percentage": 5}, "train (5% held out)"),
     ({"builtin_corpus": "python-stdlib", "validation_split_percentage": 10}, "train (10% held out)"),
 ])
+
+
 def test_the_model_index_names_the_split_the_run_validated_on(recipe, split):
     from hf_clm.hub.card import eval_results
 

@@ -4,12 +4,15 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+
 import pytest
 import torch
 from conftest import recipe_args
 from transformers import AutoModelForCausalLM
+
 from hf_clm.commands.cli import main
 from hf_clm.errors import HfClmError
+
 
 @pytest.fixture
 def tiny_lora_run(tmp_path, bpe_tokenizer):
@@ -31,6 +34,7 @@ def tiny_lora_run(tmp_path, bpe_tokenizer):
     bpe_tokenizer.save_pretrained(run)
     return run
 
+
 def killed_merge(run: Path) -> None:
     """``hf-clm merge run``, SIGKILLed once the merged weights are written, before the tokenizer and the rename."""
     code = ("import os, signal, sys, hf_clm.model.merge; "
@@ -40,9 +44,11 @@ def killed_merge(run: Path) -> None:
                             timeout=600)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
 
+
 def test_peft_without_a_pretrained_model_is_an_error(tmp_path, text_files, capsys):
     assert main(["train", *recipe_args(text_files, tmp_path / "run"), "--peft_method", "lora"]) == 2
     assert "peft fine-tunes a pretrained model: set model_name_or_path" in capsys.readouterr().err
+
 
 def test_peft_section_in_yaml(tmp_path):
     from hf_clm.recipe.parser import parse_recipe
@@ -54,6 +60,7 @@ def test_peft_section_in_yaml(tmp_path):
     assert (model.peft_method, model.lora_r, model.lora_alpha, model.lora_target_modules) == \
         ("lora", 4, 8, ["c_attn", "c_proj"])
 
+
 def test_a_failed_merge_leaves_no_merged_folder(tiny_lora_run, monkeypatch, capsys):
     import hf_clm.model.merge
 
@@ -63,6 +70,7 @@ def test_a_failed_merge_leaves_no_merged_folder(tiny_lora_run, monkeypatch, caps
     monkeypatch.setattr(hf_clm.model.merge, "read_tokenizer", fail)  # after the weights are written
     assert main(["merge", str(tiny_lora_run)]) == 2
     assert sorted(p.name for p in tiny_lora_run.iterdir() if p.name.startswith((".", "merged"))) == []
+
 
 def test_a_killed_merge_leaves_no_model_or_the_previous_one_and_the_next_merge_tidies_up(tiny_lora_run, capsys):
     merged = tiny_lora_run / "merged"
@@ -79,6 +87,7 @@ def test_a_killed_merge_leaves_no_model_or_the_previous_one_and_the_next_merge_t
     assert main(["perplexity", str(merged), "--data", str(text), "--json"]) == 0
     assert main(["merge", str(tiny_lora_run)]) == 0
     assert not list(tiny_lora_run.glob(".merged.*"))
+
 
 def test_merge_refuses_the_run_directory_and_a_file_before_loading(tiny_lora_run, tmp_path, capsys):
     adapter_weights = (tiny_lora_run / "adapter_model.safetensors").read_bytes()

@@ -12,9 +12,9 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, Trainer, Tr
 
 from hf_clm.commands.cli import main
 from hf_clm.errors import HfClmError
+from hf_clm.evaluation.metric import METRIC_PATH, compute_metrics, score_rows_preprocessor, texts_figures
 from hf_clm.evaluation.scoring import blocks_scores, score_rows, shifted_targets
 from hf_clm.evaluation.token_text import token_text
-from hf_clm.evaluation.metric import METRIC_PATH, compute_metrics, score_rows_preprocessor, texts_figures
 from hf_clm.training.trainer import TOKEN_WEIGHTED_LOSS, corpus_figures
 
 pytestmark = requires_shared_data
@@ -63,6 +63,8 @@ def cli_json(capsys, *argv: str) -> dict:
     {"convention": "rolling", "window": 16},
     {},  # the command's defaults: strided, window = the model's context, no overlap
 ])
+
+
 def test_evaluate_load_compute_equals_hf_clm_perplexity_json(metric, model_dir, tmp_path, capsys, options):
     texts = [make_documents(1, seed=5)[0] + " Ünïcode — ✓\n", "A second, shorter document.\n"]
     files = []
@@ -146,6 +148,8 @@ def test_preprocessor_without_tokenizer_scores_tokens_but_no_bytes(model_dir, bl
     ([""], "hold no text to score (1 document(s), all empty)"),
     ([3], "not int (3)"),
 ])
+
+
 def test_compute_refuses_predictions_with_nothing_to_score(metric, model_dir, predictions, message):
     with pytest.raises(HfClmError, match=re.escape(message)):
         metric.compute(model_id=str(model_dir), predictions=predictions, device="cpu")

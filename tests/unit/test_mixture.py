@@ -3,17 +3,21 @@ tells its source), weights 0.75/0.25, tokenized with a real BPE, interleaved, tr
 
 import json
 import logging
+
 import numpy as np
 import pytest
+from support.mixture import mixture_recipe, write_sources
+
 from hf_clm.data.interleave import window_shares
 from hf_clm.data.mixture import mixture_data
 from hf_clm.recipe.parser import parse_recipe
-from support.mixture import mixture_recipe, write_sources
+
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     root = tmp_path_factory.mktemp("mixture")
     return root, write_sources(root)
+
 
 def test_every_window_of_1000_blocks_holds_each_share_within_1_percent(sources, caplog):
     root, files = sources
@@ -43,6 +47,7 @@ def test_every_window_of_1000_blocks_holds_each_share_within_1_percent(sources, 
     assert set(data.eval_sets) == {"words", "digits"}
     assert len(data.eval_sets["digits"]) == rows["digits"]["validation"]["blocks"] > 0
 
+
 def test_the_order_is_a_function_of_blocks_and_seed(sources):
     root, files = sources
     first = mixture_data(parse_recipe([str(mixture_recipe(root, files, root / "a"))]))
@@ -51,6 +56,7 @@ def test_the_order_is_a_function_of_blocks_and_seed(sources):
     ids = [data.train.with_format("numpy")[:]["input_ids"] for data in (first, again, other_seed)]
     assert np.array_equal(ids[0], ids[1])
     assert not np.array_equal(ids[0], ids[2])
+
 
 def test_stop_ends_training_where_the_first_source_runs_out(sources, caplog):
     root, files = sources
@@ -63,6 +69,7 @@ def test_stop_ends_training_where_the_first_source_runs_out(sources, caplog):
     assert len(data.train) == steps * 8
     assert digits["trained_blocks"] <= digits["train"]["blocks"]  # no block of it twice
     assert digits["train"]["blocks"] - digits["trained_blocks"] < 8 * 0.25 + 2
+
 
 def test_a_prepared_mixture_lists_each_source_and_trains_with_other_weights(sources, hf_clm_main, tmp_path):
     root, files = sources

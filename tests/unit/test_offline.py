@@ -7,8 +7,8 @@ import time
 import pytest
 from huggingface_hub import constants
 
-from hf_clm.data import sources as hub_sources
 from hf_clm.commands.cli import main
+from hf_clm.data import sources as hub_sources
 
 
 @pytest.fixture
@@ -32,6 +32,8 @@ def unreachable_hub(monkeypatch):
     (["--builtin_corpus", "python-stdlib", "--model_name_or_path", "gpt2"], "model_name_or_path 'gpt2'",
      "give a local checkpoint folder"),
 ])
+
+
 def test_hub_names_fail_fast_when_the_hub_is_unreachable(unreachable_hub, tmp_path, capsys, flags, key,
                                                           alternative):
     start = time.monotonic()

@@ -5,13 +5,16 @@ import pytest
 import torch
 import yaml
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, TrainingArguments
-from hf_clm.training.optimizer import muon_parameter_groups
-from hf_clm.recipe.schema import save_recipe
+
 from hf_clm.recipe.parser import parse_recipe
+from hf_clm.recipe.schema import save_recipe
+from hf_clm.training.optimizer import muon_parameter_groups
+
 
 def names_of(model, groups) -> set[str]:
     ids = {id(p) for group in groups for p in group["params"]}
     return {name for name, p in model.named_parameters() if id(p) in ids}
+
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_muon_takes_the_hidden_matrices_and_adamw_embeddings_head_biases_and_norms(family, tmp_path):
@@ -40,6 +43,7 @@ def test_muon_takes_the_hidden_matrices_and_adamw_embeddings_head_biases_and_nor
     every = [n for n, _ in model.named_parameters()]
     assert sorted(hidden | decayed | no_decay) == sorted(every)  # each parameter in exactly one group
 
+
 def test_max_tokens_gives_the_steps_of_the_global_batch_and_is_what_the_recipe_records(tmp_path):
     argv = ["--builtin_corpus", "python-stdlib", "--train_tokenizer", "true", "--block_size", "64",
             "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "3", "--max_tokens", "100000",
@@ -53,6 +57,7 @@ def test_max_tokens_gives_the_steps_of_the_global_batch_and_is_what_the_recipe_r
     again = parse_recipe([str(tmp_path / "recipe.yaml")])
     assert again.training_args.max_steps == 66 and again.training_args.lr_scheduler_kwargs == {"num_decay_steps": 16}
 
+
 def test_a_decay_ratio_written_in_yaml_stays_a_ratio_in_the_recorded_recipe(tmp_path):
     path = tmp_path / "wsd.yaml"
     path.write_text("builtin_corpus: python-stdlib\ntrain_tokenizer: true\nmax_steps: 10\n"
@@ -61,6 +66,7 @@ def test_a_decay_ratio_written_in_yaml_stays_a_ratio_in_the_recorded_recipe(tmp_
     assert recipe.training_args.lr_scheduler_kwargs == {"num_decay_steps": 5}
     written = yaml.safe_load(save_recipe(recipe, tmp_path / "run").read_text())
     assert written["lr_scheduler_kwargs"] == {"decay_ratio": 0.5}
+
 
 def test_stacked_muon_makes_torchs_muon_updates_exactly():
     """The batched Newton-Schulz iteration over same-shaped matrices gives torch.optim.Muon's updates,

@@ -83,9 +83,9 @@ def test_gradient_checkpointing_lowers_activations(tmp_path, capsys):
 
 
 def test_muon_keeps_one_state_for_hidden_matrices(tmp_path, capsys):
-    from hf_clm.training.optimizer import hidden_matrix_names
     from hf_clm.planning.meta import meta_model, model_config
     from hf_clm.recipe.parser import parse_recipe
+    from hf_clm.training.optimizer import hidden_matrix_names
 
     recipe = small_recipe(tmp_path)
     plan = planned(capsys, recipe, "--optim", "muon")
@@ -95,9 +95,9 @@ def test_muon_keeps_one_state_for_hidden_matrices(tmp_path, capsys):
 
 
 def test_parameters_equal_the_real_gpt2_model(tmp_path, capsys):
+    from hf_clm.data.tokenizer import read_tokenizer
     from hf_clm.model.build import build_model
     from hf_clm.recipe.parser import parse_recipe
-    from hf_clm.data.tokenizer import read_tokenizer
 
     tokenizer_dir = tmp_path / "tok"
     read_tokenizer(REPO.parent / "shared" / "data" / "tiny-gpt2").save_pretrained(tokenizer_dir) \

@@ -1,15 +1,19 @@
 """hf-clm prepare: blocks on disk ahead of a launch, and train reading them (or refusing them)."""
 
 import json
+
 import pytest
 from conftest import lock_held_by_another_process, recipe_args, run_in_process, write_corpus
 from datasets import load_from_disk
+from support.prepare import prepare_argv
+
 from hf_clm.commands.cli import main
 from hf_clm.recipe.parser import parse_recipe
-from support.prepare import prepare_argv
+
 
 def flat(blocks) -> list[int]:
     return [token for row in blocks["input_ids"] for token in row]
+
 
 def parts_less_tails(whole: list[int], parts: list[list[int]], tokens: list[int], block: int) -> bool:
     """Part I's blocks are the one-machine stream from part I's first token, cut from there: what
@@ -22,6 +26,7 @@ def parts_less_tails(whole: list[int], parts: list[list[int]], tokens: list[int]
         start += count
     return True
 
+
 def test_prepare_writes_blocks_tokenizer_and_description(prepared):
     root, files, target, stdout = prepared
     description = json.loads((target / "prepared.json").read_text())
@@ -32,16 +37,20 @@ def test_prepare_writes_blocks_tokenizer_and_description(prepared):
     assert (target / "tokenizer" / "tokenizer.json").is_file()
     assert f"{description['counts']['train']['blocks']:,} blocks" in stdout
 
+
 @pytest.mark.parametrize("flag,value,message", [
     ("--block_size", "16", "has blocks of 32 tokens but the recipe's block_size is 16"),
     ("--vocab_size", "300", "was tokenized with 'byte-level BPE, vocab 400"),
 ])
+
+
 def test_train_refuses_a_prepared_dataset_made_differently(prepared, capsys, flag, value, message):
     root, files, target, _ = prepared
     code = main(["train", *prepare_argv(files, root / "refused", target, flag, value)])
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (root / "refused" / "model.safetensors").exists()
+
 
 def test_train_refuses_a_missing_or_unfinished_prepared_dataset(prepared, capsys, tmp_path):
     root, files, _, _ = prepared
@@ -50,6 +59,7 @@ def test_train_refuses_a_missing_or_unfinished_prepared_dataset(prepared, capsys
     (tmp_path / "half").mkdir()
     assert main(["train", *prepare_argv(files, tmp_path / "run", tmp_path / "half")]) == 2
     assert "holds no prepared.json" in capsys.readouterr().err
+
 
 def test_two_shards_are_the_one_machine_blocks_but_for_each_shards_tail(sharded):
     """Each shard reads its byte range of the training and of the validation file; its blocks are the
@@ -64,6 +74,7 @@ def test_two_shards_are_the_one_machine_blocks_but_for_each_shards_tail(sharded)
         assert parts_less_tails(flat(one[split]), parts, tokens, 32), split
     assert descriptions[0]["counts"]["train"]["tokens"] % 32 > 0  # the case worth testing: a partial block
 
+
 def test_train_reads_every_shard_in_order(sharded):
     _, files, _, target = sharded
     recipe = parse_recipe(prepare_argv(files, target.parent / "run", target))
@@ -73,6 +84,7 @@ def test_train_reads_every_shard_in_order(sharded):
     shards = [load_from_disk(str(target / f"train-0000{i}-of-00002")) for i in range(2)]
     assert flat(data.train) == flat(shards[0]) + flat(shards[1])
     assert data.counts["train"].blocks == len(data.train) and data.counts["train"].documents == 120
+
 
 def test_sharded_sets_that_train_refuses(sharded, tmp_path, capsys):
     """An incomplete set names the missing shards; a shard of another split or block size is refused
@@ -106,6 +118,7 @@ def test_sharded_sets_that_train_refuses(sharded, tmp_path, capsys):
     assert busy.returncode == 2 and f"shard 1 of prepared_dataset {partial} is in use by pid {holder.pid}" in busy.stderr
     assert not (partial / "shard-00001-of-00002.json").exists()
 
+
 def test_train_refuses_blocks_whose_tokenizer_was_replaced(prepared, tmp_path, capsys):
     """The folder's tokenizer is checked against the digest its blocks were made with, also when the
     recipe trains its BPE (where the recipe's description alone would match)."""
@@ -122,6 +135,7 @@ def test_train_refuses_blocks_whose_tokenizer_was_replaced(prepared, tmp_path, c
     assert "is not the one its blocks were made with" in capsys.readouterr().err
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
+
 def test_train_refuses_a_corpus_other_than_the_folders(prepared, tmp_path, capsys):
     """--train_files X beside prepared_dataset would train on the folder's blocks and name X in
     recipe.yaml, the report and the card."""
@@ -133,6 +147,7 @@ def test_train_refuses_a_corpus_other_than_the_folders(prepared, tmp_path, capsy
     assert f"prepared_dataset {target} was made from train_files {files['train']}" in err
     assert f"but the recipe names train_files {other['train']}" in err
     assert not (tmp_path / "run" / "recipe.yaml").exists()
+
 
 def test_shards_of_two_corpora_of_as_many_documents_are_refused(sharded, tmp_path):
     import shutil
@@ -149,6 +164,7 @@ def test_shards_of_two_corpora_of_as_many_documents_are_refused(sharded, tmp_pat
     assert json.loads((mixed / "shard-00001-of-00002.json").read_text())["corpus_digest"] == \
         json.loads((mixed / "shard-00000-of-00002.json").read_text())["corpus_digest"]
 
+
 def test_a_shard_folder_replaced_by_another_shards_blocks_is_refused(sharded, tmp_path, capsys):
     import shutil
 
@@ -161,6 +177,7 @@ def test_a_shard_folder_replaced_by_another_shards_blocks_is_refused(sharded, tm
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"prepared_dataset {swapped / 'train-00000-of-00002'} holds" in err and "blocks where its description" \
         " says" in err or "another fingerprint" in err
+
 
 def test_flipped_token_ids_are_refused_when_blocks_are_loaded(prepared, tmp_path, capsys):
     """Bytes flipped in an Arrow file make ids the embedding cannot look up ('index out of range in
@@ -183,6 +200,7 @@ def test_flipped_token_ids_are_refused_when_blocks_are_loaded(prepared, tmp_path
     assert f"prepared_dataset {damaged / 'train'} holds token id 1000000, outside the tokenizer's " in err
     assert "ids: its Arrow files are damaged" in err
 
+
 def test_a_pretrained_tokenizer_at_another_path_is_the_same_tokenizer_for_a_shard(tmp_path, bpe_tokenizer):
     files = write_corpus(tmp_path / "corpus")
     bpe_tokenizer.save_pretrained(tmp_path / "tok-a")
@@ -193,6 +211,7 @@ def test_a_pretrained_tokenizer_at_another_path_is_the_same_tokenizer_for_a_shar
                            "false", "--tokenizer_name_or_path", str(tmp_path / path))
         result = run_in_process("prepare", *argv, "--shard", shard, "--num_shards", "2")
         assert result.returncode == 0, result.stderr[-2000:]
+
 
 def test_a_whole_prepare_and_a_shard_never_write_one_folder_at_once(prepared, tmp_path):
     root, files, _, _ = prepared

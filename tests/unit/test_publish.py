@@ -12,8 +12,8 @@ from conftest import hub_env
 from huggingface_hub import ModelCard
 
 from hf_clm.hub.card import model_card, shown_recipe
-from hf_clm.run.figures import byte_size
 from hf_clm.hub.publish import Publication, PublishOptions, local_inputs, publication
+from hf_clm.run.figures import byte_size
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,8 @@ def test_the_merged_model_goes_up_with_the_runs_record(hub, lora_run, tmp_path, 
      "was not merged from the run's adapter as it is now (merged_from.json differs)"),
     (lambda m: shutil.rmtree(m), "has no merged model"),
 ])
+
+
 def test_the_merged_model_is_verified_before_any_request(hub, lora_run, tmp_path, damage, message, hf_clm):
     state, endpoint = hub
     run = Path(shutil.copytree(lora_run, tmp_path / "run"))

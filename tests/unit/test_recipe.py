@@ -8,9 +8,9 @@ import torch
 import yaml
 
 from hf_clm.errors import HfClmError
-from hf_clm.recipe.schema import save_recipe
 from hf_clm.recipe.parser import parse_recipe
 from hf_clm.recipe.paths import resolve_paths
+from hf_clm.recipe.schema import save_recipe
 from hf_clm.recipe.yaml_file import read_recipe_yaml
 from hf_clm.run.files import RECIPE_FILENAME
 
@@ -70,6 +70,8 @@ def test_problems_are_collected_and_reported_together():
 
 @pytest.mark.parametrize("argv", [["--sample_by", "sentence"], ["--attention_scope", "sentence"],
                                   ["--bnb_4bit_quant_type", "sentence"], ["--peft_method", "sentence"]])
+
+
 def test_choices_declared_on_the_fields_are_checked_for_flags_and_yaml(tmp_path, argv):
     key = argv[0][2:]
     with pytest.raises(HfClmError, match=f"^{key} must be one of .*, not 'sentence'$"):
@@ -205,6 +207,7 @@ def test_ddp_does_not_search_for_unused_parameters_by_default_and_a_recipe_can_t
     assert parse_recipe([path]).training_args.ddp_find_unused_parameters is False
     assert parse_recipe([path, "--ddp_find_unused_parameters", "true"]).training_args.ddp_find_unused_parameters is True
 
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the rewrite applies only without a GPU")
 def test_bf16_without_a_gpu_is_cpu_autocast_and_the_recipe_records_bf16_only(tmp_path):
     recipe = parse_recipe(["--builtin_corpus", "python-stdlib", "--train_tokenizer", "true", "--bf16", "true",
@@ -223,8 +226,8 @@ def test_optim_muon_is_recorded_as_given_and_trainer_holds_its_adamw_half(tmp_pa
 
 
 def test_the_key_names_read_from_source_are_the_dataclasses_keys():
-    from hf_clm.recipe.schema import recipe_fields
     from hf_clm.recipe.keys import recipe_key_names
+    from hf_clm.recipe.schema import recipe_fields
 
     assert sorted(recipe_key_names()) == sorted(f.name for f in recipe_fields())
 
@@ -252,6 +255,7 @@ def test_the_checkpoint_prefix_is_transformers_own():
 
 
 # ---- '--KEY none': every key can be unset --------------------------------------------------------
+
 
 def key_value(recipe, key: str):
     part = next(part for part in recipe[:4] if key in {f.name for f in dataclasses.fields(part)})
@@ -311,6 +315,7 @@ def test_a_bad_number_names_the_range_and_how_to_unset(tmp_path):
 
 # ---- what run_clm.py users type ------------------------------------------------------------------
 
+
 def test_run_clm_names_are_read_as_this_packages_keys_with_a_note(tmp_path, caplog):
     (tmp_path / "train.txt").write_text("some text\n")
     (tmp_path / "valid.txt").write_text("other text\n")
@@ -360,6 +365,8 @@ def test_relative_paths_resolve_from_the_current_directory(tmp_path, monkeypatch
                                        ("max_iters", "that is nanoGPT's key: here max_steps"),
                                        ("blok_size", "did you mean 'block_size'?"),
                                        ("frobnicate", "see 'hf-clm train --help' for the keys")])
+
+
 def test_foreign_keys_get_their_equivalent_and_only_close_misspellings_a_suggestion(key, hint):
     from hf_clm.recipe.keys import unknown_key_message
 

@@ -2,17 +2,20 @@
 short evaluation and the measured figures beside the plan's, in OUTPUT_DIR-rehearsal; nothing finished."""
 
 import logging
+
 import pytest
 import torch
 from conftest import REPO, SHARED_DATA, requires_shared_data
+from support.rehearsal import small_recipe
+
 from hf_clm.planning import rehearsal
 from hf_clm.planning.rehearsal_values import rehearsal_values
 from hf_clm.recipe.parser import parse_recipe
-from support.rehearsal import small_recipe
 
 FLAGSHIP = REPO / "recipes" / "gpt2-124m-fineweb.yaml"
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="the settings a machine without CUDA cannot use")
+
 
 @no_cuda
 @requires_shared_data
@@ -40,6 +43,7 @@ def test_the_flagship_rehearses_on_local_text_without_what_this_machine_cannot_u
                     "optim adamw_torch_fused", "torch_compile (no C compiler", "attn_implementation flash_attention_2",
                     "dataloader_pin_memory"):
         assert any(n.startswith(f"rehearsal on cpu: ignoring {setting}") for n in notices), (setting, notices)
+
 
 def test_a_too_large_batch_is_lowered_to_the_largest_the_plan_fits(tmp_path, caplog):
     from hf_clm.planning.launch import Device

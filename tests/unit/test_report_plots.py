@@ -3,10 +3,10 @@ the learning curves' data; the text and windows each row was measured on."""
 
 import json
 import math
-from pathlib import Path
 import os
 import stat
 import warnings
+from pathlib import Path
 
 import pytest
 import yaml
@@ -121,6 +121,7 @@ def test_report_files_get_the_umask_mode_and_replace_a_killed_writers_temporarie
 
 
 # ---- the final evaluation is on the curves, whatever step the run ends at ------------------------
+
 
 def trained_run(text_files, run_dir, *flags: str) -> dict:
     """A seconds-long real run; its report's rows as ``read_run`` gives them."""

@@ -2,9 +2,12 @@
 
 import json
 import sys
+
 import pytest
 from conftest import recipe_args
+
 from hf_clm.commands.cli import main
+
 
 def error_of(capsys, *argv: str) -> str:
     assert main(list(argv)) == 2
@@ -27,21 +30,25 @@ BAD_SWITCHES = [
       '{"decay_ratio": 0.2}'], "decay_ratio needs max_steps, max_tokens or max_train_seconds"),
 ]
 
+
 def test_zero_optimizer_steps_is_an_error(text_files, tmp_path, capsys):
     err = error_of(capsys, "train", *recipe_args(text_files, tmp_path / "run", "--per_device_train_batch_size",
                                                  "64", "--gradient_accumulation_steps", "8"))
     assert "fewer than one optimizer step takes" in err and "64 per_device_train_batch_size x 8" in err
     assert not (tmp_path / "run" / "recipe.yaml").exists()
 
+
 def test_streaming_without_max_steps_is_an_error(text_files, tmp_path, capsys):
     err = error_of(capsys, "train", *recipe_args(text_files, tmp_path / "run", "--streaming", "true",
                                                  "--max_steps", "-1"))
     assert "streaming: true needs max_steps" in err
 
+
 def test_resume_from_a_missing_checkpoint_is_an_error(text_files, tmp_path, capsys):
     err = error_of(capsys, "train", *recipe_args(text_files, tmp_path / "run", "--resume_from_checkpoint",
                                                  str(tmp_path / "checkpoint-7")))
     assert "checkpoint-7 does not exist" in err
+
 
 def test_a_finished_run_is_not_overwritten_unless_asked(text_files, tmp_path, capsys):
     argv = ["train", *recipe_args(text_files, tmp_path / "run", "--max_steps", "4", "--eval_steps", "4",
@@ -61,6 +68,7 @@ def test_a_finished_run_is_not_overwritten_unless_asked(text_files, tmp_path, ca
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-3"]
     assert json.loads((tmp_path / "run" / "perplexity.json").read_text())["train_tokens_seen"] == 3 * 8 * 32
 
+
 def test_throughput_is_logged_and_saved(text_files, tmp_path, capsys):
     assert main(["train", *recipe_args(text_files, tmp_path / "run", "--max_steps", "10", "--eval_steps", "5",
                                        "--peak_tflops", "0.5")]) == 0
@@ -79,6 +87,7 @@ def test_throughput_is_logged_and_saved(text_files, tmp_path, capsys):
     assert report["train_seconds"] == summary["train_seconds"]
     assert f"{summary['train_tokens_per_second']:,.0f} tokens/s, MFU" in capsys.readouterr().out
 
+
 def test_flops_per_token_counts_six_per_weight_and_attention():
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -88,14 +97,18 @@ def test_flops_per_token_counts_six_per_weight_and_attention():
     weights = model.num_parameters() - 16 * 32  # position embeddings are a lookup
     assert flops_per_token(model, 16) == 6 * weights + 12 * 2 * 32 * 16
 
+
 @pytest.mark.parametrize("flags,message", BAD_SWITCHES, ids=[m.split(" ")[0] + "-" + str(i)
                                                              for i, (_, m) in enumerate(BAD_SWITCHES)])
+
+
 def test_a_training_switch_that_cannot_work_is_one_error_line(flags, message, text_files, tmp_path, capsys,
                                                              monkeypatch):
     monkeypatch.setattr("hf_clm.recipe.checks.installed", lambda package: True)  # as where flash-attn is
     err = error_of(capsys, "train", *recipe_args(text_files, tmp_path / "run", *flags))
     assert message in err
     assert not (tmp_path / "run").exists()
+
 
 def test_muon_on_a_pretrained_model_without_hidden_matrices_is_an_error(text_files, bpe_tokenizer, tmp_path, capsys):
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -109,12 +122,15 @@ def test_muon_on_a_pretrained_model_without_hidden_matrices_is_an_error(text_fil
     assert "optim: muon trains 2-D hidden weight matrices and GPT2LMHeadModel has no trainable one" in err
     assert not (tmp_path / "run" / "recipe.yaml").exists()
 
+
 @pytest.mark.parametrize("argv", [
     ["train", "--hub_token=hf_SECRETvalue123", "recipe.yaml"],
     ["train", "recipe.yaml", "--hub-token", "hf_SECRETvalue123", "--max_steps", "3"],
     ["train", "--HUB_TOKEN", "hf_SECRETvalue123"],
     ["prepare", "--my-token=hf_SECRETvalue123", "--output_dir", "x"],
 ])
+
+
 def test_the_lock_records_the_command_with_secret_values_masked(tmp_path, monkeypatch, argv):
     from hf_clm.run.locks import folder_lock
 
@@ -123,6 +139,7 @@ def test_the_lock_records_the_command_with_secret_values_masked(tmp_path, monkey
         command = json.loads(lock.read_text())["command"]
     assert "hf_SECRETvalue123" not in command and "***" in command
     assert command.startswith(f"hf-clm {argv[0]}") and command.count(" ") == len(argv)  # every argument kept
+
 
 def test_a_tied_head_is_no_missing_key_when_a_checkpoint_loads(tmp_path, monkeypatch, bpe_tokenizer):
     """Resumes under a launcher reported GPT-2's tied lm_head.weight as a missing key (alarming, harmless)."""

@@ -14,23 +14,24 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
 import pytest
 import yaml
-from conftest import (
-    lock_held_by_another_process,
-    recipe_args,
-)
-from hf_clm.run.artifacts import finished_marker_problem, json_text, write_json
-from hf_clm.training.checkpoints import checkpoint_problem, checkpoints
-from hf_clm.run.files import LOCK_FILENAME, PERPLEXITY_FILENAME
+from conftest import lock_held_by_another_process, recipe_args
 from support.run_integrity import copy_of, last_line, truncate
 
+from hf_clm.run.artifacts import finished_marker_problem, json_text, write_json
+from hf_clm.run.files import LOCK_FILENAME, PERPLEXITY_FILENAME
+from hf_clm.training.checkpoints import checkpoint_problem, checkpoints
+
 SECRET = "hf_secretTokenThatMustNeverBeWritten77"
+
 
 def strict_json(path: Path):
     def refuse(constant):
         raise AssertionError(f"{path} holds {constant}, which is not JSON")
     return json.loads(path.read_text(), parse_constant=refuse)
+
 
 def sharded_checkpoint(folder: Path) -> Path:
     """A checkpoint laid out as FSDP's SHARDED_STATE_DICT writes it (weights and optimizer state in
@@ -48,6 +49,7 @@ def sharded_checkpoint(folder: Path) -> Path:
     (folder / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
     return folder
 
+
 def damaged_run(run_dir: Path, what: str) -> Path:
     """Damage a copy of a finished run; returns the file that is damaged."""
     if what == "truncated weights":
@@ -57,13 +59,14 @@ def damaged_run(run_dir: Path, what: str) -> Path:
         return run_dir / "tokenizer.json"
     raise ValueError(what)
 
+
 @pytest.mark.parametrize("how", ["flag", "yaml"])
-def test_a_hub_token_is_in_no_file_the_run_writes(corpus, tmp_path, how, hf_clm, train):
+def test_a_hub_token_is_in_no_file_the_run_writes(corpus, tmp_path, how, hf_clm_main, train):
     run_dir = tmp_path / "run"
     if how == "yaml":
         recipe = tmp_path / "recipe.yaml"
         recipe.write_text(yaml.safe_dump({"hub_token": SECRET}))
-        result = hf_clm("train", str(recipe), *recipe_args(corpus, run_dir, "--max_steps", "2", "--save_steps", "2",
+        result = hf_clm_main("train", str(recipe), *recipe_args(corpus, run_dir, "--max_steps", "2", "--save_steps", "2",
                                                            "--eval_steps", "2"))
     else:
         result = train(corpus, run_dir, "--max_steps", "2", "--hub_token", SECRET)
@@ -73,6 +76,7 @@ def test_a_hub_token_is_in_no_file_the_run_writes(corpus, tmp_path, how, hf_clm,
     for path in written:
         assert SECRET.encode() not in path.read_bytes(), path
     assert SECRET not in result.stdout + result.stderr
+
 
 @pytest.mark.parametrize("learning_rate", ["1e3", "1e6"])
 def test_divergence_stops_with_one_line_and_no_finished_run(corpus, tmp_path, learning_rate, train):
@@ -92,6 +96,7 @@ def test_divergence_stops_with_one_line_and_no_finished_run(corpus, tmp_path, le
         assert all(t.isfinite().all() for t in load_file(checkpoint / "model.safetensors").values())
         strict_json(checkpoint / "trainer_state.json")
 
+
 def test_json_files_hold_null_with_a_reason_for_non_finite_numbers(tmp_path):
     path = write_json({"perplexity": math.inf, "loss": math.nan, "nested": {"x": -math.inf}, "ok": 1.5},
                       tmp_path / "figures.json")
@@ -101,11 +106,13 @@ def test_json_files_hold_null_with_a_reason_for_non_finite_numbers(tmp_path):
     assert data["non_finite"]["perplexity"].startswith("inf") and data["non_finite"]["loss"].startswith("nan")
     assert "NaN" not in json_text([math.nan]) and "Infinity" not in json_text({"a": [math.inf]})
 
+
 def test_every_json_of_a_finished_run_is_strict_json(finished):
     found = list(finished.rglob("*.json"))
     assert len(found) > 5
     for path in found:
         strict_json(path)
+
 
 def test_the_marker_records_step_and_weights_and_is_written_after_the_report(finished):
     summary = strict_json(finished / PERPLEXITY_FILENAME)
@@ -114,6 +121,7 @@ def test_the_marker_records_step_and_weights_and_is_written_after_the_report(fin
     for name in ("report.md", "report.json", "curves_by_steps.png", "model.safetensors", "recipe.yaml"):
         assert (finished / name).stat().st_mtime_ns <= (finished / PERPLEXITY_FILENAME).stat().st_mtime_ns, name
     assert not [p for p in finished.iterdir() if p.name.startswith(".")]  # no temporary or lock file left
+
 
 def test_a_write_removes_a_killed_writers_temporary_and_keeps_a_live_ones(tmp_path):
     path = tmp_path / "report.json"
@@ -132,8 +140,11 @@ def test_a_write_removes_a_killed_writers_temporary_and_keeps_a_live_ones(tmp_pa
         sleeper.kill()
         sleeper.wait()
 
+
 @pytest.mark.parametrize("damage", ["torn first checkpoint", "optimizer.pt", "model.safetensors", "scheduler.pt",
                                     "rng_state.pth"])
+
+
 def test_auto_skips_damaged_checkpoints_and_starts_fresh_without_one(finished, tmp_path, corpus, damage, train):
     run_dir = copy_of(finished, tmp_path)
     (run_dir / PERPLEXITY_FILENAME).unlink()
@@ -151,9 +162,12 @@ def test_auto_skips_damaged_checkpoints_and_starts_fresh_without_one(finished, t
     assert finished_marker_problem(run_dir) is None
     assert strict_json(run_dir / PERPLEXITY_FILENAME)["train_tokens_seen"] == 4 * 8 * 32
 
+
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # DCP in one process, as meant
 @pytest.mark.parametrize("damage", ["no model .metadata", "no optimizer .metadata", "a shard cut short",
                                     "a shard missing", ".metadata corrupted"])
+
+
 def test_a_sharded_checkpoint_is_complete_only_with_its_metadata_and_whole_shards(tmp_path, damage):
     checkpoint = sharded_checkpoint(tmp_path / "checkpoint-2")
     assert checkpoint_problem(checkpoint) is None
@@ -176,20 +190,22 @@ def test_a_sharded_checkpoint_is_complete_only_with_its_metadata_and_whole_shard
     assert expected in checkpoint_problem(checkpoint)
     assert "truncated" in checkpoint_problem(checkpoint) or damage != "a shard cut short"
 
-def test_prepare_into_a_locked_folder_names_the_holder(corpus, tmp_path, hf_clm):
+
+def test_prepare_into_a_locked_folder_names_the_holder(corpus, tmp_path, hf_clm_main):
     target = tmp_path / "blocks"
     target.mkdir()
     args = recipe_args(corpus, tmp_path / "run", "--prepared_dataset", str(target))
     with lock_held_by_another_process(target) as holder:
-        result = hf_clm("prepare", *args)
+        result = hf_clm_main("prepare", *args)
     assert result.returncode == 2 and f"is in use by pid {holder.pid}" in last_line(result)
     assert not (target / "prepared.json").exists()
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (target / LOCK_FILENAME).write_text(json.dumps({"pid": int(gone.stdout), "host": socket.gethostname(),
                                                     "locked_at": time.time() - 60, "command": "hf-clm prepare"}))
-    result = hf_clm("prepare", *args)
+    result = hf_clm_main("prepare", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (target / "prepared.json").is_file() and not (target / LOCK_FILENAME).exists()
+
 
 def test_a_lock_left_by_an_earlier_start_of_a_slurm_job_is_taken_over_and_names_the_new_start(tmp_path, monkeypatch):
     """A requeued Slurm job starts again only once its earlier start has ended, maybe on other nodes:
@@ -207,6 +223,7 @@ def test_a_lock_left_by_an_earlier_start_of_a_slurm_job_is_taken_over_and_names_
     with folder_lock(run_dir, "output_dir") as lock:
         taken = json.loads(lock.read_text())
     assert taken["slurm_job"] == "41" and taken["slurm_start"] == 1 and taken["host"] == socket.gethostname()
+
 
 def test_overwrite_validates_first_and_removes_only_what_the_package_wrote(finished, tmp_path, corpus, train):
     run_dir = copy_of(finished, tmp_path)
@@ -227,6 +244,7 @@ def test_overwrite_validates_first_and_removes_only_what_the_package_wrote(finis
     assert (run_dir / "notes.txt").read_text() == "mine"
     assert finished_marker_problem(run_dir) is None
 
+
 def test_resuming_from_the_final_checkpoint_trains_nothing(finished, tmp_path, corpus, train):
     run_dir = copy_of(finished, tmp_path)
     # finished: nothing changes at all
@@ -245,6 +263,7 @@ def test_resuming_from_the_final_checkpoint_trains_nothing(finished, tmp_path, c
     assert summary["global_step"] == 4 and summary["train_tokens_seen"] == 4 * 8 * 32
     assert (run_dir / "model.safetensors").read_bytes() == (finished / "model.safetensors").read_bytes()
 
+
 def test_resuming_from_the_final_checkpoint_mid_epoch_adds_no_phantom_step(corpus, tmp_path, train):
     run_dir = tmp_path / "run"
     assert train(corpus, run_dir, "--max_steps", "5", "--save_steps", "5", "--eval_steps", "5").returncode == 0
@@ -255,51 +274,56 @@ def test_resuming_from_the_final_checkpoint_mid_epoch_adds_no_phantom_step(corpu
     assert [p.name for p in checkpoints(run_dir)] == ["checkpoint-5"]
     assert strict_json(run_dir / "trainer_state.json")["global_step"] == 5
 
-def test_paths_resolve_once_the_same_way_and_the_saved_recipe_runs_from_anywhere(corpus, tmp_path, hf_clm):
+
+def test_paths_resolve_once_the_same_way_and_the_saved_recipe_runs_from_anywhere(corpus, tmp_path, hf_clm_main):
     home, work = tmp_path / "home", tmp_path / "work"
     shutil.copytree(corpus["train"].parent, work / "data")
     home.mkdir()
     args = [a if a not in {str(corpus["train"]), str(corpus["validation"])} else "data/" + Path(a).name
             for a in recipe_args(corpus, Path("runs/r"), "--max_steps", "2", "--save_steps", "2", "--eval_steps", "2")]
-    result = hf_clm("prepare", *args, "--prepared_dataset", "~/blocks", env={"HOME": str(home)}, cwd=work)
+    result = hf_clm_main("prepare", *args, "--prepared_dataset", "~/blocks", env={"HOME": str(home)}, cwd=work)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (home / "blocks" / "prepared.json").is_file() and not (work / "~").exists()
-    result = hf_clm("train", *args, "--prepared_dataset", "~/blocks", env={"HOME": str(home)}, cwd=work)
+    result = hf_clm_main("train", *args, "--prepared_dataset", "~/blocks", env={"HOME": str(home)}, cwd=work)
     assert result.returncode == 0, result.stderr[-3000:]
     saved = yaml.safe_load((work / "runs" / "r" / "recipe.yaml").read_text())
     assert saved["prepared_dataset"] == str(home / "blocks") and saved["output_dir"] == str(work / "runs" / "r")
     assert saved["train_files"] == [str(work / "data" / "train.txt")]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    result = hf_clm("train", str(work / "runs" / "r" / "recipe.yaml"), "--output_dir", str(tmp_path / "again"),
+    result = hf_clm_main("train", str(work / "runs" / "r" / "recipe.yaml"), "--output_dir", str(tmp_path / "again"),
                     cwd=elsewhere)
     assert result.returncode == 0, result.stderr[-3000:]
+
 
 @pytest.mark.parametrize("command,what", [
     ("generate", "truncated weights"), ("generate", "bad tokenizer.json"),
     ("perplexity", "truncated weights"), ("explain", "bad tokenizer.json"),
 ])
-def test_a_damaged_run_directory_is_one_line_naming_the_file(finished, tmp_path, corpus, command, what, hf_clm):
+
+
+def test_a_damaged_run_directory_is_one_line_naming_the_file(finished, tmp_path, corpus, command, what, hf_clm_main):
     run_dir = copy_of(finished, tmp_path)
     damaged = damaged_run(run_dir, what)
     extra = {"generate": ["hello"], "explain": ["the cat sat"], "perplexity": ["--data", str(corpus["validation"])]}
-    result = hf_clm(command, str(run_dir), *extra[command])
+    result = hf_clm_main(command, str(run_dir), *extra[command])
     assert result.returncode == 2, result.stderr[-3000:]
     assert last_line(result).startswith("hf-clm: error: ") and "Traceback" not in result.stderr
     assert str(damaged) in last_line(result) or (damaged.name in last_line(result) and str(run_dir) in last_line(result))
 
+
 @pytest.mark.parametrize("damage", ["missing arrow file", "bad prepared.json", "bad tokenizer"])
-def test_a_damaged_prepared_dataset_is_one_line(corpus, tmp_path, damage, hf_clm):
+def test_a_damaged_prepared_dataset_is_one_line(corpus, tmp_path, damage, hf_clm_main):
     target = tmp_path / "blocks"
     args = recipe_args(corpus, tmp_path / "run", "--prepared_dataset", str(target), "--max_steps", "2")
-    assert hf_clm("prepare", *args).returncode == 0
+    assert hf_clm_main("prepare", *args).returncode == 0
     if damage == "missing arrow file":
         next((target / "train").glob("*.arrow")).unlink()
     elif damage == "bad prepared.json":
         (target / "prepared.json").write_text("")
     else:
         (target / "tokenizer" / "tokenizer.json").write_text("{")
-    result = hf_clm("train", *args)
+    result = hf_clm_main("train", *args)
     assert result.returncode == 2, result.stderr[-3000:]
     line = last_line(result)
     assert line.startswith("hf-clm: error: ") and str(target) in line and "hf-clm prepare" in line

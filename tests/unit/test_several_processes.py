@@ -3,7 +3,9 @@ that cannot reach its launch's rendezvous says so in one line (perplexity and tr
 across processes: tests/test_perplexity_processes.py, test_time_budget.py, test_distributed.py)."""
 
 import pytest
+
 from hf_clm.commands.cli import ONE_PROCESS_COMMANDS, main
+
 
 @pytest.mark.parametrize("command", ONE_PROCESS_COMMANDS)
 def test_a_one_process_command_under_a_launcher_is_one_line(command, monkeypatch, capsys):

@@ -1,12 +1,15 @@
 """max_train_seconds: training ends by the clock and the schedule follows the clock."""
 
 import json
+
 import pytest
 import torch
+from support.time_budget import budget_run
 from transformers import TrainingArguments
+
 from hf_clm.errors import HfClmError
 from hf_clm.training.time_budget import BudgetClock, BudgetStop, budget_schedule
-from support.time_budget import budget_run
+
 
 class FakeClock:
     def __init__(self):
@@ -14,6 +17,7 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
 
 def schedule_at(fractions, budget=100.0, **args):
     """The learning rate a budget schedule gives when the clock reads each fraction of the budget."""
@@ -27,15 +31,18 @@ def schedule_at(fractions, budget=100.0, **args):
         rates.append(optimizer.param_groups[0]["lr"])
     return rates
 
+
 def test_a_cosine_schedule_warms_up_and_ends_its_decay_with_the_budget():
     start, warm, middle, end = schedule_at([0.0, 0.1, 0.55, 1.0], lr_scheduler_type="cosine", warmup_steps=0.1)
     assert start == pytest.approx(0.0) and warm == pytest.approx(1.0)
     assert middle == pytest.approx(0.5, abs=1e-3) and end == pytest.approx(0.0, abs=1e-9)
 
+
 def test_warmup_stable_decay_decays_over_the_last_fraction_of_the_budget():
     stable, decaying, end = schedule_at([0.5, 0.9, 1.0], lr_scheduler_type="warmup_stable_decay",
                                         lr_scheduler_kwargs={"decay_ratio": 0.2})
     assert stable == pytest.approx(1.0) and 0.0 < decaying < 1.0 and end == pytest.approx(0.0, abs=1e-9)
+
 
 def test_training_stops_when_another_step_would_pass_the_budget():
     clock_time = FakeClock()
@@ -48,6 +55,7 @@ def test_training_stops_when_another_step_would_pass_the_budget():
         stop.on_step_end(None, type("State", (), {"global_step": steps})(), control)
     assert steps == 5  # 5 s used: a sixth step would end at 6 s, past the 5.5 s budget
 
+
 def test_a_budget_shorter_than_the_first_step_is_one_line():
     clock_time = FakeClock()
     stop = BudgetStop(BudgetClock(clock_time, budget=0.5))
@@ -56,6 +64,7 @@ def test_a_budget_shorter_than_the_first_step_is_one_line():
     with pytest.raises(HfClmError, match="the budget ends before the first step does: max_train_seconds 0.5 s, "
                                          "and one step took 2.0 s; raise it"):
         stop.on_step_end(None, type("State", (), {"global_step": 1})(), type("Control", (), {})())
+
 
 def test_a_resumed_run_predicts_its_first_step_from_the_step_time_its_checkpoint_saved():
     """Without the saved mean, the first steps after a resume look free, and the run passes its budget."""
@@ -72,6 +81,7 @@ def test_a_resumed_run_predicts_its_first_step_from_the_step_time_its_checkpoint
     assert control.should_training_stop
     assert stop.state()["attributes"]["step_mean"] == 1.0  # what the next checkpoint saves
 
+
 def test_a_run_by_the_clock_ends_at_the_end_of_its_decay_and_records_its_budget(tmp_path, text_files):
     summary = budget_run(text_files, tmp_path / "run", "3")
     assert summary["max_train_seconds"] == 3.0 and summary["run"]["max_train_seconds"] == 3.0
@@ -81,6 +91,7 @@ def test_a_run_by_the_clock_ends_at_the_end_of_its_decay_and_records_its_budget(
     assert len(rates) > 10 and rates[-1] < 0.05 * max(rates)  # the last step runs at the decay's end
     assert "max_train_seconds: 3.0" in (tmp_path / "run" / "recipe.yaml").read_text()
     assert "of a 3 s budget" in (tmp_path / "run" / "report.md").read_text()
+
 
 def test_a_budget_run_says_what_its_budget_held_and_when_far_less_than_the_recipe_was_tuned_for(tmp_path, text_files,
                                                                                                   capsys):
@@ -96,6 +107,7 @@ def test_a_budget_run_says_what_its_budget_held_and_when_far_less_than_the_recip
                     f"the recipe's")
     assert "expect a worse perplexity" in (tmp_path / "run" / "report.md").read_text()
 
+
 def test_a_budget_that_held_what_the_recipe_was_tuned_for_says_only_what_it_trained():
     from hf_clm.run.figures import budget_text
 
@@ -104,6 +116,7 @@ def test_a_budget_that_held_what_the_recipe_was_tuned_for_says_only_what_it_trai
     assert budget_text(held, 251_904) == "this run trained 123 steps (251,904 tokens) at 839 tokens/s"
     assert budget_text({**held, "far_short": True}, 251_904).endswith(
         "; the recipe was tuned for ~200 steps at 1,400 tokens/s: expect a worse perplexity than the recipe's")
+
 
 def test_the_training_bar_of_a_budget_run_starts_without_the_virtual_step_count():
     """Trainer opens its bar at 0/max_steps, the unreachable step count of a budget run; BudgetStop

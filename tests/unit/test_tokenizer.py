@@ -4,9 +4,9 @@ from datasets import Dataset
 from transformers import AutoTokenizer
 
 from hf_clm.data.collator import causal_lm_collator
+from hf_clm.data.tokenizer import EOS_TOKEN, PAD_TOKEN, load_pretrained_tokenizer, train_or_load_tokenizer
 from hf_clm.errors import first_line
 from hf_clm.recipe.schema import ModelArguments
-from hf_clm.data.tokenizer import EOS_TOKEN, PAD_TOKEN, load_pretrained_tokenizer, train_or_load_tokenizer
 
 
 def train_split(extra: str = "") -> Dataset:

@@ -2,25 +2,29 @@
 
 import json
 from pathlib import Path
+
 import pytest
 import torch
 from conftest import recipe_args, write_corpus
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from hf_clm.commands.cli import main
 from hf_clm.evaluation.scoring import blocks_scores
 from hf_clm.recipe.parser import parse_recipe
 from hf_clm.training.train import run
 
+
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, offline_hf_cache):
+def trained_run(tmp_path_factory, offline_hf_cache):
     root = tmp_path_factory.mktemp("train")
     files = write_corpus(root)
     output_dir = root / "run"
     summary = run(parse_recipe(recipe_args(files, output_dir)))
     return output_dir, summary
 
-def test_run_writes_model_tokenizer_recipe_and_perplexity(finished_run):
-    output_dir, summary = finished_run
+
+def test_run_writes_model_tokenizer_recipe_and_perplexity(trained_run):
+    output_dir, summary = trained_run
     for name in ("model.safetensors", "config.json", "tokenizer.json", "recipe.yaml", "token_counts.json",
                  "perplexity.json", "trainer_state.json"):
         assert (output_dir / name).is_file(), name
@@ -34,8 +38,9 @@ def test_run_writes_model_tokenizer_recipe_and_perplexity(finished_run):
     assert set(written) >= {"perplexity", "loss", "tokens", "parameters", "train_tokens_seen"}
     assert written["train_tokens_seen"] == 30 * 8 * 32
 
-def test_every_evaluation_logs_perplexity_and_loss_falls(finished_run):
-    output_dir, summary = finished_run
+
+def test_every_evaluation_logs_perplexity_and_loss_falls(trained_run):
+    output_dir, summary = trained_run
     history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
     evals = [e for e in history if "eval_loss" in e]
     assert [e["step"] for e in evals] == [15, 30]
@@ -45,8 +50,9 @@ def test_every_evaluation_logs_perplexity_and_loss_falls(finished_run):
     assert losses[-1] < losses[0] - 0.5
     assert summary["perplexity"] < summary["unigram_perplexity"]
 
-def test_saved_run_reloads_and_reproduces_its_perplexity(finished_run):
-    output_dir, summary = finished_run
+
+def test_saved_run_reloads_and_reproduces_its_perplexity(trained_run):
+    output_dir, summary = trained_run
     tokenizer = AutoTokenizer.from_pretrained(output_dir)
     model = AutoModelForCausalLM.from_pretrained(output_dir)
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
@@ -63,8 +69,9 @@ def test_saved_run_reloads_and_reproduces_its_perplexity(finished_run):
     assert nll.tokens == summary["tokens"]
     assert nll.perplexity == pytest.approx(summary["perplexity"], rel=1e-4)
 
-def test_run_writes_its_report_with_plots(finished_run):
-    output_dir, summary = finished_run
+
+def test_run_writes_its_report_with_plots(trained_run):
+    output_dir, summary = trained_run
     report = json.loads((output_dir / "report.json").read_text())["runs"][0]
     assert report["perplexity"] == pytest.approx(summary["perplexity"])
     assert report["train_tokens_per_second"] > 0 and 0 < summary["bits_per_byte"] < 8
@@ -73,11 +80,13 @@ def test_run_writes_its_report_with_plots(finished_run):
     for name in ("curves_by_steps.png", "curves_by_tokens_seen.png"):
         assert (output_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+
 def test_summary_says_when_the_model_is_worse_than_the_unigram_baseline():
     from hf_clm.run.figures import baseline_comparison
 
     assert baseline_comparison(20.0, 600.0) == "model is 30.0x lower"
     assert baseline_comparison(50.0, 25.0).startswith("model is 2.0x HIGHER: worse than counting tokens")
+
 
 def test_a_warm_up_longer_than_the_run_is_warned_about(tmp_path, text_files, caplog):
     argv = recipe_args(text_files, tmp_path / "run", "--max_steps", "3", "--warmup_steps", "715", "--eval_steps", "3")
@@ -85,6 +94,7 @@ def test_a_warm_up_longer_than_the_run_is_warned_about(tmp_path, text_files, cap
         assert main(["train", *argv]) == 0
     assert "warmup_steps 715 covers the whole run of 3 steps: the learning rate never reaches learning_rate" \
         in caplog.text
+
 
 def test_report_to_tensorboard_writes_event_files_where_the_run_says(tmp_path, text_files, caplog, monkeypatch):
     monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
@@ -96,6 +106,7 @@ def test_report_to_tensorboard_writes_event_files_where_the_run_says(tmp_path, t
     folder = Path(said.split("event files in ", 1)[1].split(" (", 1)[0])
     assert folder.is_relative_to(tmp_path / "run") and list(folder.glob("events.out.tfevents.*"))
 
+
 def test_an_evaluation_that_dominates_the_time_is_warned_about_once(tmp_path, text_files, caplog):
     argv = recipe_args(text_files, tmp_path / "run", "--max_steps", "6", "--eval_steps", "2",
                        "--per_device_eval_batch_size", "1", "--validation_files", str(text_files["train"]))
@@ -103,6 +114,7 @@ def test_an_evaluation_that_dominates_the_time_is_warned_about_once(tmp_path, te
         assert main(["train", *argv]) == 0
     warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("evaluation has taken")]
     assert len(warnings) == 1 and "max_eval_samples, now all" in warnings[0] and "eval_steps, now 2" in warnings[0]
+
 
 def test_the_base_and_the_final_evaluation_are_warned_about_before_they_run(tmp_path, text_files, caplog):
     """From the token counts: 2 steps x 256 tokens of training against 1,568 validation tokens, a third
@@ -121,12 +133,14 @@ def test_the_base_and_the_final_evaluation_are_warned_about_before_they_run(tmp_
         "took (a token evaluated costs about a third of one trained); evaluate fewer documents (max_eval_samples, "
         "now all)"]
 
+
 def test_an_evaluation_small_beside_training_is_not_warned_about(tmp_path, text_files, caplog):
     argv = recipe_args(text_files, tmp_path / "run", "--max_steps", "2", "--eval_steps", "2", "--eval_on_start",
                        "true", "--max_eval_samples", "1")
     with caplog.at_level("WARNING", logger="hf_clm"):
         assert main(["train", *argv]) == 0
     assert not [r for r in caplog.records if " tokens, about " in r.getMessage()]
+
 
 def test_a_resumed_run_logs_to_the_tensorboard_folder_of_the_run_it_resumes(tmp_path, text_files, caplog,
                                                                              monkeypatch):
@@ -141,6 +155,7 @@ def test_a_resumed_run_logs_to_the_tensorboard_folder_of_the_run_it_resumes(tmp_
     assert len(list(folder.glob("events.out.tfevents.*"))) == 2
     said = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Logging to tensorboard"))
     assert f"event files in {folder} " in said
+
 
 def test_the_tensorboard_command_is_suggested_only_where_it_is_installed(monkeypatch):
     import importlib.util
