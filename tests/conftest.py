@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -315,3 +317,79 @@ def run_launch(command: list[str], **kwargs) -> subprocess.CompletedProcess:
         if place is not None and place + 1 < len(command):
             shutil.rmtree(command[place + 1], ignore_errors=True)
     return subprocess.run(command, capture_output=True, text=True, **kwargs)
+
+
+# ---- fixtures shared by a unit module and its integration half ----
+
+from hf_clm.commands.cli import main  # noqa: E402
+
+@pytest.fixture(scope="module")
+def llama_runs(tmp_path_factory):
+    from support.finetune import bos_tokenizer, finetune_args, lora_args
+
+    root = tmp_path_factory.mktemp("llama")
+    base = root / "base"
+    tokenizer = bos_tokenizer()
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1, eos_token_id=2)).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    corpus = write_corpus(root / "corpus")
+    assert main(finetune_args(corpus, base, root / "full")) == 0
+    assert main(finetune_args(corpus, base, root / "lora", *lora_args("q_proj", "v_proj", r=8))) == 0
+    assert main(["merge", str(root / "lora")]) == 0
+    return root, base, corpus
+
+@pytest.fixture(scope="module")
+def small_context_model(bpe_tokenizer):
+    from support.generate import CONTEXT
+
+    model = AutoModelForCausalLM.from_config(GPT2Config(vocab_size=len(bpe_tokenizer), n_positions=CONTEXT,
+                                                        n_layer=1, n_head=2, n_embd=16))
+    model.generation_config.eos_token_id = None  # never stop early: every test runs to its length
+    return model.eval()
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, offline_hf_cache):
+    root = tmp_path_factory.mktemp("prepare")
+    files = write_corpus(root)
+    target = root / "blocks"
+    flags = recipe_args(files, root / "unused", "--max_steps", "10", "--eval_steps", "10")
+    result = run_in_process("prepare", *flags, "--prepared_dataset", str(target))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, files, target, result.stdout
+
+@pytest.fixture(scope="module")
+def sharded(prepared, tmp_path_factory):
+    """The fixture's corpus prepared again in two shards, shard 1 first: it refuses to start
+    before the trained tokenizer exists, which --tokenizer_only makes."""
+    from support.prepare import prepare_argv
+
+    root, files, one_machine, _ = prepared
+    target = tmp_path_factory.mktemp("sharded") / "blocks"
+    argv = prepare_argv(files, root / "unused", target)
+    early = run_in_process("prepare", *argv, "--shard", "1", "--num_shards", "2")
+    assert early.returncode == 2 and f"run 'hf-clm prepare RECIPE --prepared_dataset {target} --tokenizer_only' once " \
+        "first" in early.stderr
+    assert run_in_process("prepare", *argv, "--tokenizer_only").returncode == 0
+    for shard in ("1", "0"):
+        result = run_in_process("prepare", *argv, "--shard", shard, "--num_shards", "2")
+        assert result.returncode == 0, result.stderr[-3000:]
+    return root, files, one_machine, target
+
+@pytest.fixture
+def train(hf_clm_main):
+    """A 4-step training (checkpoints at 2 and 4) in process: train(files, run_dir, *extra)."""
+    from support.run_integrity import train_args
+
+    return lambda files, run_dir, *extra, **kwargs: hf_clm_main(*train_args(files, run_dir, *extra), **kwargs)
+
+@pytest.fixture(scope="module")
+def corpus(finished_run):
+    return finished_run.files
+
+@pytest.fixture(scope="module")
+def finished(finished_run):
+    """A finished 4-step run (checkpoints 2 and 4) trained on ``corpus``; tests change only copies of it."""
+    return finished_run.run_dir

@@ -3,12 +3,10 @@
 import json
 from pathlib import Path
 
-import pytest
-import torch
-from conftest import make_documents, recipe_args, write_corpus
+from conftest import make_documents, recipe_args
 from safetensors import safe_open
 from tokenizers import ByteLevelBPETokenizer, processors
-from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from hf_clm.commands.cli import main
 
@@ -48,18 +46,3 @@ def bos_tokenizer() -> PreTrainedTokenizerFast:
                                    unk_token="<unk>")
 
 
-@pytest.fixture(scope="module")
-def llama_runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("llama")
-    base = root / "base"
-    tokenizer = bos_tokenizer()
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1, eos_token_id=2)).save_pretrained(base)
-    tokenizer.save_pretrained(base)
-    corpus = write_corpus(root / "corpus")
-    assert main(finetune_args(corpus, base, root / "full")) == 0
-    assert main(finetune_args(corpus, base, root / "lora", *lora_args("q_proj", "v_proj", r=8))) == 0
-    assert main(["merge", str(root / "lora")]) == 0
-    return root, base, corpus

@@ -3,7 +3,6 @@
 import shutil
 from pathlib import Path
 
-import pytest
 from conftest import recipe_args
 
 
@@ -12,25 +11,8 @@ def train_args(files, run_dir: Path, *extra: str) -> list[str]:
                                   *extra)]
 
 
-@pytest.fixture
-def train(hf_clm_main):
-    """A 4-step training (checkpoints at 2 and 4) in process: train(files, run_dir, *extra)."""
-    return lambda files, run_dir, *extra, **kwargs: hf_clm_main(*train_args(files, run_dir, *extra), **kwargs)
-
-
 def last_line(result) -> str:
     return result.stderr.strip().splitlines()[-1]
-
-
-@pytest.fixture(scope="module")
-def corpus(finished_run):
-    return finished_run.files
-
-
-@pytest.fixture(scope="module")
-def finished(finished_run):
-    """A finished 4-step run (checkpoints 2 and 4) trained on ``corpus``; tests change only copies of it."""
-    return finished_run.run_dir
 
 
 def copy_of(run_dir: Path, tmp_path: Path) -> Path:

@@ -299,10 +299,11 @@ def test_the_error_is_the_last_line_with_a_progress_bar_open(monkeypatch, capsys
 
 
 def test_the_error_is_the_last_line_of_a_process_that_exits_with_a_bar_open(tmp_path):
-    code = ("import sys, hf_clm.commands.cli, test_cli; hf_clm.commands.report.main = test_cli.station_failing_mid_bar; "
+    code = ("import sys, hf_clm.commands.cli, hf_clm.commands.report; from unit import test_cli; "
+            "hf_clm.commands.report.main = test_cli.station_failing_mid_bar; "
             "sys.exit(hf_clm.commands.cli.main(['report', 'run']))")
     result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=600,
-                            cwd=Path(__file__).parent)
+                            cwd=Path(__file__).parent.parent)
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith("hf-clm: error: writing checkpoint-2/optimizer.pt")
 

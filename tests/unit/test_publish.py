@@ -34,10 +34,10 @@ def test_a_lora_run_keeps_no_template_card_and_its_merged_model_records_its_adap
     assert merged_from["adapter_sha256"] == summary["weights_sha256"]
 
 
-def test_the_adapter_goes_up_on_the_base_named_by_base_model(hub, lora_run, tmp_path, hf_clm):
+def test_the_adapter_goes_up_on_the_base_named_by_base_model(hub, lora_run, tmp_path, hub_cli):
     state, endpoint = hub
     run = Path(shutil.copytree(lora_run, tmp_path / "run"))
-    result = hf_clm(hub_env(endpoint), "push", str(run), "--repo-id", "tester/adapter",
+    result = hub_cli(hub_env(endpoint), "push", str(run), "--repo-id", "tester/adapter",
                     "--base_model", "tester/base", "--license", "mit")
     assert result.returncode == 0, result.stderr[-3000:]
     files = pushed(state)
@@ -54,11 +54,11 @@ def test_the_adapter_goes_up_on_the_base_named_by_base_model(hub, lora_run, tmp_
 
 
 @pytest.mark.parametrize("how", ["--merged", "RUN/merged"])
-def test_the_merged_model_goes_up_with_the_runs_record(hub, lora_run, tmp_path, how, hf_clm):
+def test_the_merged_model_goes_up_with_the_runs_record(hub, lora_run, tmp_path, how, hub_cli):
     state, endpoint = hub
     run = Path(shutil.copytree(lora_run, tmp_path / "run"))
     target = [str(run), "--merged"] if how == "--merged" else [str(run / "merged")]
-    result = hf_clm(hub_env(endpoint), "push", *target, "--repo-id", "tester/merged", "--license", "none")
+    result = hub_cli(hub_env(endpoint), "push", *target, "--repo-id", "tester/merged", "--license", "none")
     assert result.returncode == 0, result.stderr[-3000:]
     files = pushed(state)
     assert files["model.safetensors"] == (run / "merged" / "model.safetensors").read_bytes()
@@ -72,7 +72,7 @@ def test_the_merged_model_goes_up_with_the_runs_record(hub, lora_run, tmp_path, 
     assert "the base model, a local folder (model_name_or_path: run)" in card.text
     assert files["README.md"] == (run / "merged" / "README.md").read_bytes()
     assert not (run / "README.md").exists()
-    assert hf_clm(hub_env(endpoint), "merge", str(run)).returncode == 0  # the card does not block a new merge
+    assert hub_cli(hub_env(endpoint), "merge", str(run)).returncode == 0  # the card does not block a new merge
 
 
 @pytest.mark.parametrize("damage,message", [
@@ -86,11 +86,11 @@ def test_the_merged_model_goes_up_with_the_runs_record(hub, lora_run, tmp_path, 
 ])
 
 
-def test_the_merged_model_is_verified_before_any_request(hub, lora_run, tmp_path, damage, message, hf_clm):
+def test_the_merged_model_is_verified_before_any_request(hub, lora_run, tmp_path, damage, message, hub_cli):
     state, endpoint = hub
     run = Path(shutil.copytree(lora_run, tmp_path / "run"))
     damage(run / "merged")
-    result = hf_clm(hub_env(endpoint), "push", str(run), "--merged", "--repo-id", "tester/x", "--license", "mit")
+    result = hub_cli(hub_env(endpoint), "push", str(run), "--merged", "--repo-id", "tester/x", "--license", "mit")
     assert result.returncode == 2
     assert message in result.stderr.strip().splitlines()[-1]
     assert state.requests == []
@@ -121,19 +121,19 @@ def test_the_reproduce_command_is_shown_only_for_a_recipe_that_runs_elsewhere(fi
     assert "the dataset wikitext (configuration wikitext-2-raw-v1)" in card and "datasets:\n- wikitext" in card
 
 
-def test_the_license_flag_replaces_the_recipes(hub, finished_run, hf_clm):
+def test_the_license_flag_replaces_the_recipes(hub, finished_run, hub_cli):
     state, endpoint = hub
-    result = hf_clm(hub_env(endpoint), "push", str(finished_run.run_dir), "--repo-id", "tester/mit", "--license", "mit")
+    result = hub_cli(hub_env(endpoint), "push", str(finished_run.run_dir), "--repo-id", "tester/mit", "--license", "mit")
     assert result.returncode == 0, result.stderr[-3000:]
     files = pushed(state)
     assert ModelCard(files["README.md"].decode()).data.license == "mit"  # the run's recipe says apache-2.0
     assert yaml.safe_load(files["recipe.yaml"])["license"] == "mit"
 
 
-def test_a_dry_run_writes_the_card_lists_the_files_and_sends_nothing(hub, lora_run, tmp_path, hf_clm):
+def test_a_dry_run_writes_the_card_lists_the_files_and_sends_nothing(hub, lora_run, tmp_path, hub_cli):
     state, endpoint = hub
     run = Path(shutil.copytree(lora_run, tmp_path / "run"))
-    result = hf_clm(hub_env(endpoint, token=None), "push", str(run), "--repo-id", "tester/dry", "--merged",
+    result = hub_cli(hub_env(endpoint, token=None), "push", str(run), "--repo-id", "tester/dry", "--merged",
                     "--license", "mit", "--dry_run")
     assert result.returncode == 0, result.stderr[-3000:]
     assert state.requests == []
