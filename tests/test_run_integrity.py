@@ -342,8 +342,10 @@ def test_prepare_into_a_locked_folder_names_the_holder(corpus, tmp_path, hf_clm)
     assert (target / "prepared.json").is_file() and not (target / LOCK_FILENAME).exists()
 
 
-def test_a_lock_from_an_earlier_start_of_the_same_slurm_job_is_stale_on_any_host(tmp_path, monkeypatch):
-    """A requeued Slurm job starts again only once its earlier start has ended, maybe on other nodes."""
+def test_a_lock_file_of_an_earlier_start_of_the_same_slurm_job_is_taken_over(tmp_path, monkeypatch):
+    """A requeued Slurm job starts again once its earlier start has ended, maybe on other nodes: the
+    kernel released that start's flock, so its lock file, whatever host it names, is taken over (the
+    warning names it); a live holder is refused whatever the Slurm job (its flock is held)."""
     from hf_clm.run.locks import folder_lock
 
     run_dir = tmp_path / "run"
@@ -351,20 +353,15 @@ def test_a_lock_from_an_earlier_start_of_the_same_slurm_job_is_stale_on_any_host
     holder = {"pid": 1, "host": "node-that-ran-start-0", "locked_at": time.time(), "command": "hf-clm train",
               "slurm_job": "41", "slurm_start": 0}
     (run_dir / LOCK_FILENAME).write_text(json.dumps(holder))
-    monkeypatch.setenv("SLURM_JOB_ID", "41")
-    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)  # the first start: the holder's own
-    with pytest.raises(HfClmError, match="in use by pid 1 on node-that-ran-start-0 in Slurm job 41"):
-        with folder_lock(run_dir, "output_dir"):
-            pass
-    monkeypatch.setenv("SLURM_JOB_ID", "42")  # another job: the holder may still run
-    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
-    with pytest.raises(HfClmError):
-        with folder_lock(run_dir, "output_dir"):
-            pass
     monkeypatch.setenv("SLURM_JOB_ID", "41")  # the same job, requeued
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     with folder_lock(run_dir, "output_dir") as lock:
         taken = json.loads(lock.read_text())
     assert taken["slurm_job"] == "41" and taken["slurm_start"] == 1 and taken["host"] == socket.gethostname()
+    with lock_held_by_another_process(run_dir) as live:
+        with pytest.raises(HfClmError, match=f"in use by pid {live.pid}"):
+            with folder_lock(run_dir, "output_dir"):
+                pass
 
 
 # ---- 5. validate before destroying --------------------------------------------------------------
