@@ -119,7 +119,7 @@ def masked_secrets(argv: list[str]) -> list[str]:
 
 def holder_record() -> dict:
     return {"pid": os.getpid(), "host": socket.gethostname(), "locked_at": time.time(),
-            "command": " ".join(["hf-clm", *masked_secrets(sys.argv[1:])])}
+            "command": " ".join(["hf-clm", *masked_secrets(sys.argv[1:])]), **slurm_start()}
 
 
 def locked_file(path: Path, mode: int) -> int | None:
