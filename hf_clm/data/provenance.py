@@ -31,8 +31,11 @@ from hf_clm.data.prepared import tokenizer_digest, tokenizer_source
 from hf_clm.errors import HfClmError
 from hf_clm.recipe.schema import SOURCE_KEYS, DataArguments, Recipe
 
-# The recipe keys that say which documents a folder's blocks come from.
-CORPUS_KEYS = (*SOURCE_KEYS, "dataset_config_name", "validation_files", "max_train_samples")
+# The recipe keys that say which documents a folder's blocks come from. A mixture's sources are
+# compared by name and corpus where a prepared mixture is read (its weights may change between
+# preparing and training): not here.
+CORPUS_KEYS = (*(key for key in SOURCE_KEYS if key != "mixture"), "dataset_config_name", "validation_files",
+               "max_train_samples")
 DIGEST_BATCH_ROWS = 1 << 14
 DATASET_STATE = "state.json"  # datasets' save_to_disk: the fingerprint and the arrow files of a split
 
@@ -43,7 +46,7 @@ def corpus_source(data: DataArguments) -> dict[str, Any]:
 
 
 def names_corpus(data: DataArguments) -> bool:
-    return any(getattr(data, key, None) for key in SOURCE_KEYS)
+    return any(getattr(data, key, None) for key in CORPUS_KEYS if key in SOURCE_KEYS)
 
 
 def documents_digest(documents: Dataset) -> str:
