@@ -323,6 +323,7 @@ def run_launch(command: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 from hf_clm.commands.cli import main  # noqa: E402
 
+
 @pytest.fixture(scope="module")
 def llama_runs(tmp_path_factory):
     from support.finetune import bos_tokenizer, finetune_args, lora_args

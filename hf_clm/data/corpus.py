@@ -29,6 +29,7 @@ from hf_clm.data.files import (  # builder_for, expand_files: also read from her
     expand_files,
     is_visible,
     local_reading_bars_off,
+    raise_disk_full,
 )
 from hf_clm.data.heldout import hold_out_by_hash, is_stdlib_validation_file
 from hf_clm.data.sources import DATASET_ALTERNATIVE, offline_hint, require_hub
@@ -86,6 +87,7 @@ def load_local_files(data: DataArguments, streaming: bool = False) -> DatasetDic
         with local_reading_bars_off():
             return load_dataset_rebuilding_cache(builder, data_files=data_files, streaming=streaming, **kwargs)
     except DatasetGenerationError as err:
+        raise_disk_full(err)
         cause = err.__cause__ or err
         if isinstance(cause, OSError) and (full := disk_full_message(cause)):
             raise HfClmError(f"{full} (the datasets cache, writing the {builder} files as Arrow)") from None

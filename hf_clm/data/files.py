@@ -6,11 +6,13 @@ from __future__ import annotations
 import codecs
 import contextlib
 import glob
+import os
 from pathlib import Path
 
 import datasets
 
 from hf_clm.errors import HfClmError
+from hf_clm.run.artifacts import DISK_FULL_ERRNOS
 
 # Builders that read text files (parquet is binary, its strings are UTF-8 by format).
 TEXT_BUILDERS = ("text", "json", "csv")
@@ -82,3 +84,14 @@ def local_reading_bars_off():
     finally:
         if quiet:
             datasets.enable_progress_bars()
+
+
+def raise_disk_full(err: Exception) -> None:
+    """A full disk while ``datasets`` writes a corpus's cache is no unreadable file: raised as the
+    disk-full error it is (one line naming it, from the command line)."""
+    cause = err.__cause__
+    while cause is not None:
+        if isinstance(cause, OSError) and (cause.errno in DISK_FULL_ERRNOS or
+                                           any(os.strerror(e) in str(cause) for e in DISK_FULL_ERRNOS)):
+            raise cause from None
+        cause = cause.__cause__ or cause.__context__

@@ -88,7 +88,7 @@ def prepared_source(source: MixtureSource, tokenizer: PreTrainedTokenizerBase, b
         if tokenizer_digest(load_prepared_tokenizer(path)) != tokenizer_digest(tokenizer):
             raise HfClmError(f"it was tokenized with '{description['tokenizer']}', not the recipe's tokenizer; "
                              f"prepare it again with the recipe's tokenizer")
-        blocks = load_prepared_blocks(path, description.get("num_shards"))
+        blocks = load_prepared_blocks(path, description, len(tokenizer))
     except HfClmError as err:
         raise source_error(source, err) from None
     counts = {name: TokenCounts.from_dict(description["counts"][name]) for name in ("train", "validation")}
@@ -247,7 +247,7 @@ def prepared_mixture(recipe: Recipe, sources: list[MixtureSource]
     reference = tokenizer if recipe.model_args.train_tokenizer else load_pretrained_tokenizer(
         recipe.model_args.tokenizer_name_or_path or recipe.model_args.model_name_or_path)
     check_prepared_matches(description, reference, recipe, path)
-    blocks = load_prepared_blocks(path)
+    blocks = load_prepared_blocks(path, description, len(tokenizer))
     parts, starts = [], {"train": 0, "validation": 0}
     for source, row in zip(sources, prepared):
         counts = {split: TokenCounts.from_dict(row[split]) for split in ("train", "validation")}

@@ -31,7 +31,14 @@ from datasets.exceptions import DatasetGenerationError
 from datasets.fingerprint import Hasher
 
 from hf_clm.data.corpus import TEXT, load_raw, select_text, stdlib_documents, stdlib_files
-from hf_clm.data.files import TEXT_BUILDERS, builder_for, check_utf8, expand_files, local_reading_bars_off
+from hf_clm.data.files import (
+    TEXT_BUILDERS,
+    builder_for,
+    check_utf8,
+    expand_files,
+    local_reading_bars_off,
+    raise_disk_full,
+)
 from hf_clm.data.heldout import is_stdlib_validation_file, split_held_out
 from hf_clm.errors import HfClmError, first_line
 from hf_clm.recipe.schema import DataArguments
@@ -188,6 +195,7 @@ def read_files(builder: str, files: list[str], data: DataArguments, split: str) 
             raw = datasets.load_dataset(builder, data_files={split: files}, split=split,
                                         **text_kwargs(builder, data.sample_by))
     except DatasetGenerationError as err:
+        raise_disk_full(err)
         raise HfClmError(f"cannot read the {builder} files: {first_line(err.__cause__ or err)}") from None
     return select_text(raw, data.text_column, split)
 
@@ -202,6 +210,7 @@ def read_byte_ranges(pieces: list[tuple[str, int, int]], data: DataArguments, co
                                           gen_kwargs={"pieces": pieces, "sample_by": data.sample_by, "counter": counter},
                                           fingerprint=Hasher.hash((PARTS_FORMAT, stats, data.sample_by)))
     except DatasetGenerationError as err:
+        raise_disk_full(err)
         cause = err.__cause__ or err
         where = ", ".join(f"{Path(p).name} bytes {s}-{e}" for p, s, e in pieces)
         raise HfClmError(f"cannot read {where}: {first_line(cause)}; check the file (e.g. iconv -f utf-8 -t utf-8 "

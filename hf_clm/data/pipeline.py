@@ -33,6 +33,7 @@ from hf_clm.errors import HfClmError, first_line
 from hf_clm.recipe.data_recipe import DataRecipe, PrepareArguments
 from hf_clm.recipe.schema import DataArguments, ModelArguments
 from hf_clm.run.artifacts import read_json, write_json
+from hf_clm.run.locks import folder_lock
 
 logger = logging.getLogger(__name__)
 
@@ -192,15 +193,18 @@ def run_pipeline(recipe: DataRecipe) -> Path:
                          f"and keeps the documents that start in it); use at most {args.tasks - len(empty)} tasks")
     decide_tokenizer(recipe, root)
     logging_dir = Path(args.logging_dir or root / LOGGING_DIRNAME).absolute()
-    keep_valid_completions(logging_dir, recipe, root)
-    executor = executor_for(recipe, logging_dir)
-    try:
-        executor.run()
-    except subprocess.CalledProcessError as err:  # sbatch refused the job array; its message is above
-        raise HfClmError(f"executor slurm: sbatch refused the job array (exit {err.returncode}, its message is above); "
-                         f"the script: {logging_dir / 'launch_script.slurm'}") from None
-    except Exception as err:  # a task's failure, as the executor passes it on
-        raise unfinished_error(logging_dir, args.tasks, err) from None
+    # a part writer of the folder (shared with its tasks' shards): no whole prepare meanwhile, and a
+    # second launch into the folder meets this one instead of removing its completions
+    with folder_lock(root, "prepared_dataset", part="pipeline"):
+        keep_valid_completions(logging_dir, recipe, root)
+        executor = executor_for(recipe, logging_dir)
+        try:
+            executor.run()
+        except subprocess.CalledProcessError as err:  # sbatch refused the job array; its message is above
+            raise HfClmError(f"executor slurm: sbatch refused the job array (exit {err.returncode}, its message is "
+                             f"above); the script: {logging_dir / 'launch_script.slurm'}") from None
+        except Exception as err:  # a task's failure, as the executor passes it on
+            raise unfinished_error(logging_dir, args.tasks, err) from None
     if args.executor == "slurm":
         print(f"submitted {args.tasks} tasks as Slurm job {executor.job_id}; task logs in {logging_dir / 'logs'}; "
               f"train reads {root} once every task has finished (run this command again to resubmit unfinished ones)")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from datasets import DatasetDict, concatenate_datasets, load_from_disk
+from datasets import Dataset, DatasetDict, concatenate_datasets, load_from_disk
 from transformers import PreTrainedTokenizerBase
 
 from hf_clm.data.blocks import TokenCounts, build_blocks, first_documents, stream_blocks
@@ -27,11 +27,12 @@ from hf_clm.data.prepared import (
     STREAMING_TOKENIZER_DOCUMENTS,
     TOKENIZER_DIRNAME,
     TrainingData,
-    blocks_description,
     load_prepared_tokenizer,
     tokenizer_digest,
     tokenizer_source,
 )
+from hf_clm.data.parts import corpus_digest
+from hf_clm.data.provenance import blocks_description, check_blocks_match, check_corpus_matches, check_token_ids
 from hf_clm.data.shards import (
     Shard,
     decide_tokenizer,
@@ -44,7 +45,7 @@ from hf_clm.data.sources import check_hub_sources
 from hf_clm.data.tokenizer import load_pretrained_tokenizer, train_or_load_tokenizer
 from hf_clm.errors import HfClmError, first_line
 from hf_clm.recipe.schema import DataArguments, Recipe
-from hf_clm.run.artifacts import read_json, write_json
+from hf_clm.run.artifacts import read_json, with_umask_modes, write_json
 from hf_clm.run.files import PREPARED_FILENAME
 from hf_clm.run.locks import folder_lock
 
@@ -71,15 +72,19 @@ def streamed_data(recipe: Recipe) -> TrainingData:
 
 def save_prepared(prepared: TrainingData, recipe: Recipe, path: str | Path, **extra: Any) -> Path:
     """Write blocks, tokenizer and a description of both; ``prepared.json`` last, so a folder
-    without it is an interrupted preparation that ``train`` will not read."""
+    without it is an interrupted preparation that ``train`` will not read. The caller holds the
+    folder's lock exclusively: no shard is being written into it meanwhile."""
     path = Path(path)
     (path / PREPARED_FILENAME).unlink(missing_ok=True)
     for split in ("train", "validation"):  # blocks of an earlier preparation
         shutil.rmtree(path / split, ignore_errors=True)
     remove_shards(path)
-    DatasetDict(train=prepared.train, validation=prepared.validation).save_to_disk(str(path))
+    splits = {"train": prepared.train, "validation": prepared.validation}
+    DatasetDict(splits).save_to_disk(str(path))
     prepared.tokenizer.save_pretrained(path / TOKENIZER_DIRNAME)
-    write_json(blocks_description(prepared.tokenizer, prepared.counts, recipe, **extra), path / PREPARED_FILENAME)
+    with_umask_modes(path)
+    write_json(blocks_description(prepared.tokenizer, prepared.counts, recipe, splits, **extra),
+               path / PREPARED_FILENAME)
     return path
 
 
@@ -93,21 +98,44 @@ def read_description(path: Path) -> dict[str, Any]:
     return read_json(path / PREPARED_FILENAME, "run 'hf-clm prepare RECIPE' again")
 
 
-def load_prepared_blocks(path: Path, shards: int | None = None) -> DatasetDict:
+def read_blocks(folder: Path, path: Path) -> Dataset | DatasetDict:
+    """``load_from_disk``, which maps every arrow file: a missing or torn one fails here, in one line."""
     try:
-        if shards is not None:
-            return DatasetDict(train=concatenate_datasets([load_from_disk(str(Shard(i, shards).blocks_dir(path)))
-                                                           for i in range(shards)]),
-                               validation=concatenate_datasets([load_from_disk(str(Shard(i, shards).validation_dir(path)))
-                                                                for i in range(shards)]))
-        blocks = load_from_disk(str(path))  # maps every arrow file: a missing or torn one fails here
+        return load_from_disk(str(folder))
     except (OSError, ValueError, pa.ArrowException) as err:
         missing = f" ({err.filename})" if isinstance(err, OSError) and err.filename else ""
         raise HfClmError(f"prepared_dataset {path} is damaged{missing}: {first_line(err)}; run "
                          f"'hf-clm prepare RECIPE' again") from None
-    if set(blocks) != {"train", "validation"}:
-        raise HfClmError(f"prepared_dataset {path} holds splits {', '.join(blocks)}, not train and validation; "
+
+
+def checked_blocks(folder: Path, path: Path, description: dict[str, Any], split: str, vocabulary: int) -> Dataset:
+    """The blocks in ``folder``, once they are those ``description`` names (count, fingerprint) and
+    every token id is one of the tokenizer's."""
+    blocks = read_blocks(folder, path)
+    check_blocks_match(blocks, folder, description, split)
+    check_token_ids(blocks, vocabulary, f"prepared_dataset {folder}")
+    return blocks
+
+
+def load_prepared_blocks(path: Path, description: dict[str, Any], vocabulary: int) -> DatasetDict:
+    """The folder's blocks, each split of each shard checked against its description (count,
+    fingerprint) and its token ids against the tokenizer's ``vocabulary``."""
+    if "shards" in description:
+        n = description["num_shards"]
+        shards = [(Shard(i, n), shard_description) for i, shard_description in enumerate(description["shards"])]
+        return DatasetDict(
+            train=concatenate_datasets([checked_blocks(shard.blocks_dir(path), path, d, "train", vocabulary)
+                                        for shard, d in shards]),
+            validation=concatenate_datasets([checked_blocks(shard.validation_dir(path), path, d, "validation",
+                                                            vocabulary) for shard, d in shards]))
+    blocks = read_blocks(path, path)
+    if not isinstance(blocks, DatasetDict) or set(blocks) != {"train", "validation"}:
+        held = ", ".join(blocks) if isinstance(blocks, DatasetDict) else "one dataset"
+        raise HfClmError(f"prepared_dataset {path} holds splits {held}, not train and validation; "
                          f"run 'hf-clm prepare RECIPE' again")
+    for split, dataset in blocks.items():
+        check_blocks_match(dataset, path / split, description, split)
+        check_token_ids(dataset, vocabulary, f"prepared_dataset {path / split}")
     return blocks
 
 
@@ -117,9 +145,10 @@ def check_prepared_matches(description: dict[str, Any], tokenizer: PreTrainedTok
     if description["block_size"] != block_size:
         raise HfClmError(f"prepared_dataset {path} has blocks of {description['block_size']} tokens but the "
                          f"recipe's block_size is {block_size}; prepare it again with this recipe")
+    check_corpus_matches(description, recipe.data_args, path)
     source = tokenizer_source(recipe.model_args, recipe.data_args)
-    if recipe.model_args.train_tokenizer:
-        same = description["tokenizer"] == source
+    if recipe.model_args.train_tokenizer:  # the saved BPE is the product: its corpus is checked above
+        same = description["tokenizer"].split(", trained on")[0] == source.split(", trained on")[0]
     else:
         same = description["tokenizer_digest"] == tokenizer_digest(tokenizer)
     if not same:
@@ -138,7 +167,7 @@ def prepared_data(recipe: Recipe) -> TrainingData:
     if tokenizer_digest(tokenizer) != description["tokenizer_digest"]:
         raise HfClmError(f"the tokenizer in {path / TOKENIZER_DIRNAME} is not the one its blocks were made with "
                          f"(replaced after they were written?); run 'hf-clm prepare RECIPE' again")
-    blocks = load_prepared_blocks(path, description.get("num_shards"))
+    blocks = load_prepared_blocks(path, description, len(tokenizer))
     counts = {name: TokenCounts.from_dict(count) for name, count in description["counts"].items()}
     if recipe.data_args.max_eval_samples is not None:
         blocks["validation"], counts["validation"] = first_documents(
@@ -210,7 +239,7 @@ def prepare(recipe: Recipe, shard: Shard | None = None, tokenizer_only: bool = F
     else:
         with folder_lock(target, "prepared_dataset"):
             data = in_memory_data(recipe)
-            path = save_prepared(data, recipe, target)
+            path = save_prepared(data, recipe, target, corpus_digest=corpus_digest(recipe.data_args))
     print_counts(data.counts)
     print(f"saved to {path}" + (f" (shard {shard.index} of {shard.count})" if shard else ""))
     return path

@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 from hf_clm.data.blocks import TokenCounts
 from hf_clm.data.tokenizer import UnreadableTokenizer, read_tokenizer
 from hf_clm.errors import HfClmError
-from hf_clm.recipe.schema import DataArguments, ModelArguments, Recipe
+from hf_clm.recipe.schema import DataArguments, ModelArguments
 
 TOKENIZER_DIRNAME = "tokenizer"
 # Beside the tokenizer folder of a sharded preparation, written when the folder is whole: what it is.
@@ -50,14 +50,6 @@ def tokenizer_source(model: ModelArguments, data: DataArguments) -> str:
 
 def tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:
     return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
-
-
-def blocks_description(tokenizer: PreTrainedTokenizerBase, counts: dict[str, TokenCounts], recipe: Recipe,
-                       **extra: Any) -> dict[str, Any]:
-    return {"block_size": recipe.data_args.block_size,
-            "tokenizer": tokenizer_source(recipe.model_args, recipe.data_args),
-            "tokenizer_digest": tokenizer_digest(tokenizer),
-            "counts": {name: count.as_dict() for name, count in counts.items()}, **extra}
 
 
 def load_prepared_tokenizer(path: Path) -> PreTrainedTokenizerBase:

@@ -2,8 +2,10 @@
 
 A prepared folder's description (``prepared.json``, or each shard's ``shard-I-of-N.json``) records
 
-* the corpus it was made from: the recipe's corpus keys (``corpus``) and a SHA-256 of the training
-  documents' texts (``corpus_digest``; a shard also records its own documents' ``shard_digest``);
+* the corpus it was made from: the recipe's corpus keys (``corpus``), the corpus's digest
+  (``corpus_digest``, :func:`hf_clm.data.parts.corpus_digest`: its files by name and size, how they
+  are cut into documents and held out), and for a shard a SHA-256 of its own training documents'
+  texts (``shard_digest``);
 * the tokenizer: in words and by content (a digest of its ``tokenizer.json``);
 * per split (per shard): the block count and the fingerprint ``datasets`` gave the saved blocks.
 
@@ -25,31 +27,17 @@ from transformers import PreTrainedTokenizerBase
 
 from hf_clm.data.blocks import INPUT_IDS, TokenCounts
 from hf_clm.data.corpus import TEXT
-from hf_clm.data.tokenizer import UnreadableTokenizer, read_tokenizer
+from hf_clm.data.prepared import tokenizer_digest, tokenizer_source
 from hf_clm.errors import HfClmError
-from hf_clm.recipe.schema import SOURCE_KEYS, DataArguments, ModelArguments, Recipe
+from hf_clm.recipe.schema import SOURCE_KEYS, DataArguments, Recipe
 
-TOKENIZER_DIRNAME = "tokenizer"
-# Beside the tokenizer folder of a sharded preparation, written when the folder is whole: what it is.
-TOKENIZER_SOURCE = "tokenizer-source.json"
-VALIDATION_DIRNAME = "validation"
-# The recipe keys that say which documents a folder's blocks come from.
-CORPUS_KEYS = (*SOURCE_KEYS, "dataset_config_name", "validation_files", "max_train_samples")
+# The recipe keys that say which documents a folder's blocks come from. A mixture's sources are
+# compared by name and corpus where a prepared mixture is read (its weights may change between
+# preparing and training): not here.
+CORPUS_KEYS = (*(key for key in SOURCE_KEYS if key != "mixture"), "dataset_config_name", "validation_files",
+               "max_train_samples")
 DIGEST_BATCH_ROWS = 1 << 14
 DATASET_STATE = "state.json"  # datasets' save_to_disk: the fingerprint and the arrow files of a split
-
-
-def tokenizer_source(model: ModelArguments, data: DataArguments) -> str:
-    """What the recipe's tokenizer is, in words."""
-    if model.train_tokenizer:
-        corpus = data.dataset_name or data.builtin_corpus or ", ".join(data.train_files or [])
-        return f"byte-level BPE, vocab {model.vocab_size}, trained on {corpus}"
-    return model.tokenizer_name_or_path or model.model_name_or_path
-
-
-def tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:
-    """The tokenizer by content: the same tokenizer at another path has the same digest."""
-    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
 
 
 def corpus_source(data: DataArguments) -> dict[str, Any]:
@@ -58,7 +46,7 @@ def corpus_source(data: DataArguments) -> dict[str, Any]:
 
 
 def names_corpus(data: DataArguments) -> bool:
-    return any(getattr(data, key, None) for key in SOURCE_KEYS)
+    return any(getattr(data, key, None) for key in CORPUS_KEYS if key in SOURCE_KEYS)
 
 
 def documents_digest(documents: Dataset) -> str:
@@ -130,11 +118,3 @@ def check_token_ids(blocks: Dataset, vocabulary: int, where: str) -> None:
         bad = high.as_py() if high.as_py() >= vocabulary else low.as_py()
         raise HfClmError(f"{where} holds token id {bad}, outside the tokenizer's {vocabulary:,} ids: its Arrow "
                          f"files are damaged; run 'hf-clm prepare RECIPE' for it again")
-
-
-def load_prepared_tokenizer(path: Path) -> PreTrainedTokenizerBase:
-    try:
-        return read_tokenizer(path / TOKENIZER_DIRNAME)
-    except UnreadableTokenizer as err:
-        raise HfClmError(f"the tokenizer in {path / TOKENIZER_DIRNAME} cannot be read ({err.reason}); run "
-                         f"'hf-clm prepare RECIPE' again") from None

@@ -23,15 +23,15 @@ from hf_clm.data.prepared import (
     TOKENIZER_DIRNAME,
     TOKENIZER_SOURCE,
     TrainingData,
-    blocks_description,
     load_prepared_tokenizer,
     tokenizer_digest,
     tokenizer_source,
 )
+from hf_clm.data.provenance import blocks_description, documents_digest
 from hf_clm.data.tokenizer import train_or_load_tokenizer
 from hf_clm.errors import HfClmError
 from hf_clm.recipe.schema import Recipe
-from hf_clm.run.artifacts import read_json, write_json
+from hf_clm.run.artifacts import read_json, with_umask_modes, write_json
 from hf_clm.run.files import PREPARED_FILENAME
 from hf_clm.run.locks import folder_lock
 
@@ -99,7 +99,9 @@ def shard_descriptions(path: Path) -> dict[Shard, Path]:
 
 
 def remove_shards(path: Path) -> None:
-    """The shards of an earlier sharded preparation of ``path``, descriptions first."""
+    """The shards of an earlier sharded preparation of ``path``, descriptions first. Called by a
+    whole preparation, which holds the folder's lock exclusively: no shard, tokenizer or pipeline
+    writer is live meanwhile, so nothing removed here is another writer's work in progress."""
     for shard, file in shard_descriptions(path).items():
         file.unlink(missing_ok=True)
         shutil.rmtree(shard.blocks_dir(path), ignore_errors=True)
@@ -109,7 +111,8 @@ def remove_shards(path: Path) -> None:
 
 
 def sharded_description(path: Path) -> dict[str, Any]:
-    """One description for a complete, consistent set of shards: their train counts summed."""
+    """One description for a complete, consistent set of shards: their counts summed, and each
+    shard's own description under ``shards`` (its blocks are checked against it when read)."""
     found = shard_descriptions(path)
     counts = {shard.count for shard in found}
     if len(counts) > 1:
@@ -135,7 +138,8 @@ def sharded_description(path: Path) -> dict[str, Any]:
               for split in ("train", "validation")}
     if totals["validation"].blocks == 0:
         raise no_validation_blocks(path, totals, first)
-    return {**first, "num_shards": n, "counts": {split: count.as_dict() for split, count in totals.items()}}
+    return {**first, "num_shards": n, "shards": descriptions,
+            "counts": {split: count.as_dict() for split, count in totals.items()}}
 
 
 def summed_counts(counts: list[TokenCounts]) -> TokenCounts:
@@ -153,14 +157,15 @@ def no_validation_blocks(path: Path, totals: dict[str, TokenCounts], first: dict
 
 
 def shared_tokenizer(recipe: Recipe, root: Path) -> PreTrainedTokenizerBase | None:
-    """The tokenizer a sharded preparation of ``root`` already saved for this recipe (None when
-    there is none); an error when it was made for another tokenizer."""
+    """The tokenizer a sharded preparation of ``root`` already saved (None when there is none); an
+    error when the recipe trains a BPE and it was trained for another one (a pretrained tokenizer
+    is compared by content, by the caller: the same one at another path is the same tokenizer)."""
     source_file = root / TOKENIZER_SOURCE
     if not source_file.is_file():
         return None
     saved = read_json(source_file, f"delete {root / TOKENIZER_DIRNAME} and prepare again")
     wanted = tokenizer_source(recipe.model_args, recipe.data_args)
-    if saved["tokenizer"] != wanted:
+    if recipe.model_args.train_tokenizer and saved["tokenizer"] != wanted:
         raise HfClmError(f"prepared_dataset {root} holds shards made with '{saved['tokenizer']}' but the recipe's "
                          f"tokenizer is '{wanted}'; prepare every shard with one recipe, or use a fresh folder")
     return load_prepared_tokenizer(root)
@@ -178,10 +183,15 @@ def check_no_other_blocks(root: Path, tokenizer: PreTrainedTokenizerBase) -> Non
 
 def save_shared_tokenizer(tokenizer: PreTrainedTokenizerBase, recipe: Recipe, root: Path) -> None:
     """Save into a temporary folder, rename it into place, then describe it: a reader sees the
-    tokenizer whole or not at all."""
+    tokenizer whole or not at all (a failed save, a full disk, leaves no temporary folder)."""
     temporary = root / f".{TOKENIZER_DIRNAME}.{os.getpid()}.tmp"
     shutil.rmtree(temporary, ignore_errors=True)
-    tokenizer.save_pretrained(temporary)
+    try:
+        tokenizer.save_pretrained(temporary)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    with_umask_modes(temporary)
     (root / TOKENIZER_SOURCE).unlink(missing_ok=True)
     shutil.rmtree(root / TOKENIZER_DIRNAME, ignore_errors=True)
     temporary.rename(root / TOKENIZER_DIRNAME)
@@ -204,8 +214,8 @@ def shard_tokenizer(recipe: Recipe, shard: Shard, root: Path) -> PreTrainedToken
     tokenizer = train_or_load_tokenizer(recipe.model_args, train)
     if saved is not None and tokenizer_digest(saved) != tokenizer_digest(tokenizer):
         raise HfClmError(f"prepared_dataset {root} holds a tokenizer other than the recipe's "
-                         f"'{tokenizer_source(recipe.model_args, recipe.data_args)}'; prepare every shard with one "
-                         f"recipe, or use a fresh folder")
+                         f"'{tokenizer_source(recipe.model_args, recipe.data_args)}' (compared by content); prepare "
+                         f"every shard with one recipe, or use a fresh folder")
     if shard.index == 0 and saved is None:
         save_shared_tokenizer(tokenizer, recipe, root)
     return tokenizer
@@ -233,13 +243,14 @@ def prepared_shard(recipe: Recipe, shard: Shard, root: Path) -> TrainingData:
     digest = corpus_digest(data_args)
     check_same_corpus(root, shard, digest)
     part = load_corpus_part(data_args, shard.index, shard.count)
-    tokenizer = shard_tokenizer(recipe, shard, root)
-    if not has_text(part.splits["train"]):
+    if not has_text(part.splits["train"]):  # before anything (shard 0's tokenizer) is written
         raise HfClmError(f"part {shard.index} of {shard.count} of the corpus holds no training document "
                          f"({'; '.join(part.read)}); use fewer shards (tasks)")
+    tokenizer = shard_tokenizer(recipe, shard, root)
     blocks, counts = build_blocks(part.splits, tokenizer, data_args)
     return TrainingData(tokenizer, blocks["train"], blocks["validation"], counts,
-                        part={"corpus_digest": digest, "bytes_read": part.bytes_read, "read": part.read,
+                        part={"corpus_digest": digest, "shard_digest": documents_digest(part.splits["train"]),
+                              "bytes_read": part.bytes_read, "read": part.read,
                               "held_out_percentage": part.held_out_percentage})
 
 
@@ -256,17 +267,27 @@ def check_same_corpus(root: Path, shard: Shard, digest: str) -> None:
 
 
 def save_shard(data: TrainingData, recipe: Recipe, shard: Shard, root: Path) -> Path:
-    """Blocks first, the description last: a shard without its description is unfinished."""
+    """Blocks first, the description last: a shard without its description is unfinished. The
+    caller holds the folder's lock shared and this shard's lock exclusively: no whole preparation
+    is live (the one-machine files removed here are no live writer's), and what is removed on a
+    failure (a full disk, a kill) is this shard's own folders alone."""
     shard.description_path(root).unlink(missing_ok=True)
     if (root / PREPARED_FILENAME).exists() or (root / "dataset_dict.json").exists():
         logger.warning("Replacing the one-machine preparation in %s with shards", root)
     (root / PREPARED_FILENAME).unlink(missing_ok=True)  # the folder no longer holds one whole preparation
     (root / "dataset_dict.json").unlink(missing_ok=True)
     shutil.rmtree(root / "train", ignore_errors=True)
-    shutil.rmtree(shard.blocks_dir(root), ignore_errors=True)
-    data.train.save_to_disk(str(shard.blocks_dir(root)))
-    shutil.rmtree(shard.validation_dir(root), ignore_errors=True)
-    data.validation.save_to_disk(str(shard.validation_dir(root)))
-    write_json(blocks_description(data.tokenizer, data.counts, recipe, shard=shard.index, num_shards=shard.count,
-                                  **data.part), shard.description_path(root))
+    splits = {"train": data.train, "validation": data.validation}
+    folders = {"train": shard.blocks_dir(root), "validation": shard.validation_dir(root)}
+    try:
+        for split, folder in folders.items():
+            shutil.rmtree(folder, ignore_errors=True)
+            splits[split].save_to_disk(str(folder))
+            with_umask_modes(folder)
+    except BaseException:  # no half-written blocks are left
+        for folder in folders.values():
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    write_json(blocks_description(data.tokenizer, data.counts, recipe, splits, shard=shard.index,
+                                  num_shards=shard.count, **data.part), shard.description_path(root))
     return root

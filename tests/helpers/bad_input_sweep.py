@@ -274,7 +274,7 @@ def add_cases(case, work: Path, run: Path, prepared: Path, base, with_text, copy
     def too_many_shards():
         target = work / "shards-many"
         return ["prepare", *base(work / "u", "--prepared_dataset", target), "--shard", "0", "--num_shards", "100000"], \
-            "fewer than --num_shards"
+            "holds no training document"
     case("more shards than documents", too_many_shards)
     # error format
     for argv, needle in ((["perplexity", run, "--data", files["validation"], "--limit", "1.5"], "--limit"),

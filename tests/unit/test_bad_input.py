@@ -213,6 +213,9 @@ def bad_inputs(tmp_path):
                        "--num_shards", "0"], "--num_shards must be at least 1, not 0"),
         "tokenizer only of a shard": (["prepare", *flags, "--prepared_dataset", str(tmp_path / "sh"), "--shard", "0",
                                        "--num_shards", "2", "--tokenizer_only"], "--tokenizer_only prepares no blocks"),
+        "more shards than parts with documents": (["prepare", *flags, "--prepared_dataset", str(tmp_path / "many"),
+                                                   "--shard", "0", "--num_shards", "100000"],
+                                                  "part 0 of 100000 of the corpus holds no training document"),
         # preparation as a pipeline
         "unknown executor": (["prepare", *flags, "--prepared_dataset", str(tmp_path / "px"), "--executor", "k8s"],
                              "executor must be one of local, slurm, ray, not 'k8s'"),

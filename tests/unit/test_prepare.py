@@ -8,6 +8,7 @@ from datasets import load_from_disk
 from support.prepare import prepare_argv
 
 from hf_clm.commands.cli import main
+from hf_clm.data.provenance import saved_fingerprint
 from hf_clm.recipe.parser import parse_recipe
 
 
@@ -159,8 +160,7 @@ def test_shards_of_two_corpora_of_as_many_documents_are_refused(sharded, tmp_pat
     argv = recipe_args(other, root / "unused", "--prepared_dataset", str(mixed), "--validation_files",
                        str(files["validation"]))
     result = run_in_process("prepare", *argv, "--shard", "1", "--num_shards", "2")
-    assert result.returncode == 2 and "holds shard 0 of another corpus (the same 120 documents in number" in \
-        result.stderr
+    assert result.returncode == 2 and "holds shard 0 of another corpus (other files, sizes" in result.stderr
     assert json.loads((mixed / "shard-00001-of-00002.json").read_text())["corpus_digest"] == \
         json.loads((mixed / "shard-00000-of-00002.json").read_text())["corpus_digest"]
 
@@ -212,6 +212,34 @@ def test_a_pretrained_tokenizer_at_another_path_is_the_same_tokenizer_for_a_shar
         result = run_in_process("prepare", *argv, "--shard", shard, "--num_shards", "2")
         assert result.returncode == 0, result.stderr[-2000:]
 
+
+def test_a_folder_records_what_it_was_made_from(prepared, sharded):
+    """The corpus keys and digest, the blocks' count and fingerprint per split: whole and per shard
+    (each shard also the digest of its own documents' texts)."""
+    root, files, target, _ = prepared
+    whole = json.loads((target / "prepared.json").read_text())
+    assert whole["corpus"]["train_files"] == [str(files["train"])] and whole["corpus_digest"]
+    assert set(whole["fingerprints"]) == {"train", "validation"}
+    shards = [json.loads((sharded[3] / f"shard-0000{i}-of-00002.json").read_text()) for i in range(2)]
+    assert shards[0]["corpus_digest"] == shards[1]["corpus_digest"] == whole["corpus_digest"]
+    assert shards[0]["shard_digest"] != shards[1]["shard_digest"]
+    for i, shard in enumerate(shards):
+        folder = sharded[3] / f"train-0000{i}-of-00002"
+        assert len(load_from_disk(str(folder))) == shard["counts"]["train"]["blocks"]
+        assert saved_fingerprint(folder) == shard["fingerprints"]["train"]
+
+
+def test_a_shard_of_a_part_without_documents_writes_nothing(prepared, tmp_path):
+    """Refused before shard 0 trains and saves the tokenizer: a new folder is not even created."""
+    root, files, _, _ = prepared
+    target = tmp_path / "many"
+    result = run_in_process("prepare", *prepare_argv(files, root / "unused", target), "--shard", "0",
+                            "--num_shards", "100000")
+    assert result.returncode == 2 and "part 0 of 100000 of the corpus holds no training document" in result.stderr
+    assert not target.exists()
+
+
+# ---- locks: writers of one folder, as real concurrent processes -----------------------------------
 
 def test_a_whole_prepare_and_a_shard_never_write_one_folder_at_once(prepared, tmp_path):
     root, files, _, _ = prepared

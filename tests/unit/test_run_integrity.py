@@ -20,6 +20,7 @@ import yaml
 from conftest import lock_held_by_another_process, recipe_args
 from support.run_integrity import copy_of, last_line, truncate
 
+from hf_clm.errors import HfClmError
 from hf_clm.run.artifacts import finished_marker_problem, json_text, write_json
 from hf_clm.run.files import LOCK_FILENAME, PERPLEXITY_FILENAME
 from hf_clm.training.checkpoints import checkpoint_problem, checkpoints
@@ -207,10 +208,10 @@ def test_prepare_into_a_locked_folder_names_the_holder(corpus, tmp_path, hf_clm_
     assert (target / "prepared.json").is_file() and not (target / LOCK_FILENAME).exists()
 
 
-def test_a_lock_left_by_an_earlier_start_of_a_slurm_job_is_taken_over_and_names_the_new_start(tmp_path, monkeypatch):
-    """A requeued Slurm job starts again only once its earlier start has ended, maybe on other nodes:
-    the kernel released that start's lock with its process, so the file it left is taken over, and
-    the new record names the job and its start."""
+def test_a_lock_file_of_an_earlier_start_of_the_same_slurm_job_is_taken_over(tmp_path, monkeypatch):
+    """A requeued Slurm job starts again once its earlier start has ended, maybe on other nodes: the
+    kernel released that start's flock, so its lock file, whatever host it names, is taken over (the
+    warning names it); a live holder is refused whatever the Slurm job (its flock is held)."""
     from hf_clm.run.locks import folder_lock
 
     run_dir = tmp_path / "run"
@@ -218,11 +219,15 @@ def test_a_lock_left_by_an_earlier_start_of_a_slurm_job_is_taken_over_and_names_
     holder = {"pid": 1, "host": "node-that-ran-start-0", "locked_at": time.time(), "command": "hf-clm train",
               "slurm_job": "41", "slurm_start": 0}
     (run_dir / LOCK_FILENAME).write_text(json.dumps(holder))
-    monkeypatch.setenv("SLURM_JOB_ID", "41")
+    monkeypatch.setenv("SLURM_JOB_ID", "41")  # the same job, requeued
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     with folder_lock(run_dir, "output_dir") as lock:
         taken = json.loads(lock.read_text())
     assert taken["slurm_job"] == "41" and taken["slurm_start"] == 1 and taken["host"] == socket.gethostname()
+    with lock_held_by_another_process(run_dir) as live:
+        with pytest.raises(HfClmError, match=f"in use by pid {live.pid}"):
+            with folder_lock(run_dir, "output_dir"):
+                pass
 
 
 def test_overwrite_validates_first_and_removes_only_what_the_package_wrote(finished, tmp_path, corpus, train):
