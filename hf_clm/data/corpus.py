@@ -21,13 +21,14 @@ import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, IterableDataset
 from datasets.exceptions import DatasetGenerationError
 
-from hf_clm.data.files import (  # builder_for, expand_files: also read from here by perplexity
+from hf_clm.data.files import (
     BUILDER_BY_SUFFIX,
     TEXT_BUILDERS,
     builder_for,
     check_utf8,
     expand_files,
     is_visible,
+    local_data_files,  # builder_for, expand_files: also read from here by perplexity
     local_reading_bars_off,
     raise_disk_full,
 )
@@ -64,12 +65,7 @@ def load_dataset_rebuilding_cache(*args, **kwargs):
 
 
 def load_local_files(data: DataArguments, streaming: bool = False) -> DatasetDict:
-    data_files = {"train": expand_files(data.train_files, "train_files")}
-    if data.validation_files:
-        data_files["validation"] = expand_files(data.validation_files, "validation_files")
-    builders = {split: builder_for(files, f"{split}_files") for split, files in data_files.items()}
-    if len(set(builders.values())) > 1:
-        raise HfClmError(f"train_files and validation_files have different formats ({builders}); use one")
+    data_files, builders = local_data_files(data)
     for split, files in data_files.items():
         if all(Path(f).stat().st_size == 0 for f in files):
             raise HfClmError(f"the {split} split of the corpus is empty: {', '.join(files)} hold no text")

@@ -53,6 +53,18 @@ def builder_for(files: list[str], key: str) -> str:
     return builders.pop()
 
 
+def local_data_files(data) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """The recipe's train (and validation) files, expanded, and each split's ``datasets`` builder:
+    one format for both."""
+    data_files = {"train": expand_files(data.train_files, "train_files")}
+    if data.validation_files:
+        data_files["validation"] = expand_files(data.validation_files, "validation_files")
+    builders = {split: builder_for(files, f"{split}_files") for split, files in data_files.items()}
+    if len(set(builders.values())) > 1:
+        raise HfClmError(f"train_files and validation_files have different formats ({builders}); use one")
+    return data_files, builders
+
+
 def check_utf8(path: str) -> None:
     """Raise naming the file and byte offset of the first byte that is not UTF-8."""
     decoder = codecs.getincrementaldecoder("utf-8")()

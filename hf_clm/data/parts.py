@@ -36,6 +36,7 @@ from hf_clm.data.files import (
     builder_for,
     check_utf8,
     expand_files,
+    local_data_files,
     local_reading_bars_off,
     raise_disk_full,
 )
@@ -230,12 +231,7 @@ def local_split_part(files: list[str], builder: str, data: DataArguments, split:
 
 
 def local_part(data: DataArguments, index: int, count: int, counter: str) -> tuple[dict[str, Dataset], list[str]]:
-    data_files = {"train": expand_files(data.train_files, "train_files")}
-    if data.validation_files:
-        data_files["validation"] = expand_files(data.validation_files, "validation_files")
-    builders = {split: builder_for(files, f"{split}_files") for split, files in data_files.items()}
-    if len(set(builders.values())) > 1:
-        raise HfClmError(f"train_files and validation_files have different formats ({builders}); use one")
+    data_files, builders = local_data_files(data)
     splits, read = {}, []
     for split, files in data_files.items():
         if all(Path(f).stat().st_size == 0 for f in files):

@@ -23,6 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from hf_clm.data.blocks import TokenCounts, build_blocks, first_documents, stream_blocks
 from hf_clm.data.corpus import load_corpus, load_eval_sets, load_streaming_corpus, materialize_head
+from hf_clm.data.parts import corpus_digest
 from hf_clm.data.prepared import (
     STREAMING_TOKENIZER_DOCUMENTS,
     TOKENIZER_DIRNAME,
@@ -31,7 +32,6 @@ from hf_clm.data.prepared import (
     tokenizer_digest,
     tokenizer_source,
 )
-from hf_clm.data.parts import corpus_digest
 from hf_clm.data.provenance import blocks_description, check_blocks_match, check_corpus_matches, check_token_ids
 from hf_clm.data.shards import (
     Shard,
