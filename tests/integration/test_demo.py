@@ -24,5 +24,6 @@ def test_tiny_shakespeare_recipe_runs_on_the_real_file(tmp_path):
         "--eval_steps", "8", "--save_steps", "8", "--output_dir", tmp_path / "run", cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     counts = json.loads((tmp_path / "run" / "token_counts.json").read_text())
-    assert counts["validation"]["documents"] == counts["train"]["documents"] // 9  # the held-out 10%
+    held, kept = counts["validation"]["documents"], counts["train"]["documents"]
+    assert abs(held / (held + kept) - 0.10) < 0.01  # the held-out 10%, decided per document by its hash
     assert counts["train"]["dropped"] < 64 and counts["validation"]["dropped"] < 64
