@@ -35,13 +35,12 @@ from hf_clm.errors import HfClmError
 from hf_clm.planning.rehearsal_values import REHEARSAL_SUFFIX
 from hf_clm.run.artifacts import write_json
 from hf_clm.run.figures import byte_size, fmt
-from hf_clm.run.files import LOCK_FILENAME, PERPLEXITY_FILENAME, TRAINER_STATE
+from hf_clm.run.files import LOCK_FILENAME, PERPLEXITY_FILENAME, REHEARSAL_FILENAME, TRAINER_STATE
 from hf_clm.training.record import cpu_model
 from hf_clm.training.throughput import TERA
 
 logger = logging.getLogger(__name__)
 
-REHEARSAL_FILENAME = "rehearsal.json"  # written first (the folder is a rehearsal's), rewritten with the figures
 EVAL_BATCHES = 2
 GIB = 2**30
 

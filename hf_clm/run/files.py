@@ -24,7 +24,8 @@ TOKENIZER_FILE = "tokenizer.json"
 CHECKPOINT_GLOB = f"{PREFIX_CHECKPOINT_DIR}-*"
 # A prepared_dataset folder's description, written last.
 PREPARED_FILENAME = "prepared.json"
-# In a rehearsal's folder (train --rehearse K): a real run refuses that folder.
+# In a rehearsal's folder (train --rehearse K), written first and rewritten with the figures: a real run
+# refuses that folder.
 REHEARSAL_FILENAME = "rehearsal.json"
 # One writer per folder: output_dir and prepared_dataset hold this while a job uses them.
 LOCK_FILENAME = ".hf_clm.lock"
