@@ -3,7 +3,6 @@ each other. Every problem is a message naming the key, the value and what is all
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from hf_clm.errors import HfClmError
 from hf_clm.recipe.mixture import mixture_sources
 from hf_clm.recipe.ranges import RANGES, range_problems
 from hf_clm.recipe.schema import DOCUMENT_SCOPE_KERNELS, WSD, Recipe
+from hf_clm.recipe.types import field_defaults
 from hf_clm.run.files import ADAPTER_CONFIG
 
 # A rehearsal measures a few steps; more than this is a real run started by mistake.
@@ -131,8 +131,7 @@ def training_switch_problems(recipe: Recipe) -> list[str]:
 
 def changed_keys(values: Any, keys: tuple[str, ...]) -> list[str]:
     """The keys whose value differs from their field's default."""
-    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                for f in dataclasses.fields(values)}
+    defaults = field_defaults(type(values))
     return [key for key in keys if getattr(values, key) != defaults[key]]
 
 

@@ -40,7 +40,7 @@ from hf_clm.recipe.schema import (
     package_defaults,
     recipe_classes,
 )
-from hf_clm.recipe.types import field_types, is_optional
+from hf_clm.recipe.types import field_defaults, field_types, is_optional
 from hf_clm.recipe.yaml_file import read_recipe_yaml
 from hf_clm.run.artifacts import output_folder_problem
 from hf_clm.run.files import REHEARSAL_FILENAME
@@ -103,8 +103,7 @@ def key_defaults(classes: tuple[type, ...] | None = None) -> dict[str, Any]:
     building Trainer's parser."""
     if classes is None:
         return all_key_defaults()
-    return {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-            for cls in classes for f in dataclasses.fields(cls)}
+    return field_defaults(*classes)
 
 
 def package_values(flags: list[str], classes: tuple[type, ...] | None = None) -> tuple[list[str], dict[str, Any]]:

@@ -3,6 +3,7 @@ spells it otherwise, one line naming the key, the value and the type when it can
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import re
@@ -141,3 +142,9 @@ def within_choices(key: str, value: Any, name: str, classes: tuple[type, ...] | 
     if value is not None and choices is not None and value not in choices:
         raise HfClmError(f"{name} must be one of {', '.join(map(str, choices))}, not {value!r}")
     return value
+
+
+def field_defaults(*classes: type) -> dict[str, Any]:
+    """Each field's own default (its ``default_factory``'s value where it has one), of ``classes``."""
+    return {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            for cls in classes for f in dataclasses.fields(cls)}
